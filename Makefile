@@ -1,0 +1,165 @@
+# llmd: build, test, benchmark.
+#
+#   make            build build/llmd
+#   make run        install missing packages, build, serve the default model
+#   make test       unit tests, then the same tests under ASan + UBSan
+#   make bench      build and run the benchmarks in bench/
+#   make fuzz       run each libFuzzer target for FUZZ_SECONDS
+#   make deps       install the Debian packages llmd needs (apt-get, as root)
+#   make format     clang-format every C file
+#
+# Every module folder is compiled into one set of objects; files named
+# *_avx512.c and *_amx.c get the ISA flags of their kernels, the rest build
+# for x86-64-v3 (AVX2), so the binary runs on any AVX2 machine and picks the
+# wider kernels at start-up by cpuid.
+
+BUILD       ?= build
+CC          ?= gcc
+MODULES     := util core quant attention pim server
+PKGS        := libmicrohttpd jansson libuv openblas lapacke
+DEB_PACKAGES := build-essential pkg-config libmicrohttpd-dev libjansson-dev libuv1-dev \
+                libopenblas-dev liblapacke-dev libcriterion-dev clang libclang-rt-14-dev \
+                curl wrk
+MODEL       ?= models/llmd-tiny-en.gguf
+FUZZ_SECONDS ?= 60
+
+ifeq ($(origin CC),default)
+CC := gcc
+endif
+
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+CRITERION  := $(shell pkg-config --libs criterion 2>/dev/null)
+
+CFLAGS   ?= -O2 -g
+CFLAGS   += -std=c11 -march=x86-64-v3 -Wall -Wextra -Werror -fopenmp -D_GNU_SOURCE \
+            -MMD -MP -I. $(PKG_CFLAGS)
+LDLIBS   := $(PKG_LIBS) -lm -lpthread -fopenmp
+AVX512_FLAGS := -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mavx512bf16 -mavx512fp16
+AMX_FLAGS    := $(AVX512_FLAGS) -mamx-tile -mamx-int8
+SAN_FLAGS    := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
+
+LIB_SRC   := $(filter-out server/main.c,$(wildcard $(addsuffix /*.c,$(MODULES))))
+TEST_SRC  := $(wildcard tests/test_*.c)
+BENCH_SRC := $(wildcard bench/*.c)
+FUZZ_SRC  := $(wildcard tests/fuzz/fuzz_*.c)
+
+# Objects of one build flavour: $(call objs,DIR,SOURCES)
+objs = $(patsubst %.c,$(1)/obj/%.o,$(2))
+
+LIB_OBJ      := $(call objs,$(BUILD),$(LIB_SRC))
+ASAN_LIB_OBJ := $(call objs,$(BUILD)/asan,$(LIB_SRC))
+TESTS        := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
+ASAN_TESTS   := $(patsubst tests/%.c,$(BUILD)/asan/tests/%,$(TEST_SRC))
+BENCHES      := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRC))
+FUZZ_REPLAY  := $(patsubst tests/fuzz/%.c,$(BUILD)/asan/fuzz-replay/%,$(FUZZ_SRC))
+FUZZERS      := $(patsubst tests/fuzz/%.c,$(BUILD)/fuzz/%,$(FUZZ_SRC))
+
+.SECONDARY:
+.PHONY: all deps run test test-build unit-tests asan-tests fuzz-replay bench fuzz format clean
+.DEFAULT_GOAL := all
+
+all: $(BUILD)/llmd
+
+# ------------------------------------------------------------ dependencies
+# Installs what is missing; prints the command instead when not root.
+deps:
+	@missing=""; for p in $(DEB_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  else \
+	    echo "missing packages; run: sudo apt-get install -y$$missing"; exit 1; \
+	  fi; \
+	fi
+
+# ---------------------------------------------------------------- building
+# One set of pattern rules per flavour: $(call flavour,DIR,COMPILER,FLAGS)
+define flavour
+$(1)/obj/%.o: %.c
+	@mkdir -p $$(@D)
+	$(2) $$(CFLAGS) $(3) -c $$< -o $$@
+$(1)/obj/%_avx512.o: %_avx512.c
+	@mkdir -p $$(@D)
+	$(2) $$(CFLAGS) $(3) $$(AVX512_FLAGS) -c $$< -o $$@
+$(1)/obj/%_amx.o: %_amx.c
+	@mkdir -p $$(@D)
+	$(2) $$(CFLAGS) $(3) $$(AMX_FLAGS) -c $$< -o $$@
+endef
+
+# libFuzzer builds use clang; OpenMP pragmas are left out there.
+FUZZ_FLAGS := -fsanitize=fuzzer-no-link,address,undefined -fno-openmp -Wno-unknown-pragmas \
+              -Wno-unused-command-line-argument
+$(eval $(call flavour,$(BUILD),$(CC),))
+$(eval $(call flavour,$(BUILD)/asan,$(CC),$(SAN_FLAGS)))
+$(eval $(call flavour,$(BUILD)/fuzz,clang,$(FUZZ_FLAGS)))
+
+$(BUILD)/llmd: $(LIB_OBJ) $(BUILD)/obj/server/main.o
+	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
+
+$(BUILD)/asan/llmd: $(ASAN_LIB_OBJ) $(BUILD)/asan/obj/server/main.o
+	$(CC) $(CFLAGS) $(SAN_FLAGS) $^ -o $@ $(LDLIBS)
+
+$(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(LIB_OBJ)
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) $^ -o $@ $(CRITERION) $(LDLIBS)
+
+$(BUILD)/asan/tests/%: $(BUILD)/asan/obj/tests/%.o $(ASAN_LIB_OBJ)
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) $(SAN_FLAGS) $^ -o $@ $(CRITERION) $(LDLIBS)
+
+$(BUILD)/bench/%: $(BUILD)/obj/bench/%.o $(LIB_OBJ)
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
+
+# Fuzz targets are built twice: as plain ASan programs that replay their
+# corpus (make test), and as libFuzzer binaries (make fuzz).
+$(BUILD)/asan/fuzz-replay/%: $(BUILD)/asan/obj/tests/fuzz/%.o $(BUILD)/asan/obj/tests/fuzz/replay_main.o $(ASAN_LIB_OBJ)
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) $(SAN_FLAGS) $^ -o $@ $(LDLIBS)
+
+FUZZ_LIB_OBJ := $(call objs,$(BUILD)/fuzz,$(LIB_SRC))
+$(BUILD)/fuzz/%: $(BUILD)/fuzz/obj/tests/fuzz/%.o $(FUZZ_LIB_OBJ)
+	@mkdir -p $(@D)
+	clang -fsanitize=fuzzer,address,undefined $^ -o $@ $(PKG_LIBS) -lm -lpthread
+
+# ----------------------------------------------------------------- running
+run: deps
+	@$(MAKE) --no-print-directory $(BUILD)/llmd
+	$(BUILD)/llmd serve --model $(MODEL)
+
+test: deps
+	@$(MAKE) --no-print-directory test-build
+	@$(MAKE) --no-print-directory unit-tests asan-tests fuzz-replay
+
+test-build: $(BUILD)/llmd $(TESTS) $(ASAN_TESTS) $(FUZZ_REPLAY)
+
+unit-tests: $(TESTS) $(BUILD)/llmd
+	@set -e; for t in $(TESTS); do echo "== $$t"; $$t --jobs 2; done
+
+asan-tests: $(ASAN_TESTS)
+	@set -e; for t in $(ASAN_TESTS); do echo "== $$t (asan+ubsan)"; \
+	  ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 $$t --jobs 2; done
+
+fuzz-replay: $(FUZZ_REPLAY)
+	@set -e; for f in $(FUZZ_REPLAY); do n=$$(basename $$f); echo "== $$n corpus replay"; \
+	  $$f tests/fuzz/corpus/$${n#fuzz_}; done
+
+bench: $(BENCHES) $(BUILD)/llmd
+	@set -e; for b in $(BENCHES); do echo "== $$b"; $$b; done
+
+fuzz: $(FUZZERS)
+	@set -e; for f in $(FUZZERS); do n=$$(basename $$f); d=tests/fuzz/corpus/$${n#fuzz_}; \
+	  mkdir -p $(BUILD)/fuzz/new-$$n; echo "== $$n for $(FUZZ_SECONDS)s"; \
+	  $$f -max_total_time=$(FUZZ_SECONDS) -max_len=65536 $(BUILD)/fuzz/new-$$n $$d; done
+
+format:
+	clang-format -i $$(git ls-files '*.c' '*.h')
+
+clean:
+	rm -rf $(BUILD)
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
