@@ -1,0 +1,74 @@
+/*
+ * gguf: a reader for GGUF v3 model files, memory-mapped.
+ *
+ * Everything read from the file is checked against its size before use:
+ * counts, string lengths, array lengths, tensor dims, offsets and alignment.
+ * A truncated or malformed file gives an error with a message, never a crash
+ * or a read out of bounds. Strings point into the mapping and are not
+ * NUL-terminated (use the length).
+ */
+#ifndef LLMD_CORE_GGUF_H
+#define LLMD_CORE_GGUF_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+enum llm_gguf_type {
+    GGUF_TYPE_UINT8 = 0, GGUF_TYPE_INT8 = 1, GGUF_TYPE_UINT16 = 2, GGUF_TYPE_INT16 = 3,
+    GGUF_TYPE_UINT32 = 4, GGUF_TYPE_INT32 = 5, GGUF_TYPE_FLOAT32 = 6, GGUF_TYPE_BOOL = 7,
+    GGUF_TYPE_STRING = 8, GGUF_TYPE_ARRAY = 9, GGUF_TYPE_UINT64 = 10, GGUF_TYPE_INT64 = 11,
+    GGUF_TYPE_FLOAT64 = 12,
+};
+
+/* Tensor types we read (ggml's numbering). */
+enum llm_ggml_type { GGML_TYPE_F32 = 0, GGML_TYPE_F16 = 1, GGML_TYPE_Q8_0 = 8, GGML_TYPE_BF16 = 30 };
+
+struct llm_gguf_string {
+    const char *ptr;
+    uint64_t len;
+};
+
+struct llm_gguf_tensor {
+    struct llm_gguf_string name;
+    int n_dims;
+    uint64_t dims[4];    /* dims[0] varies fastest (a row's length) */
+    uint64_t n_elements;
+    enum llm_ggml_type type;
+    const void *data;    /* into the mapping */
+    uint64_t n_bytes;
+};
+
+typedef struct llm_gguf llm_gguf;
+
+/* Opens and maps a file / parses a buffer the caller keeps alive until
+ * close. On failure returns -errno (-EBADMSG for a malformed file) and
+ * writes a message into err. */
+int llm_gguf_open(const char *path, llm_gguf **out, char *err, size_t err_len);
+int llm_gguf_open_memory(const void *data, size_t size, llm_gguf **out, char *err, size_t err_len);
+void llm_gguf_close(llm_gguf *gguf);
+
+/* Metadata lookups: 0, -ENOENT (no such key) or -EINVAL (wrong type). The
+ * integer getters accept any integer type whose value fits. */
+int llm_gguf_get_u32(const llm_gguf *gguf, const char *key, uint32_t *out);
+int llm_gguf_get_i32(const llm_gguf *gguf, const char *key, int32_t *out);
+int llm_gguf_get_f32(const llm_gguf *gguf, const char *key, float *out);
+int llm_gguf_get_bool(const llm_gguf *gguf, const char *key, bool *out);
+int llm_gguf_get_string(const llm_gguf *gguf, const char *key, struct llm_gguf_string *out);
+/* An array of numbers: its element type, count and data (little-endian, in
+ * the mapping; may be unaligned, read with memcpy). */
+int llm_gguf_get_array(const llm_gguf *gguf, const char *key, enum llm_gguf_type *elem_type,
+                       uint64_t *count, const void **data);
+/* Element i of an array of strings. */
+int llm_gguf_get_array_string(const llm_gguf *gguf, const char *key, uint64_t i,
+                              struct llm_gguf_string *out);
+
+uint64_t llm_gguf_tensor_count(const llm_gguf *gguf);
+const struct llm_gguf_tensor *llm_gguf_tensor_at(const llm_gguf *gguf, uint64_t i);
+/* NULL when absent. */
+const struct llm_gguf_tensor *llm_gguf_find_tensor(const llm_gguf *gguf, const char *name);
+/* Converts a whole tensor to float32 (out holds n_elements). -EINVAL for a
+ * type we do not read. */
+int llm_gguf_tensor_to_f32(const struct llm_gguf_tensor *t, float *out);
+
+#endif

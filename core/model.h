@@ -1,0 +1,96 @@
+/*
+ * model: a LLaMA-architecture model loaded from GGUF, and its batched
+ * forward pass.
+ *
+ * State is split by lifetime: llm_config never changes after load; the
+ * weights are read-only and shared by every thread; the KV cache pages and
+ * the per-step scratch belong to whoever runs the forward pass (the engine,
+ * or a command such as perplexity).
+ */
+#ifndef LLMD_CORE_MODEL_H
+#define LLMD_CORE_MODEL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "attention/attention.h"
+#include "core/tokenizer.h"
+
+struct llm_config {
+    int n_layers;
+    int dim;          /* model width */
+    int ffn_dim;      /* SwiGLU hidden width */
+    int n_heads;
+    int n_kv_heads;   /* < n_heads: grouped-query attention */
+    int head_dim;     /* dim / n_heads */
+    int vocab_size;
+    int ctx_len;      /* context length trained for */
+    float rope_base;
+    float rms_eps;
+    bool tied_output; /* the output head reuses the token embeddings */
+};
+
+/* How the linear layers compute: the precision paths measured against each
+ * other. */
+enum llm_precision { LLM_FP32, LLM_W8A8, LLM_W4A4_RTN, LLM_ATOM };
+int llm_precision_parse(const char *name, enum llm_precision *out);
+const char *llm_precision_name(enum llm_precision p);
+
+/* Called during long work (loading, quantizing) with a fraction done. */
+typedef void (*llm_progress_fn)(const char *what, double fraction, void *ctx);
+
+struct llm_model_options {
+    enum llm_precision precision;
+    enum attn_kv_type kv_type;
+    int kv_pages;             /* KV page pool size; 0 = enough for ctx_len x 8 sequences */
+    int page_size;            /* tokens per KV page (16) */
+    llm_progress_fn progress; /* may be NULL */
+    void *progress_ctx;
+};
+void llm_model_options_default(struct llm_model_options *o);
+
+typedef struct llm_model llm_model;
+
+/* Loads a GGUF model. On failure returns -errno and writes a message
+ * (naming the file and what is wrong) into err. */
+int llm_model_load(const char *path, const struct llm_model_options *options, llm_model **out,
+                   char *err, size_t err_len);
+void llm_model_free(llm_model *model);
+const struct llm_config *llm_model_config(const llm_model *model);
+const llm_tokenizer *llm_model_tokenizer(const llm_model *model);
+attn_cache *llm_model_kv_cache(llm_model *model);
+/* The name under which the model is served (general.name, else the file's
+ * base name without .gguf). */
+const char *llm_model_name(const llm_model *model);
+/* The chat template stored in the GGUF, or NULL. */
+const char *llm_model_chat_template(const llm_model *model);
+
+/* ---------------------------------------------------------- forward pass */
+
+/* One sequence's part of a batched step: n_tokens new tokens that go at
+ * positions [attn_seq_len(kv), + n_tokens). Logits are produced for the last
+ * token only, or for every token when all_logits is set. */
+struct llm_batch_item {
+    attn_seq *kv;
+    const int32_t *tokens;
+    int n_tokens;
+    bool all_logits;
+    int quest_budget; /* 0 = dense */
+};
+
+/* Scratch for forward passes of up to max_tokens tokens a step. One per
+ * thread that runs forward passes. */
+typedef struct llm_workspace llm_workspace;
+llm_workspace *llm_workspace_create(const llm_model *model, int max_tokens);
+void llm_workspace_free(llm_workspace *ws);
+
+/* Runs one batched step over n_items sequences (some prefilling, some
+ * decoding). Reserves KV pages first: returns -ENOSPC, having changed
+ * nothing, when the pool is short. On success appends K/V, commits the new
+ * lengths, and writes logits rows (vocab_size floats each) in item order:
+ * one row per item, or n_tokens rows for an item with all_logits.
+ * `stats` (may be NULL) accumulates Quest page counts. */
+int llm_forward(llm_model *model, llm_workspace *ws, struct llm_batch_item *items, int n_items,
+                float *logits, struct attn_stats *stats);
+
+#endif

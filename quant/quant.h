@@ -1,0 +1,128 @@
+/*
+ * quant: low-bit linear layers the Atom way, and the W8A8 baseline.
+ *
+ * A quantized linear layer computes y = x W^T for x (m, k) and W (n, k).
+ * Its input channels may be reordered by a permutation (Atom moves the
+ * outlier channels to the end): the layer then holds W's columns in that
+ * order, and its activations must be quantized in the same order.
+ *
+ * Formats (weights / activations):
+ *   W8A8      int8 per output row / int8 per token, symmetric.
+ *   W4A4      the first k - n_outlier channels in groups of `group_size`:
+ *             int4 symmetric, one scale per output row per group / per
+ *             token per group; the last n_outlier channels int8, one scale
+ *             per row / per token. n_outlier = 0 and no permutation is the
+ *             plain round-to-nearest W4A4 baseline.
+ * Products accumulate in int32 and are rescaled per group in fp32.
+ *
+ * Kernels: a scalar reference plus AVX2, AVX-512 VNNI and AMX-INT8
+ * versions, one chosen at start-up by cpuid (q_kernel_name() says which).
+ *
+ * Atom's recipe around it: calibration statistics (mean squared activation
+ * per input channel, and X^T X for GPTQ), outlier selection, GPTQ.
+ */
+#ifndef LLMD_QUANT_H
+#define LLMD_QUANT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+enum q_method { Q_W8A8, Q_W4A4 };
+
+struct q_format {
+    enum q_method method;
+    int group_size;     /* W4A4: channels per group; 128 by default */
+    int n_outlier;      /* W4A4: trailing channels kept int8; 0 = none */
+    float act_clip;     /* activation clipping: scale from clip * absmax (1 = none) */
+    float weight_clip;  /* weight clipping, likewise */
+};
+
+/* ------------------------------------------------------------ activations */
+
+/* Activations of up to `max_m` tokens, quantized for one format and width k.
+ * Reused step after step; shared by every layer that reads the same input
+ * (Q, K and V; gate and up). */
+typedef struct q_act q_act;
+
+q_act *q_act_create(const struct q_format *format, int k, int max_m);
+void q_act_free(q_act *act);
+
+/* Quantizes x (m, k) into act, reading channel perm[j] as channel j (perm
+ * may be NULL for the identity). */
+void q_act_quantize(q_act *act, const float *x, int m, const int *perm);
+/* The same, fused with RMSNorm: quantizes rmsnorm(x) * norm_weight. */
+void q_act_quantize_rmsnorm(q_act *act, const float *x, const float *norm_weight, float eps,
+                            int m, const int *perm);
+/* The same, fused with SwiGLU: quantizes silu(gate) * up; gate and up are
+ * (m, k) and already in the layer's channel order. */
+void q_act_quantize_swiglu(q_act *act, const float *gate, const float *up, int m);
+
+/* ---------------------------------------------------------------- weights */
+
+typedef struct q_linear q_linear;
+
+/* Quantizes W (n, k) by round-to-nearest. perm (k entries, or NULL) gives the
+ * channel order; the layer keeps its own copy. */
+q_linear *q_linear_quantize(const float *w, int n, int k, const struct q_format *format,
+                            const int *perm);
+/* The same with GPTQ for the int4 part (block 128, damping `damp` of the mean
+ * diagonal): `hessian` is X^T X (k, k) in the original channel order, from
+ * calibration. The error of the int4 columns is pushed into the outlier
+ * columns before they are rounded to int8. Returns NULL if the Cholesky
+ * factorisation fails even after extra damping. */
+q_linear *q_linear_quantize_gptq(const float *w, int n, int k, const struct q_format *format,
+                                 const int *perm, const float *hessian, float damp);
+void q_linear_free(q_linear *layer);
+int q_linear_rows(const q_linear *layer);
+int q_linear_cols(const q_linear *layer);
+const struct q_format *q_linear_format(const q_linear *layer);
+size_t q_linear_bytes(const q_linear *layer);
+
+/* The weights as the kernels see them, dequantized to float (n, k), in the
+ * original channel order: for tests and error reports. */
+void q_linear_dequantize(const q_linear *layer, float *w);
+
+/* Serialisation for `llmd quantize`: a flat blob that q_linear_load reads back.
+ * save returns the bytes written (or needed, when buf is NULL). load returns
+ * NULL on a malformed blob (every size is checked). */
+size_t q_linear_save(const q_linear *layer, void *buf, size_t cap);
+q_linear *q_linear_load(const void *buf, size_t size);
+
+/* --------------------------------------------------------------- products */
+
+/* y (m, n) = act (m, k) x layer^T, with the chosen kernel. act and layer must
+ * have the same format, k and channel order. Parallel over the cores
+ * (OpenMP) unless called from a parallel region. */
+void q_gemm(const q_linear *layer, const q_act *act, int m, float *y);
+
+/* The kernel implementations, for tests and benchmarks that compare them. */
+enum q_kernel { Q_KERNEL_SCALAR, Q_KERNEL_AVX2, Q_KERNEL_AVX512_VNNI, Q_KERNEL_AMX, Q_KERNEL_COUNT };
+/* True when the CPU (and OS) can run it. */
+bool q_kernel_available(enum q_kernel kernel);
+/* The one chosen at start-up (LLMD_QKERNEL=scalar|avx2|avx512|amx overrides). */
+enum q_kernel q_kernel_selected(void);
+const char *q_kernel_name(enum q_kernel kernel);
+/* q_gemm with a given kernel (must be available). */
+void q_gemm_with(enum q_kernel kernel, const q_linear *layer, const q_act *act, int m, float *y);
+
+/* ------------------------------------------------------------ calibration */
+
+/* Per-channel statistics of one layer's input over calibration tokens. */
+typedef struct atom_calib atom_calib;
+
+/* with_hessian: also accumulate X^T X (k*k floats) for GPTQ. */
+atom_calib *atom_calib_create(int k, bool with_hessian);
+void atom_calib_free(atom_calib *calib);
+/* Adds m tokens of input x (m, k). */
+void atom_calib_add(atom_calib *calib, const float *x, int m);
+/* Mean squared activation per channel (k floats, valid until free). */
+const float *atom_calib_mean_square(const atom_calib *calib);
+/* X^T X / tokens (k*k), or NULL without hessian. */
+const float *atom_calib_hessian(const atom_calib *calib);
+/* Permutation (k entries): normal channels first in their original order,
+ * then the n_outlier channels of largest mean square, in increasing order of
+ * it (the largest last). perm[j] is the original channel at position j. */
+void atom_outlier_permutation(const float *mean_square, int k, int n_outlier, int *perm);
+
+#endif
