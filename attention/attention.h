@@ -91,11 +91,11 @@ enum attn_mode {
 };
 
 struct attn_params {
-    int n_heads;       /* query heads; a multiple of the cache's n_kv_heads (GQA) */
-    float scale;       /* usually 1/sqrt(head_dim) */
+    int n_heads; /* query heads; a multiple of the cache's n_kv_heads (GQA) */
+    float scale; /* usually 1/sqrt(head_dim) */
     enum attn_mode mode;
-    int token_budget;  /* QUEST/WINDOW: tokens read per head; 0 means dense */
-    int dense_layers;  /* QUEST/WINDOW: layers below this stay dense (default 2) */
+    int token_budget; /* QUEST/WINDOW: tokens read per head; 0 means dense */
+    int dense_layers; /* QUEST/WINDOW: layers below this stay dense (default 2) */
 };
 
 /* Fills params with the defaults: scale 1/sqrt(head_dim), dense, budget 0,

@@ -165,8 +165,12 @@ struct attn_kernels {
     attn_bound_fn bound;
 };
 
+/* The SIMD tables; reach them through the functions below, which check
+ * that the CPU runs them. */
+extern const struct attn_kernels attn_kernels_avx2_table, attn_kernels_avx512_table;
+
 const struct attn_kernels *attn_kernels_scalar(void);
-const struct attn_kernels *attn_kernels_avx2(void);
+const struct attn_kernels *attn_kernels_avx2(void);   /* NULL without AVX2, FMA and F16C */
 const struct attn_kernels *attn_kernels_avx512(void); /* NULL where the CPU lacks AVX-512 */
 /* The widest set this CPU runs, chosen once. */
 const struct attn_kernels *attn_kernels_best(void);

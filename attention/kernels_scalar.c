@@ -79,12 +79,25 @@ const struct attn_kernels *attn_kernels_scalar(void)
     return &kernels_scalar;
 }
 
+const struct attn_kernels *attn_kernels_avx2(void)
+{
+    const struct util_cpu *cpu = util_cpu();
+    return cpu->avx2 && cpu->fma && cpu->f16c ? &attn_kernels_avx2_table : NULL;
+}
+
+const struct attn_kernels *attn_kernels_avx512(void)
+{
+    return util_cpu_has_avx512() ? &attn_kernels_avx512_table : NULL;
+}
+
 static const struct attn_kernels *best;
 static pthread_once_t best_once = PTHREAD_ONCE_INIT;
 
 static void choose_best(void)
 {
-    best = &kernels_scalar;
+    best = attn_kernels_avx512();
+    if (!best) best = attn_kernels_avx2();
+    if (!best) best = &kernels_scalar;
 }
 
 const struct attn_kernels *attn_kernels_best(void)

@@ -120,6 +120,8 @@ static inline int test_kernel_sets(const struct attn_kernels **out)
 {
     int n = 0;
     out[n++] = attn_kernels_scalar();
+    if (attn_kernels_avx2()) out[n++] = attn_kernels_avx2();
+    if (attn_kernels_avx512()) out[n++] = attn_kernels_avx512();
     return n;
 }
 
