@@ -3,10 +3,11 @@
  *
  * Round trips read tests/data/gguf-types.gguf, written by
  * tools/make_gguf_testdata.py with tools/gguf.py (numpy), so the reader is
- * checked against an independent writer. Malformed files are built here,
- * field by field, with a small writer that follows the GGUF v3 layout.
+ * checked against an independent writer. Malformed files are built field
+ * by field with tests/gguf_builder.h.
  */
 #include "core/gguf.h"
+#include "tests/gguf_builder.h"
 #include "util/util.h"
 
 #include <criterion/criterion.h>
@@ -414,65 +415,9 @@ Test(core_gguf, every_truncation_of_a_valid_file_fails_cleanly)
 
 /* --------------------------------------------------------- malformed files */
 
-/* A GGUF writer for hand-made files: each put_* appends one field. */
-struct builder {
-    uint8_t buf[1024];
-    size_t len;
-};
-
-static void put(struct builder *b, const void *p, size_t n)
-{
-    cr_assert_leq(b->len + n, sizeof b->buf);
-    memcpy(b->buf + b->len, p, n);
-    b->len += n;
-}
-static void put_u32(struct builder *b, uint32_t v)
-{
-    put(b, &v, 4);
-}
-static void put_u64(struct builder *b, uint64_t v)
-{
-    put(b, &v, 8);
-}
-static void put_str(struct builder *b, const char *s)
-{
-    put_u64(b, strlen(s));
-    put(b, s, strlen(s));
-}
-static void put_header(struct builder *b, uint32_t version, uint64_t n_tensors, uint64_t n_kv)
-{
-    put(b, "GGUF", 4);
-    put_u32(b, version);
-    put_u64(b, n_tensors);
-    put_u64(b, n_kv);
-}
-static void put_kv_u32(struct builder *b, const char *key, uint32_t v)
-{
-    put_str(b, key);
-    put_u32(b, GGUF_TYPE_UINT32);
-    put_u32(b, v);
-}
-/* A tensor info with n dims taken from dims[]. */
-static void put_tensor(struct builder *b, const char *name, uint32_t n_dims, const uint64_t *dims,
-                       uint32_t type, uint64_t offset)
-{
-    put_str(b, name);
-    put_u32(b, n_dims);
-    for (uint32_t i = 0; i < n_dims; i++) put_u64(b, dims[i]);
-    put_u32(b, type);
-    put_u64(b, offset);
-}
-/* Zeros up to the next multiple of `alignment`, then `n` bytes of data. */
-static void put_data(struct builder *b, size_t alignment, size_t n)
-{
-    static const uint8_t zeros[512];
-    put(b, zeros, (alignment - b->len % alignment) % alignment);
-    put(b, zeros, n);
-}
-
 /* Opens b's bytes from a buffer of exactly that size; asserts the outcome
  * and that the message contains `expect` (when given). */
-static void assert_open_fails(const struct builder *b, const char *expect)
+static void assert_open_fails(const struct gguf_builder *b, const char *expect)
 {
     uint8_t *copy = util_xmalloc(b->len ? b->len : 1);
     memcpy(copy, b->buf, b->len);
@@ -485,7 +430,7 @@ static void assert_open_fails(const struct builder *b, const char *expect)
     free(copy);
 }
 
-static llm_gguf *assert_open_succeeds(const struct builder *b)
+static llm_gguf *assert_open_succeeds(const struct gguf_builder *b)
 {
     llm_gguf *g = NULL;
     char err[256] = "";
@@ -496,13 +441,13 @@ static llm_gguf *assert_open_succeeds(const struct builder *b)
 
 Test(core_gguf, a_hand_made_file_with_default_alignment_opens)
 {
-    struct builder b = {0};
+    struct gguf_builder b = {0};
     const uint64_t dims[] = {4, 2};
-    put_header(&b, 3, 2, 1);
-    put_kv_u32(&b, "answer", 42);
-    put_tensor(&b, "a", 2, dims, GGML_TYPE_F32, 0);
-    put_tensor(&b, "b", 1, dims, GGML_TYPE_F16, 32); /* 32 bytes of "a" end exactly at 32 */
-    put_data(&b, 32, 40);
+    gb_header(&b, GB_VERSION, 2, 1);
+    gb_kv_u32(&b, "answer", 42);
+    gb_tensor(&b, "a", 2, dims, GGML_TYPE_F32, 0);
+    gb_tensor(&b, "b", 1, dims, GGML_TYPE_F16, 32); /* 32 bytes of "a" end exactly at 32 */
+    gb_data(&b, 32, 40);
     llm_gguf *g = assert_open_succeeds(&b);
     cr_assert_eq(llm_gguf_alignment(g), 32);
     cr_assert_eq(llm_gguf_data_offset(g) % 32, 0);
@@ -514,232 +459,240 @@ Test(core_gguf, a_hand_made_file_with_default_alignment_opens)
     cr_assert_eq(llm_gguf_get_u32(g, "answer", &v), 0);
     cr_assert_eq(v, 42);
     llm_gguf_close(g);
+    gb_free(&b);
 }
 
 Test(core_gguf, wrong_magic_or_version_is_named)
 {
-    struct builder b = {0};
-    put(&b, "GGML", 4);
-    put_u32(&b, 3);
-    put_u64(&b, 0);
-    put_u64(&b, 0);
+    struct gguf_builder b = {0};
+    gb_put(&b, "GGML", 4);
+    gb_u32(&b, 3);
+    gb_u64(&b, 0);
+    gb_u64(&b, 0);
     assert_open_fails(&b, "not a GGUF file");
 
     for (uint32_t v = 1; v <= 2; v++) {
         b.len = 0;
-        put_header(&b, v, 0, 0);
+        gb_header(&b, v, 0, 0);
         char expect[64];
         snprintf(expect, sizeof expect, "GGUF version %u is not supported", v);
         assert_open_fails(&b, expect);
     }
     b.len = 0;
-    put_header(&b, 3u << 24, 0, 0); /* version 3 written big-endian */
+    gb_header(&b, 3u << 24, 0, 0); /* version 3 written big-endian */
     assert_open_fails(&b, "big-endian");
     b.len = 0;
-    put_header(&b, 4, 0, 0);
+    gb_header(&b, 4, 0, 0);
     assert_open_fails(&b, "GGUF version 4 is not supported");
     b.len = 0;
     assert_open_fails(&b, "magic (4 bytes at offset 0) runs past the end");
+    gb_free(&b);
 }
 
 Test(core_gguf, bogus_counts_fail_at_the_end_of_the_file_without_a_huge_allocation)
 {
-    struct builder b = {0};
-    put_header(&b, 3, 0, UINT64_MAX / 2);
-    put_kv_u32(&b, "k", 1);
+    struct gguf_builder b = {0};
+    gb_header(&b, GB_VERSION, 0, UINT64_MAX / 2);
+    gb_kv_u32(&b, "k", 1);
     assert_open_fails(&b, "metadata key #1: key (8 bytes at offset");
 
     b.len = 0;
-    put_header(&b, 3, UINT64_MAX, 0);
+    gb_header(&b, GB_VERSION, UINT64_MAX, 0);
     assert_open_fails(&b, "tensor #0: name (8 bytes");
+    gb_free(&b);
 }
 
 Test(core_gguf, bad_keys_and_value_types_are_named)
 {
-    struct builder b = {0};
-    put_header(&b, 3, 0, 1);
-    put_u64(&b, 1ull << 40); /* key length */
-    put(&b, "abc", 3);
+    struct gguf_builder b = {0};
+    gb_header(&b, GB_VERSION, 0, 1);
+    gb_u64(&b, 1ull << 40); /* key length */
+    gb_put(&b, "abc", 3);
     assert_open_fails(&b, "metadata key #0: key (1099511627776 bytes at offset 32) runs past");
 
     b.len = 0;
-    put_header(&b, 3, 0, 2);
-    put_kv_u32(&b, "first", 1);
-    put_str(&b, "second");
-    put_u32(&b, 13); /* one past float64, the last GGUF type */
+    gb_header(&b, GB_VERSION, 0, 2);
+    gb_kv_u32(&b, "first", 1);
+    gb_str(&b, "second");
+    gb_u32(&b, 13); /* one past float64, the last GGUF type */
     assert_open_fails(&b, "metadata key #1 'second': value type 13 is not a GGUF type");
 
     b.len = 0;
-    put_header(&b, 3, 0, 1);
-    put_str(&b, "s");
-    put_u32(&b, GGUF_TYPE_STRING);
-    put_u64(&b, 100);
-    put(&b, "short", 5);
+    gb_header(&b, GB_VERSION, 0, 1);
+    gb_str(&b, "s");
+    gb_u32(&b, GGUF_TYPE_STRING);
+    gb_u64(&b, 100);
+    gb_put(&b, "short", 5);
     assert_open_fails(&b, "'s': string value (100 bytes at offset 45) runs past the end");
 
     b.len = 0;
-    put_header(&b, 3, 0, 1);
-    put_str(&b, "flag");
-    put_u32(&b, GGUF_TYPE_BOOL);
-    put(&b, "\x02", 1);
+    gb_header(&b, GB_VERSION, 0, 1);
+    gb_str(&b, "flag");
+    gb_u32(&b, GGUF_TYPE_BOOL);
+    gb_put(&b, "\x02", 1);
     assert_open_fails(&b, "'flag': bool value 2 is neither 0 nor 1");
 
     b.len = 0;
-    put_header(&b, 3, 0, 2);
-    put_kv_u32(&b, "same", 1);
-    put_kv_u32(&b, "same", 2);
+    gb_header(&b, GB_VERSION, 0, 2);
+    gb_kv_u32(&b, "same", 1);
+    gb_kv_u32(&b, "same", 2);
     assert_open_fails(&b, "metadata key #1 'same': duplicate of key #0");
 
     b.len = 0;
-    put_header(&b, 3, 0, 1);
-    put_str(&b, "bad\n\x01name");
-    put_u32(&b, 99);
+    gb_header(&b, GB_VERSION, 0, 1);
+    gb_str(&b, "bad\n\x01name");
+    gb_u32(&b, 99);
     assert_open_fails(&b, "'bad??name': value type 99");
+    gb_free(&b);
 }
 
 Test(core_gguf, bad_arrays_are_named)
 {
-    struct builder b = {0};
-    put_header(&b, 3, 0, 1);
-    put_str(&b, "nested");
-    put_u32(&b, GGUF_TYPE_ARRAY);
-    put_u32(&b, GGUF_TYPE_ARRAY);
-    put_u64(&b, 1);
+    struct gguf_builder b = {0};
+    gb_header(&b, GB_VERSION, 0, 1);
+    gb_str(&b, "nested");
+    gb_u32(&b, GGUF_TYPE_ARRAY);
+    gb_u32(&b, GGUF_TYPE_ARRAY);
+    gb_u64(&b, 1);
     assert_open_fails(&b, "'nested': nested arrays are not supported");
 
     b.len = 0;
-    put_header(&b, 3, 0, 1);
-    put_str(&b, "a");
-    put_u32(&b, GGUF_TYPE_ARRAY);
-    put_u32(&b, 200);
+    gb_header(&b, GB_VERSION, 0, 1);
+    gb_str(&b, "a");
+    gb_u32(&b, GGUF_TYPE_ARRAY);
+    gb_u32(&b, 200);
     assert_open_fails(&b, "'a': array element type 200 is not a GGUF type");
 
     b.len = 0;
-    put_header(&b, 3, 0, 1);
-    put_str(&b, "a");
-    put_u32(&b, GGUF_TYPE_ARRAY);
-    put_u32(&b, GGUF_TYPE_UINT32);
-    put_u64(&b, 1000);
-    put_u32(&b, 7);
+    gb_header(&b, GB_VERSION, 0, 1);
+    gb_str(&b, "a");
+    gb_u32(&b, GGUF_TYPE_ARRAY);
+    gb_u32(&b, GGUF_TYPE_UINT32);
+    gb_u64(&b, 1000);
+    gb_u32(&b, 7);
     assert_open_fails(&b, "'a': array of 1000 uint32 (4000 bytes at offset");
 
     b.len = 0;
-    put_header(&b, 3, 0, 1);
-    put_str(&b, "a");
-    put_u32(&b, GGUF_TYPE_ARRAY);
-    put_u32(&b, GGUF_TYPE_UINT64);
-    put_u64(&b, 1ull << 62); /* times 8 bytes overflows 64 bits */
+    gb_header(&b, GB_VERSION, 0, 1);
+    gb_str(&b, "a");
+    gb_u32(&b, GGUF_TYPE_ARRAY);
+    gb_u32(&b, GGUF_TYPE_UINT64);
+    gb_u64(&b, 1ull << 62); /* times 8 bytes overflows 64 bits */
     assert_open_fails(&b, "'a': array of 4611686018427387904 uint64 overflows");
 
     b.len = 0;
-    put_header(&b, 3, 0, 1);
-    put_str(&b, "a");
-    put_u32(&b, GGUF_TYPE_ARRAY);
-    put_u32(&b, GGUF_TYPE_STRING);
-    put_u64(&b, 1ull << 61);
-    put_str(&b, "x");
+    gb_header(&b, GB_VERSION, 0, 1);
+    gb_str(&b, "a");
+    gb_u32(&b, GGUF_TYPE_ARRAY);
+    gb_u32(&b, GGUF_TYPE_STRING);
+    gb_u64(&b, 1ull << 61);
+    gb_str(&b, "x");
     assert_open_fails(&b, "'a': array of 2305843009213693952 strings needs at least");
 
     b.len = 0;
-    put_header(&b, 3, 0, 1);
-    put_str(&b, "a");
-    put_u32(&b, GGUF_TYPE_ARRAY);
-    put_u32(&b, GGUF_TYPE_STRING);
-    put_u64(&b, 3);
-    put_str(&b, "x");
-    put_u64(&b, 100); /* longer than what follows */
-    put_str(&b, "y");
+    gb_header(&b, GB_VERSION, 0, 1);
+    gb_str(&b, "a");
+    gb_u32(&b, GGUF_TYPE_ARRAY);
+    gb_u32(&b, GGUF_TYPE_STRING);
+    gb_u64(&b, 3);
+    gb_str(&b, "x");
+    gb_u64(&b, 100); /* longer than what follows */
+    gb_str(&b, "y");
     assert_open_fails(&b, "'a': string 1 of the array (100 bytes at offset");
 
     b.len = 0;
-    put_header(&b, 3, 0, 1);
-    put_str(&b, "a");
-    put_u32(&b, GGUF_TYPE_ARRAY);
-    put_u32(&b, GGUF_TYPE_BOOL);
-    put_u64(&b, 3);
-    put(&b, "\x01\x00\x05", 3);
+    gb_header(&b, GB_VERSION, 0, 1);
+    gb_str(&b, "a");
+    gb_u32(&b, GGUF_TYPE_ARRAY);
+    gb_u32(&b, GGUF_TYPE_BOOL);
+    gb_u64(&b, 3);
+    gb_put(&b, "\x01\x00\x05", 3);
     assert_open_fails(&b, "'a': bool value 5 is neither 0 nor 1");
+    gb_free(&b);
 }
 
 Test(core_gguf, bad_alignment_is_refused)
 {
     static const uint32_t bad[] = {0, 3, 48, 0x80000001u};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        struct builder b = {0};
-        put_header(&b, 3, 0, 1);
-        put_kv_u32(&b, "general.alignment", bad[i]);
+        struct gguf_builder b = {0};
+        gb_header(&b, GB_VERSION, 0, 1);
+        gb_kv_u32(&b, "general.alignment", bad[i]);
         char expect[64];
         snprintf(expect, sizeof expect, "general.alignment: %u is not a power of two", bad[i]);
         assert_open_fails(&b, expect);
+        gb_free(&b);
     }
-    struct builder b = {0};
-    put_header(&b, 3, 0, 1);
-    put_str(&b, "general.alignment");
-    put_u32(&b, GGUF_TYPE_FLOAT32);
-    put_u32(&b, 0x42000000u); /* 32.0f */
+    struct gguf_builder b = {0};
+    gb_header(&b, GB_VERSION, 0, 1);
+    gb_str(&b, "general.alignment");
+    gb_u32(&b, GGUF_TYPE_FLOAT32);
+    gb_u32(&b, 0x42000000u); /* 32.0f */
     assert_open_fails(&b, "general.alignment: must be an unsigned 32-bit integer");
+    gb_free(&b);
 }
 
 Test(core_gguf, bad_tensor_infos_are_named)
 {
     const uint64_t dims[] = {32, 2, 1, 1, 1};
-    struct builder b = {0};
-    put_header(&b, 3, 1, 0);
-    put_tensor(&b, "w", 5, dims, GGML_TYPE_F32, 0);
+    struct gguf_builder b = {0};
+    gb_header(&b, GB_VERSION, 1, 0);
+    gb_tensor(&b, "w", 5, dims, GGML_TYPE_F32, 0);
     assert_open_fails(&b, "tensor #0 'w': 5 dimensions; at most 4 are supported");
 
     const uint64_t huge[] = {1ull << 32, 1ull << 32};
     b.len = 0;
-    put_header(&b, 3, 1, 0);
-    put_tensor(&b, "w", 2, huge, GGML_TYPE_F32, 0);
+    gb_header(&b, GB_VERSION, 1, 0);
+    gb_tensor(&b, "w", 2, huge, GGML_TYPE_F32, 0);
     assert_open_fails(&b, "tensor #0 'w': element count overflows 64 bits at dimension 1");
 
     const uint64_t big[] = {1ull << 62};
     b.len = 0;
-    put_header(&b, 3, 1, 0);
-    put_tensor(&b, "w", 1, big, GGML_TYPE_F32, 0);
+    gb_header(&b, GB_VERSION, 1, 0);
+    gb_tensor(&b, "w", 1, big, GGML_TYPE_F32, 0);
     assert_open_fails(&b, "tensor #0 'w': size of 4611686018427387904 elements overflows");
 
     b.len = 0;
-    put_header(&b, 3, 1, 0);
-    put_tensor(&b, "w", 2, dims, 12, 0); /* ggml's Q4_K */
+    gb_header(&b, GB_VERSION, 1, 0);
+    gb_tensor(&b, "w", 2, dims, 12, 0); /* ggml's Q4_K */
     assert_open_fails(&b, "tensor #0 'w': tensor type 12 (Q4_K) is not supported");
 
     b.len = 0;
-    put_header(&b, 3, 1, 0);
-    put_tensor(&b, "w", 2, dims, 31, 0);
+    gb_header(&b, GB_VERSION, 1, 0);
+    gb_tensor(&b, "w", 2, dims, 31, 0);
     assert_open_fails(&b, "tensor type 31 (unknown) is not supported");
 
     const uint64_t odd[] = {33, 2};
     b.len = 0;
-    put_header(&b, 3, 1, 0);
-    put_tensor(&b, "w", 2, odd, GGML_TYPE_Q8_0, 0);
+    gb_header(&b, GB_VERSION, 1, 0);
+    gb_tensor(&b, "w", 2, odd, GGML_TYPE_Q8_0, 0);
     assert_open_fails(&b, "tensor #0 'w': row length 33 is not a multiple of the Q8_0 block (32)");
 
     b.len = 0;
-    put_header(&b, 3, 1, 0);
-    put_tensor(&b, "w", 2, dims, GGML_TYPE_F32, 4);
+    gb_header(&b, GB_VERSION, 1, 0);
+    gb_tensor(&b, "w", 2, dims, GGML_TYPE_F32, 4);
     assert_open_fails(&b, "tensor #0 'w': data offset 4 is not a multiple of the alignment 32");
 
     b.len = 0;
-    put_header(&b, 3, 2, 0);
-    put_tensor(&b, "w", 2, dims, GGML_TYPE_F32, 0);
-    put_tensor(&b, "v", 2, dims, GGML_TYPE_F32, 256);
-    put_data(&b, 32, 256 + 255); /* one byte short of "v" */
+    gb_header(&b, GB_VERSION, 2, 0);
+    gb_tensor(&b, "w", 2, dims, GGML_TYPE_F32, 0);
+    gb_tensor(&b, "v", 2, dims, GGML_TYPE_F32, 256);
+    gb_data(&b, 32, 256 + 255); /* one byte short of "v" */
     assert_open_fails(&b, "tensor #1 'v': data (256 bytes at offset 256 of the data section");
 
     b.len = 0;
-    put_header(&b, 3, 1, 0);
-    put_tensor(&b, "w", 2, dims, GGML_TYPE_F32, 1ull << 63);
-    put_data(&b, 32, 256);
+    gb_header(&b, GB_VERSION, 1, 0);
+    gb_tensor(&b, "w", 2, dims, GGML_TYPE_F32, 1ull << 63);
+    gb_data(&b, 32, 256);
     assert_open_fails(&b, "runs past the end of the file");
 
     b.len = 0;
-    put_header(&b, 3, 2, 0);
-    put_tensor(&b, "w", 2, dims, GGML_TYPE_F32, 0);
-    put_tensor(&b, "w", 2, dims, GGML_TYPE_F32, 256);
-    put_data(&b, 32, 512);
+    gb_header(&b, GB_VERSION, 2, 0);
+    gb_tensor(&b, "w", 2, dims, GGML_TYPE_F32, 0);
+    gb_tensor(&b, "w", 2, dims, GGML_TYPE_F32, 256);
+    gb_data(&b, 32, 512);
     assert_open_fails(&b, "tensor #1 'w': duplicate of tensor #0");
+    gb_free(&b);
 }
 
 Test(core_gguf, opening_a_path_reports_the_path_and_the_errno)
