@@ -147,16 +147,22 @@ def permute_qk(w, n_head):
              .swapaxes(1, 2).reshape(w.shape))
 
 
-def add_llama_tokenizer(writer, sp_model_proto_path):
+def add_llama_tokenizer(writer, sp_model_proto_path, user_defined_symbols=()):
     """Stores a SentencePiece model as a `llama` tokenizer: tokens, scores,
-    token types, BOS/EOS/UNK ids, add_bos. Needs the sentencepiece module."""
+    token types, BOS/EOS/UNK ids, add_bos. Needs the sentencepiece module.
+    sentencepiece's Python API cannot tell user-defined pieces from normal
+    ones: pass the model's user_defined_symbols to store them as
+    TOKEN_USER_DEFINED (the tokenizer matches those whole)."""
     import sentencepiece as spm
     sp = spm.SentencePieceProcessor(model_file=sp_model_proto_path)
+    user_defined = set(user_defined_symbols)
     tokens, scores, types = [], [], []
     for i in range(sp.get_piece_size()):
         tokens.append(sp.id_to_piece(i))
         scores.append(sp.get_score(i))
-        if sp.is_unknown(i):
+        if tokens[-1] in user_defined:
+            types.append(TOKEN_USER_DEFINED)
+        elif sp.is_unknown(i):
             types.append(TOKEN_UNKNOWN)
         elif sp.is_control(i):
             types.append(TOKEN_CONTROL)
