@@ -18,10 +18,12 @@ dumped from R, the KJV dumped by `bible`). The build:
    cut to at most 1,000,000 bytes on a paragraph boundary), the rest trains;
 3. trains the SentencePiece BPE tokenizer on the training split
    (models/tokenizer.model);
-4. pre-tokenizes into uint16 files: corpus/train.bin (each document as
-   BOS + ids + EOS, documents in a fixed shuffled order), corpus/heldout.bin
-   and corpus/calibration.bin (BOS + the ids of the whole file, no EOS), and
-   writes corpus/meta.json (counts and sha256 of every output).
+4. pre-tokenizes into uint16 little-endian files under corpus/tokens/ (all
+   that the GPU run needs): train.bin (each document as BOS + ids + EOS,
+   documents in a fixed shuffled order), heldout.bin and calibration.bin
+   (BOS + the ids of the whole file, no EOS), and meta.json (counts and
+   sha256 of every output). Intermediates (the unpacked sources, the
+   documents as corpus/train.jsonl, the tokenizer's input) stay in corpus/.
 
 Everything is deterministic: the same sources give the same bytes.
 Needs numpy and sentencepiece (Debian: python3-numpy, python3-sentencepiece).
@@ -309,8 +311,9 @@ def write_tokens(path, ids):
     return len(a)
 
 
-def build(src, out, models):
+def build(src, corpus, models):
     import sentencepiece as spm
+    out = os.path.join(corpus, "tokens")
     os.makedirs(out, exist_ok=True)
     os.makedirs(models, exist_ok=True)
     train, heldout, calibration = load_sources(src)
@@ -322,15 +325,15 @@ def build(src, out, models):
     for name, text in (("heldout.txt", heldout_text), ("calibration.txt", calib_text)):
         with open(os.path.join(models, name), "w", encoding="utf-8", newline="\n") as f:
             f.write(text)
-    with open(os.path.join(out, "train.jsonl"), "w", encoding="utf-8") as f:
+    with open(os.path.join(corpus, "train.jsonl"), "w", encoding="utf-8") as f:
         for d in train:
             f.write(json.dumps(d, ensure_ascii=False) + "\n")
 
-    lines_path = os.path.join(out, "tokenizer_input.txt")
+    lines_path = os.path.join(corpus, "tokenizer_input.txt")
     with open(lines_path, "w", encoding="utf-8", newline="\n") as f:
         for line in tokenizer_lines(train):
             f.write(line + "\n")
-    prefix = os.path.join(out, "tokenizer")
+    prefix = os.path.join(corpus, "tokenizer")
     train_tokenizer(lines_path, prefix)
     os.replace(prefix + ".model", os.path.join(models, "tokenizer.model"))
     sp = spm.SentencePieceProcessor(model_file=os.path.join(models, "tokenizer.model"))
@@ -347,7 +350,7 @@ def build(src, out, models):
     n_held = write_tokens(os.path.join(out, "heldout.bin"), [bos] + encode_checked(sp, heldout_text))
     n_cal = write_tokens(os.path.join(out, "calibration.bin"), [bos] + encode_checked(sp, calib_text))
 
-    files = ["train.bin", "heldout.bin", "calibration.bin", "train.jsonl"]
+    files = ["train.bin", "heldout.bin", "calibration.bin"]
     meta = {
         "vocab_size": VOCAB_SIZE,
         "tokens": {"train": n_train, "heldout": n_held, "calibration": n_cal},

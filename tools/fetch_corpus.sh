@@ -14,8 +14,8 @@
 # package versions are recorded in corpus/sources.txt.
 #
 # Writes: models/tokenizer.model, models/heldout.txt, models/calibration.txt,
-# corpus/{train,heldout,calibration}.bin (uint16 token ids), corpus/train.jsonl,
-# corpus/meta.json. Needs root for apt-get only if the Debian packages are
+# corpus/tokens/{train,heldout,calibration}.bin (uint16 token ids) and
+# corpus/tokens/meta.json: corpus/tokens/ is all the GPU run needs (carry it). Needs root for apt-get only if the Debian packages are
 # missing. Python: Debian's /usr/bin/python3 with python3-sentencepiece and
 # python3-numpy (the tokenizer is trained with Debian's sentencepiece).
 set -euo pipefail
@@ -73,4 +73,4 @@ bible -l100000 'Gen1:1-Rev22:21' >"$SRC/kjv.txt"
 
 # ---------------------------------------- normalise, split, tokenize
 "$PY" tools/corpus.py build "$SRC" "$ROOT/corpus" "$ROOT/models"
-ls -l "$ROOT/corpus"/*.bin models/tokenizer.model models/heldout.txt models/calibration.txt
+ls -l "$ROOT/corpus/tokens" models/tokenizer.model models/heldout.txt models/calibration.txt
