@@ -97,7 +97,8 @@ $(1)/obj/%_amx.o: %_amx.c
 endef
 
 # libFuzzer builds use clang; OpenMP pragmas are left out there.
-FUZZ_FLAGS := -fsanitize=fuzzer-no-link,address,undefined -fno-openmp -Wno-unknown-pragmas \
+FUZZ_FLAGS := -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=all -fno-openmp \
+              -Wno-unknown-pragmas \
               -Wno-unused-command-line-argument
 $(eval $(call flavour,$(BUILD),$(CC),))
 $(eval $(call flavour,$(BUILD)/asan,$(CC),$(SAN_FLAGS)))
