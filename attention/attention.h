@@ -35,8 +35,8 @@ const char *attn_kv_type_name(enum attn_kv_type type);
 struct attn_cache_config {
     int n_layers;
     int n_kv_heads;
-    int head_dim;  /* must be a multiple of 16 */
-    int page_size; /* tokens per page; 16 by default */
+    int head_dim;  /* must be a multiple of 16, at most 256 */
+    int page_size; /* tokens per page; 16 by default; a multiple of 16, at most 256 */
     int n_pages;   /* pages in the pool */
     enum attn_kv_type kv_type;
 };
@@ -70,7 +70,9 @@ int attn_seq_reserve(attn_seq *seq, int n_new);
 
 /* Writes K and V of `n` tokens at positions [pos, pos + n) of `layer`
  * (positions must be reserved), and updates the Quest min/max of the pages
- * they land in. k and v are (n, n_kv_heads * head_dim), post-RoPE. */
+ * they land in. k and v are (n, n_kv_heads * head_dim), post-RoPE.
+ * Within a page, a layer's positions are written in order without gaps
+ * (checked); writing a position again restarts the page's bounds there. */
 void attn_seq_write(attn_seq *seq, int layer, int pos, int n, const float *k, const float *v);
 
 /* Declares positions [0, len) written in every layer; len may only grow. */
@@ -89,12 +91,16 @@ enum attn_mode {
 };
 
 struct attn_params {
-    int n_heads;       /* query heads; a multiple of the cache's n_kv_heads (GQA) */
-    float scale;       /* usually 1/sqrt(head_dim) */
+    int n_heads; /* query heads; a multiple of the cache's n_kv_heads (GQA) */
+    float scale; /* usually 1/sqrt(head_dim) */
     enum attn_mode mode;
-    int token_budget;  /* QUEST/WINDOW: tokens read per head; 0 means dense */
-    int dense_layers;  /* QUEST/WINDOW: layers below this stay dense (default 2) */
+    int token_budget; /* QUEST/WINDOW: tokens read per head; 0 means dense */
+    int dense_layers; /* QUEST/WINDOW: layers below this stay dense (default 2) */
 };
+
+/* Fills params with the defaults: scale 1/sqrt(head_dim), dense, budget 0,
+ * dense_layers 2. */
+void attn_params_default(struct attn_params *params, int n_heads, int head_dim);
 
 struct attn_stats {
     int64_t pages_read;  /* page reads (per layer and KV head) */

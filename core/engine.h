@@ -41,6 +41,9 @@ struct llm_request {
     void *user;                  /* passed back in every event */
 };
 
+/* max_tokens 16, greedy sampling, stop at EOS, the engine's Quest budget. */
+void llm_request_init(struct llm_request *request);
+
 enum llm_event_type { LLM_EVENT_TOKEN, LLM_EVENT_DONE };
 
 struct llm_logprob {
@@ -55,7 +58,10 @@ struct llm_event {
     /* TOKEN: the sampled token, its text (complete UTF-8 only; bytes of a
      * character split over tokens come with the token that completes it, and
      * text that may be the start of a stop string is held back until it is
-     * known not to be), its log-probability and the top alternatives. */
+     * known not to be), its log-probability and the top alternatives. Every
+     * sampled token gets one TOKEN event, the EOS token too (its own text is
+     * empty); the last one carries all text still held back, cut before a
+     * stop string that matched (the stop string itself is never sent). */
     int32_t token;
     const char *text;            /* valid during the callback only */
     int text_len;
@@ -101,7 +107,8 @@ int llm_engine_create(llm_model *model, const struct llm_engine_config *config,
 
 /* Queues a request. On success the engine owns the request's prompt and stop
  * strings, and *id names it in events; the struct itself may be reused.
- * Returns -EAGAIN when the waiting queue is full, -EINVAL for a request that
+ * Returns -EAGAIN when the waiting queue is full, -ESHUTDOWN once shutdown
+ * began, -EINVAL for a request that
  * can never run (empty or too long prompt for the context, bad parameters);
  * the caller keeps ownership then. */
 int llm_engine_submit(llm_engine *engine, struct llm_request *request, uint64_t *id);

@@ -6,6 +6,10 @@
  * A truncated or malformed file gives an error with a message, never a crash
  * or a read out of bounds. Strings point into the mapping and are not
  * NUL-terminated (use the length).
+ *
+ * Refused at open: versions other than 3, nested arrays, duplicate keys or
+ * tensor names, a `general.alignment` that is not a power of two, more than
+ * 4 dims, and tensor types other than F32, F16, BF16 and Q8_0.
  */
 #ifndef LLMD_CORE_GGUF_H
 #define LLMD_CORE_GGUF_H
@@ -42,33 +46,61 @@ struct llm_gguf_tensor {
 typedef struct llm_gguf llm_gguf;
 
 /* Opens and maps a file / parses a buffer the caller keeps alive until
- * close. On failure returns -errno (-EBADMSG for a malformed file) and
- * writes a message into err. */
+ * close. On failure returns -errno (-EBADMSG for a malformed file), sets
+ * *out to NULL and writes a message into err (which key or tensor, what is
+ * wrong). Everything the handle hands out lives until llm_gguf_close;
+ * close(NULL) does nothing. A handle is read-only: any number of threads
+ * may use it at once. */
 int llm_gguf_open(const char *path, llm_gguf **out, char *err, size_t err_len);
 int llm_gguf_open_memory(const void *data, size_t size, llm_gguf **out, char *err, size_t err_len);
 void llm_gguf_close(llm_gguf *gguf);
 
-/* Metadata lookups: 0, -ENOENT (no such key) or -EINVAL (wrong type). The
- * integer getters accept any integer type whose value fits. */
+/* Metadata lookups: 0, -ENOENT (no such key), -EINVAL (wrong type) or
+ * -ERANGE (an integer that does not fit, an index past the end). The
+ * integer getters accept any integer type whose value fits; the float
+ * getters accept float32 and float64. */
 int llm_gguf_get_u32(const llm_gguf *gguf, const char *key, uint32_t *out);
 int llm_gguf_get_i32(const llm_gguf *gguf, const char *key, int32_t *out);
+int llm_gguf_get_u64(const llm_gguf *gguf, const char *key, uint64_t *out);
+int llm_gguf_get_i64(const llm_gguf *gguf, const char *key, int64_t *out);
 int llm_gguf_get_f32(const llm_gguf *gguf, const char *key, float *out);
+int llm_gguf_get_f64(const llm_gguf *gguf, const char *key, double *out);
 int llm_gguf_get_bool(const llm_gguf *gguf, const char *key, bool *out);
 int llm_gguf_get_string(const llm_gguf *gguf, const char *key, struct llm_gguf_string *out);
 /* An array of numbers: its element type, count and data (little-endian, in
- * the mapping; may be unaligned, read with memcpy). */
+ * the mapping; may be unaligned, read with memcpy). For an array of strings
+ * data points at the serialized strings; read them with
+ * llm_gguf_get_array_string. Any of the out pointers may be NULL. */
 int llm_gguf_get_array(const llm_gguf *gguf, const char *key, enum llm_gguf_type *elem_type,
                        uint64_t *count, const void **data);
-/* Element i of an array of strings. */
+/* Element i of an array of strings, in O(1) (the strings are indexed at open). */
 int llm_gguf_get_array_string(const llm_gguf *gguf, const char *key, uint64_t i,
                               struct llm_gguf_string *out);
+
+/* The metadata in file order, for listing it: key i and its value type
+ * (-ERANGE past the end). */
+uint64_t llm_gguf_kv_count(const llm_gguf *gguf);
+int llm_gguf_kv_at(const llm_gguf *gguf, uint64_t i, struct llm_gguf_string *key,
+                   enum llm_gguf_type *type);
+/* "uint8" ... "float64", for messages. */
+const char *llm_gguf_type_name(enum llm_gguf_type type);
+
+/* `general.alignment` (32 when absent) and the file offset of the data section. */
+uint64_t llm_gguf_alignment(const llm_gguf *gguf);
+uint64_t llm_gguf_data_offset(const llm_gguf *gguf);
 
 uint64_t llm_gguf_tensor_count(const llm_gguf *gguf);
 const struct llm_gguf_tensor *llm_gguf_tensor_at(const llm_gguf *gguf, uint64_t i);
 /* NULL when absent. */
 const struct llm_gguf_tensor *llm_gguf_find_tensor(const llm_gguf *gguf, const char *name);
 /* Converts a whole tensor to float32 (out holds n_elements). -EINVAL for a
- * type we do not read. */
+ * type we do not read. Uses AVX2/F16C (the build's baseline). */
 int llm_gguf_tensor_to_f32(const struct llm_gguf_tensor *t, float *out);
+/* Converts rows [row, row + n_rows) (a row is dims[0] elements) to float32,
+ * e.g. one token's embedding. -ERANGE when the rows are not all there. */
+int llm_gguf_tensor_rows_to_f32(const struct llm_gguf_tensor *t, uint64_t row, uint64_t n_rows,
+                                float *out);
+/* The plain scalar reference of llm_gguf_tensor_to_f32, for tests. */
+int llm_gguf_tensor_to_f32_scalar(const struct llm_gguf_tensor *t, float *out);
 
 #endif

@@ -36,6 +36,18 @@ enum llm_precision { LLM_FP32, LLM_W8A8, LLM_W4A4_RTN, LLM_ATOM };
 int llm_precision_parse(const char *name, enum llm_precision *out);
 const char *llm_precision_name(enum llm_precision p);
 
+/* Atom's recipe and its ablation switches (precision LLM_ATOM; LLM_W4A4_RTN
+ * is the same with every switch off). */
+struct llm_quant_options {
+    int group_size;          /* channels per int4 group; 0 = one group per row */
+    int n_outlier;           /* int8 outlier channels; -1 = width / 32 */
+    float act_clip;          /* 0.9 */
+    float weight_clip;       /* 0.85 */
+    bool gptq;               /* GPTQ for the weights (else round to nearest) */
+    const char *calib_file;  /* calibration text (models/calibration.txt) */
+    int calib_tokens;        /* calibration tokens to use */
+};
+
 /* Called during long work (loading, quantizing) with a fraction done. */
 typedef void (*llm_progress_fn)(const char *what, double fraction, void *ctx);
 
@@ -44,6 +56,11 @@ struct llm_model_options {
     enum attn_kv_type kv_type;
     int kv_pages;             /* KV page pool size; 0 = enough for ctx_len x 8 sequences */
     int page_size;            /* tokens per KV page (16) */
+    enum attn_mode sparse_mode; /* what a non-zero token budget means: ATTN_QUEST, or the
+                                   query-agnostic ATTN_WINDOW baseline */
+    int dense_layers;         /* layers that always attend densely (Quest: 2) */
+    struct llm_quant_options quant;
+    int threads;              /* 0 = all cores */
     llm_progress_fn progress; /* may be NULL */
     void *progress_ctx;
 };

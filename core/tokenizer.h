@@ -7,6 +7,11 @@
  * prefixed to the text (add_dummy_prefix), then the highest-scoring merge of
  * two adjacent pieces that is in the vocabulary is applied until none is;
  * characters not in the vocabulary fall back to their UTF-8 bytes.
+ * User-defined pieces are matched whole. The ids equal sentencepiece's for
+ * valid UTF-8 (tests/test_core_tokenizer.c checks them against it).
+ *
+ * A tokenizer is read-only once loaded: any number of threads may encode
+ * and decode with it at once.
  */
 #ifndef LLMD_CORE_TOKENIZER_H
 #define LLMD_CORE_TOKENIZER_H
@@ -21,14 +26,21 @@ typedef struct llm_tokenizer llm_tokenizer;
 
 /* Reads the vocabulary from a GGUF file's metadata (a file with no tensors
  * will do). Returns -EINVAL/-EBADMSG with a message in err on a missing or
- * malformed vocabulary. */
+ * malformed vocabulary. The tokenizer copies what it needs: the GGUF may be
+ * closed afterwards. Missing BOS/EOS ids read as -1; add_bos_token and
+ * add_space_prefix default to true. Free with llm_tokenizer_free. */
 int llm_tokenizer_load(const llm_gguf *gguf, llm_tokenizer **out, char *err, size_t err_len);
 void llm_tokenizer_free(llm_tokenizer *tok);
 
 int llm_tokenizer_vocab_size(const llm_tokenizer *tok);
 int32_t llm_tokenizer_bos(const llm_tokenizer *tok);
 int32_t llm_tokenizer_eos(const llm_tokenizer *tok);
+int32_t llm_tokenizer_unk(const llm_tokenizer *tok);
 bool llm_tokenizer_add_bos(const llm_tokenizer *tok);
+/* True for control tokens (BOS, EOS, ...), which decode to nothing. */
+bool llm_tokenizer_is_control(const llm_tokenizer *tok, int32_t id);
+/* The longest piece in bytes, for sizing llm_detok_push's buffer. */
+size_t llm_tokenizer_max_piece_len(const llm_tokenizer *tok);
 /* The piece of a token as stored (with U+2581 for spaces), or NULL when id
  * is out of range. */
 const char *llm_tokenizer_piece(const llm_tokenizer *tok, int32_t id);
@@ -36,7 +48,8 @@ const char *llm_tokenizer_piece(const llm_tokenizer *tok, int32_t id);
 /* Encodes `len` bytes of text (invalid UTF-8 is encoded byte by byte through
  * the byte pieces). Writes at most `cap` ids; returns the number of ids the
  * whole text needs (call again with a larger buffer when it is > cap), or a
- * negative error. BOS first when add_bos. */
+ * negative error (-E2BIG past INT_MAX / 4 bytes). BOS first when add_bos.
+ * ids may be NULL when cap is 0. */
 int llm_tokenize(const llm_tokenizer *tok, const char *text, size_t len, bool add_bos,
                  int32_t *ids, int cap);
 
@@ -51,15 +64,22 @@ struct llm_detok {
     bool started;
 };
 void llm_detok_init(struct llm_detok *d);
-/* Appends the text of `id` that is complete so far to out. Returns the bytes
- * written, -EINVAL for an id out of range, or -ENOSPC when cap is too small
- * (the piece's length + 8 always suffices). */
+/* Appends the text of `id` that is complete so far to out (not
+ * NUL-terminated). Returns the bytes written, -EINVAL for an id out of
+ * range, or -ENOSPC when cap is too small; then the decoder is unchanged
+ * and the call may be repeated with more room. The piece's length + 12
+ * always suffices (held bytes may turn into three U+FFFD), so does
+ * llm_tokenizer_max_piece_len() + 12 for any token. Bytes held back when a
+ * token other than a byte piece arrives are broken: they become U+FFFD, as
+ * in sentencepiece. */
 int llm_detok_push(const llm_tokenizer *tok, struct llm_detok *d, int32_t id, char *out, size_t cap);
-/* Emits what is still held back (an incomplete character as U+FFFD). */
+/* Emits what is still held back (an incomplete character as U+FFFD, one per
+ * byte); 12 bytes always suffice. Returns the bytes written or -ENOSPC. */
 int llm_detok_flush(struct llm_detok *d, char *out, size_t cap);
 
-/* Decodes a whole id list into a NUL-terminated string the caller frees.
- * Returns NULL for an id out of range. */
+/* Decodes a whole id list into a NUL-terminated string the caller frees:
+ * the concatenated output of llm_detok_push and llm_detok_flush, which is
+ * sentencepiece's decoding. Returns NULL for an id out of range. */
 char *llm_detokenize(const llm_tokenizer *tok, const int32_t *ids, int n);
 
 #endif

@@ -38,6 +38,20 @@ struct q_format {
     float weight_clip;  /* weight clipping, likewise */
 };
 
+/* The defaults: W4A4 with groups of 128, no outliers, clipping 0.9
+ * (activations) and 0.85 (weights); W8A8 without clipping. */
+struct q_format q_format_default(enum q_method method);
+
+/* 0 when `format` can quantize layers of k input channels, else -EINVAL
+ * (the reason is logged at debug level). Legal: k a multiple of 16 in
+ * 16..65536; clipping factors in (0, 1]. W4A4: group_size a multiple of 16
+ * in 16..512, n_outlier a multiple of 16 in 0..k; the int4 channels
+ * k - n_outlier need not be a multiple of group_size (the last group is
+ * shorter). W8A8: n_outlier 0, group_size ignored. Clipping applies to the
+ * int4 groups only; int8 values (outliers, W8A8) keep their full range.
+ * Every function below that takes a format checks it (UTIL_CHECK). */
+int q_format_check(const struct q_format *format, int k);
+
 /* ------------------------------------------------------------ activations */
 
 /* Activations of up to `max_m` tokens, quantized for one format and width k.
@@ -57,6 +71,10 @@ void q_act_quantize_rmsnorm(q_act *act, const float *x, const float *norm_weight
 /* The same, fused with SwiGLU: quantizes silu(gate) * up; gate and up are
  * (m, k) and already in the layer's channel order. */
 void q_act_quantize_swiglu(q_act *act, const float *gate, const float *up, int m);
+/* The quantized activations of the last call, dequantized to x (m, k) in
+ * the act's channel order (position j holds channel perm[j]): for tests and
+ * error reports. m must not exceed the tokens last quantized. */
+void q_act_dequantize(const q_act *act, int m, float *x);
 
 /* ---------------------------------------------------------------- weights */
 
@@ -77,6 +95,9 @@ void q_linear_free(q_linear *layer);
 int q_linear_rows(const q_linear *layer);
 int q_linear_cols(const q_linear *layer);
 const struct q_format *q_linear_format(const q_linear *layer);
+/* The layer's channel order (k entries, owned by the layer), or NULL for the
+ * identity: pass it to q_act_quantize*. */
+const int *q_linear_perm(const q_linear *layer);
 size_t q_linear_bytes(const q_linear *layer);
 
 /* The weights as the kernels see them, dequantized to float (n, k), in the

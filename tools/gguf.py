@@ -147,16 +147,22 @@ def permute_qk(w, n_head):
              .swapaxes(1, 2).reshape(w.shape))
 
 
-def add_llama_tokenizer(writer, sp_model_proto_path):
+def add_llama_tokenizer(writer, sp_model_proto_path, user_defined_symbols=()):
     """Stores a SentencePiece model as a `llama` tokenizer: tokens, scores,
-    token types, BOS/EOS/UNK ids, add_bos. Needs the sentencepiece module."""
+    token types, BOS/EOS/UNK ids, add_bos. Needs the sentencepiece module.
+    sentencepiece's Python API cannot tell user-defined pieces from normal
+    ones: pass the model's user_defined_symbols to store them as
+    TOKEN_USER_DEFINED (the tokenizer matches those whole)."""
     import sentencepiece as spm
     sp = spm.SentencePieceProcessor(model_file=sp_model_proto_path)
+    user_defined = set(user_defined_symbols)
     tokens, scores, types = [], [], []
     for i in range(sp.get_piece_size()):
         tokens.append(sp.id_to_piece(i))
         scores.append(sp.get_score(i))
-        if sp.is_unknown(i):
+        if tokens[-1] in user_defined:
+            types.append(TOKEN_USER_DEFINED)
+        elif sp.is_unknown(i):
             types.append(TOKEN_UNKNOWN)
         elif sp.is_control(i):
             types.append(TOKEN_CONTROL)
@@ -178,8 +184,23 @@ def add_llama_tokenizer(writer, sp_model_proto_path):
     return sp.get_piece_size()
 
 
+def unpermute_qk(w, n_head):
+    """The inverse of permute_qk: GGUF's interleaved Q/K rows -> HF's
+    rotate-half order."""
+    w = np.asarray(w)
+    return (w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:])
+             .swapaxes(1, 2).reshape(w.shape))
+
+
 def read_header(path):
     """Minimal reader for checks: returns (metadata dict, tensor info list)."""
+    meta, infos, _ = _parse(path)
+    return meta, infos
+
+
+def _parse(path):
+    """Returns (metadata, tensor infos, the file's bytes with the data
+    section's offset): infos are (name, dims fastest-first, type, offset)."""
     with open(path, "rb") as f:
         data = f.read()
     pos = 0
@@ -221,4 +242,43 @@ def read_header(path):
         nd = take("<I")
         dims = [take("<Q") for _ in range(nd)]
         infos.append((name, dims, take("<I"), take("<Q")))
-    return meta, infos
+    align = meta.get("general.alignment", ALIGNMENT)
+    return meta, infos, (data, pos + (-pos) % align)
+
+
+# ggml block sizes: (elements per block, bytes per block)
+_BLOCK = {GGML_F32: (1, 4), GGML_F16: (1, 2), GGML_BF16: (1, 2), GGML_Q8_0: (QK8_0, 2 + QK8_0)}
+
+
+def dequantize(raw, ggml_type, n_elements):
+    """Bytes of one tensor -> float32 values, in file order."""
+    if ggml_type == GGML_F32:
+        return np.frombuffer(raw, dtype="<f4", count=n_elements).copy()
+    if ggml_type == GGML_F16:
+        return np.frombuffer(raw, dtype="<f2", count=n_elements).astype(np.float32)
+    if ggml_type == GGML_BF16:
+        u = np.frombuffer(raw, dtype="<u2", count=n_elements).astype(np.uint32) << 16
+        return u.view(np.float32)
+    if ggml_type == GGML_Q8_0:
+        blocks = np.frombuffer(raw, dtype=[("d", "<f2"), ("qs", "i1", QK8_0)],
+                               count=n_elements // QK8_0)
+        return (blocks["d"].astype(np.float32)[:, None] * blocks["qs"].astype(np.float32)).reshape(-1)
+    raise ValueError(f"unsupported tensor type {ggml_type}")
+
+
+def read_tensors(path):
+    """Reads a whole GGUF file: returns (metadata dict, {name: (float32
+    array in numpy order, i.e. dims reversed, ggml type)}). Checks that
+    every tensor lies inside the file."""
+    meta, infos, (data, start) = _parse(path)
+    tensors = {}
+    for name, dims, ggml_type, offset in infos:
+        n = int(np.prod(dims)) if dims else 1
+        per_block, block_bytes = _BLOCK[ggml_type]
+        assert n % per_block == 0, f"{name}: {n} elements is not whole blocks"
+        n_bytes = n // per_block * block_bytes
+        begin = start + offset
+        assert begin + n_bytes <= len(data), f"{name} runs past the end of the file"
+        values = dequantize(data[begin:begin + n_bytes], ggml_type, n)
+        tensors[name] = (values.reshape(list(reversed(dims))), ggml_type)
+    return meta, tensors

@@ -1,0 +1,224 @@
+/* forward.c: attn_forward: picks dense or sparse, splits the work over the
+ * cores, runs the page kernels and counts page reads. */
+#include "attention/attn_internal.h"
+
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Query rows (queries x heads of one KV head) handled by one work item. */
+#define ROWS_PER_ITEM 32
+
+void attn_params_default(struct attn_params *params, int n_heads, int head_dim)
+{
+    *params = (struct attn_params){
+        .n_heads = n_heads,
+        .scale = 1.0f / sqrtf((float)head_dim),
+        .mode = ATTN_DENSE,
+        .token_budget = 0,
+        .dense_layers = 2,
+    };
+}
+
+/* -------------------------------------------------------------- work items */
+
+/* Query heads [h0, h1) of KV head kv_head (absolute head numbers) for
+ * queries [i0, i1), over the page-table indices pages[0, n_pages) or, when
+ * pages is NULL, densely over every page up to each query's position. */
+struct attn_item {
+    int kv_head, h0, h1, i0, i1;
+    const int *pages;
+    int n_pages;
+};
+
+struct attn_call {
+    const struct attn_kernels *kernels;
+    const attn_seq *seq;
+    int layer;
+    const float *q;
+    const int *pos;
+    const struct attn_params *params;
+    float *out;
+};
+
+static void item_run(const struct attn_call *call, const struct attn_item *item)
+{
+    const attn_cache *cache = call->seq->cache;
+    const struct attn_cache_config *c = &cache->config;
+    int hd = c->head_dim, ps = c->page_size, width = call->params->n_heads * hd;
+    int heads = item->h1 - item->h0, n = (item->i1 - item->i0) * heads;
+
+    float *buf = util_xmalloc(sizeof(float) * (size_t)n * (2 * hd + 2) + sizeof(int) * (size_t)n);
+    float *q = buf, *acc = q + (size_t)n * hd, *max = acc + (size_t)n * hd, *sum = max + n;
+    int *visible = (int *)(sum + n);
+    int last_pos = 0;
+    for (int i = item->i0; i < item->i1; i++) {
+        if (call->pos[i] > last_pos) last_pos = call->pos[i];
+        for (int h = item->h0; h < item->h1; h++) {
+            int r = (i - item->i0) * heads + (h - item->h0);
+            const float *src = call->q + (size_t)i * width + (size_t)h * hd;
+            for (int d = 0; d < hd; d++) q[(size_t)r * hd + d] = src[d] * call->params->scale;
+            max[r] = -INFINITY;
+            sum[r] = 0;
+        }
+    }
+    memset(acc, 0, sizeof(float) * (size_t)n * hd);
+    struct attn_rows rows = {.n = n, .q = q, .max = max, .sum = sum, .acc = acc};
+    attn_page_fn page_fn = call->kernels->page[c->kv_type];
+
+    int n_iter = item->pages ? item->n_pages : last_pos / ps + 1;
+    for (int j = 0; j < n_iter; j++) {
+        int index = item->pages ? item->pages[j] : j;
+        int start = index * ps;
+        for (int i = item->i0; i < item->i1; i++) {
+            int v = call->pos[i] - start + 1;
+            v = v < 0 ? 0 : v > ps ? ps : v;
+            for (int h = 0; h < heads; h++) visible[(i - item->i0) * heads + h] = v;
+        }
+        struct attn_block block =
+            attn_cache_block_view(cache, call->seq->pages[index], call->layer, item->kv_head);
+        page_fn(&block, hd, ps, &rows, visible);
+    }
+
+    for (int i = item->i0; i < item->i1; i++) {
+        for (int h = item->h0; h < item->h1; h++) {
+            int r = (i - item->i0) * heads + (h - item->h0);
+            float *dst = call->out + (size_t)i * width + (size_t)h * hd;
+            float inv = 1.0f / sum[r];
+            for (int d = 0; d < hd; d++) dst[d] = acc[(size_t)r * hd + d] * inv;
+        }
+    }
+    free(buf);
+}
+
+/* How many pieces to cut each KV head's query heads into so that the cores
+ * have work: only when there are fewer (KV head, query tile) pairs than
+ * threads, since each piece reads the KV head's pages again. */
+static int head_splits(int group, int pairs, int threads)
+{
+    if (pairs >= threads) return 1;
+    int splits = (threads + pairs - 1) / pairs;
+    return splits < group ? splits : group;
+}
+
+static int threads_available(void)
+{
+    return omp_in_parallel() ? 1 : omp_get_max_threads();
+}
+
+static void add_stats(struct attn_stats *stats, int64_t read, int64_t total)
+{
+    if (!stats) return;
+    __atomic_fetch_add(&stats->pages_read, read, __ATOMIC_RELAXED);
+    __atomic_fetch_add(&stats->pages_total, total, __ATOMIC_RELAXED);
+}
+
+/* ------------------------------------------------------------------ calls */
+
+static void check_call(const attn_seq *seq, int layer, const int *pos, int n_q,
+                       const struct attn_params *params)
+{
+    const struct attn_cache_config *c = &seq->cache->config;
+    UTIL_CHECK(layer >= 0 && layer < c->n_layers);
+    UTIL_CHECK(params->n_heads > 0 && params->n_heads % c->n_kv_heads == 0);
+    UTIL_CHECK(n_q > 0);
+    for (int i = 0; i < n_q; i++) UTIL_CHECK(pos[i] >= 0 && pos[i] < seq->n_pages * c->page_size);
+}
+
+void attn_forward_pages(const struct attn_kernels *kernels, const attn_seq *seq, int layer,
+                        const float *q, int pos, const struct attn_params *params,
+                        const int *const *pages, const int *n_pages, float *out)
+{
+    check_call(seq, layer, &pos, 1, params);
+    int n_kv = seq->cache->config.n_kv_heads, group = params->n_heads / n_kv;
+    int threads = threads_available();
+    int splits = head_splits(group, n_kv, threads), per = (group + splits - 1) / splits;
+    struct attn_call call = {kernels, seq, layer, q, &pos, params, out};
+    int n_items = n_kv * splits;
+#pragma omp parallel for schedule(dynamic, 1) if (threads > 1 && n_items > 1)
+    for (int it = 0; it < n_items; it++) {
+        int kv = it / splits, s = it % splits;
+        int h0 = kv * group + s * per,
+            h1 = h0 + per < (kv + 1) * group ? h0 + per : (kv + 1) * group;
+        if (h0 >= h1) continue;
+        struct attn_item item = {kv, h0, h1, 0, 1, pages[kv], n_pages[kv]};
+        for (int j = 0; j < n_pages[kv]; j++)
+            UTIL_CHECK(pages[kv][j] >= 0 && pages[kv][j] < seq->n_pages);
+        item_run(&call, &item);
+    }
+}
+
+/* Dense attention of n_q queries, tiled by queries and split by heads. */
+static void forward_dense(const struct attn_call *call, int n_q)
+{
+    int n_kv = call->seq->cache->config.n_kv_heads, group = call->params->n_heads / n_kv;
+    int tile = ROWS_PER_ITEM / group > 0 ? ROWS_PER_ITEM / group : 1;
+    int tiles = (n_q + tile - 1) / tile;
+    int threads = threads_available();
+    int splits = head_splits(group, n_kv * tiles, threads), per = (group + splits - 1) / splits;
+    int n_items = n_kv * splits * tiles;
+#pragma omp parallel for schedule(dynamic, 1) if (threads > 1 && n_items > 1)
+    for (int it = 0; it < n_items; it++) {
+        int kv = it / (splits * tiles), s = it / tiles % splits, t = it % tiles;
+        int h0 = kv * group + s * per,
+            h1 = h0 + per < (kv + 1) * group ? h0 + per : (kv + 1) * group;
+        if (h0 >= h1) continue;
+        int i1 = (t + 1) * tile < n_q ? (t + 1) * tile : n_q;
+        struct attn_item item = {kv, h0, h1, t * tile, i1, NULL, 0};
+        item_run(call, &item);
+    }
+}
+
+void attn_forward_kernels(const struct attn_kernels *kernels, const attn_seq *seq, int layer,
+                          const float *q, const int *pos, int n_q, const struct attn_params *params,
+                          float *out, struct attn_stats *stats)
+{
+    check_call(seq, layer, pos, n_q, params);
+    const struct attn_cache_config *c = &seq->cache->config;
+    int ps = c->page_size, n_kv = c->n_kv_heads, group = params->n_heads / n_kv;
+    int budget_pages = params->token_budget / ps;
+    int seen = pos[0] / ps + 1; /* pages a single query reads densely */
+    bool sparse = params->mode != ATTN_DENSE && params->token_budget > 0 &&
+                  layer >= params->dense_layers && n_q == 1 && seen > budget_pages;
+    struct attn_call call = {kernels, seq, layer, q, pos, params, out};
+    if (!sparse) {
+        int64_t pages = 0;
+        for (int i = 0; i < n_q; i++) pages += pos[i] / ps + 1;
+        forward_dense(&call, n_q);
+        add_stats(stats, pages * n_kv, pages * n_kv);
+        return;
+    }
+
+    /* Sparse decode: choose each KV head's pages, then attend to them. */
+    int cap = budget_pages > 1 ? budget_pages : 1;
+    size_t scratch_floats = (size_t)(group + 1) * (seen - 1);
+    int *lists = util_xmalloc(sizeof(int) * (size_t)n_kv * cap);
+    const int **pages = util_xmalloc(sizeof(int *) * (size_t)n_kv);
+    int *counts = util_xmalloc(sizeof(int) * (size_t)n_kv);
+    int threads = threads_available();
+#pragma omp parallel for schedule(dynamic, 1) if (threads > 1 && n_kv > 1)
+    for (int kv = 0; kv < n_kv; kv++) {
+        float *scratch = util_xmalloc(sizeof(float) * (scratch_floats + 1));
+        const float *q_group = q + (size_t)kv * group * c->head_dim;
+        counts[kv] = attn_select_pages(kernels, seq, layer, kv, params->mode, budget_pages, pos[0],
+                                       q_group, group, lists + (size_t)kv * cap, scratch);
+        pages[kv] = lists + (size_t)kv * cap;
+        free(scratch);
+    }
+    /* The query is scaled inside item_run; the bounds rank pages, where a
+     * common positive scale changes nothing. */
+    attn_forward_pages(kernels, seq, layer, q, pos[0], params, pages, counts, out);
+    int64_t read = 0;
+    for (int kv = 0; kv < n_kv; kv++) read += counts[kv];
+    add_stats(stats, read, (int64_t)seen * n_kv);
+    free(counts);
+    free(pages);
+    free(lists);
+}
+
+void attn_forward(const attn_seq *seq, int layer, const float *q, const int *pos, int n_q,
+                  const struct attn_params *params, float *out, struct attn_stats *stats)
+{
+    attn_forward_kernels(attn_kernels_best(), seq, layer, q, pos, n_q, params, out, stats);
+}

@@ -1,0 +1,227 @@
+/*
+ * kernels_simd.h: the body of the SIMD attention kernels, written once over
+ * a small vector interface and included by each instruction-set file
+ * (kernels_avx2.c, kernels_avx512.c), which first defines:
+ *
+ *   vec, VEC_LANES (8 or 16), and static inline vec_zero, vec_set1,
+ *   vec_load, vec_store, vec_add, vec_sub, vec_mul, vec_fmadd (a*b+c),
+ *   vec_abs, vec_reduce_add, vec_reduce_max_first (max of the first n
+ *   lanes, n >= 1), vec_exp_first (exp of the first n lanes, 0 in the rest,
+ *   for arguments <= 0), vec_load_f16, vec_load_i8 (VEC_LANES elements) and
+ *   vec_load_i4 (elements [i0, i0 + VEC_LANES) of a packed INT4 row);
+ *   SIMD_TABLE, the name of the attn_kernels it defines, and SIMD_NAME.
+ *
+ * The same arithmetic as kernels_scalar.c, reordered for registers: per
+ * page, scores of 16 tokens at a time from K transposed (one channel of
+ * VEC_LANES tokens per register, no horizontal sums), one softmax rescale
+ * per page, and V accumulated channel chunk by channel chunk. Query rows go
+ * in blocks of SIMD_ROWS so that each K and V load feeds several rows (the
+ * query heads of one KV head). Quantized K/V are never expanded in memory:
+ * per-token scales multiply the scores (K) or the probabilities (V), and
+ * INT4 zero points add sum(q)*zero (K) or sum(p*zero) (V).
+ */
+#ifndef SIMD_TABLE
+#error "kernels_simd.h is included by an instruction-set file that defines the vec interface"
+#endif
+
+#include <math.h>
+
+#define SIMD_ROWS   4 /* query rows per block: the 4 heads of a GQA 8/2 group */
+#define SIMD_INLINE static inline __attribute__((always_inline))
+
+SIMD_INLINE vec simd_load_key(enum attn_kv_type type, const struct attn_block *b, int page_size,
+                              int d, int t0)
+{
+    size_t at = (size_t)d * page_size + t0;
+    switch (type) {
+    case ATTN_KV_F32:
+        return vec_load((const float *)b->k + at);
+    case ATTN_KV_F16:
+        return vec_load_f16((const uint16_t *)b->k + at);
+    case ATTN_KV_INT8:
+        return vec_load_i8((const int8_t *)b->k + at);
+    case ATTN_KV_INT4:
+        return vec_load_i4((const uint8_t *)b->k + (size_t)d * (page_size / 2), t0);
+    }
+    return vec_zero();
+}
+
+SIMD_INLINE vec simd_load_value(enum attn_kv_type type, const struct attn_block *b, int head_dim,
+                                int t, int c0)
+{
+    size_t at = (size_t)t * head_dim + c0;
+    switch (type) {
+    case ATTN_KV_F32:
+        return vec_load((const float *)b->v + at);
+    case ATTN_KV_F16:
+        return vec_load_f16((const uint16_t *)b->v + at);
+    case ATTN_KV_INT8:
+        return vec_load_i8((const int8_t *)b->v + at);
+    case ATTN_KV_INT4:
+        return vec_load_i4((const uint8_t *)b->v + (size_t)t * (head_dim / 2), c0);
+    }
+    return vec_zero();
+}
+
+/* Scores of rows q[0, SIMD_ROWS) against tokens [0, tmax) of the page, into
+ * s[r][t] (already scaled for quantized keys). */
+SIMD_INLINE void simd_scores(enum attn_kv_type type, const struct attn_block *b, int head_dim,
+                             int page_size, const float *const *q, int tmax,
+                             float s[][ATTN_MAX_PAGE_SIZE])
+{
+    float qsum[SIMD_ROWS] = {0};
+    if (type == ATTN_KV_INT4)
+        for (int r = 0; r < SIMD_ROWS; r++)
+            for (int d = 0; d < head_dim; d++) qsum[r] += q[r][d];
+    for (int t0 = 0; t0 < tmax; t0 += VEC_LANES) {
+        /* two accumulators per row: even and odd channels, to hide latency */
+        vec a0[SIMD_ROWS], a1[SIMD_ROWS];
+        for (int r = 0; r < SIMD_ROWS; r++) a0[r] = a1[r] = vec_zero();
+        for (int d = 0; d < head_dim; d += 2) {
+            vec k0 = simd_load_key(type, b, page_size, d, t0);
+            vec k1 = simd_load_key(type, b, page_size, d + 1, t0);
+            for (int r = 0; r < SIMD_ROWS; r++) {
+                a0[r] = vec_fmadd(vec_set1(q[r][d]), k0, a0[r]);
+                a1[r] = vec_fmadd(vec_set1(q[r][d + 1]), k1, a1[r]);
+            }
+        }
+        for (int r = 0; r < SIMD_ROWS; r++) {
+            vec x = vec_add(a0[r], a1[r]);
+            if (type == ATTN_KV_INT8 || type == ATTN_KV_INT4)
+                x = vec_mul(x, vec_load(b->k_scale + t0));
+            if (type == ATTN_KV_INT4) x = vec_fmadd(vec_load(b->k_zero + t0), vec_set1(qsum[r]), x);
+            vec_store(&s[r][t0], x);
+        }
+    }
+}
+
+/* Online-softmax step of one row over its first n <= tmax tokens: turns
+ * s[0, tmax) into the weights of the V rows (0 past n), updates max and
+ * sum, and returns the factor the row's old acc must be scaled by. For
+ * INT4 *zsum gets sum(p * v_zero). */
+SIMD_INLINE float simd_softmax(enum attn_kv_type type, const struct attn_block *b, int n, int tmax,
+                               float *s, float *max, float *sum, float *zsum)
+{
+    float page_max = -INFINITY;
+    for (int t0 = 0; t0 < n; t0 += VEC_LANES)
+        page_max = fmaxf(page_max, vec_reduce_max_first(vec_load(s + t0), n - t0));
+    float old_max = *max, new_max = fmaxf(old_max, page_max);
+    float corr = 1.0f;
+    if (new_max > old_max) {
+        corr = expf(old_max - new_max);
+        *max = new_max;
+    }
+    vec psum = vec_zero(), zs = vec_zero(), m = vec_set1(new_max);
+    for (int t0 = 0; t0 < tmax; t0 += VEC_LANES) {
+        vec p = vec_exp_first(vec_sub(vec_load(s + t0), m), n - t0);
+        psum = vec_add(psum, p);
+        if (type == ATTN_KV_INT4) zs = vec_fmadd(p, vec_load(b->v_zero + t0), zs);
+        if (type == ATTN_KV_INT8 || type == ATTN_KV_INT4) p = vec_mul(p, vec_load(b->v_scale + t0));
+        vec_store(s + t0, p);
+    }
+    *sum = *sum * corr + vec_reduce_add(psum);
+    *zsum = vec_reduce_add(zs);
+    return corr;
+}
+
+SIMD_INLINE void simd_page(enum attn_kv_type type, const struct attn_block *b, int head_dim,
+                           int page_size, const struct attn_rows *rows, const int *visible)
+{
+    float s[SIMD_ROWS][ATTN_MAX_PAGE_SIZE] __attribute__((aligned(64)));
+    for (int r0 = 0; r0 < rows->n; r0 += SIMD_ROWS) {
+        int n_block = rows->n - r0 < SIMD_ROWS ? rows->n - r0 : SIMD_ROWS;
+        int vis[SIMD_ROWS], tmax = 0;
+        const float *q[SIMD_ROWS];
+        for (int r = 0; r < SIMD_ROWS; r++) {
+            int v = r < n_block ? visible[r0 + r] : 0;
+            vis[r] = v < 0 ? 0 : v > page_size ? page_size : v;
+            if (vis[r] > tmax) tmax = vis[r];
+            /* rows past the block's end compute on row r0 and are dropped */
+            q[r] = rows->q + (size_t)(r0 + (r < n_block ? r : 0)) * head_dim;
+        }
+        if (tmax == 0) continue;
+        int tpad = (tmax + VEC_LANES - 1) / VEC_LANES * VEC_LANES;
+
+        simd_scores(type, b, head_dim, page_size, q, tmax, s);
+
+        float corr[SIMD_ROWS], zsum[SIMD_ROWS];
+        for (int r = 0; r < SIMD_ROWS; r++) {
+            corr[r] = 1.0f, zsum[r] = 0;
+            if (vis[r] == 0) {
+                for (int t = 0; t < tpad; t++) s[r][t] = 0;
+                continue;
+            }
+            corr[r] = simd_softmax(type, b, vis[r], tmax, s[r], &rows->max[r0 + r],
+                                   &rows->sum[r0 + r], &zsum[r]);
+        }
+
+        for (int c0 = 0; c0 < head_dim; c0 += VEC_LANES) {
+            /* even and odd tokens in separate accumulators, to hide latency */
+            vec o0[SIMD_ROWS], o1[SIMD_ROWS];
+            for (int r = 0; r < SIMD_ROWS; r++) o0[r] = o1[r] = vec_zero();
+            int t = 0;
+            for (; t + 1 < tmax; t += 2) {
+                vec v0 = simd_load_value(type, b, head_dim, t, c0);
+                vec v1 = simd_load_value(type, b, head_dim, t + 1, c0);
+                for (int r = 0; r < SIMD_ROWS; r++) {
+                    o0[r] = vec_fmadd(vec_set1(s[r][t]), v0, o0[r]);
+                    o1[r] = vec_fmadd(vec_set1(s[r][t + 1]), v1, o1[r]);
+                }
+            }
+            if (t < tmax) {
+                vec v0 = simd_load_value(type, b, head_dim, t, c0);
+                for (int r = 0; r < SIMD_ROWS; r++) o0[r] = vec_fmadd(vec_set1(s[r][t]), v0, o0[r]);
+            }
+            for (int r = 0; r < n_block; r++) {
+                if (vis[r] == 0) continue;
+                float *acc = rows->acc + (size_t)(r0 + r) * head_dim + c0;
+                vec o = vec_add(o0[r], o1[r]);
+                if (type == ATTN_KV_INT4) o = vec_add(o, vec_set1(zsum[r]));
+                vec_store(acc, vec_fmadd(vec_load(acc), vec_set1(corr[r]), o));
+            }
+        }
+    }
+}
+
+#define SIMD_PAGE_FN(NAME, TYPE)                                                                   \
+    static void NAME(const struct attn_block *block, int head_dim, int page_size,                  \
+                     const struct attn_rows *rows, const int *visible)                             \
+    {                                                                                              \
+        simd_page(TYPE, block, head_dim, page_size, rows, visible);                                \
+    }
+SIMD_PAGE_FN(simd_page_f32, ATTN_KV_F32)
+SIMD_PAGE_FN(simd_page_f16, ATTN_KV_F16)
+SIMD_PAGE_FN(simd_page_int8, ATTN_KV_INT8)
+SIMD_PAGE_FN(simd_page_int4, ATTN_KV_INT4)
+
+/* Quest bound in its SIMD form q.(M+m)/2 + |q|.(M-m)/2. A bound past f16
+ * range (an infinite M or m) can come out NaN here, which selection treats
+ * as +inf: such a page is always read. */
+static void simd_bound(const uint16_t *kmax, const uint16_t *kmin, int head_dim, const float *q,
+                       int n_q, float *out)
+{
+    float center[ATTN_MAX_HEAD_DIM] __attribute__((aligned(64)));
+    float radius[ATTN_MAX_HEAD_DIM] __attribute__((aligned(64)));
+    vec half = vec_set1(0.5f);
+    for (int d = 0; d < head_dim; d += VEC_LANES) {
+        vec hi = vec_load_f16(kmax + d), lo = vec_load_f16(kmin + d);
+        vec_store(center + d, vec_mul(vec_add(hi, lo), half));
+        vec_store(radius + d, vec_mul(vec_sub(hi, lo), half));
+    }
+    for (int i = 0; i < n_q; i++) {
+        const float *qi = q + (size_t)i * head_dim;
+        vec a = vec_zero(), b = vec_zero();
+        for (int d = 0; d < head_dim; d += VEC_LANES) {
+            vec x = vec_load(qi + d);
+            a = vec_fmadd(x, vec_load(center + d), a);
+            b = vec_fmadd(vec_abs(x), vec_load(radius + d), b);
+        }
+        out[i] = vec_reduce_add(vec_add(a, b));
+    }
+}
+
+const struct attn_kernels SIMD_TABLE = {
+    .name = SIMD_NAME,
+    .page = {simd_page_f32, simd_page_f16, simd_page_int8, simd_page_int4},
+    .bound = simd_bound,
+};

@@ -1,0 +1,68 @@
+/*
+ * model_internal.h: the model's insides, shared by the files of core/ that
+ * build or run it (model.c, forward.c, atom.c). Not for other modules.
+ */
+#ifndef LLMD_CORE_MODEL_INTERNAL_H
+#define LLMD_CORE_MODEL_INTERNAL_H
+
+#include "core/llm.h"
+#include "quant/quant.h"
+
+/* One weight matrix y = x W^T in the model's precision: W (n, k) in fp32, or
+ * its quantized form. `perm` is the input channel order the quantized form
+ * expects (NULL: the original order). */
+struct llm_linear {
+    int n, k;
+    float *w;           /* (n, k); NULL once a quantized form replaces it */
+    q_linear *q;        /* quantized paths */
+};
+
+struct llm_block {
+    float *attn_norm;           /* (dim) */
+    struct llm_linear wq;       /* (n_heads * head_dim, dim), rows in GGUF's RoPE pair order */
+    struct llm_linear wk;       /* (n_kv_heads * head_dim, dim) */
+    struct llm_linear wv;       /* (n_kv_heads * head_dim, dim) */
+    struct llm_linear wo;       /* (dim, n_heads * head_dim) */
+    float *ffn_norm;            /* (dim) */
+    struct llm_linear w_gate;   /* (ffn_dim, dim) */
+    struct llm_linear w_up;     /* (ffn_dim, dim) */
+    struct llm_linear w_down;   /* (dim, ffn_dim) */
+    /* Atom channel orders (NULL when not reordered). The down projection's is
+     * folded into the rows of gate and up, so it needs none at run time. */
+    int *perm_attn_in;          /* (dim) input of Q, K, V: applied by the fused RMSNorm */
+    int *perm_ffn_in;           /* (dim) input of gate and up: likewise */
+    int *perm_attn_out;         /* (n_heads * head_dim) input of O: a gather per token */
+};
+
+struct llm_model {
+    struct llm_config config;
+    struct llm_model_options options;
+    enum llm_precision precision;
+    char *name;
+    char *chat_template;
+    llm_tokenizer *tokenizer;
+    float *token_embd;          /* (vocab, dim) */
+    float *output_norm;         /* (dim) */
+    float *output;              /* (vocab, dim); == token_embd when tied */
+    struct llm_block *blocks;   /* (n_layers) */
+    struct q_format qformat;    /* quantized paths: the base format; n_outlier per input width
+                                   comes from llm_model_qformat */
+    attn_cache *kv;
+    float *rope_freq;           /* (head_dim / 2) */
+};
+
+/* The quantized format of a linear layer with k input channels. */
+struct q_format llm_model_qformat(const llm_model *model, int k);
+
+/* Forward hooks for calibration: when set, called with each linear group's
+ * input (fp32, in the original channel order) for every step. */
+enum llm_calib_point { LLM_CALIB_QKV, LLM_CALIB_O, LLM_CALIB_GATE_UP, LLM_CALIB_DOWN };
+typedef void (*llm_calib_fn)(int layer, enum llm_calib_point point, const float *x, int m,
+                             int k, void *ctx);
+void llm_workspace_set_calib(llm_workspace *ws, llm_calib_fn fn, void *ctx);
+
+/* Quantizes the model's linear layers for its precision (model->precision),
+ * calibrating on options->quant.calib_file for Atom. Called by load. */
+int llm_model_quantize(llm_model *model, char *err, size_t err_len);
+
+#endif

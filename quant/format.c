@@ -1,0 +1,94 @@
+/* format.c: which formats are legal, and the channel groups they imply. */
+#include "quant/quant_internal.h"
+#include "util/util.h"
+
+#include <errno.h>
+#include <stdlib.h>
+
+struct q_format q_format_default(enum q_method method)
+{
+    if (method == Q_W8A8)
+        return (struct q_format){
+            .method = Q_W8A8, .group_size = 0, .n_outlier = 0, .act_clip = 1.0f, .weight_clip = 1.0f};
+    return (struct q_format){
+        .method = Q_W4A4, .group_size = 128, .n_outlier = 0, .act_clip = 0.9f, .weight_clip = 0.85f};
+}
+
+static bool clip_ok(float clip) { return clip > 0.0f && clip <= 1.0f; }
+
+int q_format_check(const struct q_format *format, int k)
+{
+    const char *why = NULL;
+    if (!format)
+        why = "no format";
+    else if (k < Q_CHANNEL_ALIGN || k > Q_MAX_K || k % Q_CHANNEL_ALIGN)
+        why = "k must be a multiple of 16 in 16..65536";
+    else if (!clip_ok(format->act_clip) || !clip_ok(format->weight_clip))
+        why = "clipping factors must be in (0, 1]";
+    else if (format->method == Q_W8A8) {
+        if (format->n_outlier != 0) why = "W8A8 has no outlier channels";
+    } else if (format->method == Q_W4A4) {
+        if (format->group_size < Q_CHANNEL_ALIGN || format->group_size > Q_MAX_GROUP ||
+            format->group_size % Q_CHANNEL_ALIGN)
+            why = "group_size must be a multiple of 16 in 16..512";
+        else if (format->n_outlier < 0 || format->n_outlier > k ||
+                 format->n_outlier % Q_CHANNEL_ALIGN)
+            why = "n_outlier must be a multiple of 16 in 0..k";
+    } else
+        why = "unknown method";
+    if (!why) return 0;
+    LOG_DEBUG("quant: format rejected for k=%d: %s", k, why);
+    return -EINVAL;
+}
+
+void q_layout_init(struct q_layout *lay, const struct q_format *format, int k)
+{
+    UTIL_CHECK(q_format_check(format, k) == 0);
+    int k_normal = format->method == Q_W8A8 ? 0 : k - format->n_outlier;
+    int n_int4 = format->method == Q_W8A8 ? 0 : (k_normal + format->group_size - 1) / format->group_size;
+    int n_int8 = format->method == Q_W8A8 || format->n_outlier > 0;
+    lay->k = k;
+    lay->n_groups = n_int4 + n_int8;
+    lay->groups = util_xcalloc((size_t)lay->n_groups, sizeof *lay->groups);
+    int act_offset = 0;
+    size_t w_offset = 0;
+    for (int g = 0; g < lay->n_groups; g++) {
+        struct q_group *grp = &lay->groups[g];
+        if (g < n_int4) {
+            grp->start = g * format->group_size;
+            grp->len = k_normal - grp->start < format->group_size ? k_normal - grp->start
+                                                                  : format->group_size;
+            grp->bits = 4;
+        } else {
+            grp->start = k_normal;
+            grp->len = k - k_normal;
+            grp->bits = 8;
+        }
+        grp->act_offset = act_offset;
+        grp->w_offset = w_offset;
+        act_offset += q_round_up(grp->len, Q_ACT_GROUP_ALIGN);
+        w_offset += (size_t)grp->len * Q_BLOCK_ROWS * (size_t)grp->bits / 8;
+    }
+    lay->act_row_bytes = act_offset;
+    lay->block_bytes = w_offset;
+}
+
+void q_layout_free(struct q_layout *lay)
+{
+    free(lay->groups);
+    lay->groups = NULL;
+    lay->n_groups = 0;
+}
+
+uint64_t q_perm_hash(const int *perm, int k)
+{
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (int j = 0; j < k; j++) {
+        uint32_t c = perm ? (uint32_t)perm[j] : (uint32_t)j;
+        for (int b = 0; b < 4; b++) {
+            h ^= (c >> (8 * b)) & 0xff;
+            h *= 0x100000001b3ull;
+        }
+    }
+    return h;
+}

@@ -1,0 +1,224 @@
+/*
+ * gemm.c: the quantized product: kernel choice, the split over threads, the
+ * scalar reference kernel, and the chunk planner the SIMD kernels share.
+ */
+#include "quant/quant_internal.h"
+#include "util/util.h"
+
+#include <omp.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Products smaller than this (multiply-adds) stay on the calling thread:
+ * waking the team costs more than it saves. */
+#define GEMM_PARALLEL_MIN_MACS (1 << 20)
+/* Tokens per work item when threads split the tokens. */
+#define GEMM_TOKEN_GRAIN 16
+
+/* -------------------------------------------------------------- choosing */
+
+static q_kernel_fn *const kernel_fns[Q_KERNEL_COUNT] = {
+    [Q_KERNEL_SCALAR] = q_gemm_scalar,
+    [Q_KERNEL_AVX2] = q_gemm_avx2,
+    [Q_KERNEL_AVX512_VNNI] = q_gemm_avx512,
+    [Q_KERNEL_AMX] = q_gemm_amx,
+};
+
+static const char *const kernel_names[Q_KERNEL_COUNT] = {
+    [Q_KERNEL_SCALAR] = "scalar",
+    [Q_KERNEL_AVX2] = "avx2",
+    [Q_KERNEL_AVX512_VNNI] = "avx512",
+    [Q_KERNEL_AMX] = "amx",
+};
+
+static const int kernel_panels[Q_KERNEL_COUNT] = {
+    [Q_KERNEL_SCALAR] = 1,
+    [Q_KERNEL_AVX2] = Q_PANEL_AVX2,
+    [Q_KERNEL_AVX512_VNNI] = Q_PANEL_AVX512,
+    [Q_KERNEL_AMX] = Q_PANEL_AMX,
+};
+
+bool q_kernel_available(enum q_kernel kernel)
+{
+    const struct util_cpu *cpu = util_cpu();
+    bool vnni = util_cpu_has_avx512() && cpu->avx512vnni;
+    switch (kernel) {
+    case Q_KERNEL_SCALAR: return true;
+    case Q_KERNEL_AVX2: return cpu->avx2 && cpu->fma;
+    case Q_KERNEL_AVX512_VNNI: return vnni;
+    case Q_KERNEL_AMX: return vnni && cpu->amx_usable; /* rescales with AVX-512 */
+    default: return false;
+    }
+}
+
+const char *q_kernel_name(enum q_kernel kernel)
+{
+    return kernel >= 0 && kernel < Q_KERNEL_COUNT ? kernel_names[kernel] : "unknown";
+}
+
+static enum q_kernel selected_kernel;
+static pthread_once_t select_once = PTHREAD_ONCE_INIT;
+
+static void select_kernel(void)
+{
+    selected_kernel = Q_KERNEL_SCALAR;
+    for (int k = Q_KERNEL_SCALAR; k < Q_KERNEL_COUNT; k++)
+        if (q_kernel_available((enum q_kernel)k)) selected_kernel = (enum q_kernel)k;
+    const char *want = getenv("LLMD_QKERNEL");
+    if (!want || !*want) return;
+    for (int k = 0; k < Q_KERNEL_COUNT; k++) {
+        if (strcmp(want, kernel_names[k]) != 0) continue;
+        if (q_kernel_available((enum q_kernel)k))
+            selected_kernel = (enum q_kernel)k;
+        else
+            LOG_WARN("quant: LLMD_QKERNEL=%s is not available here; using %s", want,
+                     kernel_names[selected_kernel]);
+        return;
+    }
+    LOG_WARN("quant: unknown LLMD_QKERNEL=%s; using %s", want, kernel_names[selected_kernel]);
+}
+
+enum q_kernel q_kernel_selected(void)
+{
+    pthread_once(&select_once, select_kernel);
+    return selected_kernel;
+}
+
+/* ------------------------------------------------------------- products */
+
+static bool same_structure(const struct q_format *a, const struct q_format *b)
+{
+    if (a->method != b->method || a->n_outlier != b->n_outlier) return false;
+    return a->method == Q_W8A8 || a->group_size == b->group_size;
+}
+
+void q_gemm_with(enum q_kernel kernel, const q_linear *layer, const q_act *act, int m, float *y)
+{
+    UTIL_CHECK(layer && act && y);
+    UTIL_CHECK(m >= 1 && m <= act->m);
+    UTIL_CHECK(q_kernel_available(kernel));
+    UTIL_CHECK(act->k == layer->k && same_structure(&act->format, &layer->format));
+    UTIL_CHECK(!act->perm_known || act->perm_hash == layer->perm_hash);
+    q_kernel_fn *fn = kernel_fns[kernel];
+    int n_blocks = layer->n_blocks, panel = kernel_panels[kernel];
+    int n_panels = (n_blocks + panel - 1) / panel;
+    double macs = (double)m * layer->n * layer->k;
+    int threads = omp_in_parallel() || macs < GEMM_PARALLEL_MIN_MACS ? 1 : omp_get_max_threads();
+    /* Split the panels; with fewer panels than threads, split the tokens too. */
+    int token_parts = 1;
+    if (n_panels < threads) {
+        token_parts = (threads + n_panels - 1) / n_panels;
+        int most = (m + GEMM_TOKEN_GRAIN - 1) / GEMM_TOKEN_GRAIN;
+        token_parts = token_parts < most ? token_parts : most;
+    }
+    int items = n_panels * token_parts;
+    if (threads == 1 || items == 1) {
+        fn(layer, act, 0, m, y, 0, n_blocks);
+        return;
+    }
+#pragma omp parallel num_threads(threads < items ? threads : items)
+    {
+        int nt = omp_get_num_threads(), id = omp_get_thread_num();
+        if (token_parts == 1) {
+            int p0 = (int)((long)n_panels * id / nt), p1 = (int)((long)n_panels * (id + 1) / nt);
+            int b1 = p1 * panel < n_blocks ? p1 * panel : n_blocks;
+            if (p0 < p1) fn(layer, act, 0, m, y, p0 * panel, b1);
+        } else {
+            for (int item = id; item < items; item += nt) {
+                int p = item / token_parts, part = item % token_parts;
+                int t0 = m * part / token_parts, t1 = m * (part + 1) / token_parts;
+                int b1 = (p + 1) * panel < n_blocks ? (p + 1) * panel : n_blocks;
+                if (t0 < t1) fn(layer, act, t0, t1, y, p * panel, b1);
+            }
+        }
+    }
+}
+
+void q_gemm(const q_linear *layer, const q_act *act, int m, float *y)
+{
+    q_gemm_with(q_kernel_selected(), layer, act, m, y);
+}
+
+/* ------------------------------------------------------- scalar reference */
+
+/* The definition, plainly: int32 dot products per group, rescaled in fp32. */
+void q_gemm_scalar(const struct q_linear *layer, const struct q_act *act, int t_begin, int t_end,
+                   float *y, int block_begin, int block_end)
+{
+    const struct q_layout *lay = &layer->layout;
+    int row_end = block_end * Q_BLOCK_ROWS < layer->n ? block_end * Q_BLOCK_ROWS : layer->n;
+    for (int t = t_begin; t < t_end; t++) {
+        const int8_t *a = q_act_row(act, t);
+        for (int row = block_begin * Q_BLOCK_ROWS; row < row_end; row++) {
+            float sum = 0.0f;
+            for (int g = 0; g < lay->n_groups; g++) {
+                const struct q_group *grp = &lay->groups[g];
+                int32_t dot = 0;
+                for (int c = 0; c < grp->len; c++)
+                    dot += a[grp->act_offset + c] * q_linear_value(layer, row, g, c);
+                float w_scale = q_linear_scales(layer, row / Q_BLOCK_ROWS, g)[row % Q_BLOCK_ROWS];
+                sum += (float)dot * w_scale * q_act_scale(act, t, g);
+            }
+            y[(size_t)t * layer->n + row] = sum;
+        }
+    }
+}
+
+/* ---------------------------------------------------------------- chunks */
+
+/* Unpacks `quads` quads of int4 (pairs sharing 64 bytes) to one byte each. */
+static void unpack_int4(const uint8_t *restrict src, int quads, uint8_t *restrict dst)
+{
+    for (int p = 0; p < quads / 2; p++) {
+        const uint8_t *s = src + (size_t)p * Q_QUAD_BYTES;
+        uint8_t *lo = dst + (size_t)p * 2 * Q_QUAD_BYTES, *hi = lo + Q_QUAD_BYTES;
+#pragma omp simd
+        for (int i = 0; i < Q_QUAD_BYTES; i++) {
+            lo[i] = s[i] & 0x0f;
+            hi[i] = s[i] >> 4;
+        }
+    }
+}
+
+int q_chunk_plan(const struct q_linear *layer, int block, int nv, struct q_cursor *cur,
+                 uint8_t *buf, struct q_seg *segs)
+{
+    const struct q_layout *lay = &layer->layout;
+    int n_segs = 0, channels = 0, unpacked = 0;
+    while (cur->g < lay->n_groups && channels < Q_CHUNK_CHANNELS) {
+        const struct q_group *grp = &lay->groups[cur->g];
+        int len = grp->len - cur->c;
+        if (len > Q_CHUNK_CHANNELS - channels) {
+            if (grp->bits == 4) break; /* int4 groups are never split */
+            len = Q_CHUNK_CHANNELS - channels;
+        }
+        struct q_seg *seg = &segs[n_segs++];
+        seg->g = cur->g;
+        seg->bits = grp->bits;
+        seg->first = cur->c == 0;
+        seg->a_offset = grp->act_offset + cur->c;
+        seg->quads = len / 4;
+        for (int j = 0; j < nv; j++) {
+            const uint8_t *blk = layer->packed + (size_t)(block + j) * lay->block_bytes +
+                                 grp->w_offset;
+            if (grp->bits == 8) {
+                seg->w[j] = blk + (size_t)(cur->c / 4) * Q_QUAD_BYTES;
+            } else {
+                uint8_t *dst = buf + (size_t)j * Q_CHUNK_BLOCK_BYTES +
+                               (size_t)(unpacked / 4) * Q_QUAD_BYTES;
+                unpack_int4(blk, seg->quads, dst);
+                seg->w[j] = dst;
+            }
+            seg->w_scale[j] = q_linear_scales(layer, block + j, cur->g);
+        }
+        if (grp->bits == 4) unpacked += len;
+        channels += len;
+        cur->c += len;
+        if (cur->c == grp->len) {
+            cur->g++;
+            cur->c = 0;
+        }
+    }
+    return n_segs;
+}

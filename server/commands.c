@@ -1,0 +1,860 @@
+/*
+ * commands.c: llmd's offline subcommands: generate, perplexity, passkey,
+ * tokenize. They share the model flags (precision, KV type, Quest budget,
+ * threads) so that every path can be measured from the command line.
+ */
+#include "server/commands.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "core/llm.h"
+#include "util/util.h"
+
+#define DEFAULT_MODEL "models/llmd-tiny-en.gguf"
+
+/* ------------------------------------------------------------ model flags */
+
+enum {
+    OPT_MODEL = 256, OPT_THREADS, OPT_PRECISION, OPT_KV, OPT_QUEST_BUDGET, OPT_DENSE_LAYERS,
+    OPT_SPARSE_MODE, OPT_KV_PAGES, OPT_GROUP_SIZE, OPT_OUTLIERS, OPT_ACT_CLIP, OPT_WEIGHT_CLIP,
+    OPT_NO_GPTQ, OPT_CALIB_FILE, OPT_CALIB_TOKENS, OPT_HELP,
+    /* per command */
+    OPT_PROMPT, OPT_N, OPT_TEMPERATURE, OPT_TOP_K, OPT_TOP_P, OPT_MIN_P, OPT_SEED, OPT_REPEAT_PENALTY,
+    OPT_PRESENCE_PENALTY, OPT_FREQUENCY_PENALTY, OPT_STOP, OPT_IDS, OPT_NO_BOS, OPT_FILE, OPT_CTX,
+    OPT_MAX_TOKENS, OPT_BATCH, OPT_TRIALS, OPT_BOS, OPT_OUTPUT, OPT_DEPTH,
+};
+
+struct model_flags {
+    const char *path;
+    struct llm_model_options options;
+    int quest_budget;
+};
+
+static const struct option model_options[] = {
+    {"model", required_argument, 0, OPT_MODEL},
+    {"threads", required_argument, 0, OPT_THREADS},
+    {"precision", required_argument, 0, OPT_PRECISION},
+    {"kv", required_argument, 0, OPT_KV},
+    {"quest-budget", required_argument, 0, OPT_QUEST_BUDGET},
+    {"dense-layers", required_argument, 0, OPT_DENSE_LAYERS},
+    {"sparse-mode", required_argument, 0, OPT_SPARSE_MODE},
+    {"kv-pages", required_argument, 0, OPT_KV_PAGES},
+    {"group-size", required_argument, 0, OPT_GROUP_SIZE},
+    {"outliers", required_argument, 0, OPT_OUTLIERS},
+    {"act-clip", required_argument, 0, OPT_ACT_CLIP},
+    {"weight-clip", required_argument, 0, OPT_WEIGHT_CLIP},
+    {"no-gptq", no_argument, 0, OPT_NO_GPTQ},
+    {"calib-file", required_argument, 0, OPT_CALIB_FILE},
+    {"calib-tokens", required_argument, 0, OPT_CALIB_TOKENS},
+    {"help", no_argument, 0, OPT_HELP},
+};
+#define N_MODEL_OPTIONS (sizeof model_options / sizeof model_options[0])
+
+static const char model_help[] =
+    "Model options:\n"
+    "  --model FILE          GGUF model (default " DEFAULT_MODEL ")\n"
+    "  --threads N           worker threads (default: all cores)\n"
+    "  --precision P         fp32 | w8a8 | w4a4-rtn | atom (default fp32)\n"
+    "  --kv T                KV cache: f32 | f16 | int8 | int4 (default f32)\n"
+    "  --quest-budget N      Quest token budget per head in decode; 0 = dense (default 0)\n"
+    "  --sparse-mode M       quest | window (query-agnostic sinks + recent baseline)\n"
+    "  --dense-layers N      layers that always attend densely (default 2)\n"
+    "  --kv-pages N          KV page pool size (default: 8 full contexts)\n"
+    "  --group-size N        Atom: channels per int4 group, 0 = per row (default 128)\n"
+    "  --outliers N          Atom: int8 outlier channels, -1 = width/32 (default -1)\n"
+    "  --act-clip F          Atom: activation clipping ratio (default 0.9)\n"
+    "  --weight-clip F       Atom: weight clipping ratio (default 0.85)\n"
+    "  --no-gptq             Atom: round weights to nearest instead of GPTQ\n"
+    "  --calib-file FILE     Atom: calibration text (default models/calibration.txt)\n"
+    "  --calib-tokens N      Atom: calibration tokens (default 16384)\n"
+    "  --help                this text\n";
+
+static void model_flags_init(struct model_flags *f)
+{
+    f->path = DEFAULT_MODEL;
+    llm_model_options_default(&f->options);
+    f->quest_budget = 0;
+}
+
+static bool parse_int(const char *s, long lo, long hi, int *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi) return false;
+    *out = (int)v;
+    return true;
+}
+
+static bool parse_float(const char *s, float lo, float hi, float *out)
+{
+    char *end;
+    errno = 0;
+    float v = strtof(s, &end);
+    if (errno || end == s || *end || !(v >= lo && v <= hi)) return false;
+    *out = v;
+    return true;
+}
+
+/* Returns 1 when `opt` was a model flag (parsed), 0 when it is not one, -1
+ * on a bad value (message printed). */
+static int parse_model_flag(int opt, const char *arg, struct model_flags *f)
+{
+    struct llm_model_options *o = &f->options;
+    bool ok = true;
+    switch (opt) {
+    case OPT_MODEL: f->path = arg; break;
+    case OPT_THREADS: ok = parse_int(arg, 1, 1024, &o->threads); break;
+    case OPT_PRECISION: ok = llm_precision_parse(arg, &o->precision) == 0; break;
+    case OPT_KV: ok = attn_kv_type_parse(arg, &o->kv_type) == 0; break;
+    case OPT_QUEST_BUDGET: ok = parse_int(arg, 0, 1 << 24, &f->quest_budget); break;
+    case OPT_DENSE_LAYERS: ok = parse_int(arg, 0, 1 << 16, &o->dense_layers); break;
+    case OPT_SPARSE_MODE:
+        if (strcmp(arg, "quest") == 0) o->sparse_mode = ATTN_QUEST;
+        else if (strcmp(arg, "window") == 0) o->sparse_mode = ATTN_WINDOW;
+        else ok = false;
+        break;
+    case OPT_KV_PAGES: ok = parse_int(arg, 1, 1 << 24, &o->kv_pages); break;
+    case OPT_GROUP_SIZE: ok = parse_int(arg, 0, 1 << 16, &o->quant.group_size); break;
+    case OPT_OUTLIERS: ok = parse_int(arg, -1, 1 << 16, &o->quant.n_outlier); break;
+    case OPT_ACT_CLIP: ok = parse_float(arg, 0.01f, 1.0f, &o->quant.act_clip); break;
+    case OPT_WEIGHT_CLIP: ok = parse_float(arg, 0.01f, 1.0f, &o->quant.weight_clip); break;
+    case OPT_NO_GPTQ: o->quant.gptq = false; break;
+    case OPT_CALIB_FILE: o->quant.calib_file = arg; break;
+    case OPT_CALIB_TOKENS: ok = parse_int(arg, 16, 1 << 24, &o->quant.calib_tokens); break;
+    default: return 0;
+    }
+    if (!ok) {
+        fprintf(stderr, "llmd: bad value '%s' for an option (see --help)\n", arg);
+        return -1;
+    }
+    return 1;
+}
+
+/* Joins a command's own options with the model options for getopt_long. */
+static struct option *join_options(const struct option *own, size_t n_own)
+{
+    struct option *all = util_xcalloc(n_own + N_MODEL_OPTIONS + 1, sizeof *all);
+    memcpy(all, own, n_own * sizeof *own);
+    memcpy(all + n_own, model_options, sizeof model_options);
+    return all;
+}
+
+static void print_progress(const char *what, double fraction, void *ctx)
+{
+    (void)ctx;
+    if (!isatty(STDERR_FILENO) && fraction < 1.0) return;
+    fprintf(stderr, "\r%s: %3.0f%%%s", what, 100.0 * fraction, fraction >= 1.0 ? "\n" : "");
+}
+
+static llm_model *load_model(struct model_flags *f)
+{
+    f->options.progress = print_progress;
+    llm_model *model;
+    char err[512];
+    int rc = llm_model_load(f->path, &f->options, &model, err, sizeof err);
+    if (rc) {
+        fprintf(stderr, "llmd: cannot load model: %s\n", err);
+        return NULL;
+    }
+    const struct llm_config *c = llm_model_config(model);
+    fprintf(stderr, "llmd: %s: %d layers, width %d, %d/%d heads, FFN %d, vocab %d, context %d; %s, KV %s\n",
+            llm_model_name(model), c->n_layers, c->dim, c->n_heads, c->n_kv_heads, c->ffn_dim,
+            c->vocab_size, c->ctx_len, llm_precision_name(f->options.precision),
+            attn_kv_type_name(f->options.kv_type));
+    fprintf(stderr, "llmd: cpu %s [%s]; OpenBLAS %s kernels\n", util_cpu_model_name(),
+            util_cpu_flags_string(), util_blas_corename());
+    return model;
+}
+
+/* Reads a whole file into a NUL-terminated buffer the caller frees. */
+static char *read_file(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    size_t cap = 1 << 16, n = 0;
+    char *buf = util_xmalloc(cap);
+    size_t got;
+    while ((got = fread(buf + n, 1, cap - n - 1, f)) > 0) {
+        n += got;
+        if (cap - n - 1 == 0) buf = util_xrealloc(buf, cap *= 2);
+    }
+    fclose(f);
+    buf[n] = 0;
+    *len = n;
+    return buf;
+}
+
+/* Tokenizes text into a new array; returns the count or a negative error. */
+static int tokenize_all(const llm_tokenizer *tok, const char *text, size_t len, bool bos, int32_t **out)
+{
+    int cap = (int)(len < 64 ? 64 : len + 2);
+    int32_t *ids = util_xmalloc(sizeof(int32_t) * (size_t)cap);
+    int n = llm_tokenize(tok, text, len, bos, ids, cap);
+    if (n > cap) {
+        ids = util_xrealloc(ids, sizeof(int32_t) * (size_t)n);
+        n = llm_tokenize(tok, text, len, bos, ids, n);
+    }
+    if (n < 0) {
+        free(ids);
+        return n;
+    }
+    *out = ids;
+    return n;
+}
+
+/* --------------------------------------------------------------- generate */
+
+struct generate_run {
+    pthread_mutex_t lock;
+    pthread_cond_t done_cond;
+    bool done;
+    bool print_ids;
+    int32_t *ids;
+    int n_ids;
+    struct llm_event final;
+};
+
+static void generate_on_event(const struct llm_event *ev, void *ctx)
+{
+    struct generate_run *run = ctx;
+    if (ev->type == LLM_EVENT_TOKEN) {
+        fwrite(ev->text, 1, (size_t)ev->text_len, stdout);
+        fflush(stdout);
+        run->ids = util_xrealloc(run->ids, sizeof(int32_t) * (size_t)(run->n_ids + 1));
+        run->ids[run->n_ids++] = ev->token;
+        return;
+    }
+    pthread_mutex_lock(&run->lock);
+    run->final = *ev;
+    run->done = true;
+    pthread_cond_signal(&run->done_cond);
+    pthread_mutex_unlock(&run->lock);
+}
+
+static const char generate_help[] =
+    "Usage: llmd generate [--model FILE] --prompt TEXT [-n N] [sampling options] [--ids]\n"
+    "Generates text for a prompt and prints it, then tokens/s on stderr.\n\n"
+    "  --prompt TEXT           the prompt\n"
+    "  -n, --max-tokens N      tokens to generate (default 64)\n"
+    "  --temperature T         0 = greedy (default 0)\n"
+    "  --top-k K, --top-p P, --min-p P   truncation (defaults off)\n"
+    "  --seed S                random seed (default 0); the same seed gives the same text\n"
+    "  --repeat-penalty R, --presence-penalty P, --frequency-penalty F\n"
+    "  --stop TEXT             stop string (repeatable, up to 8)\n"
+    "  --ids                   also print the generated token ids\n"
+    "  --no-bos                do not prepend the BOS token\n\n";
+
+int cmd_generate(int argc, char **argv)
+{
+    static const struct option own[] = {
+        {"prompt", required_argument, 0, OPT_PROMPT}, {"max-tokens", required_argument, 0, 'n'},
+        {"temperature", required_argument, 0, OPT_TEMPERATURE}, {"top-k", required_argument, 0, OPT_TOP_K},
+        {"top-p", required_argument, 0, OPT_TOP_P}, {"min-p", required_argument, 0, OPT_MIN_P},
+        {"seed", required_argument, 0, OPT_SEED}, {"repeat-penalty", required_argument, 0, OPT_REPEAT_PENALTY},
+        {"presence-penalty", required_argument, 0, OPT_PRESENCE_PENALTY},
+        {"frequency-penalty", required_argument, 0, OPT_FREQUENCY_PENALTY},
+        {"stop", required_argument, 0, OPT_STOP}, {"ids", no_argument, 0, OPT_IDS},
+        {"no-bos", no_argument, 0, OPT_NO_BOS},
+    };
+    struct option *options = join_options(own, sizeof own / sizeof own[0]);
+    struct model_flags mf;
+    model_flags_init(&mf);
+    struct llm_request req;
+    llm_request_init(&req);
+    req.max_tokens = 64;
+    const char *prompt = NULL;
+    bool bos = true, print_ids = false;
+    int opt, rc = 2, seed = 0;
+    bool ok = true;
+    optind = 1;
+    while (ok && (opt = getopt_long(argc, argv, "n:", options, NULL)) != -1) {
+        struct llm_sampling *s = &req.sampling;
+        switch (opt) {
+        case OPT_PROMPT: prompt = optarg; break;
+        case 'n': ok = parse_int(optarg, 1, 1 << 20, &req.max_tokens); break;
+        case OPT_TEMPERATURE: ok = parse_float(optarg, 0, 100, &s->temperature); break;
+        case OPT_TOP_K: ok = parse_int(optarg, 0, 1 << 20, &s->top_k); break;
+        case OPT_TOP_P: ok = parse_float(optarg, 1e-6f, 1, &s->top_p); break;
+        case OPT_MIN_P: ok = parse_float(optarg, 0, 1, &s->min_p); break;
+        case OPT_SEED: ok = parse_int(optarg, 0, 2147483647, &seed); break;
+        case OPT_REPEAT_PENALTY: ok = parse_float(optarg, 1e-3f, 100, &s->repetition_penalty); break;
+        case OPT_PRESENCE_PENALTY: ok = parse_float(optarg, -2, 2, &s->presence_penalty); break;
+        case OPT_FREQUENCY_PENALTY: ok = parse_float(optarg, -2, 2, &s->frequency_penalty); break;
+        case OPT_STOP:
+            if (req.n_stop == LLM_MAX_STOP || !optarg[0]) ok = false;
+            else req.stop[req.n_stop++] = util_xstrdup(optarg);
+            break;
+        case OPT_IDS: print_ids = true; break;
+        case OPT_NO_BOS: bos = false; break;
+        case OPT_HELP:
+            printf("%s%s", generate_help, model_help);
+            rc = 0;
+            goto out;
+        default: {
+            int r = parse_model_flag(opt, optarg, &mf);
+            if (r <= 0) ok = false;
+        }
+        }
+        if (!ok && opt != '?') fprintf(stderr, "llmd generate: bad value for an option\n");
+    }
+    if (!ok || !prompt || optind != argc) {
+        if (ok) fprintf(stderr, "llmd generate: %s\n", prompt ? "unexpected argument" : "--prompt is required");
+        fprintf(stderr, "see llmd generate --help\n");
+        goto out;
+    }
+    req.sampling.seed = (uint64_t)seed;
+
+    llm_model *model = load_model(&mf);
+    if (!model) {
+        rc = 1;
+        goto out;
+    }
+    const llm_tokenizer *tok = llm_model_tokenizer(model);
+    int n = tokenize_all(tok, prompt, strlen(prompt), bos && llm_tokenizer_add_bos(tok), &req.prompt);
+    if (n <= 0) {
+        fprintf(stderr, "llmd generate: the prompt gives no tokens\n");
+        llm_model_free(model);
+        rc = 2;
+        goto out;
+    }
+    req.n_prompt = n;
+
+    struct generate_run run = {.print_ids = print_ids};
+    pthread_mutex_init(&run.lock, NULL);
+    pthread_cond_init(&run.done_cond, NULL);
+    struct llm_engine_config ec;
+    llm_engine_config_default(&ec);
+    ec.quest_budget = mf.quest_budget;
+    llm_engine *engine = NULL;
+    uint64_t id;
+    rc = llm_engine_create(model, &ec, generate_on_event, &run, &engine);
+    if (rc == 0) rc = llm_engine_submit(engine, &req, &id);
+    if (rc) {
+        fprintf(stderr, "llmd generate: %s\n", rc == -EINVAL ? "the prompt is longer than the context" : util_strerror(rc));
+        if (engine) llm_engine_shutdown(engine, 0);
+        llm_model_free(model);
+        rc = 2;
+        goto out;
+    }
+    pthread_mutex_lock(&run.lock);
+    while (!run.done) pthread_cond_wait(&run.done_cond, &run.lock);
+    pthread_mutex_unlock(&run.lock);
+    llm_engine_shutdown(engine, 0);
+    printf("\n");
+    if (print_ids) {
+        for (int i = 0; i < run.n_ids; i++) printf("%s%d", i ? " " : "", run.ids[i]);
+        printf("\n");
+    }
+    const struct llm_event *f = &run.final;
+    double decode_s = f->total_s - f->first_token_s;
+    fprintf(stderr, "llmd: prompt %d tokens in %.3f s (%.1f tokens/s); generated %d tokens, %.1f tokens/s; finish %s\n",
+            f->prompt_tokens, f->first_token_s, f->prompt_tokens / (f->first_token_s > 0 ? f->first_token_s : 1e-9),
+            f->completion_tokens, f->completion_tokens > 1 ? (f->completion_tokens - 1) / (decode_s > 0 ? decode_s : 1e-9) : 0.0,
+            llm_finish_name(f->finish));
+    free(run.ids);
+    pthread_mutex_destroy(&run.lock);
+    pthread_cond_destroy(&run.done_cond);
+    llm_model_free(model);
+    rc = 0;
+out:
+    free(req.prompt);
+    for (int i = 0; i < req.n_stop; i++) free(req.stop[i]);
+    free(options);
+    return rc;
+}
+
+/* ------------------------------------------------------------- perplexity */
+
+/* Negative log-likelihood of tokens[1..n) given their prefixes, in one
+ * fresh sequence: the first `dense_prefix` tokens go through prefill in
+ * chunks, the rest one at a time (decode, where Quest applies). */
+static int score_window(llm_model *model, llm_workspace *ws, int chunk, const int32_t *tokens, int n,
+                        int dense_prefix, int quest_budget, double *nll, struct attn_stats *stats)
+{
+    const struct llm_config *c = llm_model_config(model);
+    attn_seq *seq = attn_seq_create(llm_model_kv_cache(model));
+    float *logits = util_aligned_alloc(sizeof(float) * (size_t)chunk * (size_t)c->vocab_size);
+    int rc = 0;
+    for (int at = 0; at < n - 1 && rc == 0;) {
+        int step = at < dense_prefix ? chunk : 1;
+        if (step > n - 1 - at) step = n - 1 - at;
+        struct llm_batch_item item = {.kv = seq, .tokens = tokens + at, .n_tokens = step, .all_logits = true,
+                                      .quest_budget = quest_budget};
+        rc = llm_forward(model, ws, &item, 1, logits, stats);
+        for (int j = 0; j < step && rc == 0; j++) {
+            const float *row = logits + (size_t)j * c->vocab_size;
+            float mx = row[0];
+            for (int v = 1; v < c->vocab_size; v++) mx = row[v] > mx ? row[v] : mx;
+            double sum = 0;
+            for (int v = 0; v < c->vocab_size; v++) sum += exp((double)(row[v] - mx));
+            *nll += (double)mx + log(sum) - (double)row[tokens[at + j + 1]];
+        }
+        at += step;
+    }
+    util_aligned_free(logits);
+    attn_seq_free(seq);
+    return rc;
+}
+
+static const char perplexity_help[] =
+    "Usage: llmd perplexity [--model FILE] --file TEXT [--ctx N] [--max-tokens N]\n"
+    "Perplexity over non-overlapping windows of the first N tokens of a text file.\n"
+    "Each window is BOS + ctx-1 tokens of the text; every text token of the window\n"
+    "is scored. With --quest-budget, tokens past the budget are fed one at a time\n"
+    "so that decode attention (and Quest) applies to them.\n\n"
+    "  --file TEXT        the text (e.g. models/heldout.txt)\n"
+    "  --ctx N            window length in tokens (default: the model's context)\n"
+    "  --max-tokens N     use the first N text tokens (default: all)\n"
+    "  --batch N          prefill chunk in tokens (default 512)\n\n";
+
+int cmd_perplexity(int argc, char **argv)
+{
+    static const struct option own[] = {
+        {"file", required_argument, 0, OPT_FILE}, {"ctx", required_argument, 0, OPT_CTX},
+        {"max-tokens", required_argument, 0, OPT_MAX_TOKENS}, {"batch", required_argument, 0, OPT_BATCH},
+    };
+    struct option *options = join_options(own, sizeof own / sizeof own[0]);
+    struct model_flags mf;
+    model_flags_init(&mf);
+    const char *file = NULL;
+    int ctx = 0, max_tokens = 0, batch = 512, opt, rc = 2;
+    bool ok = true;
+    optind = 1;
+    while (ok && (opt = getopt_long(argc, argv, "", options, NULL)) != -1) {
+        switch (opt) {
+        case OPT_FILE: file = optarg; break;
+        case OPT_CTX: ok = parse_int(optarg, 2, 1 << 24, &ctx); break;
+        case OPT_MAX_TOKENS: ok = parse_int(optarg, 2, 1 << 30, &max_tokens); break;
+        case OPT_BATCH: ok = parse_int(optarg, 1, 1 << 16, &batch); break;
+        case OPT_HELP:
+            printf("%s%s", perplexity_help, model_help);
+            free(options);
+            return 0;
+        default: ok = parse_model_flag(opt, optarg, &mf) > 0;
+        }
+    }
+    free(options);
+    if (!ok || !file || optind != argc) {
+        fprintf(stderr, "llmd perplexity: %s; see --help\n", !file && ok ? "--file is required" : "bad arguments");
+        return 2;
+    }
+    size_t len;
+    char *text = read_file(file, &len);
+    if (!text) {
+        fprintf(stderr, "llmd perplexity: cannot read %s: %s\n", file, strerror(errno));
+        return 1;
+    }
+    llm_model *model = load_model(&mf);
+    if (!model) {
+        free(text);
+        return 1;
+    }
+    const struct llm_config *c = llm_model_config(model);
+    const llm_tokenizer *tok = llm_model_tokenizer(model);
+    int32_t *ids;
+    int n = tokenize_all(tok, text, len, false, &ids);
+    free(text);
+    if (ctx == 0 || ctx > c->ctx_len) ctx = c->ctx_len;
+    if (max_tokens > 0 && n > max_tokens) n = max_tokens;
+    int per_window = ctx - 1, windows = n / per_window;
+    if (windows == 0) {
+        fprintf(stderr, "llmd perplexity: the text has %d tokens, fewer than one window of %d\n", n, per_window);
+        llm_model_free(model);
+        free(ids);
+        return 2;
+    }
+    if (batch > ctx) batch = ctx;
+    llm_workspace *ws = llm_workspace_create(model, batch);
+    int32_t *window = util_xmalloc(sizeof(int32_t) * (size_t)ctx);
+    double nll = 0, t0 = util_now();
+    struct attn_stats stats = {0, 0};
+    int dense_prefix = mf.quest_budget > 0 ? mf.quest_budget : ctx;
+    rc = 0;
+    for (int w = 0; w < windows && rc == 0; w++) {
+        window[0] = llm_tokenizer_bos(tok);
+        memcpy(window + 1, ids + (size_t)w * per_window, sizeof(int32_t) * (size_t)per_window);
+        rc = score_window(model, ws, batch, window, ctx, dense_prefix, mf.quest_budget, &nll, &stats);
+        double scored = (double)(w + 1) * per_window;
+        fprintf(stderr, "\rwindow %d/%d: perplexity %.4f", w + 1, windows, exp(nll / scored));
+    }
+    fprintf(stderr, "\n");
+    if (rc) {
+        fprintf(stderr, "llmd perplexity: %s\n", util_strerror(rc));
+    } else {
+        double scored = (double)windows * per_window, secs = util_now() - t0;
+        printf("perplexity: %.4f\n", exp(nll / scored));
+        printf("tokens scored: %.0f in %d windows of %d (%.1f tokens/s)\n", scored, windows, ctx, scored / secs);
+        if (stats.pages_total > 0)
+            printf("kv pages read: %.4f of dense\n", (double)stats.pages_read / (double)stats.pages_total);
+    }
+    free(window);
+    free(ids);
+    llm_workspace_free(ws);
+    llm_model_free(model);
+    return rc ? 1 : 0;
+}
+
+/* --------------------------------------------------------------- tokenize */
+
+static const char tokenize_help[] =
+    "Usage: llmd tokenize [--model FILE] [--bos]\n"
+    "Reads lines on stdin and prints each line's token ids, space-separated, one\n"
+    "line per input line. Works on a vocabulary-only GGUF (no tensors needed).\n\n"
+    "  --model FILE   GGUF file with a llama tokenizer (default " DEFAULT_MODEL ")\n"
+    "  --bos          prepend the BOS token\n";
+
+int cmd_tokenize(int argc, char **argv)
+{
+    static const struct option options[] = {
+        {"model", required_argument, 0, OPT_MODEL}, {"bos", no_argument, 0, OPT_BOS},
+        {"help", no_argument, 0, OPT_HELP}, {0, 0, 0, 0},
+    };
+    const char *path = DEFAULT_MODEL;
+    bool bos = false;
+    int opt;
+    optind = 1;
+    while ((opt = getopt_long(argc, argv, "", options, NULL)) != -1) {
+        if (opt == OPT_MODEL) path = optarg;
+        else if (opt == OPT_BOS) bos = true;
+        else if (opt == OPT_HELP) {
+            fputs(tokenize_help, stdout);
+            return 0;
+        } else {
+            fprintf(stderr, "see llmd tokenize --help\n");
+            return 2;
+        }
+    }
+    llm_gguf *g;
+    llm_tokenizer *tok;
+    char err[512];
+    int rc = llm_gguf_open(path, &g, err, sizeof err);
+    if (rc) {
+        fprintf(stderr, "llmd tokenize: %s: %s\n", path, err);
+        return 1;
+    }
+    rc = llm_tokenizer_load(g, &tok, err, sizeof err);
+    if (rc) {
+        fprintf(stderr, "llmd tokenize: %s: %s\n", path, err);
+        llm_gguf_close(g);
+        return 1;
+    }
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t n;
+    while ((n = getline(&line, &cap, stdin)) >= 0) {
+        if (n > 0 && line[n - 1] == '\n') n--;
+        int32_t *ids;
+        int count = tokenize_all(tok, line, (size_t)n, bos, &ids);
+        if (count < 0) {
+            fprintf(stderr, "llmd tokenize: %s\n", util_strerror(count));
+            rc = 1;
+            break;
+        }
+        for (int i = 0; i < count; i++) printf("%s%d", i ? " " : "", ids[i]);
+        printf("\n");
+        free(ids);
+    }
+    free(line);
+    llm_tokenizer_free(tok);
+    llm_gguf_close(g);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- passkey */
+/* The prompt is the contract of tools/PASSKEY.md, shared with training:
+ * HEADER + filler part 1 + KEY_SENTENCE + filler part 2 + QUESTION, as long
+ * as fits in ctx - PASSKEY_ANSWER_BUDGET tokens with BOS; the filler is
+ * whole sentences of a text, from a random start; the key goes between two
+ * of them at a random depth. The answer is right when the first run of
+ * digits the model generates (greedy) is the key. */
+
+#define PASSKEY_HEADER                                                                             \
+    "There is an important pass key hidden inside a lot of irrelevant text. Find it and memorize " \
+    "it. I will quiz you about the pass key.\n\n"
+#define PASSKEY_KEY_SENTENCE " The pass key is %d. Remember it. %d is the pass key. "
+#define PASSKEY_QUESTION "\n\nWhat is the pass key? The pass key is"
+#define PASSKEY_ANSWER_BUDGET 8
+
+struct sentences {
+    char **s;
+    int n;
+};
+
+/* Whitespace runs become one space; a sentence ends after '.', '!' or '?'
+ * followed by a space (the space is dropped). Modifies text. */
+static struct sentences split_sentences(char *text)
+{
+    size_t w = 0;
+    bool space = true; /* drops leading whitespace */
+    for (size_t r = 0; text[r]; r++) {
+        bool ws = text[r] == ' ' || text[r] == '\n' || text[r] == '\t' || text[r] == '\r' ||
+                  text[r] == '\f' || text[r] == '\v';
+        if (ws && space) continue;
+        text[w++] = ws ? ' ' : text[r];
+        space = ws;
+    }
+    if (w > 0 && text[w - 1] == ' ') w--;
+    text[w] = 0;
+    struct sentences out = {NULL, 0};
+    int cap = 0;
+    char *start = text;
+    for (char *p = text; *p; p++) {
+        bool end = (*p == '.' || *p == '!' || *p == '?') && p[1] == ' ';
+        if (!end && p[1]) continue;
+        if (end) p[1] = 0;
+        if (out.n == cap) out.s = util_xrealloc(out.s, sizeof(char *) * (size_t)(cap = cap ? 2 * cap : 1024));
+        out.s[out.n++] = start;
+        if (!end) break;
+        start = p + 2;
+        p++;
+    }
+    return out;
+}
+
+static int count_tokens(const llm_tokenizer *tok, const char *text)
+{
+    return llm_tokenize(tok, text, strlen(text), false, NULL, 0);
+}
+
+/* Appends printf-formatted text to a growing string. */
+static void append(char **buf, size_t *len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void append(char **buf, size_t *len, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    *buf = util_xrealloc(*buf, *len + (size_t)n + 1);
+    va_start(ap, fmt);
+    vsnprintf(*buf + *len, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    *len += (size_t)n;
+}
+
+/* Builds one prompt of at most ctx - PASSKEY_ANSWER_BUDGET tokens (BOS
+ * included). Returns the text (caller frees) and the depth, or NULL when no
+ * start sentence fits. */
+static char *passkey_prompt(const llm_tokenizer *tok, const struct sentences *f, int ctx, int key,
+                            struct util_rng *rng, double *depth)
+{
+    int budget = ctx - PASSKEY_ANSWER_BUDGET, s0 = 0, total = 0;
+    char key_sentence[128];
+    snprintf(key_sentence, sizeof key_sentence, PASSKEY_KEY_SENTENCE, key, key);
+    bool fits = false;
+    for (int draw = 0; draw < 100 && !fits; draw++) {
+        s0 = (int)(util_rng_next(rng) % (uint64_t)f->n);
+        char *probe = NULL;
+        size_t len = 0;
+        append(&probe, &len, "%s%s%s%s%s", PASSKEY_HEADER, f->s[s0], key_sentence, f->s[(s0 + 1) % f->n],
+               PASSKEY_QUESTION);
+        total = 1 + count_tokens(tok, probe);
+        free(probe);
+        fits = total <= budget;
+    }
+    if (!fits) return NULL;
+    int n = 2;
+    while (n < f->n) {
+        int c = count_tokens(tok, f->s[(s0 + n) % f->n]);
+        if (total + c > budget) break;
+        total += c;
+        n++;
+    }
+    int j = 1 + (int)(util_rng_next(rng) % (uint64_t)(n - 1));
+    char *text = NULL;
+    size_t len = 0;
+    append(&text, &len, "%s", PASSKEY_HEADER);
+    for (int i = 0; i < j; i++) append(&text, &len, "%s%s", i ? " " : "", f->s[(s0 + i) % f->n]);
+    append(&text, &len, "%s", key_sentence);
+    for (int i = j; i < n; i++) append(&text, &len, "%s%s", i > j ? " " : "", f->s[(s0 + i) % f->n]);
+    append(&text, &len, "%s", PASSKEY_QUESTION);
+    *depth = (double)j / n;
+    return text;
+}
+
+struct passkey_run {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    int remaining;
+    char **answers; /* per trial, the generated text */
+    size_t *answer_len;
+};
+
+static void passkey_on_event(const struct llm_event *ev, void *ctx)
+{
+    struct passkey_run *run = ctx;
+    int trial = (int)(intptr_t)ev->user;
+    pthread_mutex_lock(&run->lock);
+    if (ev->type == LLM_EVENT_TOKEN) {
+        run->answers[trial] = util_xrealloc(run->answers[trial], run->answer_len[trial] + (size_t)ev->text_len + 1);
+        memcpy(run->answers[trial] + run->answer_len[trial], ev->text, (size_t)ev->text_len);
+        run->answer_len[trial] += (size_t)ev->text_len;
+        run->answers[trial][run->answer_len[trial]] = 0;
+    } else if (--run->remaining == 0) {
+        pthread_cond_signal(&run->cond);
+    }
+    pthread_mutex_unlock(&run->lock);
+}
+
+/* True when the first run of digits in text is the key. */
+static bool passkey_correct(const char *text, int key)
+{
+    if (!text) return false;
+    while (*text && (*text < '0' || *text > '9')) text++;
+    char *end;
+    long v = strtol(text, &end, 10);
+    return end != text && v == key && end - text == 5;
+}
+
+static const char passkey_help[] =
+    "Usage: llmd passkey [--model FILE] --ctx N --trials T [--seed S] [--filler FILE]\n"
+    "Hides a random 5-digit pass key at a random depth of N tokens of filler prose,\n"
+    "asks for it at the end, and prints the accuracy of greedy retrieval. The\n"
+    "attention path is a model option: --quest-budget N [--sparse-mode quest|window].\n\n"
+    "  --ctx N          prompt length in tokens (default 4096)\n"
+    "  --trials T       number of prompts (default 50)\n"
+    "  --seed S         seed for keys, filler starts and depths (default 1)\n"
+    "  --filler FILE    filler prose (default models/heldout.txt)\n"
+    "  --depth-table    also print accuracy by depth (fifths of the prompt)\n\n";
+
+int cmd_passkey(int argc, char **argv)
+{
+    static const struct option own[] = {
+        {"ctx", required_argument, 0, OPT_CTX}, {"trials", required_argument, 0, OPT_TRIALS},
+        {"seed", required_argument, 0, OPT_SEED}, {"filler", required_argument, 0, OPT_FILE},
+        {"depth-table", no_argument, 0, OPT_DEPTH},
+    };
+    struct option *options = join_options(own, sizeof own / sizeof own[0]);
+    struct model_flags mf;
+    model_flags_init(&mf);
+    const char *filler_path = "models/heldout.txt";
+    int ctx = 4096, trials = 50, seed = 1, opt;
+    bool ok = true, depth_table = false;
+    optind = 1;
+    while (ok && (opt = getopt_long(argc, argv, "", options, NULL)) != -1) {
+        switch (opt) {
+        case OPT_CTX: ok = parse_int(optarg, 64, 1 << 24, &ctx); break;
+        case OPT_TRIALS: ok = parse_int(optarg, 1, 100000, &trials); break;
+        case OPT_SEED: ok = parse_int(optarg, 0, 2147483647, &seed); break;
+        case OPT_FILE: filler_path = optarg; break;
+        case OPT_DEPTH: depth_table = true; break;
+        case OPT_HELP:
+            printf("%s%s", passkey_help, model_help);
+            free(options);
+            return 0;
+        default: ok = parse_model_flag(opt, optarg, &mf) > 0;
+        }
+    }
+    free(options);
+    if (!ok || optind != argc) {
+        fprintf(stderr, "llmd passkey: bad arguments; see --help\n");
+        return 2;
+    }
+    size_t len;
+    char *text = read_file(filler_path, &len);
+    if (!text) {
+        fprintf(stderr, "llmd passkey: cannot read %s: %s\n", filler_path, strerror(errno));
+        return 1;
+    }
+    struct sentences filler = split_sentences(text);
+    if (filler.n < 2) {
+        fprintf(stderr, "llmd passkey: %s has fewer than two sentences\n", filler_path);
+        free(filler.s);
+        free(text);
+        return 2;
+    }
+    llm_model *model = load_model(&mf);
+    if (!model) {
+        free(filler.s);
+        free(text);
+        return 1;
+    }
+    const llm_tokenizer *tok = llm_model_tokenizer(model);
+    if (ctx > llm_model_config(model)->ctx_len)
+        fprintf(stderr, "llmd passkey: warning: %d tokens is past the model's context of %d\n", ctx,
+                llm_model_config(model)->ctx_len);
+
+    struct passkey_run run = {.remaining = trials};
+    pthread_mutex_init(&run.lock, NULL);
+    pthread_cond_init(&run.cond, NULL);
+    run.answers = util_xcalloc((size_t)trials, sizeof(char *));
+    run.answer_len = util_xcalloc((size_t)trials, sizeof(size_t));
+    int *keys = util_xcalloc((size_t)trials, sizeof(int));
+    double *depths = util_xcalloc((size_t)trials, sizeof(double));
+
+    struct llm_engine_config ec;
+    llm_engine_config_default(&ec);
+    ec.max_waiting = trials;
+    ec.quest_budget = mf.quest_budget;
+    llm_engine *engine = NULL;
+    int rc = llm_engine_create(model, &ec, passkey_on_event, &run, &engine);
+    struct util_rng rng;
+    util_rng_seed(&rng, (uint64_t)seed);
+    double t0 = util_now();
+    for (int t = 0; t < trials && rc == 0; t++) {
+        keys[t] = 10000 + (int)(util_rng_next(&rng) % 90000);
+        char *prompt = passkey_prompt(tok, &filler, ctx, keys[t], &rng, &depths[t]);
+        if (!prompt) {
+            fprintf(stderr, "llmd passkey: no filler start fits %d tokens\n", ctx);
+            rc = -EINVAL;
+            break;
+        }
+        struct llm_request req;
+        llm_request_init(&req);
+        req.max_tokens = PASSKEY_ANSWER_BUDGET;
+        req.user = (void *)(intptr_t)t;
+        req.n_prompt = tokenize_all(tok, prompt, strlen(prompt), true, &req.prompt);
+        free(prompt);
+        uint64_t id;
+        rc = llm_engine_submit(engine, &req, &id);
+        if (rc) {
+            fprintf(stderr, "llmd passkey: submit: %s\n", util_strerror(rc));
+            free(req.prompt);
+        }
+    }
+    if (rc == 0) {
+        pthread_mutex_lock(&run.lock);
+        while (run.remaining > 0) pthread_cond_wait(&run.cond, &run.lock);
+        pthread_mutex_unlock(&run.lock);
+    }
+    if (engine) llm_engine_shutdown(engine, 0);
+    double secs = util_now() - t0;
+    if (rc == 0) {
+        int correct = 0, bucket_n[5] = {0}, bucket_ok[5] = {0};
+        for (int t = 0; t < trials; t++) {
+            bool right = passkey_correct(run.answers[t], keys[t]);
+            correct += right;
+            int b = (int)(depths[t] * 5);
+            b = b > 4 ? 4 : b;
+            bucket_n[b]++;
+            bucket_ok[b] += right;
+        }
+        if (depth_table)
+            for (int b = 0; b < 5; b++)
+                printf("depth %3d-%3d%%: %d/%d\n", b * 20, b * 20 + 20, bucket_ok[b], bucket_n[b]);
+        printf("passkey accuracy: %.4f (%d/%d) at %d tokens, %s, budget %d (%.1f s)\n",
+               (double)correct / trials, correct, trials, ctx,
+               mf.quest_budget == 0 ? "dense" : mf.options.sparse_mode == ATTN_QUEST ? "quest" : "window",
+               mf.quest_budget, secs);
+    }
+    for (int t = 0; t < trials; t++) free(run.answers[t]);
+    free(run.answers);
+    free(run.answer_len);
+    free(keys);
+    free(depths);
+    pthread_mutex_destroy(&run.lock);
+    pthread_cond_destroy(&run.cond);
+    llm_model_free(model);
+    free(filler.s);
+    free(text);
+    return rc ? 1 : 0;
+}
