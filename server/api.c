@@ -892,7 +892,7 @@ void srv_sse_append_json(struct srv_buf *out, const json_t *data)
 {
     /* Compact JSON has no raw newlines (strings escape them), so one
      * data: line carries the whole event. */
-    char *text = json_dumps(data, JSON_COMPACT);
+    char *text = json_dumps(data, SRV_JSON_FLAGS);
     UTIL_CHECK(text);
     srv_buf_puts(out, "data: ");
     srv_buf_puts(out, text);

@@ -231,6 +231,10 @@ void srv_token_display(const llm_tokenizer *tok, int32_t id, struct srv_buf *out
 
 /* ------------------------------------------------------------------ SSE */
 
+/* How response JSON is written: compact, and reals (log-probabilities are
+ * floats) with the 9 digits that round-trip a float, not 17. */
+#define SRV_JSON_FLAGS (JSON_COMPACT | JSON_REAL_PRECISION(9))
+
 /* Appends "data: {compact json}\n\n". */
 void srv_sse_append_json(struct srv_buf *out, const json_t *data);
 /* Appends "data: [DONE]\n\n". */

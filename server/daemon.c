@@ -176,6 +176,7 @@ static void model_options(const struct srv_config *c, struct llm_model_options *
     UTIL_CHECK(attn_kv_type_parse(c->kv_type, &o->kv_type) == 0);
     o->kv_pages = c->kv_pages;
     o->page_size = c->page_size;
+    o->threads = c->threads;
 }
 
 static void loader_main(void *arg)

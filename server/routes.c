@@ -100,7 +100,7 @@ void srv_respond(struct srv_request *r, int status, const char *content_type, ch
 
 static char *dump_json(json_t *json, size_t *len)
 {
-    char *text = json_dumps(json, JSON_COMPACT);
+    char *text = json_dumps(json, SRV_JSON_FLAGS);
     UTIL_CHECK(text);
     json_decref(json);
     *len = strlen(text);
