@@ -31,6 +31,11 @@ void srv_daemon_run_mhd(struct srv_daemon *d)
 {
     if (!d->mhd) return;
     MHD_run(d->mhd);
+    if (d->mhd_rerun) {
+        d->mhd_rerun = false;
+        uv_timer_start(&d->mhd_timer, on_mhd_timer, 0, 0);
+        return;
+    }
     MHD_UNSIGNED_LONG_LONG ms;
     if (MHD_get_timeout(d->mhd, &ms) == MHD_YES) uv_timer_start(&d->mhd_timer, on_mhd_timer, ms, 0);
     else uv_timer_stop(&d->mhd_timer);
@@ -41,6 +46,17 @@ static void on_mhd_poll(uv_poll_t *p, int status, int events)
     (void)status;
     (void)events;
     srv_daemon_run_mhd(p->data);
+}
+
+/* A connection closed: when MHD was at its connection limit it takes the
+ * listen socket back into its epoll set only on its next run, and a client
+ * waiting in the backlog makes no event until then. */
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                          enum MHD_ConnectionNotificationCode code)
+{
+    (void)conn;
+    (void)socket_context;
+    if (code == MHD_CONNECTION_NOTIFY_CLOSED) ((struct srv_daemon *)cls)->mhd_rerun = true;
 }
 
 static void mhd_log(void *cls, const char *fmt, va_list ap)
@@ -76,12 +92,14 @@ static int start_http(struct srv_daemon *d)
     unsigned flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG |
                      (ipv6 ? MHD_USE_IPv6 : 0);
     d->mhd = MHD_start_daemon(
-        flags, (uint16_t)c->port, NULL, NULL, srv_on_request, d, MHD_OPTION_SOCK_ADDR, &addr,
-        MHD_OPTION_NOTIFY_COMPLETED, srv_on_completed, d, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
+        flags, (uint16_t)c->port, NULL, NULL, srv_on_request, d, MHD_OPTION_EXTERNAL_LOGGER,
+        mhd_log, d, MHD_OPTION_SOCK_ADDR, &addr,
+        MHD_OPTION_NOTIFY_COMPLETED, srv_on_completed, d, MHD_OPTION_NOTIFY_CONNECTION,
+        on_connection, d, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
         (size_t)c->max_header_bytes, MHD_OPTION_CONNECTION_LIMIT, (unsigned)c->max_connections,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)(c->idle_timeout_s + 0.5),
         MHD_OPTION_LISTENING_ADDRESS_REUSE, 1, MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024,
-        MHD_OPTION_EXTERNAL_LOGGER, mhd_log, d, MHD_OPTION_END);
+        MHD_OPTION_END);
     if (!d->mhd) {
         LOG_ERROR("cannot listen on %s:%d (address in use, or not ours?)", c->host, c->port);
         return -EADDRINUSE;
@@ -226,7 +244,8 @@ static void on_loaded(uv_async_t *a)
         LOG_WARN("the model's chat template is not one we render; chat uses the built-in format");
     srv_metrics_set_context_length(&d->metrics, d->ctx_len);
 
-    if (d->draining) {
+    if (d->draining) { /* a signal came while loading */
+        atomic_store(&d->load_state, SRV_READY);
         begin_shutdown(d, "stopping after load");
         return;
     }

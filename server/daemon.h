@@ -78,6 +78,7 @@ struct srv_request {
     int status;                      /* sent; 0 = none yet */
     enum srv_request_state state;
     struct srv_buf body;
+    uint64_t body_bytes;             /* received, kept or not */
     char *cors_origin;               /* Access-Control-Allow-Origin to send, or NULL */
 
     bool http_done;
@@ -126,6 +127,7 @@ struct srv_daemon {
     uv_poll_t mhd_poll;
     uv_timer_t mhd_timer;
     bool mhd_run_wanted;      /* a connection was resumed: run MHD after the events */
+    bool mhd_rerun;           /* a connection closed: run MHD once more */
     uv_async_t events_async;
     uv_async_t loaded_async;
     uv_async_t stopped_async;

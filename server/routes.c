@@ -363,14 +363,22 @@ enum MHD_Result srv_on_request(void *cls, struct MHD_Connection *conn, const cha
         size_t n = *upload_data_size;
         *upload_data_size = 0;
         if (r->state != SRV_REQ_READING) return MHD_YES; /* answered early: drop the rest */
-        if (r->body.len + n > (size_t)d->cfg->max_body_bytes) {
-            struct srv_error e;
-            srv_error_set(&e, 413, "invalid_request_error", "request_too_large", NULL,
-                          "The request body is larger than %d bytes", d->cfg->max_body_bytes);
-            srv_respond_error(r, &e);
-            return MHD_YES;
+        /* A body without Content-Length that outgrows the limit is read and
+         * dropped, and answered once it ends (MHD cannot answer in the
+         * middle of an upload); one that goes on far past it is cut off. */
+        r->body_bytes += n;
+        if (r->body_bytes > (uint64_t)d->cfg->max_body_bytes) {
+            srv_buf_free(&r->body);
+            return r->body_bytes > 16 * (uint64_t)d->cfg->max_body_bytes ? MHD_NO : MHD_YES;
         }
         srv_buf_append(&r->body, upload_data, n);
+        return MHD_YES;
+    }
+    if (r->state == SRV_REQ_READING && r->body_bytes > (uint64_t)d->cfg->max_body_bytes) {
+        struct srv_error e;
+        srv_error_set(&e, 413, "invalid_request_error", "request_too_large", NULL,
+                      "The request body is larger than %d bytes", d->cfg->max_body_bytes);
+        srv_respond_error(r, &e);
         return MHD_YES;
     }
     switch (r->state) {
