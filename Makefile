@@ -19,7 +19,7 @@ MODULES     := util core quant attention pim server
 PKGS        := libmicrohttpd jansson libuv openblas lapacke
 DEB_PACKAGES := build-essential pkg-config libmicrohttpd-dev libjansson-dev libuv1-dev \
                 libopenblas-dev liblapacke-dev libcriterion-dev clang libclang-rt-14-dev \
-                curl wrk
+                curl wrk libcurl4-openssl-dev
 MODEL       ?= models/llmd-tiny-en.gguf
 FUZZ_SECONDS ?= 60
 
@@ -33,6 +33,8 @@ endif
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 CRITERION  := $(shell pkg-config --libs criterion 2>/dev/null)
+# Tests and benchmarks talk HTTP to the daemon; llmd itself does not link curl.
+CURL_LIBS  := $(shell pkg-config --libs libcurl 2>/dev/null)
 
 CFLAGS   ?= -O2 -g
 CFLAGS   += -std=c11 -march=x86-64-v3 -Wall -Wextra -Werror -fopenmp -D_GNU_SOURCE \
@@ -115,17 +117,17 @@ $(BUILD)/asan/llmd: $(ASAN_LIB_OBJ) $(BUILD)/asan/obj/server/main.o
 $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(LIB_OBJ)
 	@mkdir -p $(@D)
 	@echo "  LINK  $@"
-	$(Q)$(CC) $(CFLAGS) $^ -o $@ $(CRITERION) $(LDLIBS)
+	$(Q)$(CC) $(CFLAGS) $^ -o $@ $(CRITERION) $(CURL_LIBS) $(LDLIBS)
 
 $(BUILD)/asan/tests/%: $(BUILD)/asan/obj/tests/%.o $(ASAN_LIB_OBJ)
 	@mkdir -p $(@D)
 	@echo "  LINK  $@"
-	$(Q)$(CC) $(CFLAGS) $(SAN_FLAGS) $^ -o $@ $(CRITERION) $(LDLIBS)
+	$(Q)$(CC) $(CFLAGS) $(SAN_FLAGS) $^ -o $@ $(CRITERION) $(CURL_LIBS) $(LDLIBS)
 
 $(BUILD)/bench/%: $(BUILD)/obj/bench/%.o $(LIB_OBJ)
 	@mkdir -p $(@D)
 	@echo "  LINK  $@"
-	$(Q)$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
+	$(Q)$(CC) $(CFLAGS) $^ -o $@ $(CURL_LIBS) $(LDLIBS)
 
 # Fuzz targets are built twice: as plain ASan programs that replay their
 # corpus (make test), and as libFuzzer binaries (make fuzz).
@@ -149,12 +151,13 @@ test: deps
 	@$(MAKE) --no-print-directory test-build
 	@$(MAKE) --no-print-directory unit-tests asan-tests fuzz-replay
 
-test-build: $(BUILD)/llmd $(TESTS) $(ASAN_TESTS) $(FUZZ_REPLAY)
+test-build: $(BUILD)/llmd $(BUILD)/asan/llmd $(TESTS) $(ASAN_TESTS) $(FUZZ_REPLAY)
 
 unit-tests: $(TESTS) $(BUILD)/llmd
 	@set -e; for t in $(TESTS); do echo "== $$t"; $$t --jobs 2; done
 
-asan-tests: $(ASAN_TESTS)
+# The server's integration tests run build/asan/llmd here.
+asan-tests: $(ASAN_TESTS) $(BUILD)/asan/llmd
 	@set -e; for t in $(ASAN_TESTS); do echo "== $$t (asan+ubsan)"; \
 	  ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 $$t --jobs 2; done
 

@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "server/commands.h"
+#include "server/server.h"
 #include "util/util.h"
 
 struct subcommand {
@@ -12,6 +13,7 @@ struct subcommand {
 };
 
 static const struct subcommand subcommands[] = {
+    {"serve", srv_serve_main, "serve the model over HTTP (OpenAI-compatible API, /metrics)"},
     {"generate", cmd_generate, "generate text for a prompt"},
     {"perplexity", cmd_perplexity, "perplexity of a text file"},
     {"passkey", cmd_passkey, "passkey retrieval accuracy at a context length"},

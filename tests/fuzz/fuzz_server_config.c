@@ -1,0 +1,28 @@
+/*
+ * fuzz_server_config: any bytes as the JSON settings file. Applying them
+ * must succeed or fail with a message, never crash or leak, and what
+ * succeeds must dump back to JSON.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+
+#include "server/server.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    json_error_t jerr;
+    json_t *root = json_loadb((const char *)data, size, 0, &jerr);
+    if (!root) return 0;
+    struct srv_config c;
+    srv_config_init(&c);
+    char err[256];
+    if (srv_config_apply_json(&c, root, "fuzz", err, sizeof err) == 0) {
+        srv_config_validate(&c, err, sizeof err);
+        json_decref(srv_config_to_json(&c));
+    } else if (!err[0]) {
+        abort();
+    }
+    srv_config_free(&c);
+    json_decref(root);
+    return 0;
+}

@@ -1,0 +1,290 @@
+/* Tests for the settings of `llmd serve`: defaults, file < env < flags,
+ * errors, --help. Each Criterion test runs in its own process, so setenv
+ * does not leak between tests. */
+#include <criterion/criterion.h>
+#include <ctype.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "server/server.h"
+
+static char err[512];
+
+/* Writes text to a fresh temporary file; returns its path (static). */
+static const char *temp_file(const char *text)
+{
+    static char path[64];
+    snprintf(path, sizeof path, "/tmp/llmd-test-config-XXXXXX");
+    int fd = mkstemp(path);
+    cr_assert(fd >= 0);
+    cr_assert_eq(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+    close(fd);
+    return path;
+}
+
+/* srv_config_load over a NULL-terminated flag list (argv[0] = "serve"). */
+static int load(struct srv_config *c, const char *const *flags)
+{
+    char *argv[32] = {"serve"};
+    int argc = 1;
+    for (; flags && flags[argc - 1]; argc++) argv[argc] = (char *)flags[argc - 1];
+    return srv_config_load(c, argc, argv, err, sizeof err);
+}
+
+Test(server_config, conf_file_lists_every_setting_with_the_compiled_default)
+{
+    struct srv_config defaults, from_file;
+    srv_config_init(&defaults);
+    srv_config_init(&from_file);
+    json_error_t jerr;
+    json_t *file = json_load_file("conf/llmd.json", 0, &jerr);
+    cr_assert(file, "conf/llmd.json: %s", jerr.text);
+    json_t *want = srv_config_to_json(&defaults);
+    cr_assert_eq(json_object_size(file), json_object_size(want), "the file has %zu settings, not %zu",
+                 json_object_size(file), json_object_size(want));
+    const char *key;
+    json_t *v;
+    json_object_foreach(want, key, v) cr_assert(json_object_get(file, key), "conf/llmd.json lacks '%s'", key);
+    cr_assert_eq(srv_config_apply_file(&from_file, "conf/llmd.json", err, sizeof err), 0, "%s", err);
+    json_t *got = srv_config_to_json(&from_file);
+    json_object_foreach(want, key, v) {
+        cr_assert(json_equal(json_object_get(got, key), v), "'%s' differs from its default", key);
+    }
+    json_decref(file);
+    json_decref(want);
+    json_decref(got);
+    srv_config_free(&defaults);
+    srv_config_free(&from_file);
+}
+
+Test(server_config, defaults_are_the_documented_ones)
+{
+    struct srv_config c;
+    srv_config_init(&c);
+    cr_assert_str_eq(c.host, "127.0.0.1");
+    cr_assert_eq(c.port, 8080);
+    cr_assert_str_eq(c.model, "models/llmd-tiny-en.gguf");
+    cr_assert_eq(c.n_api_keys, 0);
+    cr_assert_eq(c.n_cors_origins, 0);
+    cr_assert_not(c.auth_health_metrics);
+    cr_assert_eq(srv_config_validate(&c, err, sizeof err), 0, "%s", err);
+    srv_config_free(&c);
+}
+
+Test(server_config, env_overrides_file_and_flags_override_env)
+{
+    const char *path = temp_file("{\"port\": 9001, \"log_level\": \"debug\", \"grace_s\": 2.5}");
+    struct srv_config c;
+
+    srv_config_init(&c);
+    cr_assert_eq(load(&c, (const char *[]){"--config", path, NULL}), 0, "%s", err);
+    cr_assert_eq(c.port, 9001);
+    cr_assert_str_eq(c.log_level, "debug");
+    cr_assert_float_eq(c.grace_s, 2.5, 1e-12);
+    cr_assert_str_eq(c.config_path, path);
+    srv_config_free(&c);
+
+    setenv("LLMD_PORT", "9002", 1);
+    srv_config_init(&c);
+    cr_assert_eq(load(&c, (const char *[]){"--config", path, NULL}), 0, "%s", err);
+    cr_assert_eq(c.port, 9002);
+    cr_assert_str_eq(c.log_level, "debug", "a setting the env does not name keeps the file's value");
+    srv_config_free(&c);
+
+    srv_config_init(&c);
+    cr_assert_eq(load(&c, (const char *[]){"--port", "9003", "--config", path, NULL}), 0, "%s", err);
+    cr_assert_eq(c.port, 9003, "a flag wins even before --config");
+    srv_config_free(&c);
+
+    setenv("LLMD_CONFIG", path, 1);
+    unsetenv("LLMD_PORT");
+    srv_config_init(&c);
+    cr_assert_eq(load(&c, NULL), 0, "%s", err);
+    cr_assert_eq(c.port, 9001, "LLMD_CONFIG names the file");
+    srv_config_free(&c);
+    unlink(path);
+}
+
+Test(server_config, flag_forms_equals_booleans_negation_and_lists)
+{
+    struct srv_config c;
+    srv_config_init(&c);
+    int rc = load(&c, (const char *[]){"--config", "conf/llmd.json", "--port=0", "--log-json",
+                                       "--no-access-log", "--api-keys", "k1, k2,,k3",
+                                       "--cors-origins=*", "--request-timeout-s", "1.5",
+                                       "--precision", "fp32", NULL});
+    cr_assert_eq(rc, 0, "%s", err);
+    cr_assert_eq(c.port, 0);
+    cr_assert(c.log_json);
+    cr_assert_not(c.access_log);
+    cr_assert_eq(c.n_api_keys, 3);
+    cr_assert_str_eq(c.api_keys[0], "k1");
+    cr_assert_str_eq(c.api_keys[1], "k2");
+    cr_assert_str_eq(c.api_keys[2], "k3");
+    cr_assert_eq(c.n_cors_origins, 1);
+    cr_assert_str_eq(c.cors_origins[0], "*");
+    cr_assert_float_eq(c.request_timeout_s, 1.5, 1e-12);
+    cr_assert_str_eq(c.precision, "fp32");
+    srv_config_free(&c);
+}
+
+Test(server_config, env_lists_and_booleans_parse)
+{
+    setenv("LLMD_API_KEYS", "alpha,beta", 1);
+    setenv("LLMD_LOG_JSON", "yes", 1);
+    setenv("LLMD_AUTH_HEALTH_METRICS", "1", 1);
+    struct srv_config c;
+    srv_config_init(&c);
+    cr_assert_eq(srv_config_apply_env(&c, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(c.n_api_keys, 2);
+    cr_assert_str_eq(c.api_keys[1], "beta");
+    cr_assert(c.log_json);
+    cr_assert(c.auth_health_metrics);
+    srv_config_free(&c);
+}
+
+/* One bad input and a word its message must contain. */
+struct bad_case {
+    const char *file;       /* config file text, or NULL */
+    const char *flags[4];
+    const char *env_name, *env_value;
+    const char *message_has;
+};
+
+Test(server_config, bad_settings_are_refused_with_a_clear_message)
+{
+    static const struct bad_case cases[] = {
+        {"{\"prot\": 1}", {0}, NULL, NULL, "unknown setting 'prot'"},
+        {"{\"port\": \"80\"}", {0}, NULL, NULL, "must be an integer"},
+        {"{\"port\": 70000}", {0}, NULL, NULL, "out of range"},
+        {"{\"grace_s\": true}", {0}, NULL, NULL, "must be a number"},
+        {"{\"log_json\": 1}", {0}, NULL, NULL, "true or false"},
+        {"{\"precision\": \"int3\"}", {0}, NULL, NULL, "fp32|w8a8|w4a4-rtn|atom"},
+        {"{\"api_keys\": \"abc\"}", {0}, NULL, NULL, "array of strings"},
+        {"{\"api_keys\": [\"\"]}", {0}, NULL, NULL, "non-empty string"},
+        {"[1, 2]", {0}, NULL, NULL, "JSON object"},
+        {"{\"port\": 1,}", {0}, NULL, NULL, "llmd-test-config"},
+        {NULL, {"--port", "x"}, NULL, NULL, "not an integer"},
+        {NULL, {"--port"}, NULL, NULL, "needs a value"},
+        {NULL, {"--bogus"}, NULL, NULL, "unknown argument '--bogus'"},
+        {NULL, {"stray"}, NULL, NULL, "unknown argument 'stray'"},
+        {NULL, {"--no-port"}, NULL, NULL, "unknown argument"},
+        {NULL, {"--kv-type", "f8"}, NULL, NULL, "f32|f16|int8|int4"},
+        {NULL, {"--max-running", "0"}, NULL, NULL, "out of range"},
+        {NULL, {"--prefill-chunk", "1024", "--max-step-tokens", "512"}, NULL, NULL,
+         "must not exceed"},
+        {NULL, {"--cors-origins", "example.com"}, NULL, NULL, "not an origin"},
+        {NULL, {0}, "LLMD_IDLE_TIMEOUT_S", "soon", "LLMD_IDLE_TIMEOUT_S"},
+        {NULL, {0}, "LLMD_LOG_LEVEL", "loud", "error|warn|info|debug"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const struct bad_case *t = &cases[i];
+        const char *path = t->file ? temp_file(t->file) : "/nonexistent/llmd.json";
+        const char *flags[8] = {"--config", path};
+        int n = 2;
+        if (!t->file) n = 0; /* no file named: the default one, if any */
+        for (int k = 0; k < 4 && t->flags[k]; k++) flags[n++] = t->flags[k];
+        flags[n] = NULL;
+        if (t->env_name) setenv(t->env_name, t->env_value, 1);
+        struct srv_config c;
+        srv_config_init(&c);
+        err[0] = '\0';
+        int rc = load(&c, flags);
+        cr_assert_eq(rc, -EINVAL, "case %zu: rc %d (%s)", i, rc, err);
+        cr_assert(strstr(err, t->message_has), "case %zu: '%s' lacks '%s'", i, err, t->message_has);
+        srv_config_free(&c);
+        if (t->env_name) unsetenv(t->env_name);
+        if (t->file) unlink(path);
+    }
+}
+
+Test(server_config, a_named_config_file_must_exist_but_the_default_need_not)
+{
+    struct srv_config c;
+    srv_config_init(&c);
+    cr_assert_eq(load(&c, (const char *[]){"--config", "/nonexistent/llmd.json", NULL}), -ENOENT);
+    srv_config_free(&c);
+    cr_assert_eq(chdir("/tmp"), 0); /* no conf/llmd.json here */
+    srv_config_init(&c);
+    cr_assert_eq(load(&c, NULL), 0, "%s", err);
+    cr_assert_null(c.config_path);
+    srv_config_free(&c);
+}
+
+Test(server_config, help_is_detected_before_anything_else)
+{
+    struct srv_config c;
+    srv_config_init(&c);
+    cr_assert_eq(load(&c, (const char *[]){"--bogus", "--help", NULL}), SRV_CONFIG_HELP);
+    srv_config_free(&c);
+}
+
+Test(server_config, api_keys_never_appear_in_the_dump)
+{
+    struct srv_config c;
+    srv_config_init(&c);
+    cr_assert_eq(load(&c, (const char *[]){"--api-keys", "sekret-1,sekret-2", NULL}), 0, "%s", err);
+    json_t *j = srv_config_to_json(&c);
+    char *text = json_dumps(j, 0);
+    cr_assert_null(strstr(text, "sekret"), "%s", text);
+    cr_assert_eq(json_array_size(json_object_get(j, "api_keys")), 2);
+    free(text);
+    json_decref(j);
+    srv_config_free(&c);
+}
+
+Test(server_config, help_lists_every_setting_with_flag_env_and_default)
+{
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    srv_config_print_help(f, SRV_CONFIG_GROUP_ALL);
+    fclose(f);
+    struct srv_config c;
+    srv_config_init(&c);
+    json_t *all = srv_config_to_json(&c);
+    const char *key;
+    json_t *v;
+    json_object_foreach(all, key, v) {
+        char flag[64], env[64];
+        snprintf(flag, sizeof flag, "%s ", key); /* after "--" or "--[no-]" */
+        for (char *p = flag; *p; p++)
+            if (*p == '_') *p = '-';
+        snprintf(env, sizeof env, "env LLMD_%s\n", key);
+        for (char *p = env + 9; *p; p++) *p = (char)toupper((unsigned char)*p);
+        cr_assert(strstr(text, flag), "--help lacks %s", flag);
+        cr_assert(strstr(text, env), "--help lacks %s", env);
+    }
+    cr_assert(strstr(text, "default: 8080; env LLMD_PORT"), "port default");
+    cr_assert(strstr(text, "default: \"127.0.0.1\"; env LLMD_HOST"), "host default");
+    json_decref(all);
+    srv_config_free(&c);
+    free(text);
+}
+
+Test(server_config, model_group_is_a_subset_for_other_commands)
+{
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    srv_config_print_help(f, SRV_CONFIG_GROUP_MODEL);
+    fclose(f);
+    cr_assert(strstr(text, "--model PATH"));
+    cr_assert(strstr(text, "--precision"));
+    cr_assert_null(strstr(text, "--port"));
+    free(text);
+
+    struct srv_config c;
+    srv_config_init(&c);
+    char *argv[] = {"generate", "--precision", "w8a8", "--prompt", "hi"};
+    int i = 1;
+    cr_assert_eq(srv_config_parse_flag(&c, 5, argv, &i, err, sizeof err), 1);
+    cr_assert_eq(i, 3);
+    cr_assert_str_eq(c.precision, "w8a8");
+    cr_assert_eq(srv_config_parse_flag(&c, 5, argv, &i, err, sizeof err), 0, "--prompt is not ours");
+    cr_assert_eq(i, 3);
+    srv_config_free(&c);
+}
