@@ -15,6 +15,8 @@
 
 #define MODEL_PATH "tests/data/tiny-random.gguf"
 #define REF_PATH "tests/data/tiny-random.logits.bin"
+#define TRAINED_MODEL_PATH "models/llmd-tiny-en.gguf"
+#define TRAINED_REF_PATH "tests/data/llmd-tiny-en.logits.bin"
 /* float32 both sides; the differences are summation order only */
 #define MAX_REL_ERROR 1e-4
 
@@ -28,16 +30,16 @@ static struct ref_prompt refs[8];
 static int n_refs, ref_vocab;
 static llm_model *model;
 
-static void read_exact(FILE *f, void *p, size_t n) { cr_assert_eq(fread(p, 1, n, f), n, "short read of " REF_PATH); }
+static void read_exact(FILE *f, void *p, size_t n) { cr_assert_eq(fread(p, 1, n, f), n, "short read of reference logits"); }
 
-static void load_fixtures(void)
+static void load_model_and_refs(const char *model_path, const char *ref_path)
 {
     char err[256];
     struct llm_model_options o;
     llm_model_options_default(&o);
     o.kv_pages = 256;
-    cr_assert_eq(llm_model_load(MODEL_PATH, &o, &model, err, sizeof err), 0, "%s", err);
-    FILE *f = fopen(REF_PATH, "rb");
+    cr_assert_eq(llm_model_load(model_path, &o, &model, err, sizeof err), 0, "%s", err);
+    FILE *f = fopen(ref_path, "rb");
     cr_assert_not_null(f);
     char magic[8];
     uint32_t head[4];
@@ -60,6 +62,9 @@ static void load_fixtures(void)
     }
     fclose(f);
 }
+
+static void load_fixtures(void) { load_model_and_refs(MODEL_PATH, REF_PATH); }
+static void load_trained(void) { load_model_and_refs(TRAINED_MODEL_PATH, TRAINED_REF_PATH); }
 
 static void free_fixtures(void)
 {
@@ -101,7 +106,7 @@ Test(forward, each_prompt_alone_matches_hugging_face)
     llm_workspace_free(ws);
 }
 
-Test(forward, all_prompts_in_one_batch_match_hugging_face)
+static void all_prompts_in_one_batch_match(void)
 {
     int total = 0;
     for (int i = 0; i < n_refs; i++) total += refs[i].n;
@@ -121,6 +126,15 @@ Test(forward, all_prompts_in_one_batch_match_hugging_face)
     }
     free(logits);
     llm_workspace_free(ws);
+}
+
+Test(forward, all_prompts_in_one_batch_match_hugging_face) { all_prompts_in_one_batch_match(); }
+
+/* The shipped model too: its logits from Hugging Face were computed when it
+ * was trained (tools/device_run.sh train). */
+Test(forward_trained, the_shipped_model_matches_hugging_face_in_a_batch, .init = load_trained, .fini = free_fixtures)
+{
+    all_prompts_in_one_batch_match();
 }
 
 /* Prompt 0 decodes token by token while prompt 1 prefills in chunks of 5 in

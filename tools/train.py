@@ -47,8 +47,9 @@ TOOLS = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(TOOLS)
 sys.path.insert(0, TOOLS)
 import export_gguf  # noqa: E402
+import gguf  # noqa: E402
 import passkey  # noqa: E402
-from model import Llama, LlamaConfig, count_parameters, load_checkpoint, save_checkpoint  # noqa: E402
+from model import Llama, LlamaConfig, count_parameters, gguf_name, load_checkpoint, save_checkpoint  # noqa: E402
 
 REAL_CONFIG = LlamaConfig(dim=512, n_layers=6, n_heads=8, n_kv_heads=2, head_dim=64, ffn_dim=1280,
                           vocab_size=8000, ctx_len=4096, rope_base=10000.0, norm_eps=1e-5, tied=True)
@@ -74,6 +75,7 @@ def parse_args(argv=None):
     ap.add_argument("--name", default="llmd-20m", help="general.name of the GGUF")
     ap.add_argument("--tiny", action="store_true", help="tiny model and settings for a CPU smoke test")
     ap.add_argument("--eval-only", metavar="CKPT", help="evaluate and export a checkpoint, no training")
+    ap.add_argument("--init-gguf", metavar="GGUF", help="start from this model's weights (fine-tuning)")
     ap.add_argument("--no-export", action="store_true")
     ap.add_argument("--device", default=None, help="default: cuda if available")
     ap.add_argument("--seed", type=int, default=1234)
@@ -472,6 +474,22 @@ def environment(device):
     return env
 
 
+def load_gguf_weights(model, path):
+    """Sets every parameter from a GGUF this script exported (Q and K rows
+    back from GGUF's RoPE pair order to the rotate-half order)."""
+    _, tensors = gguf.read_tensors(path)
+    c = model.c
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            t = tensors[gguf_name(name)][0]
+            if name.endswith("attn_q.weight"):
+                t = gguf.unpermute_qk(t, c.n_heads)
+            elif name.endswith("attn_k.weight"):
+                t = gguf.unpermute_qk(t, c.n_kv_heads)
+            assert tuple(t.shape) == tuple(p.shape), f"{name}: {t.shape} vs {tuple(p.shape)}"
+            p.copy_(torch.from_numpy(np.ascontiguousarray(t, dtype=np.float32)))
+
+
 def main(argv=None):
     a = parse_args(argv)
     os.makedirs(a.out, exist_ok=True)
@@ -497,6 +515,9 @@ def main(argv=None):
         cfg = LlamaConfig(**{**cfg.__dict__, "dropout": a.dropout})
         model = Llama(cfg)
         model.init_weights(torch.Generator().manual_seed(a.seed))
+        if a.init_gguf:
+            load_gguf_weights(model, a.init_gguf)
+            log(f"initial weights from {a.init_gguf}")
         model.to(device)
         log(f"model {cfg}: {count_parameters(model)} parameters")
         csv_path = os.path.join(a.out, "loss.csv")
