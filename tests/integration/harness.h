@@ -17,6 +17,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
+#include <math.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -196,6 +197,7 @@ struct http_response {
     struct srv_buf headers;
     CURLcode rc;
     size_t abort_after; /* > 0: the client hangs up after this many body bytes */
+    long timeout_ms;    /* > 0: the client gives up after this long */
 };
 
 static inline size_t collect_body(char *data, size_t size, size_t n, void *ctx)
@@ -237,7 +239,8 @@ static inline CURL *http_easy(const struct daemon *d, const char *method, const 
     curl_easy_setopt(c, CURLOPT_WRITEDATA, out);
     curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, collect_header);
     curl_easy_setopt(c, CURLOPT_HEADERDATA, out);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT, HTTP_TIMEOUT_S);
+    if (out->timeout_ms > 0) curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, out->timeout_ms);
+    else curl_easy_setopt(c, CURLOPT_TIMEOUT, HTTP_TIMEOUT_S);
     curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(c, CURLOPT_PRIVATE, out);
     return c;
@@ -253,9 +256,10 @@ static inline struct curl_slist *header_list(const char *const *headers)
 static inline void http_request(const struct daemon *d, const char *method, const char *path,
                          const char *body, const char *const *headers, struct http_response *out)
 {
-    size_t abort_after = out->abort_after;
+    struct http_response keep = *out;
     memset(out, 0, sizeof *out);
-    out->abort_after = abort_after;
+    out->abort_after = keep.abort_after;
+    out->timeout_ms = keep.timeout_ms;
     struct curl_slist *list = header_list(headers);
     CURL *c = http_easy(d, method, path, body, list, out);
     out->rc = curl_easy_perform(c);
@@ -444,9 +448,10 @@ static inline void http_run_jobs(const struct daemon *d, struct http_job *jobs, 
     CURL *easies[256];
     cr_assert(n <= 256);
     for (int i = 0; i < n; i++) {
-        size_t abort_after = jobs[i].resp.abort_after;
+        struct http_response keep = jobs[i].resp;
         memset(&jobs[i].resp, 0, sizeof jobs[i].resp);
-        jobs[i].resp.abort_after = abort_after;
+        jobs[i].resp.abort_after = keep.abort_after;
+        jobs[i].resp.timeout_ms = keep.timeout_ms;
         jobs[i].done = false;
         easies[i] = http_easy(d, jobs[i].method ? jobs[i].method : "POST", jobs[i].path,
                               jobs[i].body, NULL, &jobs[i].resp);
