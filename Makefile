@@ -23,6 +23,9 @@ DEB_PACKAGES := build-essential pkg-config libmicrohttpd-dev libjansson-dev libu
 MODEL       ?= models/llmd-tiny-en.gguf
 FUZZ_SECONDS ?= 60
 
+# `make V=1` shows the full commands.
+Q := $(if $(V),,@)
+
 ifeq ($(origin CC),default)
 CC := gcc
 endif
@@ -83,50 +86,61 @@ deps:
 define flavour
 $(1)/obj/%.o: %.c
 	@mkdir -p $$(@D)
-	$(2) $$(CFLAGS) $(3) -c $$< -o $$@
+	@echo "  CC    $$@"
+	$(Q)$(2) $$(CFLAGS) $(3) -c $$< -o $$@
 $(1)/obj/%_avx512.o: %_avx512.c
 	@mkdir -p $$(@D)
-	$(2) $$(CFLAGS) $(3) $$(AVX512_FLAGS) -c $$< -o $$@
+	@echo "  CC    $$@"
+	$(Q)$(2) $$(CFLAGS) $(3) $$(AVX512_FLAGS) -c $$< -o $$@
 $(1)/obj/%_amx.o: %_amx.c
 	@mkdir -p $$(@D)
-	$(2) $$(CFLAGS) $(3) $$(AMX_FLAGS) -c $$< -o $$@
+	@echo "  CC    $$@"
+	$(Q)$(2) $$(CFLAGS) $(3) $$(AMX_FLAGS) -c $$< -o $$@
 endef
 
 # libFuzzer builds use clang; OpenMP pragmas are left out there.
-FUZZ_FLAGS := -fsanitize=fuzzer-no-link,address,undefined -fno-openmp -Wno-unknown-pragmas \
+FUZZ_FLAGS := -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=all -fno-openmp \
+              -Wno-unknown-pragmas \
               -Wno-unused-command-line-argument
 $(eval $(call flavour,$(BUILD),$(CC),))
 $(eval $(call flavour,$(BUILD)/asan,$(CC),$(SAN_FLAGS)))
 $(eval $(call flavour,$(BUILD)/fuzz,clang,$(FUZZ_FLAGS)))
 
 $(BUILD)/llmd: $(LIB_OBJ) $(BUILD)/obj/server/main.o
-	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
+	@echo "  LINK  $@"
+	$(Q)$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
 
 $(BUILD)/asan/llmd: $(ASAN_LIB_OBJ) $(BUILD)/asan/obj/server/main.o
-	$(CC) $(CFLAGS) $(SAN_FLAGS) $^ -o $@ $(LDLIBS)
+	@echo "  LINK  $@"
+	$(Q)$(CC) $(CFLAGS) $(SAN_FLAGS) $^ -o $@ $(LDLIBS)
 
 $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(LIB_OBJ)
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) $^ -o $@ $(CRITERION) $(CURL_LIBS) $(LDLIBS)
+	@echo "  LINK  $@"
+	$(Q)$(CC) $(CFLAGS) $^ -o $@ $(CRITERION) $(CURL_LIBS) $(LDLIBS)
 
 $(BUILD)/asan/tests/%: $(BUILD)/asan/obj/tests/%.o $(ASAN_LIB_OBJ)
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) $(SAN_FLAGS) $^ -o $@ $(CRITERION) $(CURL_LIBS) $(LDLIBS)
+	@echo "  LINK  $@"
+	$(Q)$(CC) $(CFLAGS) $(SAN_FLAGS) $^ -o $@ $(CRITERION) $(CURL_LIBS) $(LDLIBS)
 
 $(BUILD)/bench/%: $(BUILD)/obj/bench/%.o $(LIB_OBJ)
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) $^ -o $@ $(CURL_LIBS) $(LDLIBS)
+	@echo "  LINK  $@"
+	$(Q)$(CC) $(CFLAGS) $^ -o $@ $(CURL_LIBS) $(LDLIBS)
 
 # Fuzz targets are built twice: as plain ASan programs that replay their
 # corpus (make test), and as libFuzzer binaries (make fuzz).
 $(BUILD)/asan/fuzz-replay/%: $(BUILD)/asan/obj/tests/fuzz/%.o $(BUILD)/asan/obj/tests/fuzz/replay_main.o $(ASAN_LIB_OBJ)
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) $(SAN_FLAGS) $^ -o $@ $(LDLIBS)
+	@echo "  LINK  $@"
+	$(Q)$(CC) $(CFLAGS) $(SAN_FLAGS) $^ -o $@ $(LDLIBS)
 
 FUZZ_LIB_OBJ := $(call objs,$(BUILD)/fuzz,$(LIB_SRC))
 $(BUILD)/fuzz/%: $(BUILD)/fuzz/obj/tests/fuzz/%.o $(FUZZ_LIB_OBJ)
 	@mkdir -p $(@D)
-	clang -fsanitize=fuzzer,address,undefined $^ -o $@ $(PKG_LIBS) -lm -lpthread
+	@echo "  LINK  $@"
+	$(Q)clang -fsanitize=fuzzer,address,undefined $^ -o $@ $(PKG_LIBS) -lm -lpthread
 
 # ----------------------------------------------------------------- running
 run: deps

@@ -39,7 +39,8 @@ struct q_format llm_model_qformat(const llm_model *m, int k)
         break;
     case LLM_ATOM:
     default:
-        f.n_outlier = o->n_outlier < 0 ? k / 32 : o->n_outlier;
+        /* width/32 by default, rounded up to the kernels' multiple of 16 */
+        f.n_outlier = o->n_outlier < 0 ? (k / 32 + 15) / 16 * 16 : o->n_outlier;
         if (f.n_outlier >= k) f.n_outlier = 0;
         f.group_size = o->group_size > 0 ? o->group_size : k - f.n_outlier;
         f.act_clip = o->act_clip;

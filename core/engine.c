@@ -66,6 +66,8 @@ struct llm_engine {
     float *logits;         /* (max_step_tokens, vocab) */
     struct llm_batch_item *items;
     struct engine_seq **item_seq;
+    char *piece;           /* one token's text */
+    size_t piece_cap;
 };
 
 static const char *const finish_names[] = {"none", "stop", "length", "cancelled", "timeout", "error"};
@@ -304,9 +306,9 @@ static void take_token(llm_engine *e, struct engine_seq *s, float *logits)
 
     bool eos = s->req.stop_at_eos && token == llm_tokenizer_eos(tok);
     if (!eos) {
-        char piece[256];
-        int n = llm_detok_push(tok, &s->detok, token, piece, sizeof piece);
-        if (n > 0) hold_text(s, piece, (size_t)n);
+        int n = llm_detok_push(tok, &s->detok, token, e->piece, e->piece_cap);
+        UTIL_CHECK(n >= 0); /* the token is in range and piece_cap always suffices */
+        hold_text(s, e->piece, (size_t)n);
     }
     size_t release;
     long stop_at = find_stop(s);
@@ -494,6 +496,8 @@ int llm_engine_create(llm_model *model, const struct llm_engine_config *config, 
     e->ws = llm_workspace_create(model, e->config.max_step_tokens);
     e->logits = util_aligned_alloc(sizeof(float) * (size_t)max_items * (size_t)e->vocab_size);
     e->stats.kv_pages_total = e->pages_total;
+    e->piece_cap = llm_tokenizer_max_piece_len(llm_model_tokenizer(model)) + 12;
+    e->piece = util_xmalloc(e->piece_cap);
     pthread_mutex_init(&e->lock, NULL);
     pthread_cond_init(&e->wake, NULL);
     int rc = pthread_create(&e->thread, NULL, engine_main, e);
@@ -525,5 +529,6 @@ void llm_engine_shutdown(llm_engine *e, double grace_s)
     free(e->waiting);
     free(e->running);
     free(e->cancels);
+    free(e->piece);
     free(e);
 }

@@ -15,6 +15,7 @@
 #include <cblas.h>
 #include <errno.h>
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -119,10 +120,25 @@ static void rope_row(float *row, int n_heads, int head_dim, int pos, const float
 
 static float silu(float x) { return x / (1.0f + expf(-x)); }
 
-/* y (T, n) = x (T, k) W^T, fp32. */
+/* y (T, n) = x (T, k) W^T, fp32. OpenBLAS runs single-threaded inside
+ * llmd (util/blas.c): the output columns are split over OpenMP's threads
+ * instead, so that one thread pool serves every kernel and two pools never
+ * spin against each other on the same cores. */
 static void sgemm_xwt(const float *x, const float *w, float *y, int T, int n, int k)
 {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, n, k, 1.0f, x, k, w, k, 0.0f, y, n);
+    if (omp_in_parallel() || omp_get_max_threads() == 1 || (double)T * n * k < 65536.0) {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, n, k, 1.0f, x, k, w, k, 0.0f, y, n);
+        return;
+    }
+#pragma omp parallel
+    {
+        int nth = omp_get_num_threads(), t = omp_get_thread_num();
+        int chunk = ((n + nth - 1) / nth + 15) & ~15;
+        int j0 = t * chunk, j1 = j0 + chunk < n ? j0 + chunk : n;
+        if (j0 < j1)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, j1 - j0, k, 1.0f, x, k, w + (size_t)j0 * k, k,
+                        0.0f, y + j0, n);
+    }
 }
 
 /* -------------------------------------------------- precision-path seams */

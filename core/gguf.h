@@ -48,9 +48,11 @@ typedef struct llm_gguf llm_gguf;
 /* Opens and maps a file / parses a buffer the caller keeps alive until
  * close. On failure returns -errno (-EBADMSG for a malformed file), sets
  * *out to NULL and writes a message into err (which key or tensor, what is
- * wrong). Everything the handle hands out lives until llm_gguf_close;
- * close(NULL) does nothing. A handle is read-only: any number of threads
- * may use it at once. */
+ * wrong). Tensor data lies at a multiple of `general.alignment` from the
+ * start of the file (so a mapped file's tensors are aligned in memory; a
+ * buffer's only as well as the buffer is). Everything the handle hands out
+ * lives until llm_gguf_close; close(NULL) does nothing. A handle is
+ * read-only: any number of threads may use it at once. */
 int llm_gguf_open(const char *path, llm_gguf **out, char *err, size_t err_len);
 int llm_gguf_open_memory(const void *data, size_t size, llm_gguf **out, char *err, size_t err_len);
 void llm_gguf_close(llm_gguf *gguf);

@@ -19,8 +19,6 @@
 #include "core/model_internal.h"
 #include "util/util.h"
 
-void openblas_set_num_threads(int n);
-
 /* ----------------------------------------------------------------- names */
 
 static const char *const precision_names[] = {"fp32", "w8a8", "w4a4-rtn", "atom"};
@@ -256,10 +254,7 @@ int llm_model_load(const char *path, const struct llm_model_options *options, ll
     if (options) m->options = *options;
     else llm_model_options_default(&m->options);
     m->precision = m->options.precision;
-    if (m->options.threads > 0) {
-        omp_set_num_threads(m->options.threads);
-        openblas_set_num_threads(m->options.threads);
-    }
+    if (m->options.threads > 0) omp_set_num_threads(m->options.threads);
 
     llm_gguf *g = NULL;
     char gerr[256] = "";

@@ -263,6 +263,7 @@ static void tokenizer_fill_arena(llm_tokenizer *tok, const llm_gguf *gguf, size_
             t->decoded_len = n;
         }
         tok->arena[pos + t->decoded_len] = 0;
+        if (t->decoded_len > tok->max_piece_len) tok->max_piece_len = t->decoded_len;
         pos += t->decoded_len + 1;
     }
     UTIL_CHECK(pos <= arena_len);

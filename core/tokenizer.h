@@ -39,7 +39,8 @@ int32_t llm_tokenizer_unk(const llm_tokenizer *tok);
 bool llm_tokenizer_add_bos(const llm_tokenizer *tok);
 /* True for control tokens (BOS, EOS, ...), which decode to nothing. */
 bool llm_tokenizer_is_control(const llm_tokenizer *tok, int32_t id);
-/* The longest piece in bytes, for sizing llm_detok_push's buffer. */
+/* The longest piece in bytes, or decoded text (UNK decodes to " \u2047 "),
+ * for sizing llm_detok_push's buffer. */
 size_t llm_tokenizer_max_piece_len(const llm_tokenizer *tok);
 /* The piece of a token as stored (with U+2581 for spaces), or NULL when id
  * is out of range. */
@@ -67,11 +68,10 @@ void llm_detok_init(struct llm_detok *d);
 /* Appends the text of `id` that is complete so far to out (not
  * NUL-terminated). Returns the bytes written, -EINVAL for an id out of
  * range, or -ENOSPC when cap is too small; then the decoder is unchanged
- * and the call may be repeated with more room. The piece's length + 12
- * always suffices (held bytes may turn into three U+FFFD), so does
- * llm_tokenizer_max_piece_len() + 12 for any token. Bytes held back when a
- * token other than a byte piece arrives are broken: they become U+FFFD, as
- * in sentencepiece. */
+ * and the call may be repeated with more room. A cap of
+ * llm_tokenizer_max_piece_len() + 12 always suffices (held bytes may turn
+ * into three U+FFFD). Bytes held back when a token other than a byte piece
+ * arrives are broken: they become U+FFFD, as in sentencepiece. */
 int llm_detok_push(const llm_tokenizer *tok, struct llm_detok *d, int32_t id, char *out, size_t cap);
 /* Emits what is still held back (an incomplete character as U+FFFD, one per
  * byte); 12 bytes always suffice. Returns the bytes written or -ENOSPC. */

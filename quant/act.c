@@ -10,7 +10,6 @@
 #include "quant/quant_internal.h"
 #include "util/util.h"
 
-#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 

@@ -5,7 +5,6 @@
 #include "quant/quant_internal.h"
 #include "util/util.h"
 
-#include <omp.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>

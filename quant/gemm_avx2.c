@@ -46,7 +46,7 @@ static inline __attribute__((always_inline)) void tile(const int MR, const struc
         const struct q_seg *seg = &segs[s];
         const int8_t *a = act->values + (size_t)ta->t0 * stride + seg->a_offset;
         const uint8_t *w = seg->w[0];
-        __m256i acc[MR][2];
+        __m256i acc[GEMM_MR][2];
 #pragma GCC unroll 8
         for (int t = 0; t < MR; t++) acc[t][0] = acc[t][1] = _mm256_setzero_si256();
         if (seg->bits == 4) {

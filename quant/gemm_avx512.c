@@ -36,52 +36,92 @@ static inline int32_t load_i32(const int8_t *p)
     return v;
 }
 
-static inline __attribute__((always_inline)) void tile(const int MR, const int NV,
-                                                       const struct tile_args *ta,
-                                                       const struct q_seg *segs, int n_segs)
+/* The accumulators are named variables, not an array: GCC keeps an array of
+ * 24 zmm in memory. FOR_ROW(t, OP) applies OP(t, j, acc) to the live sums
+ * of token t (dead ones are never touched, so never computed). */
+#define FOR_ROW(t, OP)                                                                     \
+    do {                                                                                   \
+        if (MR > t) {                                                                      \
+            OP(t, 0, acc##t##_0);                                                          \
+            if (NV > 1) OP(t, 1, acc##t##_1);                                              \
+            if (NV > 2) OP(t, 2, acc##t##_2);                                              \
+            if (NV > 3) OP(t, 3, acc##t##_3);                                              \
+        }                                                                                  \
+    } while (0)
+#define FOR_TILE(OP)                                                                       \
+    do {                                                                                   \
+        FOR_ROW(0, OP);                                                                    \
+        FOR_ROW(1, OP);                                                                    \
+        FOR_ROW(2, OP);                                                                    \
+        FOR_ROW(3, OP);                                                                    \
+        FOR_ROW(4, OP);                                                                    \
+        FOR_ROW(5, OP);                                                                    \
+    } while (0)
+_Static_assert(GEMM_MR == 6 && GEMM_NV == 4, "FOR_TILE spells out 6 x 4 accumulators");
+
+/* Sums start at -bias * (the token's sum over the group), taking the
+ * weights' bias out; later segments of a split int8 group start at 0. */
+#define OP_START(t, j, acc)                                                                \
+    acc = _mm512_set1_epi32(-bias * act->sums[(size_t)(ta->t0 + (t)) * n_groups + seg->g])
+#define OP_DOT(t, j, acc) acc = _mm512_dpbusd_epi32(acc, w##j, av)
+#define ROW_DOT(t)                                                                         \
+    do {                                                                                   \
+        if (MR > t) {                                                                      \
+            __m512i av = _mm512_set1_epi32(load_i32(a + (t) * stride + 4 * q));            \
+            FOR_ROW(t, OP_DOT);                                                            \
+        }                                                                                  \
+    } while (0)
+/* The sums leave the registers before rescaling: with rescaling's own
+ * registers on top of 24 live sums GCC spills inside the loop instead. */
+#define OP_SPILL(t, j, acc) _mm512_store_si512(sums[t][j], acc)
+/* One segment on an MR x NV tile: integer sums, then rescaled into y. */
+static inline __attribute__((always_inline)) void tile_segment(const int MR, const int NV,
+                                                               const struct tile_args *ta,
+                                                               const struct q_seg *seg, bool store)
 {
     const struct q_act *act = ta->act;
     const int n_groups = act->layout.n_groups;
     const size_t stride = (size_t)act->layout.act_row_bytes;
-    for (int s = 0; s < n_segs; s++) {
-        const struct q_seg *seg = &segs[s];
-        const int8_t *a = act->values + (size_t)ta->t0 * stride + seg->a_offset;
-        const int bias = seg->first ? (seg->bits == 4 ? Q_INT4_BIAS : Q_INT8_BIAS) : 0;
-        __m512i acc[MR][NV];
-#pragma GCC unroll 8
+    const int8_t *a = act->values + (size_t)ta->t0 * stride + seg->a_offset;
+    const int bias = seg->first ? (seg->bits == 4 ? Q_INT4_BIAS : Q_INT8_BIAS) : 0;
+    __m512i acc0_0, acc0_1, acc0_2, acc0_3, acc1_0, acc1_1, acc1_2, acc1_3, acc2_0, acc2_1,
+        acc2_2, acc2_3, acc3_0, acc3_1, acc3_2, acc3_3, acc4_0, acc4_1, acc4_2, acc4_3, acc5_0,
+        acc5_1, acc5_2, acc5_3;
+    FOR_TILE(OP_START);
+    const uint8_t *p0 = seg->w[0], *p1 = seg->w[NV > 1 ? 1 : 0], *p2 = seg->w[NV > 2 ? 2 : 0],
+                  *p3 = seg->w[NV > 3 ? 3 : 0];
+    for (int q = 0; q < seg->quads; q++) {
+        const size_t off = (size_t)q * Q_QUAD_BYTES;
+        __m512i w0 = _mm512_load_si512(p0 + off);
+        __m512i w1 = NV > 1 ? _mm512_load_si512(p1 + off) : w0;
+        __m512i w2 = NV > 2 ? _mm512_load_si512(p2 + off) : w0;
+        __m512i w3 = NV > 3 ? _mm512_load_si512(p3 + off) : w0;
+        ROW_DOT(0);
+        ROW_DOT(1);
+        ROW_DOT(2);
+        ROW_DOT(3);
+        ROW_DOT(4);
+        ROW_DOT(5);
+    }
+    _Alignas(64) int32_t sums[GEMM_MR][GEMM_NV][16];
+    FOR_TILE(OP_SPILL);
+    for (int j = 0; j < NV; j++) {
+        const __m512 w_scale = _mm512_loadu_ps(seg->w_scale[j]);
         for (int t = 0; t < MR; t++) {
-            __m512i start = _mm512_set1_epi32(-bias * act->sums[(size_t)(ta->t0 + t) * n_groups + seg->g]);
-#pragma GCC unroll 4
-            for (int j = 0; j < NV; j++) acc[t][j] = start;
-        }
-        const uint8_t *w[NV];
-#pragma GCC unroll 4
-        for (int j = 0; j < NV; j++) w[j] = seg->w[j];
-        for (int q = 0; q < seg->quads; q++) {
-            __m512i wv[NV];
-#pragma GCC unroll 4
-            for (int j = 0; j < NV; j++) wv[j] = _mm512_load_si512(w[j] + (size_t)q * Q_QUAD_BYTES);
-#pragma GCC unroll 8
-            for (int t = 0; t < MR; t++) {
-                __m512i av = _mm512_set1_epi32(load_i32(a + t * stride + 4 * q));
-#pragma GCC unroll 4
-                for (int j = 0; j < NV; j++) acc[t][j] = _mm512_dpbusd_epi32(acc[t][j], wv[j], av);
-            }
-        }
-        const bool store = ta->fresh && s == 0;
-#pragma GCC unroll 4
-        for (int j = 0; j < NV; j++) {
-            __m512 w_scale = _mm512_loadu_ps(seg->w_scale[j]);
-#pragma GCC unroll 8
-            for (int t = 0; t < MR; t++) {
-                float *yp = ta->y + (size_t)t * ta->n + 16 * j;
-                __m512 a_scale = _mm512_set1_ps(act->scales[(size_t)(ta->t0 + t) * n_groups + seg->g]);
-                __m512 prod = _mm512_mul_ps(_mm512_cvtepi32_ps(acc[t][j]), w_scale);
-                __m512 prev = store ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(ta->mask[j], yp);
-                _mm512_mask_storeu_ps(yp, ta->mask[j], _mm512_fmadd_ps(prod, a_scale, prev));
-            }
+            float *yp = ta->y + (size_t)t * ta->n + 16 * j;
+            __m512 a_scale = _mm512_set1_ps(act->scales[(size_t)(ta->t0 + t) * n_groups + seg->g]);
+            __m512 prod = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_load_si512(sums[t][j])), w_scale);
+            __m512 prev = store ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(ta->mask[j], yp);
+            _mm512_mask_storeu_ps(yp, ta->mask[j], _mm512_fmadd_ps(prod, a_scale, prev));
         }
     }
+}
+
+static inline __attribute__((always_inline)) void tile(const int MR, const int NV,
+                                                       const struct tile_args *ta,
+                                                       const struct q_seg *segs, int n_segs)
+{
+    for (int s = 0; s < n_segs; s++) tile_segment(MR, NV, ta, &segs[s], ta->fresh && s == 0);
 }
 
 /* One function per tile shape, chosen by the number of tokens and blocks left. */

@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static bool is_permutation(const int *perm, int k)
+bool q_is_permutation(const int *perm, int k)
 {
     bool *seen = util_xcalloc((size_t)k, 1);
     bool ok = true;
@@ -24,7 +24,7 @@ struct q_linear *q_linear_alloc(int n, int k, const struct q_format *format, con
 {
     UTIL_CHECK(q_format_check(format, k) == 0);
     UTIL_CHECK(n >= 1);
-    UTIL_CHECK(!perm || is_permutation(perm, k));
+    UTIL_CHECK(!perm || q_is_permutation(perm, k));
     struct q_linear *layer = util_xcalloc(1, sizeof *layer);
     layer->format = *format;
     q_layout_init(&layer->layout, format, k);

@@ -137,10 +137,14 @@ atom_calib *atom_calib_create(int k, bool with_hessian);
 void atom_calib_free(atom_calib *calib);
 /* Adds m tokens of input x (m, k). */
 void atom_calib_add(atom_calib *calib, const float *x, int m);
-/* Mean squared activation per channel (k floats, valid until free). */
+/* Mean squared activation per channel (k floats owned by calib, brought up
+ * to date by every add). */
 const float *atom_calib_mean_square(const atom_calib *calib);
-/* X^T X / tokens (k*k), or NULL without hessian. */
+/* X^T X / tokens (k*k, both triangles, owned by calib, brought up to date
+ * by every add), or NULL without hessian. */
 const float *atom_calib_hessian(const atom_calib *calib);
+/* Tokens added so far. */
+long long atom_calib_tokens(const atom_calib *calib);
 /* Permutation (k entries): normal channels first in their original order,
  * then the n_outlier channels of largest mean square, in increasing order of
  * it (the largest last). perm[j] is the original channel at position j. */

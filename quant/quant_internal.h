@@ -29,6 +29,16 @@
 
 #include <math.h>
 
+/* OpenMP when built with it (the fuzz build is not): one thread otherwise. */
+#ifdef _OPENMP
+#include <omp.h>
+#else
+static inline int omp_in_parallel(void) { return 0; }
+static inline int omp_get_max_threads(void) { return 1; }
+static inline int omp_get_num_threads(void) { return 1; }
+static inline int omp_get_thread_num(void) { return 0; }
+#endif
+
 #define Q_BLOCK_ROWS     16    /* output rows per packed column block */
 #define Q_QUAD_BYTES     64    /* one quad of a block: 16 rows x 4 channels */
 #define Q_CHANNEL_ALIGN  16    /* k, group_size and n_outlier are multiples of it */
@@ -114,6 +124,9 @@ struct q_linear {
     uint8_t *packed;     /* n_blocks x layout.block_bytes, 64-byte aligned */
     float *scales;       /* n_blocks x n_groups x Q_BLOCK_ROWS */
 };
+
+/* True when perm holds each of 0..k-1 once. */
+bool q_is_permutation(const int *perm, int k);
 
 /* An empty layer (weights zero) of a checked format, for the quantizers and
  * the loader to fill. */

@@ -5,6 +5,7 @@
  * in one mixed batch, and with prefill and decode mixed in one step.
  */
 #include <criterion/criterion.h>
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>

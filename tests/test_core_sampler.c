@@ -1,6 +1,7 @@
 /* Tests for core/sampler.c: greedy, seeded sampling, truncation, penalties,
  * logprobs and validation. */
 #include <criterion/criterion.h>
+#include <errno.h>
 #include <math.h>
 #include <string.h>
 

@@ -7,6 +7,7 @@
  * the fix is to re-execute the program with the variable set. A constructor
  * does it so that every binary (llmd, tests, benchmarks) gets the fast path.
  * LLMD_NO_REEXEC=1 turns it off (for valgrind, which does not follow exec).
+ * It also makes OpenBLAS single-threaded: llmd's parallelism is OpenMP's.
  */
 #include "util.h"
 
@@ -36,6 +37,9 @@ __attribute__((constructor)) static void blas_fix_coretype(int argc, char **argv
 {
     (void)argc;
     (void)envp;
+    /* llmd parallelises with OpenMP, calling OpenBLAS from each thread:
+     * OpenBLAS's own threads would spin against OpenMP's on the same cores. */
+    openblas_set_num_threads(1);
     if (getenv("OPENBLAS_CORETYPE") || getenv("LLMD_NO_REEXEC") || !blas_misdetected()) return;
     setenv("OPENBLAS_CORETYPE", util_cpu_has_avx512() ? "SkylakeX" : "Haswell", 1);
     execv("/proc/self/exe", argv);
