@@ -26,7 +26,7 @@ static json_t *complete(const struct daemon *d, const char *extra)
 
 /* ------------------------------------------------------------ endpoints */
 
-Test(server_http, health_models_and_completion_shapes, .timeout = 120)
+Test(server_http, health_models_and_completion_shapes)
 {
     struct daemon d;
     daemon_start(&d, NULL);
@@ -81,7 +81,7 @@ Test(server_http, health_models_and_completion_shapes, .timeout = 120)
     cr_assert_eq(daemon_stop(&d), 0, "log %s:\n%s", d.log, daemon_log_tail(&d));
 }
 
-Test(server_http, tokenize_detokenize_and_prompt_ids_agree_with_text, .timeout = 120)
+Test(server_http, tokenize_detokenize_and_prompt_ids_agree_with_text)
 {
     struct daemon d;
     daemon_start(&d, NULL);
@@ -137,7 +137,7 @@ Test(server_http, tokenize_detokenize_and_prompt_ids_agree_with_text, .timeout =
 
 /* ----------------------------------------------------------- parameters */
 
-Test(server_http, sampling_parameters_act, .timeout = 120)
+Test(server_http, sampling_parameters_act)
 {
     struct daemon d;
     daemon_start(&d, NULL);
@@ -175,7 +175,7 @@ Test(server_http, sampling_parameters_act, .timeout = 120)
     cr_assert_eq(daemon_stop(&d), 0, "log %s:\n%s", d.log, daemon_log_tail(&d));
 }
 
-Test(server_http, stop_strings_cut_the_text_and_report_stop, .timeout = 120)
+Test(server_http, stop_strings_cut_the_text_and_report_stop)
 {
     struct daemon d;
     daemon_start(&d, NULL);
@@ -200,7 +200,7 @@ Test(server_http, stop_strings_cut_the_text_and_report_stop, .timeout = 120)
     cr_assert_eq(daemon_stop(&d), 0, "log %s:\n%s", d.log, daemon_log_tail(&d));
 }
 
-Test(server_http, n_and_prompt_lists_give_choices_in_order, .timeout = 120)
+Test(server_http, n_and_prompt_lists_give_choices_in_order)
 {
     struct daemon d;
     daemon_start(&d, NULL);
@@ -231,7 +231,7 @@ Test(server_http, n_and_prompt_lists_give_choices_in_order, .timeout = 120)
     cr_assert_eq(daemon_stop(&d), 0, "log %s:\n%s", d.log, daemon_log_tail(&d));
 }
 
-Test(server_http, logprobs_in_both_shapes, .timeout = 120)
+Test(server_http, logprobs_in_both_shapes)
 {
     struct daemon d;
     daemon_start(&d, NULL);
@@ -285,7 +285,7 @@ Test(server_http, logprobs_in_both_shapes, .timeout = 120)
     cr_assert_eq(daemon_stop(&d), 0, "log %s:\n%s", d.log, daemon_log_tail(&d));
 }
 
-Test(server_http, streaming_matches_the_whole_answer, .timeout = 120)
+Test(server_http, streaming_matches_the_whole_answer)
 {
     struct daemon d;
     daemon_start(&d, NULL);
@@ -341,7 +341,7 @@ Test(server_http, streaming_matches_the_whole_answer, .timeout = 120)
     cr_assert_eq(daemon_stop(&d), 0, "log %s:\n%s", d.log, daemon_log_tail(&d));
 }
 
-Test(server_http, ignore_eos_generates_exactly_max_tokens, .timeout = 120)
+Test(server_http, ignore_eos_generates_exactly_max_tokens)
 {
     struct daemon d;
     daemon_start(&d, NULL);
@@ -365,7 +365,7 @@ struct bad_case {
     const char *code;  /* NULL: not checked */
 };
 
-Test(server_http, bad_input_matrix_gets_4xx_and_the_daemon_stays_up, .timeout = 120)
+Test(server_http, bad_input_matrix_gets_4xx_and_the_daemon_stays_up)
 {
     static char long_prompt[8000];
     if (!long_prompt[0]) {
@@ -437,7 +437,7 @@ Test(server_http, bad_input_matrix_gets_4xx_and_the_daemon_stays_up, .timeout = 
     cr_assert_eq(daemon_stop(&d), 0, "log %s:\n%s", d.log, daemon_log_tail(&d));
 }
 
-Test(server_http, size_limits_give_413_and_431, .timeout = 120)
+Test(server_http, size_limits_give_413_and_431)
 {
     struct daemon d;
     daemon_start(&d, (const char *[]){"--max-body-bytes", "4096", "--max-header-bytes", "8192",
@@ -477,7 +477,7 @@ Test(server_http, size_limits_give_413_and_431, .timeout = 120)
 
 /* Past the limit MHD stops accepting: the extra connection waits in the
  * listen backlog, unanswered, until a slot frees. */
-Test(server_http, connection_limit_holds_the_extra_connection_back, .timeout = 120)
+Test(server_http, connection_limit_holds_the_extra_connection_back)
 {
     struct daemon d;
     daemon_start(&d, (const char *[]){"--max-connections", "3", "--max-running", "2", NULL});
@@ -515,7 +515,7 @@ Test(server_http, connection_limit_holds_the_extra_connection_back, .timeout = 1
 
 /* ---------------------------------------------------------- auth, CORS */
 
-Test(server_http, api_keys_guard_the_api_but_not_health_and_metrics, .timeout = 120)
+Test(server_http, api_keys_guard_the_api_but_not_health_and_metrics)
 {
     struct daemon d;
     daemon_start(&d, (const char *[]){"--api-keys", "sk-first,sk-second", NULL});
@@ -564,7 +564,7 @@ Test(server_http, api_keys_guard_the_api_but_not_health_and_metrics, .timeout = 
     cr_assert_eq(daemon_stop(&d), 0, "log %s:\n%s", d.log, daemon_log_tail(&d));
 }
 
-Test(server_http, cors_is_off_by_default_and_follows_the_origin_list, .timeout = 120)
+Test(server_http, cors_is_off_by_default_and_follows_the_origin_list)
 {
     struct daemon d;
     daemon_start(&d, NULL);
@@ -609,7 +609,7 @@ Test(server_http, cors_is_off_by_default_and_follows_the_origin_list, .timeout =
 /* The model path is a FIFO: loading blocks in open() until we write to it,
  * so /health is caught answering 503 while the model loads; the load then
  * fails (a FIFO is not a regular file) and the daemon exits 1. */
-Test(server_http, health_is_503_while_loading_and_a_bad_model_exits_1, .timeout = 120)
+Test(server_http, health_is_503_while_loading_and_a_bad_model_exits_1)
 {
     char fifo[64];
     snprintf(fifo, sizeof fifo, "/tmp/llmd-test-fifo-%d.gguf", (int)getpid());
@@ -637,7 +637,7 @@ Test(server_http, health_is_503_while_loading_and_a_bad_model_exits_1, .timeout 
     unlink(fifo);
 }
 
-Test(server_http, bad_settings_exit_2_with_a_message, .timeout = 60)
+Test(server_http, bad_settings_exit_2_with_a_message)
 {
     struct daemon d;
     cr_assert_not(daemon_spawn(&d, TEST_MODEL, (const char *[]){"--port", "http", NULL}));

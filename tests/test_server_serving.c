@@ -45,7 +45,7 @@ static char *job_text(struct http_job *j, bool stream)
 
 /* --------------------------------------------------------- concurrency */
 
-Test(server_serving, concurrent_clients_each_get_their_own_greedy_answer, .timeout = 240)
+Test(server_serving, concurrent_clients_each_get_their_own_greedy_answer)
 {
     struct daemon d;
     daemon_start(&d, (const char *[]){"--max-running", "16", NULL});
@@ -101,7 +101,7 @@ static bool note_pages(int running, void *ctx)
     return true;
 }
 
-Test(server_serving, a_client_that_leaves_frees_its_kv_pages, .timeout = 180)
+Test(server_serving, a_client_that_leaves_frees_its_kv_pages)
 {
     struct daemon d;
     daemon_start(&d, NULL);
@@ -146,7 +146,7 @@ Test(server_serving, a_client_that_leaves_frees_its_kv_pages, .timeout = 180)
 
 /* --------------------------------------------------------- the queue */
 
-Test(server_serving, a_full_queue_answers_429_with_retry_after, .timeout = 180)
+Test(server_serving, a_full_queue_answers_429_with_retry_after)
 {
     struct daemon d;
     daemon_start(&d, (const char *[]){"--max-running", "1", "--max-waiting", "1", NULL});
@@ -194,7 +194,7 @@ Test(server_serving, a_full_queue_answers_429_with_retry_after, .timeout = 180)
     cr_assert_eq(daemon_stop(&d), 0, "log %s:\n%s", d.log, daemon_log_tail(&d));
 }
 
-Test(server_serving, the_request_deadline_cuts_generation, .timeout = 120)
+Test(server_serving, the_request_deadline_cuts_generation)
 {
     struct daemon d;
     daemon_start(&d, (const char *[]){"--request-timeout-s", "0.3", NULL});
@@ -250,7 +250,7 @@ static bool terminate_when_busy(int running, void *ctx)
     return false;
 }
 
-Test(server_serving, sigterm_lets_running_requests_finish_and_exits_0, .timeout = 180)
+Test(server_serving, sigterm_lets_running_requests_finish_and_exits_0)
 {
     struct daemon d;
     daemon_start(&d, (const char *[]){"--grace-s", "60", NULL});
@@ -281,7 +281,7 @@ Test(server_serving, sigterm_lets_running_requests_finish_and_exits_0, .timeout 
     cr_assert_eq(d.status, 0, "exit status %d; log:\n%s", d.status, daemon_log_tail(&d));
 }
 
-Test(server_serving, past_the_grace_period_requests_end_with_an_error_and_exit_is_0, .timeout = 180)
+Test(server_serving, past_the_grace_period_requests_end_with_an_error_and_exit_is_0)
 {
     struct daemon d;
     daemon_start(&d, (const char *[]){"--grace-s", "0.2", NULL});
