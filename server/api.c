@@ -535,6 +535,16 @@ int srv_resolve_max_tokens(const struct srv_completion_request *r, int n_prompt,
     return 0;
 }
 
+int srv_check_prompt_bytes(size_t bytes, size_t max_piece_len, int ctx_len, const char *param,
+                           struct srv_error *err)
+{
+    if (max_piece_len == 0 || bytes / max_piece_len < (size_t)ctx_len) return 0;
+    return srv_bad_param(err, param,
+                         "This model's maximum context length is %d tokens, and the prompt "
+                         "(%zu bytes) is longer than that",
+                         ctx_len, bytes);
+}
+
 int srv_parse_tokenize(const json_t *body, const struct srv_model_limits *lim,
                        struct srv_tokenize_request *out, struct srv_error *err)
 {

@@ -106,6 +106,14 @@ void srv_completion_request_free(struct srv_completion_request *r);
 int srv_resolve_max_tokens(const struct srv_completion_request *r, int n_prompt, int ctx_len,
                            int *max_tokens, struct srv_error *err);
 
+/* Refuses, before tokenizing, text that cannot fit the context: no token
+ * covers more than max_piece_len bytes, so `bytes` of text make at least
+ * bytes / max_piece_len tokens. This bounds the tokenizing the loop thread
+ * does for one prompt to about ctx_len x max_piece_len bytes, whatever the
+ * body size. 0 or -EINVAL with a 400 naming `param`. */
+int srv_check_prompt_bytes(size_t bytes, size_t max_piece_len, int ctx_len, const char *param,
+                           struct srv_error *err);
+
 /* POST /tokenize: {"prompt": text} or {"messages": [...]} (rendered with
  * the chat template), "add_special_tokens" (default true). */
 struct srv_tokenize_request {

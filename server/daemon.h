@@ -195,6 +195,10 @@ void srv_request_wake(struct srv_request *r);
 void srv_request_release(struct srv_request *r);
 /* A 503 while the model is not ready; false when it is. */
 bool srv_require_model(struct srv_request *r);
+/* Tokenizes text into a new array *ids (NULL on failure): the count or a
+ * negative error. */
+int srv_tokenize(const llm_tokenizer *tok, const char *text, size_t len, bool add_bos,
+                 int32_t **ids);
 /* Parses the body as JSON or answers 400. New reference or NULL. */
 json_t *srv_parse_body(struct srv_request *r);
 

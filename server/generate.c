@@ -79,33 +79,30 @@ static void make_id(struct srv_request *r)
              (unsigned long long)b);
 }
 
-/* The token ids of prompt p (a new array). Returns the count or < 0. */
-static int prompt_tokens(struct srv_request *r, int p, int32_t **ids)
+/* The token ids of prompt p (a new array). Returns the count, or -EINVAL
+ * with *e set for text that cannot fit the context. */
+static int prompt_tokens(struct srv_request *r, int p, int32_t **ids, struct srv_error *e)
 {
     struct srv_daemon *d = r->d;
     const struct srv_completion_request *q = &r->params;
-    bool add_bos = llm_tokenizer_add_bos(d->tok);
-    const char *text;
-    size_t len;
-    char *rendered = NULL;
-    if (q->api == SRV_API_CHAT) {
-        rendered = srv_chat_render(d->chat_format, q->messages, q->n_messages);
-        text = rendered;
-        len = strlen(rendered);
-    } else if (q->prompts[p].ids) {
+    *ids = NULL;
+    if (q->api == SRV_API_COMPLETIONS && q->prompts[p].ids) {
         *ids = util_xmalloc(sizeof **ids * (size_t)q->prompts[p].n_ids);
         memcpy(*ids, q->prompts[p].ids, sizeof **ids * (size_t)q->prompts[p].n_ids);
         return q->prompts[p].n_ids;
-    } else {
-        text = q->prompts[p].text;
-        len = q->prompts[p].text_len;
     }
-    int cap = (int)(len < 1u << 20 ? len : 1u << 20) + 8;
-    *ids = util_xmalloc(sizeof **ids * (size_t)cap);
-    int n = llm_tokenize(d->tok, text, len, add_bos, *ids, cap);
-    if (n > cap) {
-        *ids = util_xrealloc(*ids, sizeof **ids * (size_t)n);
-        n = llm_tokenize(d->tok, text, len, add_bos, *ids, n);
+    char *rendered = q->api == SRV_API_CHAT
+                         ? srv_chat_render(d->chat_format, q->messages, q->n_messages)
+                         : NULL;
+    const char *text = rendered ? rendered : q->prompts[p].text;
+    size_t len = rendered ? strlen(rendered) : q->prompts[p].text_len;
+    int n = srv_check_prompt_bytes(len, llm_tokenizer_max_piece_len(d->tok), d->ctx_len,
+                                   rendered ? "messages" : "prompt", e);
+    if (n == 0) {
+        n = srv_tokenize(d->tok, text, len, llm_tokenizer_add_bos(d->tok), ids);
+        if (n < 0)
+            n = srv_bad_param(e, rendered ? "messages" : "prompt",
+                              "the prompt cannot be tokenized: %s", util_strerror(n));
     }
     free(rendered);
     return n;
@@ -168,12 +165,9 @@ void srv_generate_start(struct srv_request *r, enum srv_api api, json_t *body)
     int *max_tokens = util_xcalloc((size_t)n_prompts, sizeof *max_tokens);
     int rc = 0;
     for (int p = 0; p < n_prompts && rc == 0; p++) {
-        n_ids[p] = prompt_tokens(r, p, &ids[p]);
-        if (n_ids[p] < 0)
-            rc = srv_bad_param(&e, api == SRV_API_CHAT ? "messages" : "prompt",
-                               "the prompt cannot be tokenized: %s", util_strerror(n_ids[p]));
-        else
-            rc = srv_resolve_max_tokens(q, n_ids[p], d->ctx_len, &max_tokens[p], &e);
+        n_ids[p] = prompt_tokens(r, p, &ids[p], &e);
+        rc = n_ids[p] < 0 ? n_ids[p]
+                          : srv_resolve_max_tokens(q, n_ids[p], d->ctx_len, &max_tokens[p], &e);
         r->prompt_tokens += n_ids[p] > 0 ? n_ids[p] : 0;
     }
 

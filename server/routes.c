@@ -482,10 +482,8 @@ static void handle_model(struct srv_request *r, const char *url)
     srv_respond_json(r, 200, model_json(r->d), NULL);
 }
 
-/* Tokenizes text, growing the buffer when the first guess is short. The
- * caller frees *ids. */
-static int tokenize_text(const llm_tokenizer *tok, const char *text, size_t len, bool add_bos,
-                         int32_t **ids)
+int srv_tokenize(const llm_tokenizer *tok, const char *text, size_t len, bool add_bos,
+                 int32_t **ids)
 {
     int cap = (int)(len < 1u << 20 ? len : 1u << 20) + 8;
     *ids = util_xmalloc(sizeof **ids * (size_t)cap);
@@ -493,6 +491,10 @@ static int tokenize_text(const llm_tokenizer *tok, const char *text, size_t len,
     if (n > cap) {
         *ids = util_xrealloc(*ids, sizeof **ids * (size_t)n);
         n = llm_tokenize(tok, text, len, add_bos, *ids, n);
+    }
+    if (n < 0) {
+        free(*ids);
+        *ids = NULL;
     }
     return n;
 }
@@ -517,14 +519,17 @@ static void handle_tokenize(struct srv_request *r, const char *url)
                                   : NULL;
     const char *text = rendered ? rendered : req.prompt;
     size_t len = rendered ? strlen(rendered) : req.prompt_len;
-    int32_t *ids;
-    int n = tokenize_text(d->tok, text, len, req.add_special && llm_tokenizer_add_bos(d->tok), &ids);
+    int32_t *ids = NULL;
+    int n = srv_check_prompt_bytes(len, llm_tokenizer_max_piece_len(d->tok), d->ctx_len,
+                                   rendered ? "messages" : "prompt", &e);
+    if (n == 0) {
+        n = srv_tokenize(d->tok, text, len, req.add_special && llm_tokenizer_add_bos(d->tok), &ids);
+        if (n < 0) srv_bad_param(&e, "prompt", "the text cannot be tokenized: %s", util_strerror(n));
+    }
     free(rendered);
     srv_tokenize_request_free(&req);
     if (n < 0) {
-        srv_bad_param(&e, "prompt", "the text cannot be tokenized: %s", util_strerror(n));
         srv_respond_error(r, &e);
-        free(ids);
         return;
     }
     json_t *arr = json_array();

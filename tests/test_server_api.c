@@ -299,6 +299,20 @@ Test(server_api, max_tokens_is_resolved_against_the_context)
     }
 }
 
+Test(server_api, prompts_too_long_in_bytes_are_refused_before_tokenizing)
+{
+    struct srv_error e;
+    /* 512 tokens of context, no piece over 16 bytes: 8191 bytes may fit. */
+    cr_assert_eq(srv_check_prompt_bytes(8191, 16, 512, "prompt", &e), 0);
+    cr_assert_eq(srv_check_prompt_bytes(8192, 16, 512, "prompt", &e), -EINVAL);
+    cr_assert_eq(e.status, 400);
+    cr_assert_str_eq(e.param, "prompt");
+    cr_assert(strstr(e.message, "maximum context length is 512"), "%s", e.message);
+    cr_assert_eq(srv_check_prompt_bytes(1u << 30, 16, 512, "messages", &e), -EINVAL);
+    cr_assert_str_eq(e.param, "messages");
+    cr_assert_eq(srv_check_prompt_bytes(100, 0, 512, "prompt", &e), 0, "no bound without pieces");
+}
+
 Test(server_api, tokenize_and_detokenize_bodies)
 {
     json_t *body = parse("{\"prompt\": \"hi\", \"add_special_tokens\": false}");
