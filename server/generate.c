@@ -194,6 +194,9 @@ void srv_generate_start(struct srv_request *r, enum srv_api api, json_t *body)
                 if (rc == -EAGAIN)
                     srv_error_set(&e, 429, "rate_limit_error", "queue_full", NULL,
                                   "The server is busy: the request queue is full; retry later");
+                else if (rc == -ESHUTDOWN)
+                    srv_error_set(&e, 503, "server_error", "shutting_down", NULL,
+                                  "The server is shutting down");
                 else
                     srv_bad_param(&e, NULL, "the request cannot be served: %s", util_strerror(rc));
             }

@@ -405,8 +405,13 @@ enum MHD_Result srv_on_request(void *cls, struct MHD_Connection *conn, const cha
 bool srv_require_model(struct srv_request *r)
 {
     int state = atomic_load(&r->d->load_state);
-    if (state == SRV_READY && r->d->engine) return false;
     struct srv_error e;
+    if (r->d->draining) { /* the stopper thread may be freeing the engine */
+        srv_error_set(&e, 503, "server_error", "shutting_down", NULL, "The server is shutting down");
+        srv_respond_error(r, &e);
+        return true;
+    }
+    if (state == SRV_READY && r->d->engine) return false;
     srv_error_set(&e, 503, "server_error", state == SRV_LOADING ? "model_loading" : "model_unavailable",
                   NULL, state == SRV_LOADING ? "The model is loading" : "The model is not available");
     srv_respond_error(r, &e);
