@@ -177,8 +177,13 @@ enum MHD_Result srv_on_request(void *cls, struct MHD_Connection *conn, const cha
                                size_t *upload_data_size, void **con_cls);
 void srv_on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                       enum MHD_RequestTerminationCode toe);
+/* Adds Content-Type (unless NULL), the CORS headers the request earned,
+ * Connection: close while draining, and `headers` (NULL or a
+ * NULL-terminated list of name, value pairs). */
+void srv_add_headers(struct srv_request *r, struct MHD_Response *resp, const char *content_type,
+                     const char *const *headers);
 /* Queues a response now (inside the handler). `body` is malloc'ed and taken.
- * `headers` is NULL or a NULL-terminated list of name, value pairs. */
+ * `headers` as for srv_add_headers. */
 void srv_respond(struct srv_request *r, int status, const char *content_type, char *body,
                  size_t len, const char *const *headers);
 void srv_respond_json(struct srv_request *r, int status, json_t *json, const char *const *headers);

@@ -54,12 +54,7 @@ static void start_stream(struct srv_request *r)
     struct MHD_Response *resp =
         MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, sse_read, r, NULL);
     UTIL_CHECK(resp);
-    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
-    for (int i = 0; headers[i]; i += 2) MHD_add_response_header(resp, headers[i], headers[i + 1]);
-    if (r->cors_origin) {
-        MHD_add_response_header(resp, "Access-Control-Allow-Origin", r->cors_origin);
-        if (strcmp(r->cors_origin, "*") != 0) MHD_add_response_header(resp, "Vary", "Origin");
-    }
+    srv_add_headers(r, resp, "text/event-stream", headers);
     if (MHD_queue_response(r->conn, 200, resp) == MHD_YES) r->status = 200;
     MHD_destroy_response(resp);
     r->state = SRV_REQ_STREAMING;

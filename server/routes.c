@@ -62,8 +62,8 @@ static const char *allow_header(unsigned methods)
 
 /* ------------------------------------------------------------ responses */
 
-static void add_headers(struct srv_request *r, struct MHD_Response *resp,
-                        const char *content_type, const char *const *headers)
+void srv_add_headers(struct srv_request *r, struct MHD_Response *resp, const char *content_type,
+                     const char *const *headers)
 {
     if (content_type) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
     if (r->cors_origin) {
@@ -81,7 +81,7 @@ static struct MHD_Response *make_response(struct srv_request *r, const char *con
     struct MHD_Response *resp =
         MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE);
     UTIL_CHECK(resp);
-    add_headers(r, resp, content_type, headers);
+    srv_add_headers(r, resp, content_type, headers);
     return resp;
 }
 
