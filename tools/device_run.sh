@@ -71,6 +71,8 @@ smoke)
     step versions versions
     step tokenizer tokenizer_matches
     step ref-logits-fixture "$PY" tools/ref_logits.py tests/data/tiny-random.gguf "$OUT/tiny-random.logits.bin"
+    step fixture-hf-vs-numpy "$PY" tools/test_tools.py --check-logits tests/data/tiny-random.gguf \
+        "$OUT/tiny-random.logits.bin"
     rm -rf /tmp/smoke
     step train-60s "$PY" tools/train.py --out /tmp/smoke --minutes 1 --eval-every-s 20 --passkey-trials 10 \
         --name llmd-smoke "$@"
@@ -91,10 +93,12 @@ train)
         split -b 15M /tmp/run/model.gguf "$OUT/llmd-20m.gguf.part-"
         echo "sha256 of llmd-20m.gguf: $(sha256sum /tmp/run/model.gguf | cut -d' ' -f1)"
         ls -l /tmp/run "$OUT"
-        left=$((585 - SECONDS))
+        left=$((555 - SECONDS))  # the reference checks must end before the 600 s limit
         if ((left > 30)); then
             step ref-logits-vs-model.py timeout "$left" "$PY" tools/ref_logits.py /tmp/run/model.gguf \
                 "$OUT/llmd-20m.logits.bin" --compare-checkpoint /tmp/run/model.pt
+            step hf-vs-numpy timeout 30 "$PY" tools/test_tools.py --check-logits /tmp/run/model.gguf \
+                "$OUT/llmd-20m.logits.bin"
         fi
     fi
     cp /tmp/run/summary.json /tmp/run/loss.csv "$OUT/"

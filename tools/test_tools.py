@@ -1,6 +1,7 @@
 """test_tools.py: checks of the Python tools that run on the CPU here.
 
     /usr/bin/python3 tools/test_tools.py [-k SUBSTRING]
+    python3 tools/test_tools.py --check-logits MODEL.gguf MODEL.logits.bin
 
 Plain asserts; needs numpy, sentencepiece and torch (Debian's python3-torch
 1.13 will do). Ends with "N passed, N failed". The tests that need the
@@ -30,6 +31,7 @@ TOKENS = os.path.join(ROOT, "corpus", "tokens")
 
 # Named thresholds.
 F32_FORWARD_TOL = 2e-4      # numpy float64 forward vs torch float32 forward, max |logit diff|
+HF_VS_NUMPY_TOL = 1e-3      # the same for --check-logits on a trained model (larger logits)
 BF16_REL_ERR = 2.0 ** -8    # round-to-nearest bfloat16: relative error bound
 Q8_0_SCALE_ERR = 1 / 254 + 1 / 2048  # |x - dequant| <= amax * this, per block of 32
 
@@ -322,6 +324,27 @@ def test_logits_file_roundtrip():
         assert bi.tolist() == i and np.array_equal(bl, lg)
 
 
+def test_check_logits_catches_differences():
+    """--check-logits passes on logits of the same model and fails on
+    another model's (torch model.py stands in for HF here)."""
+    import export_gguf
+    import ref_logits
+    import torch
+    ids = [[1, 5, 900, 42], [1, 7000, 3, 17, 300, 301]]
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "m.gguf")
+        m = small_torch_model(False, seed=6)
+        export_gguf.export_model(m, path, TOKENIZER, "small")
+        logits = [f16_rounded_logits(m, x).astype(np.float32) for x in ids]
+        ref_logits.write_logits(os.path.join(d, "ok.bin"), ids, logits)
+        assert check_logits_file(path, os.path.join(d, "ok.bin")) < F32_FORWARD_TOL
+        other = small_torch_model(False, seed=7)
+        with torch.no_grad():
+            bad = [other(torch.tensor([x])).float().numpy()[0] for x in ids]
+        ref_logits.write_logits(os.path.join(d, "bad.bin"), ids, bad)
+        assert check_logits_file(path, os.path.join(d, "bad.bin")) > 1.0
+
+
 def test_tokenizer_settings():
     sp = sp_model()
     assert sp.get_piece_size() == 8000
@@ -443,7 +466,26 @@ def test_train_tiny_end_to_end():
 
 # ================================================================ runner
 
+def check_logits_file(gguf_path, logits_path):
+    """Compares a ref_logits.py file (HF) with the numpy GGML-convention
+    forward on the same GGUF. Returns the max |diff|."""
+    import ref_logits
+    meta, t = gguf.read_tensors(gguf_path)
+    c = ref_logits.gguf_config(meta, t)
+    w = weights_from_gguf(t, c)
+    worst = 0.0
+    for ids, hf in ref_logits.read_logits(logits_path):
+        ours = numpy_forward(w, c, ids.tolist(), rope_ggml)
+        worst = max(worst, float(np.abs(ours - hf).max()))
+    return worst
+
+
 def main():
+    if "--check-logits" in sys.argv:
+        i = sys.argv.index("--check-logits")
+        worst = check_logits_file(sys.argv[i + 1], sys.argv[i + 2])
+        print(f"numpy GGML forward vs {sys.argv[i + 2]}: max |diff| = {worst:.3e} (tolerance {HF_VS_NUMPY_TOL})")
+        sys.exit(0 if worst <= HF_VS_NUMPY_TOL else 1)
     only = sys.argv[sys.argv.index("-k") + 1] if "-k" in sys.argv else ""
     tests = [(n, f) for n, f in globals().items() if n.startswith("test_") and only in n]
     passed = failed = skipped = 0
