@@ -14,6 +14,9 @@
  *   build/bench/loadgen [--url URL] [--model PATH] [--concurrency 1,4,8,16,64]
  *                       [--requests N] [--max-tokens 32] [--server-arg ARG]...
  */
+#include "server/buf.h"
+#include "util/util.h"
+
 #include <curl/curl.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -27,10 +30,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "server/buf.h"
-#include "util/util.h"
-
-#define MAX_LEVELS 16
+#define MAX_LEVELS      16
 #define MAX_SERVER_ARGS 32
 
 struct options {
@@ -85,11 +85,11 @@ struct stream {
     CURL *easy;
     struct srv_buf pending; /* bytes of an event not complete yet */
     double start, first, last, end;
-    int tokens;             /* from the usage chunk */
-    int chunks;             /* chunks with text */
+    int tokens; /* from the usage chunk */
+    int chunks; /* chunks with text */
     bool failed;
     long status;
-    struct samples *itl;    /* where inter-token gaps go */
+    struct samples *itl; /* where inter-token gaps go */
 };
 
 /* Handles one SSE event's payload. */
@@ -102,14 +102,17 @@ static void on_event(struct stream *s, const char *data, size_t len, double t)
         return;
     }
     json_t *usage = json_object_get(j, "usage");
-    if (json_is_object(usage)) s->tokens = (int)json_integer_value(json_object_get(usage, "completion_tokens"));
+    if (json_is_object(usage))
+        s->tokens = (int)json_integer_value(json_object_get(usage, "completion_tokens"));
     if (json_object_get(j, "error")) s->failed = true;
     json_t *choice = json_array_get(json_object_get(j, "choices"), 0);
     json_t *text = json_object_get(choice, "text");
     if (!text) text = json_object_get(json_object_get(choice, "delta"), "content");
     if (json_is_string(text) && json_string_length(text) > 0) {
-        if (s->chunks == 0) s->first = t;
-        else samples_add(s->itl, t - s->last);
+        if (s->chunks == 0)
+            s->first = t;
+        else
+            samples_add(s->itl, t - s->last);
         s->last = t;
         s->chunks++;
     }
@@ -192,7 +195,8 @@ static void run_level(const struct options *o, const char *base, int concurrency
             curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&s);
             curl_easy_getinfo(msg->easy_handle, CURLINFO_RESPONSE_CODE, &s->status);
             s->end = util_now();
-            if (msg->data.result != CURLE_OK || s->status != 200 || s->chunks == 0) s->failed = true;
+            if (msg->data.result != CURLE_OK || s->status != 200 || s->chunks == 0)
+                s->failed = true;
             if (s->failed) {
                 res->failed++;
             } else {
@@ -337,15 +341,22 @@ static int parse_args(int argc, char **argv, struct options *o)
         }
         if (strcmp(a, "--help") == 0) return 1;
         if (!v) return -1;
-        if (strcmp(a, "--url") == 0) o->url = v;
-        else if (strcmp(a, "--model") == 0) o->model = v;
-        else if (strcmp(a, "--concurrency") == 0) levels = v;
-        else if (strcmp(a, "--requests") == 0) o->requests = atoi(v);
-        else if (strcmp(a, "--max-tokens") == 0) o->max_tokens = atoi(v);
-        else if (strcmp(a, "--prompt") == 0) o->prompt = v;
+        if (strcmp(a, "--url") == 0)
+            o->url = v;
+        else if (strcmp(a, "--model") == 0)
+            o->model = v;
+        else if (strcmp(a, "--concurrency") == 0)
+            levels = v;
+        else if (strcmp(a, "--requests") == 0)
+            o->requests = atoi(v);
+        else if (strcmp(a, "--max-tokens") == 0)
+            o->max_tokens = atoi(v);
+        else if (strcmp(a, "--prompt") == 0)
+            o->prompt = v;
         else if (strcmp(a, "--server-arg") == 0 && o->n_server_args < MAX_SERVER_ARGS)
             o->server_args[o->n_server_args++] = v;
-        else return -1;
+        else
+            return -1;
         i++;
     }
     for (const char *p = levels; *p && o->n_levels < MAX_LEVELS;) {
@@ -372,7 +383,8 @@ int main(int argc, char **argv)
     if (o.url) {
         snprintf(base, sizeof base, "%s", o.url);
     } else if (start_server(&o, base, sizeof base)) {
-        fprintf(stderr, "loadgen: could not start build/llmd serve (see /tmp/llmd-loadgen-server.log)\n");
+        fprintf(stderr,
+                "loadgen: could not start build/llmd serve (see /tmp/llmd-loadgen-server.log)\n");
         return 1;
     }
     if (wait_ready(base)) {
@@ -386,9 +398,8 @@ int main(int argc, char **argv)
 
     struct level_result warm;
     run_level(&o, base, 2, 4, &warm);
-    printf("%5s %5s %6s %8s %9s | %-17s | %-17s | %-17s | %-17s\n", "conc", "reqs", "fail",
-           "req/s", "out tok/s", "TTFT ms p50/p99", "TPOT ms p50/p99", "ITL ms p50/p99",
-           "e2e ms p50/p99");
+    printf("%5s %5s %6s %8s %9s | %-17s | %-17s | %-17s | %-17s\n", "conc", "reqs", "fail", "req/s",
+           "out tok/s", "TTFT ms p50/p99", "TPOT ms p50/p99", "ITL ms p50/p99", "e2e ms p50/p99");
     struct level_result results[MAX_LEVELS];
     for (int l = 0; l < o.n_levels; l++) {
         int c = o.levels[l];
@@ -412,7 +423,8 @@ int main(int argc, char **argv)
     printf("\n");
     for (int l = 0; l < o.n_levels; l++) {
         struct level_result *r = &results[l];
-        printf("requests_per_s_c%d: %.2f\n", r->concurrency, (r->requests - r->failed) / r->seconds);
+        printf("requests_per_s_c%d: %.2f\n", r->concurrency,
+               (r->requests - r->failed) / r->seconds);
         printf("output_tokens_per_s_c%d: %.1f\n", r->concurrency, r->tokens / r->seconds);
         printf("ttft_p50_ms_c%d: %.1f\n", r->concurrency, 1e3 * percentile(&r->ttft, 50));
         printf("itl_p50_ms_c%d: %.2f\n", r->concurrency, 1e3 * percentile(&r->itl, 50));

@@ -4,14 +4,14 @@
  * events become SSE chunks as they come, or one JSON response when the last
  * choice is done. Loop thread only.
  */
+#include "server/daemon.h"
+#include "util/util.h"
+
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-
-#include "server/daemon.h"
-#include "util/util.h"
 
 /* --------------------------------------------------------------- SSE */
 
@@ -86,9 +86,8 @@ static int prompt_tokens(struct srv_request *r, int p, int32_t **ids, struct srv
         memcpy(*ids, q->prompts[p].ids, sizeof **ids * (size_t)q->prompts[p].n_ids);
         return q->prompts[p].n_ids;
     }
-    char *rendered = q->api == SRV_API_CHAT
-                         ? srv_chat_render(d->chat_format, q->messages, q->n_messages)
-                         : NULL;
+    char *rendered =
+        q->api == SRV_API_CHAT ? srv_chat_render(d->chat_format, q->messages, q->n_messages) : NULL;
     const char *text = rendered ? rendered : q->prompts[p].text;
     size_t len = rendered ? strlen(rendered) : q->prompts[p].text_len;
     int n = srv_check_prompt_bytes(len, llm_tokenizer_max_piece_len(d->tok), d->ctx_len,
@@ -116,8 +115,8 @@ static void fill_engine_request(struct srv_request *r, struct srv_choice *c, int
     req->max_tokens = max_tokens;
     req->sampling = q->sampling;
     /* The choices of one prompt differ; a given seed still reproduces. */
-    req->sampling.seed = q->has_seed ? q->sampling.seed + (uint64_t)(index % q->n)
-                                     : util_rng_next(&r->d->rng);
+    req->sampling.seed =
+        q->has_seed ? q->sampling.seed + (uint64_t)(index % q->n) : util_rng_next(&r->d->rng);
     for (int i = 0; i < q->n_stop; i++) req->stop[req->n_stop++] = util_xstrdup(q->stop[i]);
     if (q->api == SRV_API_CHAT)
         req->stop[req->n_stop++] = util_xstrdup(srv_chat_turn_end(r->d->chat_format));
@@ -168,11 +167,12 @@ void srv_generate_start(struct srv_request *r, enum srv_api api, json_t *body)
 
     if (rc == 0) {
         make_id(r);
-        r->meta = (struct srv_response_meta){api, r->id, (int64_t)time(NULL), d->model_name,
-                                             q->logprobs, d->tok};
+        r->meta = (struct srv_response_meta){api,           r->id,       (int64_t)time(NULL),
+                                             d->model_name, q->logprobs, d->tok};
         r->n_choices = n_prompts * q->n;
         r->choices = util_xcalloc((size_t)r->n_choices, sizeof *r->choices);
-        double deadline = d->cfg->request_timeout_s > 0 ? util_now() + d->cfg->request_timeout_s : 0;
+        double deadline =
+            d->cfg->request_timeout_s > 0 ? util_now() + d->cfg->request_timeout_s : 0;
         for (int i = 0; i < r->n_choices && rc == 0; i++) {
             struct srv_choice *c = &r->choices[i];
             int p = i / q->n;
@@ -249,8 +249,8 @@ static void request_done(struct srv_request *r)
         srv_error_set(&e, 500, "server_error", "engine_error", NULL,
                       "The engine failed while generating");
     else if (worst == LLM_FINISH_CANCELLED)
-        srv_error_set(&e, 503, "server_error", "shutting_down",
-                      NULL, "The server shut down before the request finished");
+        srv_error_set(&e, 503, "server_error", "shutting_down", NULL,
+                      "The server shut down before the request finished");
 
     if (q->stream) {
         if (worst != LLM_FINISH_NONE)
@@ -299,14 +299,18 @@ void srv_generate_on_event(struct srv_daemon *d, const struct llm_event *ev, dou
         if (live) choice_output(r, c, ev, true);
         return;
     }
-    struct srv_request_timing timing = {ev->finish,   ev->prompt_tokens,
-                                        ev->completion_tokens, ev->queue_s,
+    struct srv_request_timing timing = {ev->finish,
+                                        ev->prompt_tokens,
+                                        ev->completion_tokens,
+                                        ev->queue_s,
                                         ev->completion_tokens > 0 ? ev->first_token_s : -1,
                                         ev->total_s};
     srv_metrics_observe_request(&d->metrics, &timing);
     r->engine_pending--;
-    if (live) choice_done(r, c, ev);
-    else c->done = true;
+    if (live)
+        choice_done(r, c, ev);
+    else
+        c->done = true;
     srv_request_release(r);
 }
 

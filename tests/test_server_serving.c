@@ -2,15 +2,15 @@
  * concurrent clients each getting their own answer, cancellation when a
  * client leaves (KV pages freed), the bounded queue (429), per-request
  * deadlines, and SIGTERM draining. */
+#include "tests/integration/harness.h"
+
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 
-#include "tests/integration/harness.h"
-
 static const char *const prompts[] = {
-    "The quick brown fox",      "In a hole in the ground",   "Call me Ishmael.",
-    "It was a bright cold day", "All happy families are",   "Once upon a midnight",
+    "The quick brown fox",      "In a hole in the ground", "Call me Ishmael.",
+    "It was a bright cold day", "All happy families are",  "Once upon a midnight",
     "The sky above the port",   "Many years later, as he",
 };
 #define N_PROMPTS 8
@@ -78,8 +78,7 @@ Test(server_serving, concurrent_clients_each_get_their_own_greedy_answer)
         http_response_free(&jobs[i].resp);
     }
     /* The engine really ran them together. */
-    cr_assert(metric(&d, "llmd_engine_steps_total") <
-                  (double)(3 * N_PROMPTS * 25),
+    cr_assert(metric(&d, "llmd_engine_steps_total") < (double)(3 * N_PROMPTS * 25),
               "no batching: %g steps", metric(&d, "llmd_engine_steps_total"));
     for (int i = 0; i < N_PROMPTS; i++) free(alone[i]);
     cr_assert_eq(daemon_stop(&d), 0, "log %s:\n%s", d.log, daemon_log_tail(&d));
@@ -135,9 +134,9 @@ Test(server_serving, a_client_that_leaves_frees_its_kv_pages)
     cr_assert(wait_metric(&d, "llmd_request_finished_total{finished_reason=\"cancelled\"}", 2, 5),
               "the suspended request was not cancelled");
     cr_assert(wait_metric(&d, "llmd_kv_pages_used", 0, 5));
-    cr_assert(wait_metric(&d, "llmd_http_requests_total{path=\"/v1/completions\",status=\"499\"}",
-                          1, 5),
-              "the request that got no answer counts as 499");
+    cr_assert(
+        wait_metric(&d, "llmd_http_requests_total{path=\"/v1/completions\",status=\"499\"}", 1, 5),
+        "the request that got no answer counts as 499");
     cr_assert(wait_metric(&d, "llmd_num_requests_running", 0, 5));
     free((char *)whole.body);
     http_response_free(&whole.resp);
@@ -238,8 +237,8 @@ static bool terminate_when_busy(int running, void *ctx)
     (void)running;
     struct drain *s = ctx;
     if (s->signalled) return false;
-    double in_flight = metric(s->d, "llmd_num_requests_running") +
-                       metric(s->d, "llmd_num_requests_waiting");
+    double in_flight =
+        metric(s->d, "llmd_num_requests_running") + metric(s->d, "llmd_num_requests_waiting");
     if (in_flight < s->want_in_flight) return true;
     kill(s->d->pid, SIGTERM);
     s->signalled = true;
