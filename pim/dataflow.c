@@ -6,6 +6,7 @@
  * inverted). ISAAC converts them as they are and un-inverts digitally;
  * CASCADE and Neural-PIM un-invert in the analog domain (a reference
  * current) before they accumulate. */
+#include <immintrin.h>
 #include <math.h>
 #include <string.h>
 
@@ -54,27 +55,48 @@ static void npim_counts(const struct pim_device *dev, int m, int n, struct pim_v
 
 /* --------------------------------------------------------------- functional */
 
+const uint8_t pim_no_flips[PIM_GROUP];
+
+/* One row of PIM_GROUP column values through the converter, un-inverted,
+ * into y with weight w: q = adc(v); y += w (flip ? inverted - q : q).
+ * AVX2 (the baseline of every build): this runs once per crossbar column
+ * per cycle and slice, as often as the kernels' dot products. */
+static void convert_row(const struct pim_adc *adc, const float *v, const uint8_t *flip,
+                        double inverted, double w, double *y)
+{
+    const __m256d vinv = _mm256_set1_pd(inverted), vw = _mm256_set1_pd(w);
+    const __m256d half = _mm256_set1_pd(0.5), two = _mm256_set1_pd(2.0);
+    const __m256d step = _mm256_set1_pd(adc->step), inv = _mm256_set1_pd(adc->inv_step);
+    const __m256d lo = _mm256_set1_pd(adc->lo), hi = _mm256_set1_pd(adc->hi);
+    for (int c = 0; c < PIM_GROUP; c += 4) {
+        __m256d q = _mm256_cvtps_pd(_mm_loadu_ps(v + c));
+        if (adc->bits) {
+            __m256d code = _mm256_floor_pd(_mm256_fmadd_pd(q, inv, half));
+            code = _mm256_min_pd(_mm256_max_pd(code, lo), hi);
+            q = _mm256_mul_pd(code, step);
+        }
+        int32_t f4;
+        memcpy(&f4, flip + c, 4);
+        __m256d f = _mm256_cvtepi32_pd(_mm_cvtepu8_epi32(_mm_cvtsi32_si128(f4)));
+        q = _mm256_fmadd_pd(f, _mm256_fnmadd_pd(two, q, vinv), q); /* flip ? inverted - q : q */
+        _mm256_storeu_pd(y + c, _mm256_fmadd_pd(vw, q, _mm256_loadu_pd(y + c)));
+    }
+}
+
 /* ISAAC: each crossbar column converted every cycle, shifted and added. */
 static void isaac_reduce(const struct pim_vmm_plan *plan, void *arg)
 {
     struct pim_vmm_tile *tile = arg;
     const struct pim_matrix *mat = plan->mat;
-    int nb = mat->nb, bits = plan->dev->adc_bits;
-    double step = tile->adc_signed ? plan->step_signed : plan->step_unsigned;
-    double top = mat->levels - 1, w = tile->weight;
-    for (int t = 0; t < tile->nt; t++) {
-        double *y = tile->y + (size_t)t * PIM_GROUP;
-        for (int b = 0; b < nb; b++) {
-            const float *v = tile->p + ((size_t)t * nb + b) * PIM_GROUP;
-            const uint8_t *flip = pim_tile_flips(plan, tile, b);
-            double inverted = top * tile->dsum[(size_t)t * nb + b];
-            for (int c = 0; c < PIM_GROUP; c++) {
-                double q = pim_adc(v[c], step, bits, tile->adc_signed);
-                if (flip && flip[c]) q = inverted - q;
-                y[c] += w * q;
-            }
-        }
-    }
+    int nb = mat->nb;
+    struct pim_adc adc = pim_adc_make(plan->dev->adc_bits,
+                                      tile->adc_signed ? plan->step_signed : plan->step_unsigned,
+                                      tile->adc_signed);
+    double top = mat->levels - 1;
+    for (int t = 0; t < tile->nt; t++)
+        for (int b = 0; b < nb; b++)
+            convert_row(&adc, tile->p + ((size_t)t * nb + b) * PIM_GROUP, pim_tile_flips(plan, tile, b),
+                        top * tile->dsum[(size_t)t * nb + b], tile->weight, tile->y + (size_t)t * PIM_GROUP);
 }
 
 /* Digital results minus the offset of offset-encoded weights. */
@@ -98,8 +120,9 @@ static void cascade_reduce(const struct pim_vmm_plan *plan, void *arg)
 {
     struct pim_vmm_tile *tile = arg;
     const struct pim_matrix *mat = plan->mat;
-    int nb = mat->nb, bits = plan->dev->adc_bits;
+    int nb = mat->nb;
     double step = (tile->adc_signed ? plan->step_signed : plan->step_unsigned) * nb;
+    struct pim_adc adc = pim_adc_make(plan->dev->adc_bits, step, tile->adc_signed);
     double top = mat->levels - 1, w = tile->weight;
     double sum[PIM_GROUP];
     for (int t = 0; t < tile->nt; t++) {
@@ -108,10 +131,10 @@ static void cascade_reduce(const struct pim_vmm_plan *plan, void *arg)
             const float *v = tile->p + ((size_t)t * nb + b) * PIM_GROUP;
             const uint8_t *flip = pim_tile_flips(plan, tile, b);
             double inverted = top * tile->dsum[(size_t)t * nb + b];
-            for (int c = 0; c < PIM_GROUP; c++) sum[c] += flip && flip[c] ? inverted - v[c] : v[c];
+            for (int c = 0; c < PIM_GROUP; c++) sum[c] += flip[c] ? inverted - v[c] : v[c];
         }
         double *y = tile->y + (size_t)t * PIM_GROUP;
-        for (int c = 0; c < PIM_GROUP; c++) y[c] += w * pim_adc(sum[c], step, bits, tile->adc_signed);
+        for (int c = 0; c < PIM_GROUP; c++) y[c] += w * pim_adc_convert(&adc, sum[c]);
     }
 }
 
@@ -128,7 +151,7 @@ static void npim_reduce(const struct pim_vmm_plan *plan, void *arg)
             double *a = tile->analog + ((size_t)t * nb + b) * PIM_GROUP;
             const uint8_t *flip = pim_tile_flips(plan, tile, b);
             double inverted = top * tile->dsum[(size_t)t * nb + b];
-            for (int c = 0; c < PIM_GROUP; c++) a[c] += w * (flip && flip[c] ? inverted - v[c] : v[c]);
+            for (int c = 0; c < PIM_GROUP; c++) a[c] += w * (flip[c] ? inverted - v[c] : v[c]);
         }
 }
 
@@ -144,6 +167,7 @@ static void npim_finish(const struct pim_vmm_plan *plan, void *arg)
     int nb = mat->nb, bits = dev->adc_bits;
     size_t width = (size_t)mat->groups * PIM_GROUP;
     double max_code = bits > 1 ? ldexp(1.0, bits - 1) - 1 : 1;
+    struct pim_adc adc = pim_adc_make(bits, 1, true);
     for (int t = 0; t < tile->nt; t++) {
         double *y = tile->y + (size_t)t * PIM_GROUP;
         uint64_t key = pim_key(plan->noise_key, (uint64_t)(tile->t0 + t), PIM_MAX_CYCLES + 1, 0);
@@ -157,7 +181,12 @@ static void npim_finish(const struct pim_vmm_plan *plan, void *arg)
             for (int c = 0; c < PIM_GROUP; c++) {
                 double v = (a[c] - offset) * gain[c];
                 if (dev->npim_sa_noise > 0) v += dev->npim_sa_noise * fs[c] * tile->noise[c];
-                y[c] += fs[c] > 0 ? pim_adc(v, fs[c] / max_code, bits, true) : v;
+                if (fs[c] > 0 && bits > 0) {
+                    adc.step = fs[c] / max_code;
+                    adc.inv_step = max_code / fs[c];
+                    v = pim_adc_convert(&adc, v);
+                }
+                y[c] += v;
             }
         }
         double *out = tile->acc + (size_t)(tile->t0 + t) * mat->m + tile->c0;

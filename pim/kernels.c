@@ -50,6 +50,7 @@ i8_block_avx2(const uint8_t *lv, const int8_t *d0, const int8_t *d1, int r4, flo
 {
     const __m256i ones = _mm256_set1_epi16(1);
     __m256i a0[4], a1[4];
+    #pragma GCC unroll 4
     for (int k = 0; k < 4; k++) a0[k] = a1[k] = _mm256_setzero_si256();
     for (int g = 0; g < r4 / 4; g++) {
         const uint8_t *cells = lv + (size_t)g * PIM_GROUP * 4;
@@ -57,6 +58,7 @@ i8_block_avx2(const uint8_t *lv, const int8_t *d0, const int8_t *d1, int r4, flo
         __builtin_memcpy(&w0, d0 + 4 * g, 4);
         if (d1) __builtin_memcpy(&w1, d1 + 4 * g, 4);
         __m256i x0 = _mm256_set1_epi32(w0), x1 = _mm256_set1_epi32(w1);
+        #pragma GCC unroll 4
         for (int k = 0; k < 4; k++) {
             __m256i l = _mm256_loadu_si256((const __m256i *)(cells + 32 * k));
             a0[k] = _mm256_add_epi32(a0[k], _mm256_madd_epi16(_mm256_maddubs_epi16(l, x0), ones));
@@ -64,6 +66,7 @@ i8_block_avx2(const uint8_t *lv, const int8_t *d0, const int8_t *d1, int r4, flo
                 a1[k] = _mm256_add_epi32(a1[k], _mm256_madd_epi16(_mm256_maddubs_epi16(l, x1), ones));
         }
     }
+    #pragma GCC unroll 4
     for (int k = 0; k < 4; k++) {
         _mm256_storeu_ps(p0 + 8 * k, _mm256_cvtepi32_ps(a0[k]));
         if (d1) _mm256_storeu_ps(p1 + 8 * k, _mm256_cvtepi32_ps(a1[k]));
@@ -146,6 +149,7 @@ void pim_kernel_f32_avx2(const float *g, const float *d, int ld, int nt, int nb,
             const float *d0 = d + (size_t)t * ld + (size_t)b * r4;
             const float *d1 = t + 1 < nt ? d0 + ld : NULL;
             size_t at = ((size_t)t * nb + b) * PIM_GROUP;
+            #pragma GCC unroll 2
             for (int h = 0; h < 2; h++) {
                 const float *gh = block + 16 * h;
                 float *p0 = p + at + 16 * h, *p1 = p0 + next;

@@ -14,10 +14,12 @@ static inline __attribute__((always_inline)) void
 i8_block(const uint8_t *lv, const int8_t *d, int ld, int nt_blk, int r4, float *p, size_t pstride)
 {
     __m512i acc[4][2];
+    #pragma GCC unroll 4
     for (int k = 0; k < 4; k++) acc[k][0] = acc[k][1] = _mm512_setzero_si512();
     for (int g = 0; g < r4 / 4; g++) {
         __m512i l0 = _mm512_loadu_si512(lv + (size_t)g * PIM_GROUP * 4);
         __m512i l1 = _mm512_loadu_si512(lv + (size_t)g * PIM_GROUP * 4 + 64);
+        #pragma GCC unroll 4
         for (int k = 0; k < nt_blk; k++) {
             int32_t w;
             memcpy(&w, d + (size_t)k * ld + 4 * g, 4);
@@ -26,6 +28,7 @@ i8_block(const uint8_t *lv, const int8_t *d, int ld, int nt_blk, int r4, float *
             acc[k][1] = _mm512_dpbusd_epi32(acc[k][1], l1, x);
         }
     }
+    #pragma GCC unroll 4
     for (int k = 0; k < nt_blk; k++) {
         _mm512_storeu_ps(p + k * pstride, _mm512_cvtepi32_ps(acc[k][0]));
         _mm512_storeu_ps(p + k * pstride + 16, _mm512_cvtepi32_ps(acc[k][1]));
@@ -56,6 +59,7 @@ f32_block(const float *g, const float *d, int ld, int nt_blk, int r4, float off,
           float *q, size_t pstride, bool var)
 {
     __m512 s[4][2], v[4][2];
+    #pragma GCC unroll 4
     for (int k = 0; k < 4; k++) s[k][0] = s[k][1] = v[k][0] = v[k][1] = _mm512_setzero_ps();
     const __m512 o = _mm512_set1_ps(off);
     for (int r = 0; r < r4; r++) {
@@ -68,6 +72,7 @@ f32_block(const float *g, const float *d, int ld, int nt_blk, int r4, float off,
             h0 = _mm512_mul_ps(h0, h0);
             h1 = _mm512_mul_ps(h1, h1);
         }
+        #pragma GCC unroll 4
         for (int k = 0; k < nt_blk; k++) {
             __m512 x = _mm512_set1_ps(d[(size_t)k * ld + r]);
             s[k][0] = _mm512_fmadd_ps(g0, x, s[k][0]);
@@ -79,6 +84,7 @@ f32_block(const float *g, const float *d, int ld, int nt_blk, int r4, float off,
             }
         }
     }
+    #pragma GCC unroll 4
     for (int k = 0; k < nt_blk; k++) {
         _mm512_storeu_ps(p + k * pstride, s[k][0]);
         _mm512_storeu_ps(p + k * pstride + 16, s[k][1]);

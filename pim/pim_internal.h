@@ -163,27 +163,40 @@ struct pim_vmm_tile {
 };
 
 /* The flags of the columns of tile's m-group stored inverted for slice s
- * and row block b (PIM_GROUP bytes), or NULL when none is. */
+ * and row block b (PIM_GROUP bytes, all 0 when none is). */
+extern const uint8_t pim_no_flips[PIM_GROUP];
 static inline const uint8_t *pim_tile_flips(const struct pim_vmm_plan *plan,
                                             const struct pim_vmm_tile *tile, int b)
 {
     const struct pim_matrix *mat = plan->mat;
-    if (!mat->flip) return NULL;
+    if (!mat->flip) return pim_no_flips;
     size_t width = (size_t)mat->groups * PIM_GROUP;
     return mat->flip + ((size_t)tile->s * mat->nb + b) * width + tile->c0;
 }
 
-/* A converter: rounds v to a multiple of step, codes clamped to
+/* A converter: rounds to a multiple of step, codes clamped to
  * [-max_code, max_code] when signed, [0, max_code] otherwise, with
- * max_code = 2^(bits-1) - 1 or 2^bits - 1; bits 0 = ideal (v unchanged). */
-static inline double pim_adc(double v, double step, int bits, bool is_signed)
+ * max_code = 2^(bits-1) - 1 or 2^bits - 1; bits 0 = ideal. */
+struct pim_adc {
+    int bits;
+    double step, inv_step, lo, hi; /* hi, lo: the extreme codes */
+};
+
+static inline struct pim_adc pim_adc_make(int bits, double step, bool is_signed)
 {
-    if (bits == 0) return v;
-    double max_code = is_signed ? (double)((1u << (bits - 1)) - 1) : (double)((1u << bits) - 1);
-    double code = __builtin_floor(v / step + 0.5);
-    double lo = is_signed ? -max_code : 0.0;
-    code = code < lo ? lo : code > max_code ? max_code : code;
-    return code * step;
+    struct pim_adc a = {.bits = bits, .step = step, .inv_step = 1 / step};
+    a.hi = bits == 0 ? 0 : is_signed ? (double)((1u << (bits - 1)) - 1) : (double)((1u << bits) - 1);
+    a.lo = is_signed ? -a.hi : 0;
+    return a;
+}
+
+static inline double pim_adc_convert(const struct pim_adc *a, double v)
+{
+    if (a->bits == 0) return v;
+    double code = __builtin_floor(v * a->inv_step + 0.5);
+    code = code < a->lo ? a->lo : code;
+    code = code > a->hi ? a->hi : code;
+    return code * a->step;
 }
 
 /* ------------------------------------------------------------ cost helpers */
