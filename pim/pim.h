@@ -246,6 +246,11 @@ struct pim_ctx {
     uint64_t stream;           /* next stream id; advanced by each use */
     const atomic_bool *cancel; /* may be NULL */
     int threads;               /* OpenMP threads; 0 = the runtime's default */
+    /* Products whose every conversion is provably exact (ideal cells, one
+     * LSB per unit and no column able to leave the ADC range) equal the
+     * integer product bit for bit; they are computed as such unless this is
+     * set (benchmarks of the bit-sliced engine set it). Costs are the same. */
+    bool no_exact_shortcut;
 };
 
 void pim_ctx_init(struct pim_ctx *ctx, uint64_t seed);
@@ -288,6 +293,8 @@ void pim_matrix_program_cost(const pim_matrix *mat, struct pim_cost *cost);
  * reads to *cost (not the programming). Returns 0, -EINVAL or -ECANCELED. */
 int pim_matrix_vmm_q(pim_matrix *mat, const struct pim_dataflow *df, struct pim_ctx *ctx,
                      const int32_t *xq, int batch, double *acc, struct pim_cost *cost);
+/* True when products through mat with df are exact whatever the inputs. */
+bool pim_matrix_product_exact(const pim_matrix *mat, const struct pim_dataflow *df);
 /* The same for float inputs (batch x n), each vector quantised with its own
  * scale to input_bits; y (batch x m) = x W^T in float. */
 int pim_matrix_vmm(pim_matrix *mat, const struct pim_dataflow *df, struct pim_ctx *ctx,
@@ -314,7 +321,8 @@ struct pim_solve_options {
     bool refine;            /* false: the plain one-step INV solve */
     int max_iterations;     /* refinement steps (outer), default 10 */
     int inner_max;          /* INV-preconditioned steps per refinement, default 40 */
-    double tolerance;       /* stop when ||r|| <= tolerance ||b||; default 2^-20 */
+    double tolerance;       /* stop when a correction is below tolerance ||x||
+                               (or the residual stops shrinking); default 2^-18 */
     int residual_bits;      /* precision of A and x on the VMM crossbars, default 32 */
 };
 

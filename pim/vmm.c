@@ -407,22 +407,54 @@ static void run_group(const struct pim_vmm_plan *plan, const struct pim_dataflow
     df->finish(plan, tile);
 }
 
-int pim_matrix_vmm_q(pim_matrix *mat, const struct pim_dataflow *df, struct pim_ctx *ctx,
-                     const int32_t *xq, int batch, double *acc, struct pim_cost *cost)
+bool pim_matrix_product_exact(const pim_matrix *mat, const struct pim_dataflow *df)
 {
     const struct pim_device *dev = &mat->dev;
-    if (!df || batch < 1) return -EINVAL;
-    int64_t xmax = ((int64_t)1 << (dev->input_bits - 1)) - 1;
-    for (size_t k = 0; k < (size_t)batch * mat->n; k++)
-        if (xq[k] > xmax || xq[k] < -xmax) return -EINVAL;
+    if (!mat->exact_cells) return false;
+    if (df->kind == PIM_DF_NEURAL_PIM)
+        return dev->adc_bits == 0 && dev->npim_sa_gain_error == 0 && dev->npim_sa_noise == 0;
+    if (dev->adc_bits == 0) return true;
+    if (dev->adc_full_scale != 0 || (df->kind == PIM_DF_CASCADE && mat->nb > 1)) return false;
+    /* The largest |column value| of any cycle against the converter's codes. */
+    int rows = mat->n < dev->rows ? mat->n : dev->rows, top = mat->levels - 1;
+    double column = mat->flip ? (double)(rows * top / 2) : (double)rows * top;
+    int cycles = pim_device_input_cycles(dev);
+    int top_bits = dev->input_bits - (cycles - 1) * dev->dac_bits;
+    double low_digit = cycles > 1 ? ldexp(1.0, dev->dac_bits) - 1 : 0;
+    double top_digit = top_bits == 1 ? 1 : ldexp(1.0, top_bits - 1);
+    double signed_codes = ldexp(1.0, dev->adc_bits - 1) - 1, unsigned_codes = 2 * signed_codes + 1;
+    double low_codes = mat->polarities == 2 ? signed_codes : unsigned_codes;
+    double top_codes = mat->polarities == 2 || top_bits > 1 ? signed_codes : unsigned_codes;
+    return column * low_digit <= low_codes && column * top_digit <= top_codes;
+}
 
+/* The integer product, for products proven exact. */
+static void exact_product(const pim_matrix *mat, const int32_t *xq, int batch, double *acc,
+                          int threads)
+{
+    int m = mat->m, n = mat->n;
+#pragma omp parallel for collapse(2) num_threads(threads)
+    for (int t = 0; t < batch; t++)
+        for (int i = 0; i < m; i++) {
+            const int32_t *w = mat->wq + (size_t)i * n, *x = xq + (size_t)t * n;
+            __int128 s = 0;
+            for (int k = 0; k < n; k++) s += (int64_t)w[k] * x[k];
+            acc[(size_t)t * m + i] = (double)s;
+        }
+}
+
+/* The bit-sliced product through the kernels and the dataflow. */
+static int engine_product(pim_matrix *mat, const struct pim_dataflow *df, struct pim_ctx *ctx,
+                          const int32_t *xq, int batch, double *acc, int threads)
+{
+    const struct pim_device *dev = &mat->dev;
     struct pim_vmm_plan plan = {.mat = mat, .dev = dev, .cycles = pim_device_input_cycles(dev)};
     int top_bits = dev->input_bits - (plan.cycles - 1) * dev->dac_bits;
     plan.top_negated = top_bits == 1;
     double fs = dev->adc_full_scale;
     plan.step_unsigned = fs > 0 && dev->adc_bits > 0 ? fs / (ldexp(1.0, dev->adc_bits) - 1) : 1;
     plan.step_signed = fs > 0 && dev->adc_bits > 1 ? fs / (ldexp(1.0, dev->adc_bits - 1) - 1) : 1;
-    plan.noise_key = pim_key(ctx->seed, mat->stream, 4, mat->products++);
+    plan.noise_key = pim_key(ctx->seed, mat->stream, 4, mat->products);
 
     const struct pim_kernels *kern = pim_kernels_for(pim_isa_selected());
     int nb = mat->nb, S = plan.cycles;
@@ -437,9 +469,7 @@ int pim_matrix_vmm_q(pim_matrix *mat, const struct pim_dataflow *df, struct pim_
     in.d2sum = util_xmalloc((size_t)S * tile_max * nb * sizeof(float));
     in.xsum = util_xmalloc((size_t)tile_max * nb * sizeof(double));
 
-    int rc = 0;
-    int threads = ctx->threads > 0 ? ctx->threads : omp_get_max_threads();
-    for (int t0 = 0; t0 < batch && rc == 0; t0 += tile_max) {
+    for (int t0 = 0; t0 < batch && !pim_ctx_cancelled(ctx); t0 += tile_max) {
         int nt = batch - t0 < tile_max ? batch - t0 : tile_max;
         tile_inputs_fill(&plan, xq + (size_t)t0 * mat->n, nt, &in);
 #pragma omp parallel num_threads(threads)
@@ -457,13 +487,31 @@ int pim_matrix_vmm_q(pim_matrix *mat, const struct pim_dataflow *df, struct pim_
             }
             scratch_free(&sc);
         }
-        if (pim_ctx_cancelled(ctx)) rc = -ECANCELED;
     }
     util_aligned_free(in.d8);
     util_aligned_free(in.df);
     free(in.dsum);
     free(in.d2sum);
     free(in.xsum);
+    return pim_ctx_cancelled(ctx) ? -ECANCELED : 0;
+}
+
+int pim_matrix_vmm_q(pim_matrix *mat, const struct pim_dataflow *df, struct pim_ctx *ctx,
+                     const int32_t *xq, int batch, double *acc, struct pim_cost *cost)
+{
+    const struct pim_device *dev = &mat->dev;
+    if (!df || batch < 1) return -EINVAL;
+    int64_t xmax = ((int64_t)1 << (dev->input_bits - 1)) - 1;
+    for (size_t k = 0; k < (size_t)batch * mat->n; k++)
+        if (xq[k] > xmax || xq[k] < -xmax) return -EINVAL;
+
+    int threads = ctx->threads > 0 ? ctx->threads : omp_get_max_threads();
+    int rc = 0;
+    if (!ctx->no_exact_shortcut && pim_matrix_product_exact(mat, df))
+        exact_product(mat, xq, batch, acc, threads);
+    else
+        rc = engine_product(mat, df, ctx, xq, batch, acc, threads);
+    mat->products++;
     if (rc == 0 && cost) {
         struct pim_vmm_counts c;
         df->counts(dev, mat->m, mat->n, &c);

@@ -186,13 +186,16 @@ static void check_exact(const struct pim_device *dev, int m, int n, int batch, u
     pim_ctx_init(&ctx, seed);
     pim_matrix *mat;
     cr_assert_eq(pim_matrix_program_q(dev, &ctx, w, m, n, 1.0, &mat), 0);
-    for (int k = 0; k < (all_dataflows ? PIM_DF_COUNT : 1); k++) {
-        cr_assert_eq(pim_matrix_vmm_q(mat, pim_dataflow_get(k), &ctx, x, batch, got, NULL), 0);
-        for (size_t i = 0; i < (size_t)batch * m; i++)
-            cr_assert_eq(got[i], want[i], "%s m=%d n=%d batch=%d dac=%d cells=%d %s: %.17g vs %.17g at %zu",
-                         pim_dataflow_get(k)->name, m, n, batch, dev->dac_bits, dev->cell_bits,
-                         dev->signed_mode == PIM_SIGNED_OFFSET ? "offset" : "differential", got[i], want[i], i);
-    }
+    /* The bit-sliced engine, and the shortcut where it is proven exact. */
+    for (int shortcut = 0; shortcut < 2; shortcut++)
+        for (int k = 0; k < (all_dataflows ? PIM_DF_COUNT : 1); k++) {
+            ctx.no_exact_shortcut = !shortcut;
+            cr_assert_eq(pim_matrix_vmm_q(mat, pim_dataflow_get(k), &ctx, x, batch, got, NULL), 0);
+            for (size_t i = 0; i < (size_t)batch * m; i++)
+                cr_assert_eq(got[i], want[i], "%s m=%d n=%d batch=%d dac=%d cells=%d %s: %.17g vs %.17g at %zu",
+                             pim_dataflow_get(k)->name, m, n, batch, dev->dac_bits, dev->cell_bits,
+                             dev->signed_mode == PIM_SIGNED_OFFSET ? "offset" : "differential", got[i], want[i], i);
+        }
     pim_matrix_free(mat);
     free(w), free(x), free(want), free(got);
 }
@@ -244,6 +247,8 @@ Test(pim_vmm, unflipped_dense_columns_clip_the_adc)
         dev.adc_flip = flip;
         pim_matrix *mat;
         cr_assert_eq(pim_matrix_program_q(&dev, &ctx, w, m, n, 1, &mat), 0);
+        cr_assert_eq(pim_matrix_product_exact(mat, pim_dataflow_get(PIM_DF_ISAAC)), flip != 0);
+        ctx.no_exact_shortcut = true;
         cr_assert_eq(pim_matrix_vmm_q(mat, pim_dataflow_get(PIM_DF_ISAAC), &ctx, x, 1, got, NULL), 0);
         if (flip)
             cr_assert_eq(got[0], want[0]);
@@ -252,6 +257,34 @@ Test(pim_vmm, unflipped_dense_columns_clip_the_adc)
         pim_matrix_free(mat);
     }
     free(w);
+}
+
+Test(pim_vmm, exactness_is_claimed_only_where_the_converters_cannot_round_or_clip)
+{
+    struct pim_device dev = ideal_device();
+    int32_t w[256 * 4] = {0};
+    struct pim_ctx ctx;
+    pim_ctx_init(&ctx, 1);
+    pim_matrix *mat;
+    /* 256 inputs: two row blocks. */
+    cr_assert_eq(pim_matrix_program_q(&dev, &ctx, w, 4, 256, 1, &mat), 0);
+    cr_assert(pim_matrix_product_exact(mat, pim_dataflow_get(PIM_DF_ISAAC)));
+    cr_assert(!pim_matrix_product_exact(mat, pim_dataflow_get(PIM_DF_CASCADE)));
+    cr_assert(!pim_matrix_product_exact(mat, pim_dataflow_get(PIM_DF_NEURAL_PIM)));
+    pim_matrix_free(mat);
+    dev.dac_bits = 2; /* digits up to 3: 192 x 3 > 255 */
+    cr_assert_eq(pim_matrix_program_q(&dev, &ctx, w, 4, 256, 1, &mat), 0);
+    cr_assert(!pim_matrix_product_exact(mat, pim_dataflow_get(PIM_DF_ISAAC)));
+    pim_matrix_free(mat);
+    dev.adc_bits = 0;
+    cr_assert_eq(pim_matrix_program_q(&dev, &ctx, w, 4, 256, 1, &mat), 0);
+    cr_assert(pim_matrix_product_exact(mat, pim_dataflow_get(PIM_DF_CASCADE)));
+    cr_assert(pim_matrix_product_exact(mat, pim_dataflow_get(PIM_DF_NEURAL_PIM)));
+    pim_matrix_free(mat);
+    dev.read_noise = 0.01;
+    cr_assert_eq(pim_matrix_program_q(&dev, &ctx, w, 4, 256, 1, &mat), 0);
+    cr_assert(!pim_matrix_product_exact(mat, pim_dataflow_get(PIM_DF_ISAAC)));
+    pim_matrix_free(mat);
 }
 
 Test(pim_vmm, rejects_out_of_range_operands)
