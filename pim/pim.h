@@ -389,8 +389,11 @@ void pim_sme_free(pim_sme *sme);
  * converter or one that does not clip. Adds cost. */
 int pim_sme_vmm_q(const pim_sme *sme, struct pim_ctx *ctx, const int32_t *xq, int batch,
                   double *acc, struct pim_cost *cost);
+/* Programming cost of the packed crossbars. */
+void pim_sme_program_cost(const pim_sme *sme, struct pim_cost *cost);
 /* SME's bit-sparsity orchestration: rounds each value to the nearest one
- * with at most max_bits non-zero magnitude bits (0 = unchanged). */
+ * with at most max_bits non-zero magnitude bits (0 = unchanged; magnitudes
+ * of up to 16 bits). */
 void pim_sme_requantize(int32_t *wq, size_t count, int weight_bits, int max_bits);
 
 /* ------------------------------------------------------------------- ADMM */
