@@ -519,6 +519,8 @@ struct pim_job {
     struct pim_layer_shape *layers;
     int n_layers;
     unsigned dataflows;
+
+    int threads; /* OpenMP threads the job may use; 0 = the runtime's default */
 };
 
 /* Defaults for every field (the default device, ISAAC, seed 0, default
@@ -529,8 +531,12 @@ int pim_job_validate(const struct pim_job *job, struct pim_error *err);
 /* Frees the tensors and layers (not the struct itself). */
 void pim_job_free(struct pim_job *job);
 
+/* What a finished job produced. rel_l2_vs_fp64 compares `output` with the
+ * same computation in float64 on the unquantised operands:
+ *   vmm, sme_map   W x;  solve, invert, kfac_step  the LAPACK solution;
+ *   admm_compress  predictions X W_c^T against X W^T of the given W. */
 struct pim_result {
-    struct pim_tensor output;
+    struct pim_tensor output;    /* ndim 0 when the job has none */
     double rel_l2_vs_fp64;       /* NaN where it does not apply */
     struct pim_cost cost;
     int iterations;              /* solve/invert/kfac: refinement steps */
@@ -605,9 +611,9 @@ void pim_pool_destroy(pim_pool *pool);
  * the pool is being destroyed. */
 int pim_pool_submit(pim_pool *pool, struct pim_job *job, uint64_t *id, struct pim_error *err);
 
-/* A finished or unfinished job, read under a reference: while held, the
- * record stays in the table and `result` (valid once status is done) does
- * not change. Release with pim_pool_release. */
+/* A snapshot of a job, taken under a reference: while the view is held the
+ * record is not freed and `result`/`error` (set once finished) do not
+ * change. Release every acquired view with pim_pool_release. */
 struct pim_job_view {
     uint64_t id;
     enum pim_job_type type;
@@ -617,11 +623,12 @@ struct pim_job_view {
     const struct pim_result *result;  /* status done: the result, else NULL */
     int error_code;                   /* status failed: -errno */
     const struct pim_error *error;    /* status failed: why */
+    void *ref;                        /* the pool's record */
 };
 
-/* Returns 0 and a view, or -ENOENT (unknown or expired id). */
-int pim_pool_acquire(pim_pool *pool, uint64_t id, const struct pim_job_view **view);
-void pim_pool_release(pim_pool *pool, const struct pim_job_view *view);
+/* Fills *view and returns 0, or -ENOENT (unknown or expired id). */
+int pim_pool_acquire(pim_pool *pool, uint64_t id, struct pim_job_view *view);
+void pim_pool_release(pim_pool *pool, struct pim_job_view *view);
 
 /* Blocks until the job is finished (done/failed/cancelled) or `timeout`
  * seconds pass. Returns 0 when finished, -ETIMEDOUT, or -ENOENT. */
@@ -659,7 +666,11 @@ struct pim_pool_stats {
 
 void pim_pool_stats(pim_pool *pool, struct pim_pool_stats *stats);
 
-/* Drops finished jobs older than result_ttl now (done on every submit too). */
+/* Drops finished jobs older than result_ttl now (done on every submit and
+ * acquire too). */
 void pim_pool_expire(pim_pool *pool);
+
+/* The device configuration the pool's devices were created with. */
+const struct pim_device *pim_pool_device_config(const pim_pool *pool);
 
 #endif
