@@ -9,6 +9,10 @@
 
 #include "pim/pim.h"
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 /* ----------------------------------------------------------------- limits */
 
 #define PIM_GROUP 32           /* output columns one kernel call covers */
@@ -18,6 +22,17 @@
 #define PIM_MAX_CELLS (1LL << 31)
 
 static inline int pim_ceil_div(long a, long b) { return (int)((a + b - 1) / b); }
+
+/* OpenMP threads for work of ctx (1 in builds without OpenMP, e.g. fuzzing). */
+static inline int pim_threads(const struct pim_ctx *ctx)
+{
+#ifdef _OPENMP
+    return ctx->threads > 0 ? ctx->threads : omp_get_max_threads();
+#else
+    (void)ctx;
+    return 1;
+#endif
+}
 
 /* ---------------------------------------------------------- random streams */
 

@@ -14,7 +14,6 @@
  * unsqueezed mapping of the same planes, ceil(N/R) ceil(2 M S_w / C). */
 #include <errno.h>
 #include <math.h>
-#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -187,7 +186,7 @@ int pim_sme_vmm_q(const pim_sme *sme, struct pim_ctx *ctx, const int32_t *xq, in
     double step_s = fs > 0 && dev->adc_bits > 1 ? fs / (ldexp(1.0, dev->adc_bits - 1) - 1) : 1;
     memset(acc, 0, (size_t)batch * sme->m * sizeof(double));
     int rc = 0;
-#pragma omp parallel for num_threads(ctx->threads > 0 ? ctx->threads : omp_get_max_threads()) \
+#pragma omp parallel for num_threads(pim_threads(ctx)) \
     schedule(dynamic, 1)
     for (int t = 0; t < batch; t++) {
         if (pim_ctx_cancelled(ctx)) continue;

@@ -14,7 +14,6 @@
  * by what it belongs to, so the split does not change the result. */
 #include <errno.h>
 #include <math.h>
-#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -197,7 +196,7 @@ int pim_matrix_program_q(const struct pim_device *dev, struct pim_ctx *ctx, cons
         mat->g = util_aligned_alloc(cells * sizeof(float));
 
     int planes = mat->slices * mat->polarities;
-#pragma omp parallel num_threads(ctx->threads > 0 ? ctx->threads : omp_get_max_threads())
+#pragma omp parallel num_threads(pim_threads(ctx))
     {
         float *z_prog = util_xmalloc((size_t)n * sizeof(float));
         float *u_stuck = util_xmalloc((size_t)n * sizeof(float));
@@ -433,6 +432,7 @@ static void exact_product(const pim_matrix *mat, const int32_t *xq, int batch, d
                           int threads)
 {
     int m = mat->m, n = mat->n;
+    (void)threads; /* unused without OpenMP */
 #pragma omp parallel for collapse(2) num_threads(threads)
     for (int t = 0; t < batch; t++)
         for (int i = 0; i < m; i++) {
@@ -448,6 +448,7 @@ static int engine_product(pim_matrix *mat, const struct pim_dataflow *df, struct
                           const int32_t *xq, int batch, double *acc, int threads)
 {
     const struct pim_device *dev = &mat->dev;
+    (void)threads; /* unused without OpenMP */
     struct pim_vmm_plan plan = {.mat = mat, .dev = dev, .cycles = pim_device_input_cycles(dev)};
     int top_bits = dev->input_bits - (plan.cycles - 1) * dev->dac_bits;
     plan.top_negated = top_bits == 1;
@@ -505,7 +506,7 @@ int pim_matrix_vmm_q(pim_matrix *mat, const struct pim_dataflow *df, struct pim_
     for (size_t k = 0; k < (size_t)batch * mat->n; k++)
         if (xq[k] > xmax || xq[k] < -xmax) return -EINVAL;
 
-    int threads = ctx->threads > 0 ? ctx->threads : omp_get_max_threads();
+    int threads = pim_threads(ctx);
     int rc = 0;
     if (!ctx->no_exact_shortcut && pim_matrix_product_exact(mat, df))
         exact_product(mat, xq, batch, acc, threads);
