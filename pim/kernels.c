@@ -41,7 +41,31 @@ void pim_kernel_f32_scalar(const float *g, const float *d, int ld, int nt, int n
             }
 }
 
+void pim_unpack_scalar(const uint8_t *packed, int pack, size_t n_chunks, uint8_t *out)
+{
+    int w = 8 / pack;
+    uint8_t mask = (uint8_t)((1u << w) - 1);
+    for (size_t k = 0; k < n_chunks; k++)
+        for (int q = 0; q < pack; q++)
+            for (int i = 0; i < PIM_GROUP * 4; i++)
+                out[(k * pack + q) * PIM_GROUP * 4 + i] = (uint8_t)(packed[k * PIM_GROUP * 4 + i] >> (q * w)) & mask;
+}
+
 /* -------------------------------------------------------------------- AVX2 */
+
+void pim_unpack_avx2(const uint8_t *packed, int pack, size_t n_chunks, uint8_t *out)
+{
+    int w = 8 / pack;
+    const __m256i mask = _mm256_set1_epi8((char)((1u << w) - 1));
+    for (size_t k = 0; k < n_chunks; k++)
+        for (int h = 0; h < 4; h++) {
+            __m256i v = _mm256_loadu_si256((const __m256i *)(packed + k * 128 + 32 * h));
+            for (int q = 0; q < pack; q++) {
+                __m256i l = _mm256_and_si256(_mm256_srli_epi16(v, q * w), mask);
+                _mm256_storeu_si256((__m256i *)(out + (k * pack + q) * 128 + 32 * h), l);
+            }
+        }
+}
 
 /* Two vectors at a time share the level loads; 4 ymm of levels per row group.
  * Inlined with d1 constant NULL or not, so the test leaves the loop. */
@@ -169,9 +193,9 @@ void pim_kernel_f32_avx2(const float *g, const float *d, int ld, int nt, int nb,
 /* --------------------------------------------------------------- dispatch */
 
 static const struct pim_kernels kernel_table[PIM_ISA_COUNT] = {
-    [PIM_ISA_SCALAR] = {pim_kernel_i8_scalar, pim_kernel_f32_scalar},
-    [PIM_ISA_AVX2] = {pim_kernel_i8_avx2, pim_kernel_f32_avx2},
-    [PIM_ISA_AVX512] = {pim_kernel_i8_avx512, pim_kernel_f32_avx512},
+    [PIM_ISA_SCALAR] = {pim_kernel_i8_scalar, pim_kernel_f32_scalar, pim_unpack_scalar},
+    [PIM_ISA_AVX2] = {pim_kernel_i8_avx2, pim_kernel_f32_avx2, pim_unpack_avx2},
+    [PIM_ISA_AVX512] = {pim_kernel_i8_avx512, pim_kernel_f32_avx512, pim_unpack_avx512},
 };
 
 const struct pim_kernels *pim_kernels_for(enum pim_isa isa)

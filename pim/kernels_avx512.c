@@ -122,6 +122,20 @@ void pim_kernel_f32_avx512(const float *g, const float *d, int ld, int nt, int n
     }
 }
 
+void pim_unpack_avx512(const uint8_t *packed, int pack, size_t n_chunks, uint8_t *out)
+{
+    int w = 8 / pack;
+    const __m512i mask = _mm512_set1_epi8((char)((1u << w) - 1));
+    for (size_t k = 0; k < n_chunks; k++)
+        for (int h = 0; h < 2; h++) {
+            __m512i v = _mm512_loadu_si512(packed + k * 128 + 64 * h);
+            for (int q = 0; q < pack; q++) {
+                __m512i l = _mm512_and_si512(_mm512_srli_epi16(v, (unsigned)(q * w)), mask);
+                _mm512_storeu_si512(out + (k * pack + q) * 128 + 64 * h, l);
+            }
+        }
+}
+
 /* ---------------------------------------------------------------- normals */
 
 static inline __m512i mix32(__m512i x)

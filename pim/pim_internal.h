@@ -89,9 +89,16 @@ typedef void (*pim_kernel_i8_fn)(const uint8_t *lv, const int8_t *d, int ld, int
 typedef void (*pim_kernel_f32_fn)(const float *g, const float *d, int ld, int nt, int nb, int r4,
                                   float off, float *p, float *q);
 
+/* Levels of exact cells are stored packed, `pack` (2 or 4) per byte: chunk
+ * k of 128 bytes holds row groups k*pack + q (q < pack) of the int8 layout
+ * above, group q in bits [q*w, q*w + w), w = 8 / pack. Unpacking restores
+ * n_chunks * pack row groups of 128 bytes. */
+typedef void (*pim_unpack_fn)(const uint8_t *packed, int pack, size_t n_chunks, uint8_t *out);
+
 struct pim_kernels {
     pim_kernel_i8_fn i8;
     pim_kernel_f32_fn f32;
+    pim_unpack_fn unpack;
 };
 
 /* The kernels of one ISA (must be available), and the best available one
@@ -103,6 +110,9 @@ void pim_kernel_i8_scalar(const uint8_t *lv, const int8_t *d, int ld, int nt, in
                           float *p);
 void pim_kernel_f32_scalar(const float *g, const float *d, int ld, int nt, int nb, int r4,
                            float off, float *p, float *q);
+void pim_unpack_scalar(const uint8_t *packed, int pack, size_t n_chunks, uint8_t *out);
+void pim_unpack_avx2(const uint8_t *packed, int pack, size_t n_chunks, uint8_t *out);
+void pim_unpack_avx512(const uint8_t *packed, int pack, size_t n_chunks, uint8_t *out);
 void pim_kernel_i8_avx2(const uint8_t *lv, const int8_t *d, int ld, int nt, int nb, int r4,
                         float *p);
 void pim_kernel_f32_avx2(const float *g, const float *d, int ld, int nt, int nb, int r4, float off,
@@ -123,16 +133,18 @@ struct pim_matrix {
     int slices;            /* S_w */
     int polarities;        /* 1 offset, 2 differential */
     int levels;            /* 2^cell_bits */
-    int nb, r4;            /* row blocks, rows per block padded to 4 */
+    int nb, r4;            /* row blocks, rows per block padded to 4 * pack */
     int groups;            /* m-groups of PIM_GROUP columns */
+    int pack;              /* levels per byte of lv (1, 2 or 4) */
     int64_t offset;        /* offset-mode bias 2^(weight_bits-1), else 0 */
     bool exact_cells;      /* integer levels (int8 kernel), else float */
     float level_off;       /* g_off in level units (read noise) */
 
-    /* cells, plane (s, p) then m-group: int8 lv or float g, see kernels */
+    /* cells, plane (s, p) then m-group: packed int8 lv or float g, see kernels */
     uint8_t *lv;
     float *g;
     size_t plane_group_cells; /* cells of one (plane, m-group): nb * r4 * PIM_GROUP */
+    size_t plane_group_bytes; /* their bytes in lv: cells / pack */
     uint8_t *flip;         /* [s][nb][groups*PIM_GROUP]: column stored inverted */
 
     /* Neural-PIM converter per (block, column): full scale and gain */

@@ -65,9 +65,19 @@ static inline int weight_level(const struct pim_matrix *mat, int32_t w, int s, i
     return (int)((u >> (s * mat->dev.cell_bits)) & (mat->levels - 1));
 }
 
+/* Where (plane, m-group) starts: in cells of g, or in bytes of lv. */
 static size_t plane_offset(const struct pim_matrix *mat, int plane, int group)
 {
-    return ((size_t)plane * mat->groups + group) * mat->plane_group_cells;
+    return ((size_t)plane * mat->groups + group) *
+           (mat->exact_cells ? mat->plane_group_bytes : mat->plane_group_cells);
+}
+
+/* Sets a level in the packed layout (pim_internal.h). */
+static void put_level(struct pim_matrix *mat, size_t base, size_t cell, int level)
+{
+    size_t group = cell / (PIM_GROUP * 4), chunk = group / (size_t)mat->pack;
+    int q = (int)(group % (size_t)mat->pack), w = 8 / mat->pack;
+    mat->lv[base + chunk * PIM_GROUP * 4 + cell % (PIM_GROUP * 4)] |= (uint8_t)(level << (q * w));
 }
 
 /* ISAAC column flipping: a column whose levels sum over more than half of
@@ -128,7 +138,7 @@ static void program_row(struct pim_matrix *mat, uint64_t seed, int s, int p, int
         int level = weight_level(mat, mat->wq[(size_t)i * n + k], s, p);
         if (mat->flip && mat->flip[((size_t)s * mat->nb + b) * width + i]) level = mat->levels - 1 - level;
         if (mat->exact_cells) {
-            mat->lv[base + ((size_t)b * (r4 / 4) + r / 4) * (PIM_GROUP * 4) + col * 4 + (r & 3)] = (uint8_t)level;
+            put_level(mat, base, ((size_t)b * (r4 / 4) + r / 4) * (PIM_GROUP * 4) + col * 4 + (r & 3), level);
         } else {
             float zp = dev->prog_noise > 0 ? z_prog[k] : 0;
             float us = dev->stuck_on_rate + dev->stuck_off_rate > 0 ? u_stuck[k] : 2.0f;
@@ -173,16 +183,18 @@ int pim_matrix_program_q(const struct pim_device *dev, struct pim_ctx *ctx, cons
     mat->slices = pim_device_weight_slices(dev);
     mat->polarities = dev->signed_mode == PIM_SIGNED_DIFFERENTIAL ? 2 : 1;
     mat->levels = 1 << dev->cell_bits;
+    mat->exact_cells = pim_device_cells_ideal(dev);
+    mat->pack = !mat->exact_cells ? 1 : dev->cell_bits <= 2 ? 4 : dev->cell_bits <= 4 ? 2 : 1;
     mat->nb = pim_ceil_div(n, dev->rows);
-    mat->r4 = (dev->rows + 3) & ~3;
+    mat->r4 = pim_ceil_div(dev->rows, 4 * mat->pack) * 4 * mat->pack;
     mat->groups = pim_ceil_div(m, PIM_GROUP);
     mat->plane_group_cells = (size_t)mat->nb * mat->r4 * PIM_GROUP;
+    mat->plane_group_bytes = mat->plane_group_cells / (size_t)mat->pack;
     if ((double)mat->plane_group_cells * mat->groups > (double)PIM_MAX_CELLS) {
         free(mat);
         return -E2BIG;
     }
     mat->offset = mat->polarities == 1 ? (int64_t)1 << (dev->weight_bits - 1) : 0;
-    mat->exact_cells = pim_device_cells_ideal(dev);
     mat->level_off = (float)((mat->levels - 1) / (dev->on_off - 1));
     mat->wq = util_xmalloc((size_t)m * n * sizeof(int32_t));
     memcpy(mat->wq, wq, (size_t)m * n * sizeof(int32_t));
@@ -191,7 +203,7 @@ int pim_matrix_program_q(const struct pim_device *dev, struct pim_ctx *ctx, cons
     if (mat->polarities == 1 && dev->adc_flip && dev->adc_bits > 0) decide_flips(mat);
     size_t cells = (size_t)mat->slices * mat->polarities * mat->groups * mat->plane_group_cells;
     if (mat->exact_cells)
-        mat->lv = util_aligned_alloc(cells);
+        mat->lv = util_aligned_alloc(cells / (size_t)mat->pack);
     else
         mat->g = util_aligned_alloc(cells * sizeof(float));
 
@@ -304,11 +316,14 @@ static void tile_inputs_fill(const struct pim_vmm_plan *plan, const int32_t *xq,
 struct group_scratch {
     float *p, *p2, *q, *q2, *noise;
     double *y, *analog;
+    uint8_t *levels[2]; /* the unpacked (plane, m-group) of each polarity */
 };
 
-static void scratch_init(struct group_scratch *sc, int nt, int nb, bool npim)
+static void scratch_init(struct group_scratch *sc, const struct pim_matrix *mat, int nt, int nb, bool npim)
 {
     size_t cells = (size_t)nt * nb * PIM_GROUP;
+    for (int p = 0; p < 2; p++)
+        sc->levels[p] = mat->pack > 1 && p < mat->polarities ? util_aligned_alloc(mat->plane_group_cells) : NULL;
     sc->p = util_aligned_alloc(cells * sizeof(float));
     sc->p2 = util_aligned_alloc(cells * sizeof(float));
     sc->q = util_aligned_alloc(cells * sizeof(float));
@@ -327,6 +342,8 @@ static void scratch_free(struct group_scratch *sc)
     util_aligned_free(sc->noise);
     util_aligned_free(sc->y);
     util_aligned_free(sc->analog);
+    util_aligned_free(sc->levels[0]);
+    util_aligned_free(sc->levels[1]);
 }
 
 /* Adds read noise to the column values of (cycle j, slice s): variance
@@ -375,18 +392,26 @@ static void run_group(const struct pim_vmm_plan *plan, const struct pim_dataflow
     tile->analog = sc->analog;
     tile->noise = sc->noise;
     tile->p = sc->p;
-    for (int j = 0; j < S; j++) {
-        const int8_t *d8 = in->d8 ? in->d8 + (size_t)j * nt * ld : NULL;
-        const float *dfl = in->df ? in->df + (size_t)j * nt * ld : NULL;
-        for (int s = 0; s < mat->slices; s++) {
+    /* Slices outside, cycles inside: each plane is unpacked once per tile. */
+    for (int s = 0; s < mat->slices; s++) {
+        const uint8_t *planes[2] = {NULL, NULL};
+        for (int p = 0; mat->exact_cells && p < mat->polarities; p++) {
+            const uint8_t *lv = mat->lv + plane_offset(mat, s * mat->polarities + p, tile->group);
+            if (mat->pack > 1) {
+                kern->unpack(lv, mat->pack, mat->plane_group_bytes / (PIM_GROUP * 4), sc->levels[p]);
+                lv = sc->levels[p];
+            }
+            planes[p] = lv;
+        }
+        for (int j = 0; j < S; j++) {
             for (int p = 0; p < mat->polarities; p++) {
-                size_t at = plane_offset(mat, s * mat->polarities + p, tile->group);
                 float *dst = p == 0 ? sc->p : sc->p2;
                 float *var = proportional ? (p == 0 ? sc->q : sc->q2) : NULL;
                 if (mat->exact_cells)
-                    kern->i8(mat->lv + at, d8, ld, nt, nb, r4, dst);
+                    kern->i8(planes[p], in->d8 + (size_t)j * nt * ld, ld, nt, nb, r4, dst);
                 else
-                    kern->f32(mat->g + at, dfl, ld, nt, nb, r4, mat->level_off, dst, var);
+                    kern->f32(mat->g + plane_offset(mat, s * mat->polarities + p, tile->group),
+                              in->df + (size_t)j * nt * ld, ld, nt, nb, r4, mat->level_off, dst, var);
             }
             if (mat->polarities == 2) {
                 for (size_t k = 0; k < cells; k++) sc->p[k] -= sc->p2[k];
@@ -476,7 +501,7 @@ static int engine_product(pim_matrix *mat, const struct pim_dataflow *df, struct
 #pragma omp parallel num_threads(threads)
         {
             struct group_scratch sc;
-            scratch_init(&sc, nt, nb, df->kind == PIM_DF_NEURAL_PIM);
+            scratch_init(&sc, mat, nt, nb, df->kind == PIM_DF_NEURAL_PIM);
 #pragma omp for schedule(dynamic, 1)
             for (int g = 0; g < mat->groups; g++) {
                 if (pim_ctx_cancelled(ctx)) continue;

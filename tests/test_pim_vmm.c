@@ -96,6 +96,27 @@ Test(pim_kernels, simd_matches_scalar_on_awkward_sizes)
     }
 }
 
+Test(pim_kernels, unpack_matches_scalar_for_every_packing)
+{
+    struct util_rng rng;
+    util_rng_seed(&rng, 2);
+    const size_t chunks[] = {1, 3, 33, 129};
+    for (int isa = PIM_ISA_AVX2; isa < PIM_ISA_COUNT; isa++) {
+        if (!pim_isa_available(isa)) continue;
+        for (int pack = 2; pack <= 4; pack += 2)
+            for (size_t c = 0; c < 4; c++) {
+                size_t n = chunks[c] * PIM_GROUP * 4;
+                uint8_t *in = util_xmalloc(n), *a = util_xmalloc(n * pack), *b = util_xmalloc(n * pack);
+                for (size_t i = 0; i < n; i++) in[i] = (uint8_t)util_rng_next(&rng);
+                pim_unpack_scalar(in, pack, chunks[c], a);
+                pim_kernels_for(isa)->unpack(in, pack, chunks[c], b);
+                cr_assert_arr_eq(a, b, n * pack, "%s pack %d chunks %zu", pim_isa_name(isa), pack, chunks[c]);
+                for (size_t i = 0; i < n * pack; i++) cr_assert_lt(a[i], 1 << (8 / pack));
+                free(in), free(a), free(b);
+            }
+    }
+}
+
 /* ---------------------------------------------------------------- rng */
 
 Test(pim_rng, simd_normals_match_reference_at_any_offset)
