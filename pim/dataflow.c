@@ -90,7 +90,7 @@ static void isaac_reduce(const struct pim_vmm_plan *plan, void *arg)
     const struct pim_matrix *mat = plan->mat;
     int nb = mat->nb;
     struct pim_adc adc = pim_adc_make(plan->dev->adc_bits,
-                                      tile->adc_signed ? plan->step_signed : plan->step_unsigned,
+                                      tile->adc_signed ? plan->step_signed[tile->s] : plan->step_unsigned[tile->s],
                                       tile->adc_signed);
     double top = mat->levels - 1;
     for (int t = 0; t < tile->nt; t++)
@@ -121,7 +121,7 @@ static void cascade_reduce(const struct pim_vmm_plan *plan, void *arg)
     struct pim_vmm_tile *tile = arg;
     const struct pim_matrix *mat = plan->mat;
     int nb = mat->nb;
-    double step = (tile->adc_signed ? plan->step_signed : plan->step_unsigned) * nb;
+    double step = (tile->adc_signed ? plan->step_signed[tile->s] : plan->step_unsigned[tile->s]) * nb;
     struct pim_adc adc = pim_adc_make(plan->dev->adc_bits, step, tile->adc_signed);
     double top = mat->levels - 1, w = tile->weight;
     double sum[PIM_GROUP];
@@ -193,6 +193,28 @@ static void npim_finish(const struct pim_vmm_plan *plan, void *arg)
         for (int c = 0; c < tile->width; c++) out[c] = y[c];
     }
 }
+
+/* Calibration: records the largest |column value| per slice and polarity
+ * of the cycle, converts nothing. */
+static void calibrate_reduce(const struct pim_vmm_plan *plan, void *arg)
+{
+    struct pim_vmm_tile *tile = arg;
+    const struct pim_matrix *mat = plan->mat;
+    double largest = 0;
+    for (size_t k = 0; k < (size_t)tile->nt * mat->nb * PIM_GROUP; k++) largest = fmax(largest, fabs(tile->p[k]));
+    double *slot = &plan->calibration[2 * tile->s + tile->adc_signed];
+#pragma omp critical(pim_calibration)
+    *slot = fmax(*slot, largest);
+}
+
+static void calibrate_finish(const struct pim_vmm_plan *plan, void *arg)
+{
+    (void)plan;
+    (void)arg;
+}
+
+const struct pim_dataflow pim_calibration_dataflow = {PIM_DF_ISAAC, "calibration", isaac_counts,
+                                                      calibrate_reduce, calibrate_finish};
 
 /* ---------------------------------------------------------------- registry */
 

@@ -288,6 +288,11 @@ static int run_vmm(const struct pim_job *job, struct pim_ctx *ctx, struct pim_re
     int rc = pim_matrix_program(&job->device, ctx, job->matrix.data, m, n, &mat);
     if (rc) return fail(err, rc, "matrix", "the matrix could not be programmed");
     pim_matrix_program_cost(mat, &res->cost);
+    if (job->calibrate_adc) rc = pim_matrix_calibrate_adc(mat, ctx, job->input.data, batch);
+    if (rc) {
+        pim_matrix_free(mat);
+        return rc;
+    }
     output_like(res, job->input.ndim, job->input.ndim == 2 ? batch : m, m);
     rc = pim_matrix_vmm(mat, pim_dataflow_get(job->dataflow), ctx, job->input.data, batch,
                         res->output.data, &res->cost);

@@ -293,6 +293,14 @@ void pim_matrix_program_cost(const pim_matrix *mat, struct pim_cost *cost);
  * reads to *cost (not the programming). Returns 0, -EINVAL or -ECANCELED. */
 int pim_matrix_vmm_q(pim_matrix *mat, const struct pim_dataflow *df, struct pim_ctx *ctx,
                      const int32_t *xq, int batch, double *acc, struct pim_cost *cost);
+/* Calibrates the ISAAC converter's range per weight slice on sample inputs
+ * (batch x n floats, quantised like products' inputs): the full scale of
+ * slice s becomes the largest |column value| the samples drive on it, for
+ * unipolar and bipolar cycles apart (CrossSim's calibrated ADC ranges).
+ * Later products through mat use these ranges instead of adc_full_scale.
+ * Returns 0, -EINVAL or -ECANCELED. */
+int pim_matrix_calibrate_adc(pim_matrix *mat, struct pim_ctx *ctx, const float *x, int batch);
+
 /* True when products through mat with df are exact whatever the inputs. */
 bool pim_matrix_product_exact(const pim_matrix *mat, const struct pim_dataflow *df);
 /* The same for float inputs (batch x n), each vector quantised with its own
@@ -493,7 +501,8 @@ void pim_tensor_alloc(struct pim_tensor *t, int ndim, const int64_t *shape);
 void pim_tensor_free(struct pim_tensor *t);
 
 /* One job. Tensors and `layers` are owned by the job (pim_job_free).
- *   vmm            matrix (M x N), input (N or B x N)
+ *   vmm            matrix (M x N), input (N or B x N), calibrate_adc (calibrate
+ *                  the converter ranges per slice on the input first)
  *   solve          matrix A (n x n), rhs b (n or n x k), solve options
  *   invert         matrix A, solve options
  *   kfac_step      activations (B x d_in), output_grads (B x d_out),
@@ -512,6 +521,7 @@ struct pim_job {
     struct pim_tensor activations, output_grads, grad;
     struct pim_tensor inputs, targets;
 
+    bool calibrate_adc;
     struct pim_solve_options solve;
     double damping;
     int weight_bits, sme_max_bits;

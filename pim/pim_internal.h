@@ -76,6 +76,9 @@ static inline void pim_rng_words(uint64_t key, uint32_t k, uint32_t *u1, uint32_
 /* (0, 1]: 24 bits. */
 static inline float pim_word_to_unit(uint32_t w) { return (float)((w >> 8) + 1) * 0x1p-24f; }
 
+/* The engine run that records column ranges (pim_matrix_calibrate_adc). */
+extern const struct pim_dataflow pim_calibration_dataflow;
+
 /* ---------------------------------------------------------------- kernels */
 
 /* Column sums of one weight plane over an m-group of PIM_GROUP columns.
@@ -132,6 +135,9 @@ struct pim_matrix {
 
     int slices;            /* S_w */
     int polarities;        /* 1 offset, 2 differential */
+    int stored;            /* planes stored per slice: 2 for differential float cells; 1 for
+                              offset, and for differential exact cells, fused as
+                              l+ - l- + (levels - 1) (the bias removed with the digit sums) */
     int levels;            /* 2^cell_bits */
     int nb, r4;            /* row blocks, rows per block padded to 4 * pack */
     int groups;            /* m-groups of PIM_GROUP columns */
@@ -151,6 +157,8 @@ struct pim_matrix {
     double *npim_fs;       /* [nb][groups*PIM_GROUP] */
     float *npim_gain;      /* [nb][groups*PIM_GROUP] */
 
+    double *adc_range;     /* [slices][2] calibrated full scale (unipolar, bipolar) or NULL */
+
     uint64_t stream;       /* key of this matrix's read-noise streams */
     uint64_t products;     /* products run so far (each draws new noise) */
     struct pim_cost program_cost;
@@ -164,9 +172,10 @@ struct pim_vmm_plan {
     const struct pim_device *dev;
     int cycles;            /* S_i */
     bool top_negated;      /* 1-bit top digit applied as 1, subtracted */
-    double step_unsigned;  /* ISAAC converter LSB (column-sum units), unipolar */
-    double step_signed;    /* and bipolar */
+    double step_unsigned[PIM_MAX_SLICES]; /* ISAAC converter LSB per slice, unipolar */
+    double step_signed[PIM_MAX_SLICES];   /* and bipolar */
     uint64_t noise_key;    /* the random streams of this call */
+    double *calibration;   /* [slices][2] largest |column value| (calibration runs) */
 };
 
 /* One tile of the engine: vectors [t0, t0+nt) x the PIM_GROUP columns of

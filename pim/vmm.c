@@ -65,6 +65,15 @@ static inline int weight_level(const struct pim_matrix *mat, int32_t w, int s, i
     return (int)((u >> (s * mat->dev.cell_bits)) & (mat->levels - 1));
 }
 
+/* What stored plane (s, p) holds for w: the level, or for fused
+ * differential planes l+ - l- + (levels - 1). */
+static inline int stored_level(const struct pim_matrix *mat, int32_t w, int s, int p)
+{
+    if (mat->polarities == 2 && mat->stored == 1)
+        return weight_level(mat, w, s, 0) - weight_level(mat, w, s, 1) + mat->levels - 1;
+    return weight_level(mat, w, s, p);
+}
+
 /* Where (plane, m-group) starts: in cells of g, or in bytes of lv. */
 static size_t plane_offset(const struct pim_matrix *mat, int plane, int group)
 {
@@ -121,7 +130,7 @@ static void program_row(struct pim_matrix *mat, uint64_t seed, int s, int p, int
                         float *u_stuck, float *z_drift)
 {
     const struct pim_device *dev = &mat->dev;
-    int plane = s * mat->polarities + p, n = mat->n, rows = dev->rows, r4 = mat->r4;
+    int plane = s * mat->stored + p, n = mat->n, rows = dev->rows, r4 = mat->r4;
     int group = i / PIM_GROUP, col = i % PIM_GROUP;
     size_t base = plane_offset(mat, plane, group);
     size_t width = (size_t)mat->groups * PIM_GROUP;
@@ -135,7 +144,7 @@ static void program_row(struct pim_matrix *mat, uint64_t seed, int s, int p, int
     }
     for (int k = 0; k < n; k++) {
         int b = k / rows, r = k % rows;
-        int level = weight_level(mat, mat->wq[(size_t)i * n + k], s, p);
+        int level = stored_level(mat, mat->wq[(size_t)i * n + k], s, p);
         if (mat->flip && mat->flip[((size_t)s * mat->nb + b) * width + i]) level = mat->levels - 1 - level;
         if (mat->exact_cells) {
             put_level(mat, base, ((size_t)b * (r4 / 4) + r / 4) * (PIM_GROUP * 4) + col * 4 + (r & 3), level);
@@ -184,7 +193,12 @@ int pim_matrix_program_q(const struct pim_device *dev, struct pim_ctx *ctx, cons
     mat->polarities = dev->signed_mode == PIM_SIGNED_DIFFERENTIAL ? 2 : 1;
     mat->levels = 1 << dev->cell_bits;
     mat->exact_cells = pim_device_cells_ideal(dev);
-    mat->pack = !mat->exact_cells ? 1 : dev->cell_bits <= 2 ? 4 : dev->cell_bits <= 4 ? 2 : 1;
+    /* Fused pairs store up to 2 (levels - 1): at most 126 keeps the AVX2
+     * kernel's pairwise 16-bit sums from saturating. */
+    bool fused = mat->polarities == 2 && mat->exact_cells && dev->cell_bits <= 6;
+    mat->stored = mat->polarities == 2 && !fused ? 2 : 1;
+    int stored_bits = dev->cell_bits + fused;
+    mat->pack = !mat->exact_cells ? 1 : stored_bits <= 2 ? 4 : stored_bits <= 4 ? 2 : 1;
     mat->nb = pim_ceil_div(n, dev->rows);
     mat->r4 = pim_ceil_div(dev->rows, 4 * mat->pack) * 4 * mat->pack;
     mat->groups = pim_ceil_div(m, PIM_GROUP);
@@ -201,13 +215,13 @@ int pim_matrix_program_q(const struct pim_device *dev, struct pim_ctx *ctx, cons
     mat->stream = ctx->stream++;
 
     if (mat->polarities == 1 && dev->adc_flip && dev->adc_bits > 0) decide_flips(mat);
-    size_t cells = (size_t)mat->slices * mat->polarities * mat->groups * mat->plane_group_cells;
+    size_t cells = (size_t)mat->slices * mat->stored * mat->groups * mat->plane_group_cells;
     if (mat->exact_cells)
         mat->lv = util_aligned_alloc(cells / (size_t)mat->pack);
     else
         mat->g = util_aligned_alloc(cells * sizeof(float));
 
-    int planes = mat->slices * mat->polarities;
+    int planes = mat->slices * mat->stored;
 #pragma omp parallel num_threads(pim_threads(ctx))
     {
         float *z_prog = util_xmalloc((size_t)n * sizeof(float));
@@ -216,7 +230,7 @@ int pim_matrix_program_q(const struct pim_device *dev, struct pim_ctx *ctx, cons
 #pragma omp for collapse(2) schedule(dynamic, 8)
         for (int plane = 0; plane < planes; plane++)
             for (int i = 0; i < m; i++)
-                program_row(mat, ctx->seed, plane / mat->polarities, plane % mat->polarities, i,
+                program_row(mat, ctx->seed, plane / mat->stored, plane % mat->stored, i,
                             z_prog, u_stuck, z_drift);
         free(z_prog);
         free(u_stuck);
@@ -226,7 +240,7 @@ int pim_matrix_program_q(const struct pim_device *dev, struct pim_ctx *ctx, cons
 
     struct pim_vmm_counts c;
     pim_dataflow_get(PIM_DF_ISAAC)->counts(dev, m, n, &c);
-    pim_cost_add_program(dev, (uint64_t)m * n * planes, c.crossbars, &mat->program_cost);
+    pim_cost_add_program(dev, (uint64_t)m * n * mat->slices * mat->polarities, c.crossbars, &mat->program_cost);
     mat->program_cost.crossbars = c.crossbars;
     *out = mat;
     return 0;
@@ -253,6 +267,7 @@ void pim_matrix_free(pim_matrix *mat)
     free(mat->flip);
     free(mat->npim_fs);
     free(mat->npim_gain);
+    free(mat->adc_range);
     free(mat);
 }
 
@@ -323,7 +338,7 @@ static void scratch_init(struct group_scratch *sc, const struct pim_matrix *mat,
 {
     size_t cells = (size_t)nt * nb * PIM_GROUP;
     for (int p = 0; p < 2; p++)
-        sc->levels[p] = mat->pack > 1 && p < mat->polarities ? util_aligned_alloc(mat->plane_group_cells) : NULL;
+        sc->levels[p] = mat->pack > 1 && p < mat->stored ? util_aligned_alloc(mat->plane_group_cells) : NULL;
     sc->p = util_aligned_alloc(cells * sizeof(float));
     sc->p2 = util_aligned_alloc(cells * sizeof(float));
     sc->q = util_aligned_alloc(cells * sizeof(float));
@@ -395,8 +410,8 @@ static void run_group(const struct pim_vmm_plan *plan, const struct pim_dataflow
     /* Slices outside, cycles inside: each plane is unpacked once per tile. */
     for (int s = 0; s < mat->slices; s++) {
         const uint8_t *planes[2] = {NULL, NULL};
-        for (int p = 0; mat->exact_cells && p < mat->polarities; p++) {
-            const uint8_t *lv = mat->lv + plane_offset(mat, s * mat->polarities + p, tile->group);
+        for (int p = 0; mat->exact_cells && p < mat->stored; p++) {
+            const uint8_t *lv = mat->lv + plane_offset(mat, s * mat->stored + p, tile->group);
             if (mat->pack > 1) {
                 kern->unpack(lv, mat->pack, mat->plane_group_bytes / (PIM_GROUP * 4), sc->levels[p]);
                 lv = sc->levels[p];
@@ -404,19 +419,27 @@ static void run_group(const struct pim_vmm_plan *plan, const struct pim_dataflow
             planes[p] = lv;
         }
         for (int j = 0; j < S; j++) {
-            for (int p = 0; p < mat->polarities; p++) {
+            for (int p = 0; p < mat->stored; p++) {
                 float *dst = p == 0 ? sc->p : sc->p2;
                 float *var = proportional ? (p == 0 ? sc->q : sc->q2) : NULL;
                 if (mat->exact_cells)
                     kern->i8(planes[p], in->d8 + (size_t)j * nt * ld, ld, nt, nb, r4, dst);
                 else
-                    kern->f32(mat->g + plane_offset(mat, s * mat->polarities + p, tile->group),
+                    kern->f32(mat->g + plane_offset(mat, s * mat->stored + p, tile->group),
                               in->df + (size_t)j * nt * ld, ld, nt, nb, r4, mat->level_off, dst, var);
             }
-            if (mat->polarities == 2) {
+            if (mat->stored == 2) { /* the pair's currents subtracted */
                 for (size_t k = 0; k < cells; k++) sc->p[k] -= sc->p2[k];
                 if (proportional)
                     for (size_t k = 0; k < cells; k++) sc->q[k] += sc->q2[k];
+            } else if (mat->polarities == 2) { /* fused pair: remove the bias */
+                const float *dsum = in->dsum + (size_t)j * nt * nb;
+                float bias = (float)(mat->levels - 1);
+                for (int t = 0; t < nt; t++)
+                    for (int b = 0; b < nb; b++) {
+                        float *row = sc->p + ((size_t)t * nb + b) * PIM_GROUP, off = bias * dsum[(size_t)t * nb + b];
+                        for (int c = 0; c < PIM_GROUP; c++) row[c] -= off;
+                    }
             }
             tile->j = j;
             tile->s = s;
@@ -438,7 +461,7 @@ bool pim_matrix_product_exact(const pim_matrix *mat, const struct pim_dataflow *
     if (df->kind == PIM_DF_NEURAL_PIM)
         return dev->adc_bits == 0 && dev->npim_sa_gain_error == 0 && dev->npim_sa_noise == 0;
     if (dev->adc_bits == 0) return true;
-    if (dev->adc_full_scale != 0 || (df->kind == PIM_DF_CASCADE && mat->nb > 1)) return false;
+    if (dev->adc_full_scale != 0 || mat->adc_range || (df->kind == PIM_DF_CASCADE && mat->nb > 1)) return false;
     /* The largest |column value| of any cycle against the converter's codes. */
     int rows = mat->n < dev->rows ? mat->n : dev->rows, top = mat->levels - 1;
     double column = mat->flip ? (double)(rows * top / 2) : (double)rows * top;
@@ -470,17 +493,21 @@ static void exact_product(const pim_matrix *mat, const int32_t *xq, int batch, d
 
 /* The bit-sliced product through the kernels and the dataflow. */
 static int engine_product(pim_matrix *mat, const struct pim_dataflow *df, struct pim_ctx *ctx,
-                          const int32_t *xq, int batch, double *acc, int threads)
+                          const int32_t *xq, int batch, double *acc, int threads, double *calibration)
 {
     const struct pim_device *dev = &mat->dev;
     (void)threads; /* unused without OpenMP */
     struct pim_vmm_plan plan = {.mat = mat, .dev = dev, .cycles = pim_device_input_cycles(dev)};
     int top_bits = dev->input_bits - (plan.cycles - 1) * dev->dac_bits;
     plan.top_negated = top_bits == 1;
-    double fs = dev->adc_full_scale;
-    plan.step_unsigned = fs > 0 && dev->adc_bits > 0 ? fs / (ldexp(1.0, dev->adc_bits) - 1) : 1;
-    plan.step_signed = fs > 0 && dev->adc_bits > 1 ? fs / (ldexp(1.0, dev->adc_bits - 1) - 1) : 1;
+    for (int s = 0; s < mat->slices; s++) {
+        double fu = mat->adc_range ? mat->adc_range[2 * s] : dev->adc_full_scale;
+        double fb = mat->adc_range ? mat->adc_range[2 * s + 1] : dev->adc_full_scale;
+        plan.step_unsigned[s] = fu > 0 && dev->adc_bits > 0 ? fu / (ldexp(1.0, dev->adc_bits) - 1) : 1;
+        plan.step_signed[s] = fb > 0 && dev->adc_bits > 1 ? fb / (ldexp(1.0, dev->adc_bits - 1) - 1) : 1;
+    }
     plan.noise_key = pim_key(ctx->seed, mat->stream, 4, mat->products);
+    plan.calibration = calibration;
 
     const struct pim_kernels *kern = pim_kernels_for(pim_isa_selected());
     int nb = mat->nb, S = plan.cycles;
@@ -533,10 +560,10 @@ int pim_matrix_vmm_q(pim_matrix *mat, const struct pim_dataflow *df, struct pim_
 
     int threads = pim_threads(ctx);
     int rc = 0;
-    if (!ctx->no_exact_shortcut && pim_matrix_product_exact(mat, df))
+    if (!ctx->no_exact_shortcut && !mat->adc_range && pim_matrix_product_exact(mat, df))
         exact_product(mat, xq, batch, acc, threads);
     else
-        rc = engine_product(mat, df, ctx, xq, batch, acc, threads);
+        rc = engine_product(mat, df, ctx, xq, batch, acc, threads, NULL);
     mat->products++;
     if (rc == 0 && cost) {
         struct pim_vmm_counts c;
@@ -546,16 +573,42 @@ int pim_matrix_vmm_q(pim_matrix *mat, const struct pim_dataflow *df, struct pim_
     return rc;
 }
 
+/* Each vector quantised with its own scale to input_bits. */
+static double *quantize_inputs(const pim_matrix *mat, const float *x, int batch, int32_t *xq)
+{
+    double *scales = util_xmalloc((size_t)batch * sizeof(double));
+    for (int t = 0; t < batch; t++)
+        scales[t] = pim_quantize(x + (size_t)t * mat->n, (size_t)mat->n, mat->dev.input_bits, xq + (size_t)t * mat->n);
+    return scales;
+}
+
+int pim_matrix_calibrate_adc(pim_matrix *mat, struct pim_ctx *ctx, const float *x, int batch)
+{
+    if (batch < 1) return -EINVAL;
+    int32_t *xq = util_xmalloc((size_t)batch * mat->n * sizeof(int32_t));
+    double *scales = quantize_inputs(mat, x, batch, xq);
+    double *range = util_xcalloc((size_t)mat->slices * 2, sizeof(double));
+    free(mat->adc_range);
+    mat->adc_range = NULL; /* measure through the uncalibrated device */
+    int rc = engine_product(mat, &pim_calibration_dataflow, ctx, xq, batch, NULL, pim_threads(ctx), range);
+    mat->products++;
+    if (rc == 0)
+        mat->adc_range = range;
+    else
+        free(range);
+    free(xq);
+    free(scales);
+    return rc;
+}
+
 int pim_matrix_vmm(pim_matrix *mat, const struct pim_dataflow *df, struct pim_ctx *ctx,
                    const float *x, int batch, float *y, struct pim_cost *cost)
 {
     if (!df || batch < 1) return -EINVAL;
     int n = mat->n, m = mat->m;
     int32_t *xq = util_xmalloc((size_t)batch * n * sizeof(int32_t));
-    double *scales = util_xmalloc((size_t)batch * sizeof(double));
+    double *scales = quantize_inputs(mat, x, batch, xq);
     double *acc = util_xmalloc((size_t)batch * m * sizeof(double));
-    for (int t = 0; t < batch; t++)
-        scales[t] = pim_quantize(x + (size_t)t * n, (size_t)n, mat->dev.input_bits, xq + (size_t)t * n);
     int rc = pim_matrix_vmm_q(mat, df, ctx, xq, batch, acc, cost);
     if (rc == 0)
         for (int t = 0; t < batch; t++)

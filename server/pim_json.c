@@ -729,6 +729,7 @@ static const struct {
     size_t offset;
     int lo, hi;
 } option_fields[] = {
+    {"calibrate_adc", O_BOOL, offsetof(struct pim_job, calibrate_adc), 0, 0},
     {"refine", O_BOOL, offsetof(struct pim_job, solve.refine), 0, 0},
     {"max_iterations", O_INT, offsetof(struct pim_job, solve.max_iterations), 0, 1000},
     {"inner_max", O_INT, offsetof(struct pim_job, solve.inner_max), 1, 1000},

@@ -26,7 +26,7 @@
  *    tensors by the names of pim.h (matrix, input, rhs, activations,
  *    output_grads, grad, inputs, targets), each a nested array or
  *    {"shape": [...], "dtype": "f32", "data": "<base64 little-endian>"},
- *    and per type: refine, max_iterations, inner_max, tolerance,
+ *    and per type: calibrate_adc, refine, max_iterations, inner_max, tolerance,
  *    residual_bits, damping, weight_bits, max_bits, block [r, c],
  *    keep_ratio, levels, rho, iterations, w_steps, retrain_steps,
  *    mismatch_sigma, mismatch_trials, layers [{"in","out","count"} or

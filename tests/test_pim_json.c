@@ -82,6 +82,7 @@ static const struct bad_case bad_cases[] = {
     {"{" VMM_OK ",\"device\":{\"prog_noise\":-1}}", "device.prog_noise", "invalid_value"},
     {"{" VMM_OK ",\"device\":{\"dac_bits\":8}}", "device.dac_bits", "invalid_value"},
     {"{" VMM_OK ",\"dataflow\":\"foo\"}", "dataflow", "invalid_value"},
+    {"{" VMM_OK ",\"calibrate_adc\":1}", "calibrate_adc", "invalid_value"},
     {"{" VMM_OK ",\"seed\":-1}", "seed", "invalid_value"},
     {"{" VMM_OK ",\"seed\":1.5}", "seed", "invalid_value"},
     {"{\"type\":\"solve\",\"matrix\":[[1,2,3],[4,5,6]],\"rhs\":[1,2]}", "matrix", "invalid_value"},

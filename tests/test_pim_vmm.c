@@ -422,6 +422,43 @@ Test(pim_vmm, fewer_adc_bits_raise_the_error)
     }
 }
 
+Test(pim_vmm, calibrated_adc_ranges_beat_the_worst_case_range)
+{
+    int m = 64, n = 512, batch = 8;
+    struct util_rng rng;
+    util_rng_seed(&rng, 4);
+    float *w = util_xmalloc((size_t)m * n * 4), *x = util_xmalloc((size_t)batch * n * 4);
+    float *cal = util_xmalloc((size_t)16 * n * 4), *y = util_xmalloc((size_t)batch * m * 4);
+    double *want = util_xmalloc((size_t)batch * m * 8);
+    for (int i = 0; i < m * n; i++) w[i] = (float)util_rng_normal(&rng);
+    for (int i = 0; i < batch * n; i++) x[i] = (float)util_rng_normal(&rng);
+    for (int i = 0; i < 16 * n; i++) cal[i] = (float)util_rng_normal(&rng);
+    for (int t = 0; t < batch; t++)
+        for (int i = 0; i < m; i++) {
+            double s = 0;
+            for (int k = 0; k < n; k++) s += (double)w[i * n + k] * x[t * n + k];
+            want[t * m + i] = s;
+        }
+    struct pim_device dev = ideal_device();
+    dev.weight_bits = dev.input_bits = dev.dac_bits = 8;
+    dev.signed_mode = PIM_SIGNED_DIFFERENTIAL;
+    dev.adc_flip = false;
+    dev.adc_full_scale = 128.0 * 3 * 127; /* the worst case */
+    struct pim_ctx ctx;
+    pim_ctx_init(&ctx, 1);
+    pim_matrix *mat;
+    cr_assert_eq(pim_matrix_program(&dev, &ctx, w, m, n, &mat), 0);
+    cr_assert_eq(pim_matrix_vmm(mat, pim_dataflow_get(PIM_DF_ISAAC), &ctx, x, batch, y, NULL), 0);
+    double worst = pim_rel_l2_f(y, want, (size_t)batch * m);
+    cr_assert_eq(pim_matrix_calibrate_adc(mat, &ctx, cal, 16), 0);
+    cr_assert_eq(pim_matrix_vmm(mat, pim_dataflow_get(PIM_DF_ISAAC), &ctx, x, batch, y, NULL), 0);
+    double calibrated = pim_rel_l2_f(y, want, (size_t)batch * m);
+    cr_assert_lt(calibrated, worst / 4, "calibrated %g vs worst-case range %g", calibrated, worst);
+    cr_assert_lt(calibrated, 0.03);
+    pim_matrix_free(mat);
+    free(w), free(x), free(cal), free(y), free(want);
+}
+
 Test(pim_vmm, neural_pim_converter_error_raises_the_error)
 {
     struct pim_device dev = ideal_device();
