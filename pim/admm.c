@@ -263,7 +263,23 @@ int pim_admm_compress(const struct pim_device *dev, struct pim_ctx *ctx, const f
         wd[i] = w[i];
         amax = fmax(amax, fabs(wd[i]));
     }
+    /* The level step: the clipping of absmax that rounds W with the least
+     * squared error. */
     p.scale = amax > 0 ? amax / (p.levels - 1) : 1;
+    double best_sq = INFINITY, best_scale = p.scale;
+    for (int c = 20; c >= 4 && amax > 0; c--) {
+        p.scale = amax * c / 20.0 / (p.levels - 1);
+        double sq = 0;
+        for (size_t i = 0; i < count; i++) {
+            double d = wd[i] - round_level(&p, wd[i]);
+            sq += d * d;
+        }
+        if (sq < best_sq) {
+            best_sq = sq;
+            best_scale = p.scale;
+        }
+    }
+    p.scale = best_scale;
     stats->error_before = rel_error(&p, wd);
 
     int rc = 0;
@@ -280,16 +296,29 @@ int pim_admm_compress(const struct pim_device *dev, struct pim_ctx *ctx, const f
     stats->error_pruned = rel_error(&p, z);
 
     /* Masked retraining: the blocks fixed, the values still pulled onto the
-     * levels, from the projected point. */
+     * levels, from the projected point with a softer penalty so that W can
+     * move again; the best projected point found is kept. */
+    double *best = util_xmalloc(count * sizeof(double));
+    memcpy(best, z, count * sizeof(double));
+    double best_error = stats->error_pruned;
     memcpy(wd, z, count * sizeof(double));
     memset(u, 0, count * sizeof(double));
+    rho /= 16;
     for (int it = 0; it < opt->retrain_steps && rc == 0; it += 10) {
         w_step(&p, wd, z, u, rho, 10, mask, grad);
         for (size_t i = 0; i < count; i++) v[i] = wd[i] + u[i];
         project(&p, v, mask, z, mask);
         for (size_t i = 0; i < count; i++) u[i] += wd[i] - z[i];
+        rho *= RHO_GROWTH;
+        double e = rel_error(&p, z);
+        if (e < best_error) {
+            best_error = e;
+            memcpy(best, z, count * sizeof(double));
+        }
         if (pim_ctx_cancelled(ctx)) rc = -ECANCELED;
     }
+    memcpy(z, best, count * sizeof(double));
+    free(best);
     if (rc == 0) {
         stats->error_after = rel_error(&p, z);
         stats->error_mismatch = mismatch_error(&p, dev, ctx, z, mask, opt->mismatch_sigma, opt->mismatch_trials);

@@ -222,6 +222,7 @@ void pim_cost_add(struct pim_cost *dst, const struct pim_cost *src)
     dst->cell_writes += src->cell_writes;
     dst->inv_solves += src->inv_solves;
     dst->crossbars += src->crossbars;
+    if (src->replicas > dst->replicas) dst->replicas = src->replicas;
     dst->adcs += src->adcs;
     dst->area += src->area;
 }
@@ -275,8 +276,12 @@ void pim_cost_add_reads(const struct pim_device *dev, const struct pim_dataflow 
     cost->energy[PIM_E_BUFFER] += v * ceil(bits / dev->edram_bits) * dev->edram_energy;
 
     /* A full pipeline: one vector enters every `cycles` read cycles; the
-     * device runs the passes one after another, rewriting the cells. */
-    uint64_t cycles = (vectors * c->cycles + c->depth) * passes;
+     * device runs the passes one after another, rewriting the cells. A
+     * matrix that fits several times takes vectors on each copy at once. */
+    uint64_t replicas = passes > 1 || c->crossbars == 0 ? 1 : (uint64_t)dev->n_crossbars / c->crossbars;
+    if (replicas > vectors) replicas = vectors;
+    if (replicas < 1) replicas = 1;
+    uint64_t cycles = ((vectors + replicas - 1) / replicas * c->cycles + c->depth) * passes;
     cost->cycles += cycles;
     cost->latency += (double)cycles * dev->t_read;
     if (passes > 1) {
@@ -288,12 +293,13 @@ void pim_cost_add_reads(const struct pim_device *dev, const struct pim_dataflow 
     /* Hardware to keep pace: ADCs for the conversions of one cycle. */
     uint64_t mapped = c->crossbars < (uint64_t)dev->n_crossbars ? c->crossbars : (uint64_t)dev->n_crossbars;
     double per_cycle = (double)c->adc_conversions / (double)c->input_cycles / (double)passes;
-    uint64_t adcs = (uint64_t)ceil(per_cycle / (dev->adc_rate * dev->t_read));
+    uint64_t adcs = (uint64_t)ceil(per_cycle / (dev->adc_rate * dev->t_read)) * replicas;
     cost->crossbars += mapped;
+    if (replicas > cost->replicas) cost->replicas = replicas;
     cost->adcs += adcs;
-    cost->area += (double)mapped * (dev->xbar_area + dev->rows * dev->dac_area) +
+    cost->area += (double)(mapped * replicas) * (dev->xbar_area + dev->rows * dev->dac_area) +
                   (double)adcs * (dev->adc_area + dev->sa_area) +
-                  (df->kind == PIM_DF_NEURAL_PIM ? (double)mapped * dev->npim_sa_area : 0);
+                  (df->kind == PIM_DF_NEURAL_PIM ? (double)(mapped * replicas) * dev->npim_sa_area : 0);
 }
 
 void pim_vmm_cost(const struct pim_device *dev, const struct pim_dataflow *df, int m, int n,

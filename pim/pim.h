@@ -178,15 +178,17 @@ struct pim_cost {
     uint64_t analog_ops;       /* analog S+A steps or buffer transfers */
     uint64_t cell_writes;
     uint64_t inv_solves;
-    uint64_t crossbars;        /* crossbars the job mapped */
-    uint64_t adcs;             /* ADCs the mapping needs to keep pace */
-    double area;               /* mm^2 of the arrays and periphery used */
+    uint64_t crossbars;        /* crossbars the job mapped (one copy of each array) */
+    uint64_t replicas;         /* copies of an array run side by side on spare crossbars
+                                  to take vectors (or INV solves) in parallel */
+    uint64_t adcs;             /* ADCs the mapping needs to keep pace (all copies) */
+    double area;               /* mm^2 of the arrays and periphery used (all copies) */
 };
 
 /* Total energy (J). */
 double pim_cost_energy(const struct pim_cost *cost);
 /* dst += src: counts, energies and latency add; crossbars, ADCs and area
- * add too (the parts were mapped side by side). */
+ * add too (the parts were mapped side by side); replicas keeps the larger. */
 void pim_cost_add(struct pim_cost *dst, const struct pim_cost *src);
 
 /* -------------------------------------------------------------- dataflows */

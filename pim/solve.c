@@ -47,7 +47,9 @@ struct inv_circuit {
     int n;
     double *lu;               /* LU factors of the programmed A_H */
     lapack_int *piv;
-    struct pim_cost per_solve;
+    struct pim_cost per_solve; /* without its time: see inv_time */
+    double solve_time;
+    uint64_t replicas;        /* circuits side by side on half the device */
 };
 
 /* A_H on the INV arrays: quantised, with programming noise (a fraction of
@@ -97,9 +99,20 @@ static int inv_program(const struct pim_device *dev, struct pim_ctx *ctx, const 
     c->energy[PIM_E_ADC] = n * pim_device_adc_energy(&conv);
     c->energy[PIM_E_INV] = n * dev->inv_opamp_power * dev->inv_settle_time;
     c->energy[PIM_E_CROSSBAR] = (double)crossbars * dev->xbar_power * dev->inv_settle_time;
-    c->cycles = 1;
-    c->latency = dev->inv_settle_time + dev->t_read; /* settle, then convert */
+    inv->solve_time = dev->inv_settle_time + dev->t_read; /* settle, then convert */
+    inv->replicas = (uint64_t)dev->n_crossbars / 2 / crossbars;
+    if (inv->replicas < 1) inv->replicas = 1;
+    cost->area += (double)(inv->replicas - 1) * crossbars * dev->xbar_area;
+    if (inv->replicas > cost->replicas) cost->replicas = inv->replicas;
     return info > 0 ? -EDOM : info < 0 ? -EINVAL : 0;
+}
+
+/* The time of `count` independent solves over the replicas. */
+static void inv_time(const struct inv_circuit *inv, uint64_t count, struct pim_cost *cost)
+{
+    uint64_t rounds = (count + inv->replicas - 1) / inv->replicas;
+    cost->cycles += rounds;
+    cost->latency += (double)rounds * inv->solve_time;
 }
 
 static void inv_free(struct inv_circuit *inv)
@@ -249,6 +262,7 @@ static int fgmres_solve(struct fgmres *f, const struct inv_circuit *inv, struct 
             memcpy(batch_in + (size_t)t * n, zj, (size_t)n * sizeof(double));
         }
         stats->inv_solves += n_active;
+        inv_time(inv, (uint64_t)n_active, cost);
         rc = hp_apply(hp, ctx, batch_in, n_active, batch_out, cost);
         stats->vmm_products += n_active;
         if (rc != 0) break;
@@ -363,6 +377,7 @@ int pim_solve(const struct pim_device *dev, struct pim_ctx *ctx, const double *a
 
     int rc = inv_program(dev, ctx, a, n, &inv, cost);
     for (int c = 0; rc == 0 && c < k; c++) inv_solve(&inv, bt + (size_t)c * n, xt + (size_t)c * n, scratch, cost);
+    if (rc == 0) inv_time(&inv, (uint64_t)k, cost);
     stats->inv_solves = rc == 0 ? k : 0;
     if (rc == 0 && opt->refine) {
         rc = hp_program(dev, ctx, a, n, opt->residual_bits, &hp, cost);
