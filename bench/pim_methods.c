@@ -240,7 +240,7 @@ static void bench_dataflows(void)
     npim8.weight_bits = npim8.input_bits = 8;
     npim8.signed_mode = PIM_SIGNED_DIFFERENTIAL;
     npim8.adc_flip = false;
-    printf("## Dataflows (weights resident; component figures of PAPERS.md, assumed ones in conf/pim/isaac.json)\n\n");
+    printf("## Dataflows (weights resident, each matrix on its own crossbars; component figures of PAPERS.md, assumed ones in conf/pim/isaac.json)\n\n");
     dataflow_table("LLaMA-7B linear layers, one token, ISAAC device (16-bit operands)", &isaac, llama, 3, false);
     dataflow_table("LLaMA-7B linear layers, one token, 8-bit operands (differential, 4 slices, 8 cycles)", &npim8, llama, 3, true);
     dataflow_table("ResNet-18 3x3 convolutions, one image, 8-bit operands", &npim8, resnet, 7, false);
@@ -260,7 +260,7 @@ static void bench_dataflows(void)
             want[(size_t)t * m + i] = s;
         }
     printf("### Functional error of one product (%d x %d, %d vectors, 8-bit operands, 8-bit ADC)\n\n", m, n, batch);
-    printf("| dataflow | rel. error vs fp64 (ADC exact per crossbar) | with the ADC range calibrated |\n|---|---:|---:|\n");
+    printf("| dataflow | rel. error vs fp64, default ADC range (one LSB per unit) | ADC range calibrated per slice |\n|---|---:|---:|\n");
     for (int k = 0; k < PIM_DF_COUNT; k++) {
         double e[2];
         for (int cal = 0; cal < 2; cal++) {

@@ -244,8 +244,13 @@ void pim_dataflow_evaluate(const struct pim_device *dev, const struct pim_datafl
     report->kind = df->kind;
     uint64_t vectors = 0;
     for (int i = 0; i < n_layers; i++) {
+        /* Each matrix resident on its own crossbars: no passes, no copies. */
+        struct pim_device resident = *dev;
+        struct pim_vmm_counts c;
+        df->counts(dev, layers[i].out, layers[i].in, &c);
+        resident.n_crossbars = c.crossbars > 0 ? (long)c.crossbars : 1;
         struct pim_cost layer = {0};
-        pim_vmm_cost(dev, df, layers[i].out, layers[i].in, layers[i].count, false, &layer);
+        pim_vmm_cost(&resident, df, layers[i].out, layers[i].in, layers[i].count, false, &layer);
         uint64_t crossbars = report->cost.crossbars > layer.crossbars ? report->cost.crossbars : layer.crossbars;
         uint64_t adcs = report->cost.adcs > layer.adcs ? report->cost.adcs : layer.adcs;
         double area = report->cost.area > layer.area ? report->cost.area : layer.area;

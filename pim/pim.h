@@ -463,9 +463,9 @@ struct pim_dataflow_report {
     double energy_per_vector;   /* J */
 };
 
-/* Cost of all layers under one dataflow, weights resident (programming not
- * counted; crossbars, ADCs and area: the largest layer's, as the layers run
- * one after another). */
+/* Cost of all layers under one dataflow, weights resident: each matrix on
+ * crossbars of its own (as many as it needs, whatever n_crossbars says),
+ * programming not counted; crossbars, ADCs and area: the largest layer's. */
 void pim_dataflow_evaluate(const struct pim_device *dev, const struct pim_dataflow *df,
                            const struct pim_layer_shape *layers, int n_layers,
                            struct pim_dataflow_report *report);

@@ -520,6 +520,27 @@ Test(pim_dataflow, adc_counts_follow_the_papers_formulas)
     }
 }
 
+Test(pim_dataflow, spare_crossbars_take_vectors_in_parallel)
+{
+    struct pim_device dev = ideal_device();
+    struct pim_cost wide = {0}, tight = {0};
+    pim_vmm_cost(&dev, pim_dataflow_get(PIM_DF_ISAAC), 128, 128, 100, false, &wide);
+    cr_assert_eq(wide.replicas, 100); /* 8 crossbars a copy, 16128 on the device */
+    cr_assert_eq(wide.cycles, 16);
+    dev.n_crossbars = 8; /* room for one copy */
+    pim_vmm_cost(&dev, pim_dataflow_get(PIM_DF_ISAAC), 128, 128, 100, false, &tight);
+    cr_assert_eq(tight.replicas, 1);
+    cr_assert_eq(tight.cycles, 1600);
+    cr_assert_float_eq(pim_cost_energy(&wide), pim_cost_energy(&tight), 1e-18);
+    cr_assert_eq(wide.crossbars, tight.crossbars);
+    cr_assert_gt(wide.area, tight.area);
+    dev.n_crossbars = 4; /* half a copy: two passes, cells rewritten each call */
+    struct pim_cost passes = {0};
+    pim_vmm_cost(&dev, pim_dataflow_get(PIM_DF_ISAAC), 128, 128, 100, false, &passes);
+    cr_assert_eq(passes.cycles, 3200);
+    cr_assert_gt(passes.cell_writes, 0);
+}
+
 Test(pim_dataflow, functional_product_reports_the_same_counts)
 {
     struct pim_device dev = ideal_device();
