@@ -18,16 +18,16 @@
  * at batch 1, 9.5 at batch 256 (1.5% error). VMM/s counts matrix-vector
  * products (a batch of 256 is 256 of them).
  */
+#include "pim/pim_internal.h"
+#include "util/util.h"
+
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "pim/pim_internal.h"
-#include "util/util.h"
-
-#define CROSSSIM_NOISY_B1 0.045
-#define CROSSSIM_QUANT_B1 1.3
+#define CROSSSIM_NOISY_B1   0.045
+#define CROSSSIM_QUANT_B1   1.3
 #define CROSSSIM_QUANT_B256 9.5
 
 enum mode { MODE_QUANT, MODE_NOISY, MODE_ALL, MODE_COUNT };
@@ -71,7 +71,8 @@ static struct run measure(int n, int batch, enum mode mode, int reps)
     struct pim_device dev = bench_device(mode);
     struct util_rng rng;
     util_rng_seed(&rng, 1);
-    float *w = util_xmalloc((size_t)n * n * sizeof(float)), *x = util_xmalloc((size_t)batch * n * sizeof(float));
+    float *w = util_xmalloc((size_t)n * n * sizeof(float)),
+          *x = util_xmalloc((size_t)batch * n * sizeof(float));
     float *y = util_xmalloc((size_t)batch * n * sizeof(float));
     float *calib = util_xmalloc((size_t)16 * n * sizeof(float));
     double *want = util_xmalloc((size_t)batch * n * sizeof(double));
@@ -113,9 +114,11 @@ int main(int argc, char **argv)
 {
     int reps = argc > 1 ? atoi(argv[1]) : 5;
     if (reps < 1 || reps > 16) reps = 5;
-    printf("# pim_vmm_speed\n\nCPU: %s; flags: %s; kernels: %s; OpenMP threads: %d\n\n", util_cpu_model_name(),
-           util_cpu_flags_string(), pim_isa_name(pim_isa_selected()), pim_threads(&(struct pim_ctx){0}));
-    printf("| size | batch | effects | program (s) | VMM call (s) | VMM/s | rel. error vs fp64 |\n");
+    printf("# pim_vmm_speed\n\nCPU: %s; flags: %s; kernels: %s; OpenMP threads: %d\n\n",
+           util_cpu_model_name(), util_cpu_flags_string(), pim_isa_name(pim_isa_selected()),
+           pim_threads(&(struct pim_ctx){0}));
+    printf(
+        "| size | batch | effects | program (s) | VMM call (s) | VMM/s | rel. error vs fp64 |\n");
     printf("|---:|---:|---|---:|---:|---:|---:|\n");
     const int sizes[] = {128, 1024, 4096}, batches[] = {1, 256};
     struct run big[MODE_COUNT][2];
@@ -124,28 +127,36 @@ int main(int argc, char **argv)
             for (int m = 0; m < MODE_COUNT; m++) {
                 int n = sizes[s], batch = batches[b];
                 /* Fewer repeats where one call takes seconds. */
-                int r = (n == 4096 && batch == 256 && m != MODE_QUANT) ? (reps < 3 ? reps : 3) : reps;
+                int r =
+                    (n == 4096 && batch == 256 && m != MODE_QUANT) ? (reps < 3 ? reps : 3) : reps;
                 struct run run = measure(n, batch, (enum mode)m, r);
                 if (n == 4096) big[m][b] = run;
-                printf("| %d | %d | %s | %.3f | %.4g | %.4g | %.4f |\n", n, batch, mode_names[m], run.program_s,
-                       run.vmm_s, run.vps, run.error);
+                printf("| %d | %d | %s | %.3f | %.4g | %.4g | %.4f |\n", n, batch, mode_names[m],
+                       run.program_s, run.vmm_s, run.vps, run.error);
                 fflush(stdout);
             }
     printf("\nAgainst CrossSim 3.2 at 4096 x 4096 (its figures from the brief, same machine):\n\n");
-    printf("| case | CrossSim VMM/s | llmd VMM/s | speedup | CrossSim error | llmd error |\n|---|---:|---:|---:|---:|---:|\n");
+    printf("| case | CrossSim VMM/s | llmd VMM/s | speedup | CrossSim error | llmd error "
+           "|\n|---|---:|---:|---:|---:|---:|\n");
     printf("| quantisation, batch 1 | %.3g | %.4g | %.0fx | 1.5%% | %.2f%% |\n", CROSSSIM_QUANT_B1,
-           big[MODE_QUANT][0].vps, big[MODE_QUANT][0].vps / CROSSSIM_QUANT_B1, 100 * big[MODE_QUANT][0].error);
-    printf("| quantisation, batch 256 | %.3g | %.4g | %.0fx | 1.5%% | %.2f%% |\n", CROSSSIM_QUANT_B256,
-           big[MODE_QUANT][1].vps, big[MODE_QUANT][1].vps / CROSSSIM_QUANT_B256, 100 * big[MODE_QUANT][1].error);
-    printf("| programming error + 1%% read noise, batch 1 | %.3g | %.4g | %.0fx | 32%% | %.2f%% |\n\n",
-           CROSSSIM_NOISY_B1, big[MODE_NOISY][0].vps, big[MODE_NOISY][0].vps / CROSSSIM_NOISY_B1,
-           100 * big[MODE_NOISY][0].error);
+           big[MODE_QUANT][0].vps, big[MODE_QUANT][0].vps / CROSSSIM_QUANT_B1,
+           100 * big[MODE_QUANT][0].error);
+    printf("| quantisation, batch 256 | %.3g | %.4g | %.0fx | 1.5%% | %.2f%% |\n",
+           CROSSSIM_QUANT_B256, big[MODE_QUANT][1].vps,
+           big[MODE_QUANT][1].vps / CROSSSIM_QUANT_B256, 100 * big[MODE_QUANT][1].error);
+    printf(
+        "| programming error + 1%% read noise, batch 1 | %.3g | %.4g | %.0fx | 32%% | %.2f%% |\n\n",
+        CROSSSIM_NOISY_B1, big[MODE_NOISY][0].vps, big[MODE_NOISY][0].vps / CROSSSIM_NOISY_B1,
+        100 * big[MODE_NOISY][0].error);
     printf("pim_vmm_4096_b1_quant_vps: %.4g\n", big[MODE_QUANT][0].vps);
     printf("pim_vmm_4096_b256_quant_vps: %.4g\n", big[MODE_QUANT][1].vps);
     printf("pim_vmm_4096_b1_noisy_vps: %.4g\n", big[MODE_NOISY][0].vps);
     printf("pim_vmm_4096_b256_noisy_vps: %.4g\n", big[MODE_NOISY][1].vps);
-    printf("pim_vmm_speedup_vs_crosssim_quant_b1: %.0f\n", big[MODE_QUANT][0].vps / CROSSSIM_QUANT_B1);
-    printf("pim_vmm_speedup_vs_crosssim_quant_b256: %.0f\n", big[MODE_QUANT][1].vps / CROSSSIM_QUANT_B256);
-    printf("pim_vmm_speedup_vs_crosssim_noisy_b1: %.0f\n", big[MODE_NOISY][0].vps / CROSSSIM_NOISY_B1);
+    printf("pim_vmm_speedup_vs_crosssim_quant_b1: %.0f\n",
+           big[MODE_QUANT][0].vps / CROSSSIM_QUANT_B1);
+    printf("pim_vmm_speedup_vs_crosssim_quant_b256: %.0f\n",
+           big[MODE_QUANT][1].vps / CROSSSIM_QUANT_B256);
+    printf("pim_vmm_speedup_vs_crosssim_noisy_b1: %.0f\n",
+           big[MODE_NOISY][0].vps / CROSSSIM_NOISY_B1);
     return 0;
 }

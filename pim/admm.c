@@ -10,14 +10,14 @@
  * rho grows each iteration. Masked retraining continues with the block mask
  * fixed. The result is evaluated with device mismatch: each cell's
  * conductance (g_off included) times 1 + N(0, sigma). */
+#include "pim/pim_internal.h"
+#include "util/util.h"
+
 #include <cblas.h>
 #include <errno.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-
-#include "pim/pim_internal.h"
-#include "util/util.h"
 
 /* rho grows by this factor per ADMM iteration. */
 #define RHO_GROWTH 1.25
@@ -38,11 +38,11 @@ void pim_admm_options_default(struct pim_admm_options *opt)
 
 struct admm_problem {
     int rows, cols, samples;
-    const double *x, *y;  /* (samples x cols), (samples x rows) */
-    double *h, *g;        /* (cols x cols), (rows x cols) */
-    double lmax;          /* largest eigenvalue of H */
+    const double *x, *y; /* (samples x cols), (samples x rows) */
+    double *h, *g;       /* (cols x cols), (rows x cols) */
+    double lmax;         /* largest eigenvalue of H */
     double y_norm;
-    double flops;         /* digital work done */
+    double flops; /* digital work done */
     /* blocks */
     int br, bc, nbr, nbc, keep;
     int levels;
@@ -66,7 +66,8 @@ static double rel_error(struct admm_problem *p, const double *w)
 /* Largest eigenvalue of H by power iteration. */
 static double largest_eigenvalue(const double *h, int n)
 {
-    double *v = util_xmalloc((size_t)n * sizeof(double)), *w = util_xmalloc((size_t)n * sizeof(double));
+    double *v = util_xmalloc((size_t)n * sizeof(double)),
+           *w = util_xmalloc((size_t)n * sizeof(double));
     for (int i = 0; i < n; i++) v[i] = 1.0 / sqrt(n) * (1 + 0.01 * (i % 7));
     double lambda = 0;
     for (int it = 0; it < 100; it++) {
@@ -88,7 +89,8 @@ static double round_level(const struct admm_problem *p, double v)
 }
 
 /* The block (a, b)'s extent. */
-static void block_range(const struct admm_problem *p, int a, int b, int *r0, int *r1, int *c0, int *c1)
+static void block_range(const struct admm_problem *p, int a, int b, int *r0, int *r1, int *c0,
+                        int *c1)
 {
     *r0 = a * p->br;
     *r1 = *r0 + p->br < p->rows ? *r0 + p->br : p->rows;
@@ -110,8 +112,8 @@ static int by_norm_desc(const void *pa, const void *pb)
 
 /* z = projection of v: the keep blocks of largest norm (or those of mask
  * when given), values rounded to the levels; mask_out records the blocks. */
-static void project(const struct admm_problem *p, const double *v, const uint8_t *mask,
-                    double *z, uint8_t *mask_out)
+static void project(const struct admm_problem *p, const double *v, const uint8_t *mask, double *z,
+                    uint8_t *mask_out)
 {
     int nblocks = p->nbr * p->nbc;
     uint8_t *keep = mask_out;
@@ -143,7 +145,8 @@ static void project(const struct admm_problem *p, const double *v, const uint8_t
             bool on = keep[a * p->nbc + b];
             for (int i = r0; i < r1; i++)
                 for (int j = c0; j < c1; j++)
-                    z[(size_t)i * p->cols + j] = on ? round_level(p, v[(size_t)i * p->cols + j]) : 0;
+                    z[(size_t)i * p->cols + j] =
+                        on ? round_level(p, v[(size_t)i * p->cols + j]) : 0;
         }
 }
 
@@ -173,8 +176,9 @@ static void w_step(struct admm_problem *p, double *w, const double *z, const dou
 /* The relative error of w under device mismatch, averaged over trials:
  * both cells of each kept weight's pair (g_off included) scaled by
  * 1 + N(0, sigma); released blocks have no cells. */
-static double mismatch_error(struct admm_problem *p, const struct pim_device *dev, struct pim_ctx *ctx,
-                             const double *w, const uint8_t *mask, double sigma, int trials)
+static double mismatch_error(struct admm_problem *p, const struct pim_device *dev,
+                             struct pim_ctx *ctx, const double *w, const uint8_t *mask,
+                             double sigma, int trials)
 {
     size_t count = (size_t)p->rows * p->cols;
     double *wm = util_xmalloc(count * sizeof(double));
@@ -188,7 +192,8 @@ static double mismatch_error(struct admm_problem *p, const struct pim_device *de
             int a = (int)(i / p->cols) / p->br, b = (int)(i % p->cols) / p->bc;
             double k = w[i] / p->scale, kp = k > 0 ? k : 0, kn = k < 0 ? -k : 0;
             wm[i] = !mask[a * p->nbc + b] ? 0
-                    : p->scale * ((kp + off) * (1 + sigma * z[2 * i]) - (kn + off) * (1 + sigma * z[2 * i + 1]));
+                                          : p->scale * ((kp + off) * (1 + sigma * z[2 * i]) -
+                                                        (kn + off) * (1 + sigma * z[2 * i + 1]));
         }
         sum += rel_error(p, wm);
     }
@@ -198,7 +203,8 @@ static double mismatch_error(struct admm_problem *p, const struct pim_device *de
 }
 
 /* Power and area of `crossbars` crossbars with their converters. */
-static void array_power_area(const struct pim_device *dev, uint64_t crossbars, double *power, double *area)
+static void array_power_area(const struct pim_device *dev, uint64_t crossbars, double *power,
+                             double *area)
 {
     double per_power = dev->xbar_power + dev->rows * dev->dac_power +
                        dev->adcs_per_crossbar * (dev->adc_power + dev->sa_power);
@@ -239,10 +245,10 @@ int pim_admm_compress(const struct pim_device *dev, struct pim_ctx *ctx, const f
     p.y_norm = cblas_dnrm2(samples * rows, yd, 1);
     p.h = util_xmalloc((size_t)cols * cols * sizeof(double));
     p.g = util_xmalloc(count * sizeof(double));
-    cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, cols, cols, samples, 1.0 / samples, xd, cols,
-                xd, cols, 0.0, p.h, cols);
-    cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, rows, cols, samples, 1.0 / samples, yd, rows,
-                xd, cols, 0.0, p.g, cols);
+    cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, cols, cols, samples, 1.0 / samples, xd,
+                cols, xd, cols, 0.0, p.h, cols);
+    cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, rows, cols, samples, 1.0 / samples, yd,
+                rows, xd, cols, 0.0, p.g, cols);
     p.flops += 2.0 * samples * ((double)cols * cols + (double)rows * cols);
     p.lmax = largest_eigenvalue(p.h, cols);
     p.br = opt->block_rows;
@@ -321,7 +327,8 @@ int pim_admm_compress(const struct pim_device *dev, struct pim_ctx *ctx, const f
     free(best);
     if (rc == 0) {
         stats->error_after = rel_error(&p, z);
-        stats->error_mismatch = mismatch_error(&p, dev, ctx, z, mask, opt->mismatch_sigma, opt->mismatch_trials);
+        stats->error_mismatch =
+            mismatch_error(&p, dev, ctx, z, mask, opt->mismatch_sigma, opt->mismatch_trials);
         for (size_t i = 0; i < count; i++) w_out[i] = (float)z[i];
 
         int kept = 0;
@@ -338,7 +345,8 @@ int pim_admm_compress(const struct pim_device *dev, struct pim_ctx *ctx, const f
         stats->compression_ratio = kept_weights ? (double)count / kept_weights : INFINITY;
         stats->scale = p.scale;
         /* A block of br outputs x bc inputs: inputs on rows, two columns per weight. */
-        uint64_t per_block = (uint64_t)pim_ceil_div(p.bc, dev->rows) * (uint64_t)pim_ceil_div(2L * p.br, dev->cols);
+        uint64_t per_block =
+            (uint64_t)pim_ceil_div(p.bc, dev->rows) * (uint64_t)pim_ceil_div(2L * p.br, dev->cols);
         stats->crossbars_dense = per_block * (uint64_t)nblocks;
         stats->crossbars_kept = per_block * (uint64_t)kept;
         stats->crossbars_freed = stats->crossbars_dense - stats->crossbars_kept;

@@ -6,11 +6,11 @@
  * inverted). ISAAC converts them as they are and un-inverts digitally;
  * CASCADE and Neural-PIM un-invert in the analog domain (a reference
  * current) before they accumulate. */
+#include "pim/pim_internal.h"
+
 #include <immintrin.h>
 #include <math.h>
 #include <string.h>
-
-#include "pim/pim_internal.h"
 
 /* ------------------------------------------------------------------ counts */
 
@@ -41,7 +41,7 @@ static void cascade_counts(const struct pim_device *dev, int m, int n, struct pi
     c->adc_conversions = (uint64_t)m * c->weight_slices * c->input_cycles;
     c->shift_adds = c->adc_conversions;
     c->analog_ops = c->adc_conversions * c->row_blocks; /* partial sums into the buffers */
-    c->depth = 1;                                      /* the buffer stage */
+    c->depth = 1;                                       /* the buffer stage */
 }
 
 static void npim_counts(const struct pim_device *dev, int m, int n, struct pim_vmm_counts *c)
@@ -89,14 +89,16 @@ static void isaac_reduce(const struct pim_vmm_plan *plan, void *arg)
     struct pim_vmm_tile *tile = arg;
     const struct pim_matrix *mat = plan->mat;
     int nb = mat->nb;
-    struct pim_adc adc = pim_adc_make(plan->dev->adc_bits,
-                                      tile->adc_signed ? plan->step_signed[tile->s] : plan->step_unsigned[tile->s],
-                                      tile->adc_signed);
+    struct pim_adc adc =
+        pim_adc_make(plan->dev->adc_bits,
+                     tile->adc_signed ? plan->step_signed[tile->s] : plan->step_unsigned[tile->s],
+                     tile->adc_signed);
     double top = mat->levels - 1;
     for (int t = 0; t < tile->nt; t++)
         for (int b = 0; b < nb; b++)
-            convert_row(&adc, tile->p + ((size_t)t * nb + b) * PIM_GROUP, pim_tile_flips(plan, tile, b),
-                        top * tile->dsum[(size_t)t * nb + b], tile->weight, tile->y + (size_t)t * PIM_GROUP);
+            convert_row(&adc, tile->p + ((size_t)t * nb + b) * PIM_GROUP,
+                        pim_tile_flips(plan, tile, b), top * tile->dsum[(size_t)t * nb + b],
+                        tile->weight, tile->y + (size_t)t * PIM_GROUP);
 }
 
 /* Digital results minus the offset of offset-encoded weights. */
@@ -121,7 +123,8 @@ static void cascade_reduce(const struct pim_vmm_plan *plan, void *arg)
     struct pim_vmm_tile *tile = arg;
     const struct pim_matrix *mat = plan->mat;
     int nb = mat->nb;
-    double step = (tile->adc_signed ? plan->step_signed[tile->s] : plan->step_unsigned[tile->s]) * nb;
+    double step =
+        (tile->adc_signed ? plan->step_signed[tile->s] : plan->step_unsigned[tile->s]) * nb;
     struct pim_adc adc = pim_adc_make(plan->dev->adc_bits, step, tile->adc_signed);
     double top = mat->levels - 1, w = tile->weight;
     double sum[PIM_GROUP];
@@ -201,7 +204,8 @@ static void calibrate_reduce(const struct pim_vmm_plan *plan, void *arg)
     struct pim_vmm_tile *tile = arg;
     const struct pim_matrix *mat = plan->mat;
     double largest = 0;
-    for (size_t k = 0; k < (size_t)tile->nt * mat->nb * PIM_GROUP; k++) largest = fmax(largest, fabs(tile->p[k]));
+    for (size_t k = 0; k < (size_t)tile->nt * mat->nb * PIM_GROUP; k++)
+        largest = fmax(largest, fabs(tile->p[k]));
     double *slot = &plan->calibration[2 * tile->s + tile->adc_signed];
 #pragma omp critical(pim_calibration)
     *slot = fmax(*slot, largest);
@@ -251,7 +255,8 @@ void pim_dataflow_evaluate(const struct pim_device *dev, const struct pim_datafl
         resident.n_crossbars = c.crossbars > 0 ? (long)c.crossbars : 1;
         struct pim_cost layer = {0};
         pim_vmm_cost(&resident, df, layers[i].out, layers[i].in, layers[i].count, false, &layer);
-        uint64_t crossbars = report->cost.crossbars > layer.crossbars ? report->cost.crossbars : layer.crossbars;
+        uint64_t crossbars =
+            report->cost.crossbars > layer.crossbars ? report->cost.crossbars : layer.crossbars;
         uint64_t adcs = report->cost.adcs > layer.adcs ? report->cost.adcs : layer.adcs;
         double area = report->cost.area > layer.area ? report->cost.area : layer.area;
         pim_cost_add(&report->cost, &layer);

@@ -1,13 +1,13 @@
 /* device.c: the device description, its defaults and checks, and the cost
  * model every functional path reports through. */
+#include "pim/pim_internal.h"
+#include "util/util.h"
+
 #include <errno.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
-
-#include "pim/pim_internal.h"
-#include "util/util.h"
 
 /* ----------------------------------------------------------------- device */
 
@@ -61,7 +61,7 @@ void pim_device_default(struct pim_device *dev)
     dev->edram_bits = 256;
     dev->write_energy_cell = 10e-12; /* assumed: about five verify pulses */
 
-    dev->digital_flops = 10e12;     /* assumed: a 300 W GPU sustaining 10 TFLOP/s */
+    dev->digital_flops = 10e12; /* assumed: a 300 W GPU sustaining 10 TFLOP/s */
     dev->digital_energy_flop = 30e-12;
 }
 
@@ -166,12 +166,14 @@ int pim_device_validate(const struct pim_device *dev, struct pim_error *err)
 bool pim_device_cells_ideal(const struct pim_device *dev)
 {
     return dev->prog_noise == 0 && dev->read_noise == 0 && dev->stuck_on_rate == 0 &&
-           dev->stuck_off_rate == 0 && (dev->drift_time <= 1 || dev->drift_nu + dev->drift_nu_std == 0);
+           dev->stuck_off_rate == 0 &&
+           (dev->drift_time <= 1 || dev->drift_nu + dev->drift_nu_std == 0);
 }
 
 int pim_device_weight_slices(const struct pim_device *dev)
 {
-    int magnitude_bits = dev->signed_mode == PIM_SIGNED_OFFSET ? dev->weight_bits : dev->weight_bits - 1;
+    int magnitude_bits =
+        dev->signed_mode == PIM_SIGNED_OFFSET ? dev->weight_bits : dev->weight_bits - 1;
     return pim_ceil_div(magnitude_bits, dev->cell_bits);
 }
 
@@ -190,11 +192,16 @@ double pim_device_adc_energy(const struct pim_device *dev)
 /* ------------------------------------------------------------------- cost */
 
 static const char *const energy_part_names[PIM_E_COUNT] = {
-    [PIM_E_CROSSBAR] = "crossbar",           [PIM_E_DAC] = "dac",
-    [PIM_E_ADC] = "adc",                     [PIM_E_SHIFT_ADD] = "shift_add",
-    [PIM_E_ANALOG_SA] = "analog_shift_add", [PIM_E_ANALOG_BUFFER] = "analog_buffer",
-    [PIM_E_BUFFER] = "buffer",               [PIM_E_WRITE] = "write",
-    [PIM_E_INV] = "inv",                     [PIM_E_DIGITAL] = "digital",
+    [PIM_E_CROSSBAR] = "crossbar",
+    [PIM_E_DAC] = "dac",
+    [PIM_E_ADC] = "adc",
+    [PIM_E_SHIFT_ADD] = "shift_add",
+    [PIM_E_ANALOG_SA] = "analog_shift_add",
+    [PIM_E_ANALOG_BUFFER] = "analog_buffer",
+    [PIM_E_BUFFER] = "buffer",
+    [PIM_E_WRITE] = "write",
+    [PIM_E_INV] = "inv",
+    [PIM_E_DIGITAL] = "digital",
 };
 
 const char *pim_energy_part_name(enum pim_energy_part part)
@@ -278,7 +285,8 @@ void pim_cost_add_reads(const struct pim_device *dev, const struct pim_dataflow 
     /* A full pipeline: one vector enters every `cycles` read cycles; the
      * device runs the passes one after another, rewriting the cells. A
      * matrix that fits several times takes vectors on each copy at once. */
-    uint64_t replicas = passes > 1 || c->crossbars == 0 ? 1 : (uint64_t)dev->n_crossbars / c->crossbars;
+    uint64_t replicas =
+        passes > 1 || c->crossbars == 0 ? 1 : (uint64_t)dev->n_crossbars / c->crossbars;
     if (replicas > vectors) replicas = vectors;
     if (replicas < 1) replicas = 1;
     uint64_t cycles = ((vectors + replicas - 1) / replicas * c->cycles + c->depth) * passes;
@@ -291,15 +299,17 @@ void pim_cost_add_reads(const struct pim_device *dev, const struct pim_dataflow 
     }
 
     /* Hardware to keep pace: ADCs for the conversions of one cycle. */
-    uint64_t mapped = c->crossbars < (uint64_t)dev->n_crossbars ? c->crossbars : (uint64_t)dev->n_crossbars;
+    uint64_t mapped =
+        c->crossbars < (uint64_t)dev->n_crossbars ? c->crossbars : (uint64_t)dev->n_crossbars;
     double per_cycle = (double)c->adc_conversions / (double)c->input_cycles / (double)passes;
     uint64_t adcs = (uint64_t)ceil(per_cycle / (dev->adc_rate * dev->t_read)) * replicas;
     cost->crossbars += mapped;
     if (replicas > cost->replicas) cost->replicas = replicas;
     cost->adcs += adcs;
-    cost->area += (double)(mapped * replicas) * (dev->xbar_area + dev->rows * dev->dac_area) +
-                  (double)adcs * (dev->adc_area + dev->sa_area) +
-                  (df->kind == PIM_DF_NEURAL_PIM ? (double)(mapped * replicas) * dev->npim_sa_area : 0);
+    cost->area +=
+        (double)(mapped * replicas) * (dev->xbar_area + dev->rows * dev->dac_area) +
+        (double)adcs * (dev->adc_area + dev->sa_area) +
+        (df->kind == PIM_DF_NEURAL_PIM ? (double)(mapped * replicas) * dev->npim_sa_area : 0);
 }
 
 void pim_vmm_cost(const struct pim_device *dev, const struct pim_dataflow *df, int m, int n,

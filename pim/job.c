@@ -1,5 +1,8 @@
 /* job.c: jobs as plain structs: defaults, validation, and running each
  * type on its device, with its float64 reference. */
+#include "pim/pim_internal.h"
+#include "util/util.h"
+
 #include <errno.h>
 #include <lapacke.h>
 #include <limits.h>
@@ -8,9 +11,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-#include "pim/pim_internal.h"
-#include "util/util.h"
 
 /* ------------------------------------------------------------------ names */
 
@@ -128,13 +128,20 @@ static int check_tensor(const struct pim_tensor *t, const char *name, int min_di
     if (total > (double)(1u << 31)) return invalid(err, name, "'%s' is too large", name);
     size_t n = pim_tensor_count(t);
     for (size_t i = 0; i < n; i++)
-        if (!isfinite(t->data[i])) return invalid(err, name, "'%s' holds NaN or Inf at %zu", name, i);
+        if (!isfinite(t->data[i]))
+            return invalid(err, name, "'%s' holds NaN or Inf at %zu", name, i);
     return 0;
 }
 
 /* Rows and columns of a matrix or a vector (a vector is 1 x n). */
-static int64_t dim_rows(const struct pim_tensor *t) { return t->ndim == 2 ? t->shape[0] : 1; }
-static int64_t dim_last(const struct pim_tensor *t) { return t->shape[t->ndim - 1]; }
+static int64_t dim_rows(const struct pim_tensor *t)
+{
+    return t->ndim == 2 ? t->shape[0] : 1;
+}
+static int64_t dim_last(const struct pim_tensor *t)
+{
+    return t->shape[t->ndim - 1];
+}
 
 #define TRY(expr)                                                                                  \
     do {                                                                                           \
@@ -159,13 +166,15 @@ int pim_job_validate(const struct pim_job *job, struct pim_error *err)
 {
     if ((unsigned)job->type >= PIM_JOB_TYPE_COUNT) return invalid(err, "type", "unknown job type");
     TRY(pim_device_validate(&job->device, err));
-    if ((unsigned)job->dataflow >= PIM_DF_COUNT) return invalid(err, "dataflow", "unknown dataflow");
+    if ((unsigned)job->dataflow >= PIM_DF_COUNT)
+        return invalid(err, "dataflow", "unknown dataflow");
     switch (job->type) {
     case PIM_JOB_VMM:
         TRY(check_tensor(&job->matrix, "matrix", 2, 2, err));
         TRY(check_tensor(&job->input, "input", 1, 2, err));
         if (dim_last(&job->input) != job->matrix.shape[1])
-            return invalid(err, "input", "'input' has %lld values per vector, the matrix %lld columns",
+            return invalid(err, "input",
+                           "'input' has %lld values per vector, the matrix %lld columns",
                            (long long)dim_last(&job->input), (long long)job->matrix.shape[1]);
         return 0;
     case PIM_JOB_SOLVE:
@@ -176,7 +185,8 @@ int pim_job_validate(const struct pim_job *job, struct pim_error *err)
         if (job->type == PIM_JOB_SOLVE) {
             TRY(check_tensor(&job->rhs, "rhs", 1, 2, err));
             if (job->rhs.shape[0] != job->matrix.shape[0])
-                return invalid(err, "rhs", "'rhs' must have %lld rows", (long long)job->matrix.shape[0]);
+                return invalid(err, "rhs", "'rhs' must have %lld rows",
+                               (long long)job->matrix.shape[0]);
         }
         return validate_solve_options(&job->solve, err);
     case PIM_JOB_KFAC_STEP:
@@ -184,8 +194,10 @@ int pim_job_validate(const struct pim_job *job, struct pim_error *err)
         TRY(check_tensor(&job->output_grads, "output_grads", 2, 2, err));
         TRY(check_tensor(&job->grad, "grad", 2, 2, err));
         if (job->output_grads.shape[0] != job->activations.shape[0])
-            return invalid(err, "output_grads", "'output_grads' and 'activations' need the same batch");
-        if (job->grad.shape[0] != job->output_grads.shape[1] || job->grad.shape[1] != job->activations.shape[1])
+            return invalid(err, "output_grads",
+                           "'output_grads' and 'activations' need the same batch");
+        if (job->grad.shape[0] != job->output_grads.shape[1] ||
+            job->grad.shape[1] != job->activations.shape[1])
             return invalid(err, "grad", "'grad' must be d_out x d_in");
         if (!isfinite(job->damping) || job->damping <= 0)
             return invalid(err, "damping", "damping must be > 0");
@@ -199,7 +211,8 @@ int pim_job_validate(const struct pim_job *job, struct pim_error *err)
         if (job->input.ndim) {
             TRY(check_tensor(&job->input, "input", 1, 2, err));
             if (dim_last(&job->input) != job->matrix.shape[1])
-                return invalid(err, "input", "'input' must have as many values as the matrix columns");
+                return invalid(err, "input",
+                               "'input' must have as many values as the matrix columns");
         }
         return 0;
     case PIM_JOB_ADMM_COMPRESS: {
@@ -209,17 +222,21 @@ int pim_job_validate(const struct pim_job *job, struct pim_error *err)
         const struct pim_admm_options *o = &job->admm;
         if (job->inputs.shape[1] != job->matrix.shape[1])
             return invalid(err, "inputs", "'inputs' must have as many columns as the matrix");
-        if (job->targets.shape[0] != job->inputs.shape[0] || job->targets.shape[1] != job->matrix.shape[0])
+        if (job->targets.shape[0] != job->inputs.shape[0] ||
+            job->targets.shape[1] != job->matrix.shape[0])
             return invalid(err, "targets", "'targets' must be samples x matrix rows");
-        if (o->block_rows < 1 || o->block_cols < 1 || o->block_rows > 65536 || o->block_cols > 65536)
+        if (o->block_rows < 1 || o->block_cols < 1 || o->block_rows > 65536 ||
+            o->block_cols > 65536)
             return invalid(err, "block", "block must be two sizes in [1, 65536]");
         if (!(o->keep_ratio > 0 && o->keep_ratio <= 1))
             return invalid(err, "keep_ratio", "keep_ratio must be in (0, 1]");
-        if (o->levels < 2 || o->levels > 65536) return invalid(err, "levels", "levels must be in [2, 65536]");
+        if (o->levels < 2 || o->levels > 65536)
+            return invalid(err, "levels", "levels must be in [2, 65536]");
         if (!isfinite(o->rho) || o->rho <= 0) return invalid(err, "rho", "rho must be > 0");
         if (o->iterations < 0 || o->iterations > 10000)
             return invalid(err, "iterations", "iterations must be in [0, 10000]");
-        if (o->w_steps < 1 || o->w_steps > 10000) return invalid(err, "w_steps", "w_steps must be in [1, 10000]");
+        if (o->w_steps < 1 || o->w_steps > 10000)
+            return invalid(err, "w_steps", "w_steps must be in [1, 10000]");
         if (o->retrain_steps < 0 || o->retrain_steps > 100000)
             return invalid(err, "retrain_steps", "retrain_steps must be in [0, 100000]");
         if (!isfinite(o->mismatch_sigma) || o->mismatch_sigma < 0 || o->mismatch_sigma > 10)
@@ -229,11 +246,13 @@ int pim_job_validate(const struct pim_job *job, struct pim_error *err)
         return 0;
     }
     case PIM_JOB_DATAFLOW_EVAL:
-        if (job->n_layers < 1 || !job->layers) return invalid(err, "layers", "'layers' must list at least one layer");
+        if (job->n_layers < 1 || !job->layers)
+            return invalid(err, "layers", "'layers' must list at least one layer");
         for (int i = 0; i < job->n_layers; i++) {
             const struct pim_layer_shape *l = &job->layers[i];
             if (l->in < 1 || l->out < 1 || l->count < 1 || l->count > (1ull << 48))
-                return invalid(err, "layers", "layer %d: 'in', 'out' and 'count' must be positive", i);
+                return invalid(err, "layers", "layer %d: 'in', 'out' and 'count' must be positive",
+                               i);
         }
         if (job->dataflows == 0 || job->dataflows >= 1u << PIM_DF_COUNT)
             return invalid(err, "dataflows", "'dataflows' must name at least one known dataflow");
@@ -345,7 +364,8 @@ static int run_solve(const struct pim_job *job, struct pim_ctx *ctx, struct pim_
         rc = pim_solve(&job->device, &plain_ctx, a, n, b, k, &plain, x, &st, NULL);
         if (rc == 0) res->plain_rel_l2 = pim_rel_l2(x, want, (size_t)n * k);
     }
-    if (rc == 0) rc = pim_solve(&job->device, ctx, a, n, b, k, &job->solve, x, &res->solve, &res->cost);
+    if (rc == 0)
+        rc = pim_solve(&job->device, ctx, a, n, b, k, &job->solve, x, &res->solve, &res->cost);
     if (rc == 0) {
         res->iterations = res->solve.iterations;
         if (!job->solve.refine && have_ref) res->plain_rel_l2 = pim_rel_l2(x, want, (size_t)n * k);
@@ -371,23 +391,30 @@ static int run_kfac(const struct pim_job *job, struct pim_ctx *ctx, struct pim_r
     int rc = pim_kfac_step(&job->device, ctx, job->activations.data, job->output_grads.data, batch,
                            d_in, d_out, job->grad.data, job->damping, &job->solve, res->output.data,
                            &res->solve, &res->cost, &res->digital);
-    if (rc == -EDOM) return fail(err, rc, "activations", "a damped factor is singular on the INV circuit");
+    if (rc == -EDOM)
+        return fail(err, rc, "activations", "a damped factor is singular on the INV circuit");
     if (rc) return rc;
     res->iterations = res->solve.iterations;
     /* float64: G^-1 grad A^-1 by LU solves. */
     double sd = sqrt(job->damping);
-    double *fa = util_xcalloc((size_t)d_in * d_in, sizeof(double)), *fg = util_xcalloc((size_t)d_out * d_out, sizeof(double));
+    double *fa = util_xcalloc((size_t)d_in * d_in, sizeof(double)),
+           *fg = util_xcalloc((size_t)d_out * d_out, sizeof(double));
     const float *act = job->activations.data, *og = job->output_grads.data;
     for (int r = 0; r < batch; r++) {
         for (int i = 0; i < d_in; i++)
-            for (int j = 0; j < d_in; j++) fa[(size_t)i * d_in + j] += (double)act[(size_t)r * d_in + i] * act[(size_t)r * d_in + j] / batch;
+            for (int j = 0; j < d_in; j++)
+                fa[(size_t)i * d_in + j] +=
+                    (double)act[(size_t)r * d_in + i] * act[(size_t)r * d_in + j] / batch;
         for (int i = 0; i < d_out; i++)
-            for (int j = 0; j < d_out; j++) fg[(size_t)i * d_out + j] += (double)og[(size_t)r * d_out + i] * og[(size_t)r * d_out + j] / batch;
+            for (int j = 0; j < d_out; j++)
+                fg[(size_t)i * d_out + j] +=
+                    (double)og[(size_t)r * d_out + i] * og[(size_t)r * d_out + j] / batch;
     }
     for (int i = 0; i < d_in; i++) fa[(size_t)i * d_in + i] += sd;
     for (int i = 0; i < d_out; i++) fg[(size_t)i * d_out + i] += sd;
     double *g = to_double(&job->grad), *x1 = util_xmalloc((size_t)d_out * d_in * sizeof(double));
-    double *x1t = util_xmalloc((size_t)d_in * d_out * sizeof(double)), *pt = util_xmalloc((size_t)d_in * d_out * sizeof(double));
+    double *x1t = util_xmalloc((size_t)d_in * d_out * sizeof(double)),
+           *pt = util_xmalloc((size_t)d_in * d_out * sizeof(double));
     double *want = util_xmalloc((size_t)d_out * d_in * sizeof(double));
     res->rel_l2_vs_fp64 = NAN;
     if (reference_solve(fg, d_out, g, d_in, x1)) {
@@ -395,7 +422,8 @@ static int run_kfac(const struct pim_job *job, struct pim_ctx *ctx, struct pim_r
             for (int j = 0; j < d_in; j++) x1t[(size_t)j * d_out + i] = x1[(size_t)i * d_in + j];
         if (reference_solve(fa, d_in, x1t, d_out, pt)) {
             for (int i = 0; i < d_out; i++)
-                for (int j = 0; j < d_in; j++) want[(size_t)i * d_in + j] = pt[(size_t)j * d_out + i];
+                for (int j = 0; j < d_in; j++)
+                    want[(size_t)i * d_in + j] = pt[(size_t)j * d_out + i];
             res->rel_l2_vs_fp64 = pim_rel_l2_f(res->output.data, want, (size_t)d_out * d_in);
         }
     }
@@ -425,13 +453,15 @@ static int run_sme(const struct pim_job *job, struct pim_ctx *ctx, struct pim_re
         double *xs = util_xmalloc((size_t)batch * sizeof(double));
         double *acc = util_xmalloc((size_t)batch * m * sizeof(double));
         for (int t = 0; t < batch; t++)
-            xs[t] = pim_quantize(job->input.data + (size_t)t * n, (size_t)n, job->device.input_bits, xq + (size_t)t * n);
+            xs[t] = pim_quantize(job->input.data + (size_t)t * n, (size_t)n, job->device.input_bits,
+                                 xq + (size_t)t * n);
         rc = pim_sme_vmm_q(sme, ctx, xq, batch, acc, &res->cost);
         if (rc == 0) {
             output_like(res, job->input.ndim, job->input.ndim == 2 ? batch : m, m);
             for (int t = 0; t < batch; t++)
                 for (int i = 0; i < m; i++)
-                    res->output.data[(size_t)t * m + i] = (float)(acc[(size_t)t * m + i] * ws * xs[t]);
+                    res->output.data[(size_t)t * m + i] =
+                        (float)(acc[(size_t)t * m + i] * ws * xs[t]);
             double *want = util_xmalloc((size_t)batch * m * sizeof(double));
             reference_product(job->matrix.data, job->input.data, m, n, batch, want);
             res->rel_l2_vs_fp64 = pim_rel_l2_f(res->output.data, want, (size_t)batch * m);
@@ -492,14 +522,27 @@ int pim_job_run(const struct pim_job *job, const atomic_bool *cancel, struct pim
     ctx.cancel = cancel;
     ctx.threads = job->threads;
     switch (job->type) {
-    case PIM_JOB_VMM: rc = run_vmm(job, &ctx, res, err); break;
+    case PIM_JOB_VMM:
+        rc = run_vmm(job, &ctx, res, err);
+        break;
     case PIM_JOB_SOLVE:
-    case PIM_JOB_INVERT: rc = run_solve(job, &ctx, res, err); break;
-    case PIM_JOB_KFAC_STEP: rc = run_kfac(job, &ctx, res, err); break;
-    case PIM_JOB_SME_MAP: rc = run_sme(job, &ctx, res, err); break;
-    case PIM_JOB_ADMM_COMPRESS: rc = run_admm(job, &ctx, res, err); break;
-    case PIM_JOB_DATAFLOW_EVAL: rc = run_dataflow_eval(job, res); break;
-    default: rc = -EINVAL;
+    case PIM_JOB_INVERT:
+        rc = run_solve(job, &ctx, res, err);
+        break;
+    case PIM_JOB_KFAC_STEP:
+        rc = run_kfac(job, &ctx, res, err);
+        break;
+    case PIM_JOB_SME_MAP:
+        rc = run_sme(job, &ctx, res, err);
+        break;
+    case PIM_JOB_ADMM_COMPRESS:
+        rc = run_admm(job, &ctx, res, err);
+        break;
+    case PIM_JOB_DATAFLOW_EVAL:
+        rc = run_dataflow_eval(job, res);
+        break;
+    default:
+        rc = -EINVAL;
     }
     if (rc == 0 && pim_ctx_cancelled(&ctx)) rc = -ECANCELED;
     if (rc) {

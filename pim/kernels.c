@@ -1,10 +1,10 @@
 /* kernels.c: the crossbar column sums, a plain scalar reference and AVX2
  * versions (the AVX-512 ones are in kernels_avx512.c). Layouts are in
  * pim_internal.h. */
-#include <immintrin.h>
-
 #include "pim/pim_internal.h"
 #include "util/util.h"
+
+#include <immintrin.h>
 
 /* ------------------------------------------------------------------ scalar */
 
@@ -16,7 +16,8 @@ void pim_kernel_i8_scalar(const uint8_t *lv, const int8_t *d, int ld, int nt, in
             for (int c = 0; c < PIM_GROUP; c++) {
                 int32_t sum = 0;
                 for (int r = 0; r < r4; r++) {
-                    size_t cell = ((size_t)b * (r4 / 4) + r / 4) * (PIM_GROUP * 4) + c * 4 + (r & 3);
+                    size_t cell =
+                        ((size_t)b * (r4 / 4) + r / 4) * (PIM_GROUP * 4) + c * 4 + (r & 3);
                     sum += lv[cell] * d[(size_t)t * ld + (size_t)b * r4 + r];
                 }
                 p[((size_t)t * nb + b) * PIM_GROUP + c] = (float)sum;
@@ -48,7 +49,8 @@ void pim_unpack_scalar(const uint8_t *packed, int pack, size_t n_chunks, uint8_t
     for (size_t k = 0; k < n_chunks; k++)
         for (int q = 0; q < pack; q++)
             for (int i = 0; i < PIM_GROUP * 4; i++)
-                out[(k * pack + q) * PIM_GROUP * 4 + i] = (uint8_t)(packed[k * PIM_GROUP * 4 + i] >> (q * w)) & mask;
+                out[(k * pack + q) * PIM_GROUP * 4 + i] =
+                    (uint8_t)(packed[k * PIM_GROUP * 4 + i] >> (q * w)) & mask;
 }
 
 /* -------------------------------------------------------------------- AVX2 */
@@ -74,7 +76,7 @@ i8_block_avx2(const uint8_t *lv, const int8_t *d0, const int8_t *d1, int r4, flo
 {
     const __m256i ones = _mm256_set1_epi16(1);
     __m256i a0[4], a1[4];
-    #pragma GCC unroll 4
+#pragma GCC unroll 4
     for (int k = 0; k < 4; k++) a0[k] = a1[k] = _mm256_setzero_si256();
     for (int g = 0; g < r4 / 4; g++) {
         const uint8_t *cells = lv + (size_t)g * PIM_GROUP * 4;
@@ -82,15 +84,16 @@ i8_block_avx2(const uint8_t *lv, const int8_t *d0, const int8_t *d1, int r4, flo
         __builtin_memcpy(&w0, d0 + 4 * g, 4);
         if (d1) __builtin_memcpy(&w1, d1 + 4 * g, 4);
         __m256i x0 = _mm256_set1_epi32(w0), x1 = _mm256_set1_epi32(w1);
-        #pragma GCC unroll 4
+#pragma GCC unroll 4
         for (int k = 0; k < 4; k++) {
             __m256i l = _mm256_loadu_si256((const __m256i *)(cells + 32 * k));
             a0[k] = _mm256_add_epi32(a0[k], _mm256_madd_epi16(_mm256_maddubs_epi16(l, x0), ones));
             if (d1)
-                a1[k] = _mm256_add_epi32(a1[k], _mm256_madd_epi16(_mm256_maddubs_epi16(l, x1), ones));
+                a1[k] =
+                    _mm256_add_epi32(a1[k], _mm256_madd_epi16(_mm256_maddubs_epi16(l, x1), ones));
         }
     }
-    #pragma GCC unroll 4
+#pragma GCC unroll 4
     for (int k = 0; k < 4; k++) {
         _mm256_storeu_ps(p0 + 8 * k, _mm256_cvtepi32_ps(a0[k]));
         if (d1) _mm256_storeu_ps(p1 + 8 * k, _mm256_cvtepi32_ps(a1[k]));
@@ -116,8 +119,10 @@ void pim_kernel_i8_avx2(const uint8_t *lv, const int8_t *d, int ld, int nt, int 
 
 /* Half a group (16 columns) for two vectors, with or without variances;
  * inlined with constant NULLs so the tests leave the loop. */
-static inline __attribute__((always_inline)) void f32_half_avx2(const float *g, const float *d0, const float *d1, int r4,
-                                 float off, float *p0, float *p1, float *q0, float *q1)
+static inline __attribute__((always_inline)) void f32_half_avx2(const float *g, const float *d0,
+                                                                const float *d1, int r4, float off,
+                                                                float *p0, float *p1, float *q0,
+                                                                float *q1)
 {
     __m256 s00 = _mm256_setzero_ps(), s01 = s00, s10 = s00, s11 = s00;
     __m256 v00 = s00, v01 = s00, v10 = s00, v11 = s00;
@@ -173,12 +178,13 @@ void pim_kernel_f32_avx2(const float *g, const float *d, int ld, int nt, int nb,
             const float *d0 = d + (size_t)t * ld + (size_t)b * r4;
             const float *d1 = t + 1 < nt ? d0 + ld : NULL;
             size_t at = ((size_t)t * nb + b) * PIM_GROUP;
-            #pragma GCC unroll 2
+#pragma GCC unroll 2
             for (int h = 0; h < 2; h++) {
                 const float *gh = block + 16 * h;
                 float *p0 = p + at + 16 * h, *p1 = p0 + next;
                 if (q && d1)
-                    f32_half_avx2(gh, d0, d1, r4, off, p0, p1, q + at + 16 * h, q + at + next + 16 * h);
+                    f32_half_avx2(gh, d0, d1, r4, off, p0, p1, q + at + 16 * h,
+                                  q + at + next + 16 * h);
                 else if (q)
                     f32_half_avx2(gh, d0, NULL, r4, off, p0, NULL, q + at + 16 * h, NULL);
                 else if (d1)

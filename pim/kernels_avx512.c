@@ -1,11 +1,11 @@
 /* kernels_avx512.c: AVX-512 versions of the crossbar column sums (VNNI for
  * integer levels) and of the normal random stream. Same results as the
  * scalar reference (exact for int8; float sums up to rounding order). */
+#include "pim/pim_internal.h"
+
 #include <immintrin.h>
 #include <math.h>
 #include <string.h>
-
-#include "pim/pim_internal.h"
 
 /* ---------------------------------------------------------- column sums */
 
@@ -14,12 +14,12 @@ static inline __attribute__((always_inline)) void
 i8_block(const uint8_t *lv, const int8_t *d, int ld, int nt_blk, int r4, float *p, size_t pstride)
 {
     __m512i acc[4][2];
-    #pragma GCC unroll 4
+#pragma GCC unroll 4
     for (int k = 0; k < 4; k++) acc[k][0] = acc[k][1] = _mm512_setzero_si512();
     for (int g = 0; g < r4 / 4; g++) {
         __m512i l0 = _mm512_loadu_si512(lv + (size_t)g * PIM_GROUP * 4);
         __m512i l1 = _mm512_loadu_si512(lv + (size_t)g * PIM_GROUP * 4 + 64);
-        #pragma GCC unroll 4
+#pragma GCC unroll 4
         for (int k = 0; k < nt_blk; k++) {
             int32_t w;
             memcpy(&w, d + (size_t)k * ld + 4 * g, 4);
@@ -28,7 +28,7 @@ i8_block(const uint8_t *lv, const int8_t *d, int ld, int nt_blk, int r4, float *
             acc[k][1] = _mm512_dpbusd_epi32(acc[k][1], l1, x);
         }
     }
-    #pragma GCC unroll 4
+#pragma GCC unroll 4
     for (int k = 0; k < nt_blk; k++) {
         _mm512_storeu_ps(p + k * pstride, _mm512_cvtepi32_ps(acc[k][0]));
         _mm512_storeu_ps(p + k * pstride + 16, _mm512_cvtepi32_ps(acc[k][1]));
@@ -45,21 +45,29 @@ void pim_kernel_i8_avx512(const uint8_t *lv, const int8_t *d, int ld, int nt, in
             const int8_t *dt = d + (size_t)t * ld + (size_t)b * r4;
             float *pt = p + ((size_t)t * nb + b) * PIM_GROUP;
             switch (nt - t) {
-            case 1: i8_block(block, dt, ld, 1, r4, pt, pstride); break;
-            case 2: i8_block(block, dt, ld, 2, r4, pt, pstride); break;
-            case 3: i8_block(block, dt, ld, 3, r4, pt, pstride); break;
-            default: i8_block(block, dt, ld, 4, r4, pt, pstride); break;
+            case 1:
+                i8_block(block, dt, ld, 1, r4, pt, pstride);
+                break;
+            case 2:
+                i8_block(block, dt, ld, 2, r4, pt, pstride);
+                break;
+            case 3:
+                i8_block(block, dt, ld, 3, r4, pt, pstride);
+                break;
+            default:
+                i8_block(block, dt, ld, 4, r4, pt, pstride);
+                break;
             }
         }
     }
 }
 
-static inline __attribute__((always_inline)) void
-f32_block(const float *g, const float *d, int ld, int nt_blk, int r4, float off, float *p,
-          float *q, size_t pstride, bool var)
+static inline __attribute__((always_inline)) void f32_block(const float *g, const float *d, int ld,
+                                                            int nt_blk, int r4, float off, float *p,
+                                                            float *q, size_t pstride, bool var)
 {
     __m512 s[4][2], v[4][2];
-    #pragma GCC unroll 4
+#pragma GCC unroll 4
     for (int k = 0; k < 4; k++) s[k][0] = s[k][1] = v[k][0] = v[k][1] = _mm512_setzero_ps();
     const __m512 o = _mm512_set1_ps(off);
     for (int r = 0; r < r4; r++) {
@@ -72,7 +80,7 @@ f32_block(const float *g, const float *d, int ld, int nt_blk, int r4, float off,
             h0 = _mm512_mul_ps(h0, h0);
             h1 = _mm512_mul_ps(h1, h1);
         }
-        #pragma GCC unroll 4
+#pragma GCC unroll 4
         for (int k = 0; k < nt_blk; k++) {
             __m512 x = _mm512_set1_ps(d[(size_t)k * ld + r]);
             s[k][0] = _mm512_fmadd_ps(g0, x, s[k][0]);
@@ -84,7 +92,7 @@ f32_block(const float *g, const float *d, int ld, int nt_blk, int r4, float off,
             }
         }
     }
-    #pragma GCC unroll 4
+#pragma GCC unroll 4
     for (int k = 0; k < nt_blk; k++) {
         _mm512_storeu_ps(p + k * pstride, s[k][0]);
         _mm512_storeu_ps(p + k * pstride + 16, s[k][1]);
@@ -97,10 +105,18 @@ f32_block(const float *g, const float *d, int ld, int nt_blk, int r4, float off,
 
 #define F32_CASES(VAR)                                                                             \
     switch (nt - t) {                                                                              \
-    case 1: f32_block(block, dt, ld, 1, r4, off, pt, qt, pstride, VAR); break;                     \
-    case 2: f32_block(block, dt, ld, 2, r4, off, pt, qt, pstride, VAR); break;                     \
-    case 3: f32_block(block, dt, ld, 3, r4, off, pt, qt, pstride, VAR); break;                     \
-    default: f32_block(block, dt, ld, 4, r4, off, pt, qt, pstride, VAR); break;                    \
+    case 1:                                                                                        \
+        f32_block(block, dt, ld, 1, r4, off, pt, qt, pstride, VAR);                                \
+        break;                                                                                     \
+    case 2:                                                                                        \
+        f32_block(block, dt, ld, 2, r4, off, pt, qt, pstride, VAR);                                \
+        break;                                                                                     \
+    case 3:                                                                                        \
+        f32_block(block, dt, ld, 3, r4, off, pt, qt, pstride, VAR);                                \
+        break;                                                                                     \
+    default:                                                                                       \
+        f32_block(block, dt, ld, 4, r4, off, pt, qt, pstride, VAR);                                \
+        break;                                                                                     \
     }
 
 void pim_kernel_f32_avx512(const float *g, const float *d, int ld, int nt, int nb, int r4,
@@ -157,7 +173,8 @@ static inline __m512 unit(__m512i w)
 static inline __m512 log_u(__m512 x)
 {
     __m512i bits = _mm512_castps_si512(x);
-    __m512 e = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_srli_epi32(bits, 23), _mm512_set1_epi32(126)));
+    __m512 e =
+        _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_srli_epi32(bits, 23), _mm512_set1_epi32(126)));
     x = _mm512_castsi512_ps(_mm512_or_si512(_mm512_and_si512(bits, _mm512_set1_epi32(0x007fffff)),
                                             _mm512_set1_epi32(0x3f000000)));
     __mmask16 small = _mm512_cmp_ps_mask(x, _mm512_set1_ps(0.707106781186547524f), _CMP_LT_OQ);
@@ -211,8 +228,9 @@ static inline void sincos2pi(__m512 u, __m512 *s, __m512 *c)
 static void normal_block(uint64_t key, uint64_t block, float *out)
 {
     uint32_t a = (uint32_t)key, b = (uint32_t)(key >> 32);
-    __m512i k = _mm512_add_epi32(_mm512_set1_epi32((int)(uint32_t)(block * 16)),
-                                 _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+    __m512i k =
+        _mm512_add_epi32(_mm512_set1_epi32((int)(uint32_t)(block * 16)),
+                         _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
     __m512i va = _mm512_set1_epi32((int)a), vb = _mm512_set1_epi32((int)b);
     __m512i w1 = mix32(_mm512_add_epi32(mix32(_mm512_xor_si512(k, va)), vb));
     __m512i w2 = mix32(_mm512_xor_si512(_mm512_xor_si512(mix32(_mm512_add_epi32(k, vb)), va),

@@ -73,59 +73,59 @@ struct pim_device {
     char name[PIM_NAME_MAX];
 
     /* crossbars */
-    int rows, cols;    /* size of one crossbar */
-    int cell_bits;     /* bits per cell, 1..7 */
-    double g_on;       /* highest conductance, 1 / R_on */
-    double on_off;     /* g_on / g_off, > 1 */
-    long n_crossbars;  /* crossbars on the device; bigger matrices take passes */
+    int rows, cols;   /* size of one crossbar */
+    int cell_bits;    /* bits per cell, 1..7 */
+    double g_on;      /* highest conductance, 1 / R_on */
+    double on_off;    /* g_on / g_off, > 1 */
+    long n_crossbars; /* crossbars on the device; bigger matrices take passes */
 
     /* operands and converters */
-    int weight_bits;   /* weight precision, 2..32 */
-    int input_bits;    /* input precision, 2..32 */
+    int weight_bits; /* weight precision, 2..32 */
+    int input_bits;  /* input precision, 2..32 */
     enum pim_signed_mode signed_mode;
-    int dac_bits;      /* input bits applied per read cycle, 1..8 */
-    int adc_bits;      /* 0 = ideal converter (no quantisation, no clipping) */
+    int dac_bits;          /* input bits applied per read cycle, 1..8 */
+    int adc_bits;          /* 0 = ideal converter (no quantisation, no clipping) */
     double adc_full_scale; /* in column-sum units (level x digit); 0 = one LSB per unit */
-    bool adc_flip;     /* ISAAC: store a column inverted when its sum exceeds half */
+    bool adc_flip;         /* ISAAC: store a column inverted when its sum exceeds half */
 
     /* non-idealities (0 = off) */
-    double prog_noise;       /* programming sigma, fraction of g_on - g_off */
-    double read_noise;       /* sigma per read (see read_noise_model) */
+    double prog_noise; /* programming sigma, fraction of g_on - g_off */
+    double read_noise; /* sigma per read (see read_noise_model) */
     enum pim_read_noise_model read_noise_model;
-    double stuck_on_rate;    /* fraction of cells stuck at g_on */
-    double stuck_off_rate;   /* fraction of cells stuck at g_off */
-    double drift_nu;         /* G(t) = G(t0) (t / t0)^-nu, t0 = 1 s */
-    double drift_nu_std;     /* cell-to-cell spread of nu */
-    double drift_time;       /* seconds since programming; <= 1 = no drift */
+    double stuck_on_rate;      /* fraction of cells stuck at g_on */
+    double stuck_off_rate;     /* fraction of cells stuck at g_off */
+    double drift_nu;           /* G(t) = G(t0) (t / t0)^-nu, t0 = 1 s */
+    double drift_nu_std;       /* cell-to-cell spread of nu */
+    double drift_time;         /* seconds since programming; <= 1 = no drift */
     double npim_sa_gain_error; /* Neural-PIM analog S+A/ADC transfer: relative gain error */
     double npim_sa_noise;      /* and noise, sigma as a fraction of the converter's full scale */
     double npim_full_scale;    /* Neural-PIM converter range: fraction of a column block's
                                   worst-case |sum w x| (a calibrated range clips the rare tail) */
 
     /* INV circuit (analog one-step solver, RePAST) */
-    int inv_bits;            /* precision of its matrix, DAC and ADC */
-    double inv_settle_time;  /* one solve */
-    double inv_opamp_power;  /* per op-amp (one per row) */
+    int inv_bits;           /* precision of its matrix, DAC and ADC */
+    double inv_settle_time; /* one solve */
+    double inv_opamp_power; /* per op-amp (one per row) */
 
     /* timing */
-    double t_read;           /* one crossbar read cycle */
-    double write_time_row;   /* programming one crossbar row (write-verify) */
+    double t_read;         /* one crossbar read cycle */
+    double write_time_row; /* programming one crossbar row (write-verify) */
 
     /* power/energy and area per component */
     double adc_power, adc_rate, adc_area; /* one ADC at adc_ref_bits */
-    int adc_ref_bits;                      /* the resolution the ADC figures are for */
-    int adcs_per_crossbar;                 /* ADCs shared by one crossbar's columns */
-    double dac_power, dac_area;            /* one DAC (one per crossbar row) */
-    double xbar_power, xbar_area;          /* one crossbar while read */
-    double sa_power, sa_area;              /* one digital shift-and-add unit */
-    double npim_sa_energy, npim_sa_area;   /* one analog S+A step, one unit (Neural-PIM) */
-    double cascade_buffer_energy;          /* one analog partial-sum transfer (CASCADE) */
-    double edram_energy, edram_bits;       /* one buffer access of edram_bits */
-    double write_energy_cell;              /* programming one cell */
+    int adc_ref_bits;                     /* the resolution the ADC figures are for */
+    int adcs_per_crossbar;                /* ADCs shared by one crossbar's columns */
+    double dac_power, dac_area;           /* one DAC (one per crossbar row) */
+    double xbar_power, xbar_area;         /* one crossbar while read */
+    double sa_power, sa_area;             /* one digital shift-and-add unit */
+    double npim_sa_energy, npim_sa_area;  /* one analog S+A step, one unit (Neural-PIM) */
+    double cascade_buffer_energy;         /* one analog partial-sum transfer (CASCADE) */
+    double edram_energy, edram_bits;      /* one buffer access of edram_bits */
+    double write_energy_cell;             /* programming one cell */
 
     /* the digital processor a job's work is compared with (K-FAC) */
-    double digital_flops;             /* sustained FLOP/s */
-    double digital_energy_flop;       /* J per FLOP, memory traffic included */
+    double digital_flops;       /* sustained FLOP/s */
+    double digital_energy_flop; /* J per FLOP, memory traffic included */
 };
 
 /* The built-in ISAAC-like default: 128x128 crossbars, 2-bit cells, 1-bit DAC,
@@ -150,7 +150,7 @@ double pim_device_adc_energy(const struct pim_device *dev);
 /* ------------------------------------------------------------------- cost */
 
 enum pim_energy_part {
-    PIM_E_CROSSBAR,      /* array read currents */
+    PIM_E_CROSSBAR, /* array read currents */
     PIM_E_DAC,
     PIM_E_ADC,
     PIM_E_SHIFT_ADD,     /* digital shift-and-add */
@@ -168,21 +168,21 @@ const char *pim_energy_part_name(enum pim_energy_part part);
 
 /* What some work cost. Counts are exact; energies and times are sums. */
 struct pim_cost {
-    uint64_t cycles;           /* crossbar read cycles on the critical path */
-    double latency;            /* seconds of simulated time */
+    uint64_t cycles; /* crossbar read cycles on the critical path */
+    double latency;  /* seconds of simulated time */
     double energy[PIM_E_COUNT];
     uint64_t adc_conversions;
     uint64_t dac_conversions;
-    uint64_t crossbar_reads;   /* one crossbar activated for one cycle */
-    uint64_t shift_adds;       /* digital shift-and-add operations */
-    uint64_t analog_ops;       /* analog S+A steps or buffer transfers */
+    uint64_t crossbar_reads; /* one crossbar activated for one cycle */
+    uint64_t shift_adds;     /* digital shift-and-add operations */
+    uint64_t analog_ops;     /* analog S+A steps or buffer transfers */
     uint64_t cell_writes;
     uint64_t inv_solves;
-    uint64_t crossbars;        /* crossbars the job mapped (one copy of each array) */
-    uint64_t replicas;         /* copies of an array run side by side on spare crossbars
-                                  to take vectors (or INV solves) in parallel */
-    uint64_t adcs;             /* ADCs the mapping needs to keep pace (all copies) */
-    double area;               /* mm^2 of the arrays and periphery used (all copies) */
+    uint64_t crossbars; /* crossbars the job mapped (one copy of each array) */
+    uint64_t replicas;  /* copies of an array run side by side on spare crossbars
+                           to take vectors (or INV solves) in parallel */
+    uint64_t adcs;      /* ADCs the mapping needs to keep pace (all copies) */
+    double area;        /* mm^2 of the arrays and periphery used (all copies) */
 };
 
 /* Total energy (J). */
@@ -198,13 +198,13 @@ enum pim_dataflow_kind { PIM_DF_ISAAC, PIM_DF_CASCADE, PIM_DF_NEURAL_PIM, PIM_DF
 /* How many of each operation one input vector costs through an M x N
  * matrix mapped on a device, for one dataflow. */
 struct pim_vmm_counts {
-    int row_blocks;         /* ceil(N / rows) */
-    int weight_slices;      /* S_w */
-    int input_cycles;       /* S_i */
-    uint64_t crossbars;     /* row_blocks * ceil(M * S_w * polarities / cols) */
+    int row_blocks;     /* ceil(N / rows) */
+    int weight_slices;  /* S_w */
+    int input_cycles;   /* S_i */
+    uint64_t crossbars; /* row_blocks * ceil(M * S_w * polarities / cols) */
     uint64_t adc_conversions, dac_conversions, crossbar_reads, shift_adds, analog_ops;
-    uint64_t cycles;        /* read cycles per vector in a full pipeline */
-    uint64_t depth;         /* extra cycles to drain the pipeline once */
+    uint64_t cycles; /* read cycles per vector in a full pipeline */
+    uint64_t depth;  /* extra cycles to drain the pipeline once */
 };
 
 struct pim_vmm_plan; /* engine internals (pim/pim_internal.h) */
@@ -328,12 +328,12 @@ int pim_linear(const struct pim_device *dev, const struct pim_dataflow *df, stru
  * preconditioned by the INV circuit (GMRES-IR), still with INV solves and
  * crossbar products only. */
 struct pim_solve_options {
-    bool refine;            /* false: the plain one-step INV solve */
-    int max_iterations;     /* refinement steps (outer), default 10 */
-    int inner_max;          /* INV-preconditioned steps per refinement, default 40 */
-    double tolerance;       /* stop when a correction is below tolerance ||x||
-                               (or the residual stops shrinking); default 2^-18 */
-    int residual_bits;      /* precision of A and x on the VMM crossbars, default 32 */
+    bool refine;        /* false: the plain one-step INV solve */
+    int max_iterations; /* refinement steps (outer), default 10 */
+    int inner_max;      /* INV-preconditioned steps per refinement, default 40 */
+    double tolerance;   /* stop when a correction is below tolerance ||x||
+                           (or the residual stops shrinking); default 2^-18 */
+    int residual_bits;  /* precision of A and x on the VMM crossbars, default 32 */
 };
 
 void pim_solve_options_default(struct pim_solve_options *opt);
@@ -381,12 +381,13 @@ int pim_kfac_step(const struct pim_device *dev, struct pim_ctx *ctx, const float
 typedef struct pim_sme pim_sme;
 
 struct pim_sme_stats {
-    uint64_t crossbars_baseline;  /* ceil(N/R) ceil(2 M S_w / C), the same cells and signs unsqueezed */
-    uint64_t crossbars_offset;    /* ceil(N/R) ceil(M S_w' / C) of the offset (ISAAC) mapping */
-    uint64_t crossbars_sme;       /* after squeeze-out */
-    uint64_t zero_columns;        /* plane columns squeezed out */
-    uint64_t zero_rows;           /* group rows squeezed out */
-    double bit_density;           /* non-zero bits / all magnitude bits */
+    uint64_t
+        crossbars_baseline; /* ceil(N/R) ceil(2 M S_w / C), the same cells and signs unsqueezed */
+    uint64_t crossbars_offset; /* ceil(N/R) ceil(M S_w' / C) of the offset (ISAAC) mapping */
+    uint64_t crossbars_sme;    /* after squeeze-out */
+    uint64_t zero_columns;     /* plane columns squeezed out */
+    uint64_t zero_rows;        /* group rows squeezed out */
+    double bit_density;        /* non-zero bits / all magnitude bits */
 };
 
 /* Maps wq (m x n) whose values fit weight_bits (|wq| < 2^(weight_bits-1)).
@@ -418,29 +419,29 @@ void pim_sme_requantize(int32_t *wq, size_t count, int weight_bits, int max_bits
  * retraining; then evaluation with device mismatch G (1 + N(0, sigma)). */
 struct pim_admm_options {
     int block_rows, block_cols;
-    double keep_ratio;      /* fraction of blocks kept, (0, 1] */
-    int levels;             /* conductance levels per cell, >= 2 */
-    double rho;             /* default 1e-2 relative to the objective's curvature */
-    int iterations;         /* ADMM iterations, default 30 */
-    int w_steps;            /* gradient steps per W-step, default 20 */
-    int retrain_steps;      /* masked retraining steps, default 100 */
-    double mismatch_sigma;  /* device mismatch for the evaluation, default 0.05 */
-    int mismatch_trials;    /* default 8 */
+    double keep_ratio;     /* fraction of blocks kept, (0, 1] */
+    int levels;            /* conductance levels per cell, >= 2 */
+    double rho;            /* default 1e-2 relative to the objective's curvature */
+    int iterations;        /* ADMM iterations, default 30 */
+    int w_steps;           /* gradient steps per W-step, default 20 */
+    int retrain_steps;     /* masked retraining steps, default 100 */
+    double mismatch_sigma; /* device mismatch for the evaluation, default 0.05 */
+    int mismatch_trials;   /* default 8 */
 };
 
 void pim_admm_options_default(struct pim_admm_options *opt);
 
 struct pim_admm_stats {
     int blocks_total, blocks_kept;
-    double compression_ratio;   /* dense weights / non-zero weights */
-    double error_before;        /* relative error ||X W^T - Y|| / ||Y|| of the given W */
-    double error_pruned;        /* after ADMM projection, before retraining */
-    double error_after;         /* the compressed W */
-    double error_mismatch;      /* the compressed W under device mismatch (mean) */
-    double scale;               /* weight value of one level step */
+    double compression_ratio; /* dense weights / non-zero weights */
+    double error_before;      /* relative error ||X W^T - Y|| / ||Y|| of the given W */
+    double error_pruned;      /* after ADMM projection, before retraining */
+    double error_after;       /* the compressed W */
+    double error_mismatch;    /* the compressed W under device mismatch (mean) */
+    double scale;             /* weight value of one level step */
     uint64_t crossbars_dense, crossbars_kept, crossbars_freed;
-    double power_dense, power_kept;  /* W of the arrays and their converters while read */
-    double area_dense, area_kept;    /* mm^2 */
+    double power_dense, power_kept; /* W of the arrays and their converters while read */
+    double area_dense, area_kept;   /* mm^2 */
 };
 
 int pim_admm_compress(const struct pim_device *dev, struct pim_ctx *ctx, const float *w, int rows,
@@ -451,16 +452,16 @@ int pim_admm_compress(const struct pim_device *dev, struct pim_ctx *ctx, const f
 /* ------------------------------------------------------- dataflow reports */
 
 struct pim_layer_shape {
-    int in, out;     /* fan-in N and outputs M of the layer */
-    uint64_t count;  /* input vectors through it (tokens x repeats, or output pixels) */
+    int in, out;    /* fan-in N and outputs M of the layer */
+    uint64_t count; /* input vectors through it (tokens x repeats, or output pixels) */
 };
 
 struct pim_dataflow_report {
     enum pim_dataflow_kind kind;
     struct pim_cost cost;
-    double throughput;          /* vectors per second in a full pipeline */
-    double throughput_per_mm2;  /* the same per mm^2 of arrays and converters */
-    double energy_per_vector;   /* J */
+    double throughput;         /* vectors per second in a full pipeline */
+    double throughput_per_mm2; /* the same per mm^2 of arrays and converters */
+    double energy_per_vector;  /* J */
 };
 
 /* Cost of all layers under one dataflow, weights resident: each matrix on
@@ -548,13 +549,13 @@ void pim_job_free(struct pim_job *job);
  *   vmm, sme_map   W x;  solve, invert, kfac_step  the LAPACK solution;
  *   admm_compress  predictions X W_c^T against X W^T of the given W. */
 struct pim_result {
-    struct pim_tensor output;    /* ndim 0 when the job has none */
-    double rel_l2_vs_fp64;       /* NaN where it does not apply */
+    struct pim_tensor output; /* ndim 0 when the job has none */
+    double rel_l2_vs_fp64;    /* NaN where it does not apply */
     struct pim_cost cost;
-    int iterations;              /* solve/invert/kfac: refinement steps */
+    int iterations; /* solve/invert/kfac: refinement steps */
     struct pim_solve_stats solve;
-    double plain_rel_l2;         /* solve/invert: the plain INV solve's error */
-    struct pim_cost digital;     /* kfac_step: the same work done digitally */
+    double plain_rel_l2;     /* solve/invert: the plain INV solve's error */
+    struct pim_cost digital; /* kfac_step: the same work done digitally */
     struct pim_sme_stats sme;
     struct pim_admm_stats admm;
     struct pim_dataflow_report reports[PIM_DF_COUNT];
@@ -590,9 +591,9 @@ struct pim_completion {
     uint64_t id;
     enum pim_job_type type;
     enum pim_job_status status;
-    double queue_seconds;  /* submit to start */
-    double run_seconds;    /* start to finish */
-    double energy;         /* simulated J */
+    double queue_seconds; /* submit to start */
+    double run_seconds;   /* start to finish */
+    double energy;        /* simulated J */
     uint64_t adc_conversions;
 };
 
@@ -630,12 +631,12 @@ struct pim_job_view {
     uint64_t id;
     enum pim_job_type type;
     enum pim_job_status status;
-    int device;                 /* the device that ran it, -1 if none yet */
+    int device;                          /* the device that ran it, -1 if none yet */
     double submitted, started, finished; /* util_now() clock; 0 if not yet */
-    const struct pim_result *result;  /* status done: the result, else NULL */
-    int error_code;                   /* status failed: -errno */
-    const struct pim_error *error;    /* status failed: why */
-    void *ref;                        /* the pool's record */
+    const struct pim_result *result;     /* status done: the result, else NULL */
+    int error_code;                      /* status failed: -errno */
+    const struct pim_error *error;       /* status failed: why */
+    void *ref;                           /* the pool's record */
 };
 
 /* Fills *view and returns 0, or -ENOENT (unknown or expired id). */
@@ -655,10 +656,10 @@ struct pim_device_info {
     int index;
     char name[PIM_NAME_MAX];
     bool busy;
-    uint64_t current_job;    /* 0 when idle */
+    uint64_t current_job; /* 0 when idle */
     uint64_t jobs_done;
-    double busy_seconds;     /* wall time spent running jobs */
-    double energy;           /* simulated J of its jobs */
+    double busy_seconds; /* wall time spent running jobs */
+    double energy;       /* simulated J of its jobs */
 };
 
 /* Copies up to max entries; returns the number of devices. */
@@ -668,8 +669,8 @@ int pim_pool_devices(pim_pool *pool, struct pim_device_info *out, int max);
 struct pim_pool_stats {
     uint64_t submitted[PIM_JOB_TYPE_COUNT];
     uint64_t finished[PIM_JOB_TYPE_COUNT][PIM_STATUS_COUNT]; /* done/failed/cancelled */
-    uint64_t rejected_full;   /* submits answered -EAGAIN */
-    double energy;            /* simulated J of all finished jobs */
+    uint64_t rejected_full;                                  /* submits answered -EAGAIN */
+    double energy;                                           /* simulated J of all finished jobs */
     uint64_t adc_conversions;
     int busy_devices, n_devices;
     int queue_length, queue_capacity;

@@ -15,13 +15,16 @@
 
 /* ----------------------------------------------------------------- limits */
 
-#define PIM_GROUP 32           /* output columns one kernel call covers */
-#define PIM_MAX_SLICES 32      /* weight slices (32 bits over 1-bit cells) */
-#define PIM_MAX_CYCLES 32      /* input cycles (32 bits over a 1-bit DAC) */
-#define PIM_TILE_VECTORS 64    /* input vectors one engine tile covers */
-#define PIM_MAX_CELLS (1LL << 31)
+#define PIM_GROUP        32 /* output columns one kernel call covers */
+#define PIM_MAX_SLICES   32 /* weight slices (32 bits over 1-bit cells) */
+#define PIM_MAX_CYCLES   32 /* input cycles (32 bits over a 1-bit DAC) */
+#define PIM_TILE_VECTORS 64 /* input vectors one engine tile covers */
+#define PIM_MAX_CELLS    (1LL << 31)
 
-static inline int pim_ceil_div(long a, long b) { return (int)((a + b - 1) / b); }
+static inline int pim_ceil_div(long a, long b)
+{
+    return (int)((a + b - 1) / b);
+}
 
 /* OpenMP threads for work of ctx (1 in builds without OpenMP, e.g. fuzzing). */
 static inline int pim_threads(const struct pim_ctx *ctx)
@@ -74,7 +77,10 @@ static inline void pim_rng_words(uint64_t key, uint32_t k, uint32_t *u1, uint32_
 }
 
 /* (0, 1]: 24 bits. */
-static inline float pim_word_to_unit(uint32_t w) { return (float)((w >> 8) + 1) * 0x1p-24f; }
+static inline float pim_word_to_unit(uint32_t w)
+{
+    return (float)((w >> 8) + 1) * 0x1p-24f;
+}
 
 /* The engine run that records column ranges (pim_matrix_calibrate_adc). */
 extern const struct pim_dataflow pim_calibration_dataflow;
@@ -87,8 +93,8 @@ extern const struct pim_dataflow pim_calibration_dataflow;
  *   float: g [nb][r4][PIM_GROUP] conductances in level units; d [nt][ld];
  *          p as above; q (may be NULL) = sums of (g + off)^2 d^2 (read noise).
  * r4 is a multiple of 4. Sums are exact in float for the int8 kernel. */
-typedef void (*pim_kernel_i8_fn)(const uint8_t *lv, const int8_t *d, int ld, int nt, int nb,
-                                 int r4, float *p);
+typedef void (*pim_kernel_i8_fn)(const uint8_t *lv, const int8_t *d, int ld, int nt, int nb, int r4,
+                                 float *p);
 typedef void (*pim_kernel_f32_fn)(const float *g, const float *d, int ld, int nt, int nb, int r4,
                                   float off, float *p, float *q);
 
@@ -130,37 +136,37 @@ void pim_kernel_f32_avx512(const float *g, const float *d, int ld, int nt, int n
 struct pim_matrix {
     struct pim_device dev;
     int m, n;
-    double scale;          /* value of one integer weight step */
-    int32_t *wq;           /* (m x n) quantised weights */
+    double scale; /* value of one integer weight step */
+    int32_t *wq;  /* (m x n) quantised weights */
 
-    int slices;            /* S_w */
-    int polarities;        /* 1 offset, 2 differential */
-    int stored;            /* planes stored per slice: 2 for differential float cells; 1 for
-                              offset, and for differential exact cells, fused as
-                              l+ - l- + (levels - 1) (the bias removed with the digit sums) */
-    int levels;            /* 2^cell_bits */
-    int nb, r4;            /* row blocks, rows per block padded to 4 * pack */
-    int groups;            /* m-groups of PIM_GROUP columns */
-    int pack;              /* levels per byte of lv (1, 2 or 4) */
-    int64_t offset;        /* offset-mode bias 2^(weight_bits-1), else 0 */
-    bool exact_cells;      /* integer levels (int8 kernel), else float */
-    float level_off;       /* g_off in level units (read noise) */
+    int slices;       /* S_w */
+    int polarities;   /* 1 offset, 2 differential */
+    int stored;       /* planes stored per slice: 2 for differential float cells; 1 for
+                         offset, and for differential exact cells, fused as
+                         l+ - l- + (levels - 1) (the bias removed with the digit sums) */
+    int levels;       /* 2^cell_bits */
+    int nb, r4;       /* row blocks, rows per block padded to 4 * pack */
+    int groups;       /* m-groups of PIM_GROUP columns */
+    int pack;         /* levels per byte of lv (1, 2 or 4) */
+    int64_t offset;   /* offset-mode bias 2^(weight_bits-1), else 0 */
+    bool exact_cells; /* integer levels (int8 kernel), else float */
+    float level_off;  /* g_off in level units (read noise) */
 
     /* cells, plane (s, p) then m-group: packed int8 lv or float g, see kernels */
     uint8_t *lv;
     float *g;
     size_t plane_group_cells; /* cells of one (plane, m-group): nb * r4 * PIM_GROUP */
     size_t plane_group_bytes; /* their bytes in lv: cells / pack */
-    uint8_t *flip;         /* [s][nb][groups*PIM_GROUP]: column stored inverted */
+    uint8_t *flip;            /* [s][nb][groups*PIM_GROUP]: column stored inverted */
 
     /* Neural-PIM converter per (block, column): full scale and gain */
-    double *npim_fs;       /* [nb][groups*PIM_GROUP] */
-    float *npim_gain;      /* [nb][groups*PIM_GROUP] */
+    double *npim_fs;  /* [nb][groups*PIM_GROUP] */
+    float *npim_gain; /* [nb][groups*PIM_GROUP] */
 
-    double *adc_range;     /* [slices][2] calibrated full scale (unipolar, bipolar) or NULL */
+    double *adc_range; /* [slices][2] calibrated full scale (unipolar, bipolar) or NULL */
 
-    uint64_t stream;       /* key of this matrix's read-noise streams */
-    uint64_t products;     /* products run so far (each draws new noise) */
+    uint64_t stream;   /* key of this matrix's read-noise streams */
+    uint64_t products; /* products run so far (each draws new noise) */
     struct pim_cost program_cost;
 };
 
@@ -170,12 +176,12 @@ struct pim_matrix {
 struct pim_vmm_plan {
     const struct pim_matrix *mat;
     const struct pim_device *dev;
-    int cycles;            /* S_i */
-    bool top_negated;      /* 1-bit top digit applied as 1, subtracted */
+    int cycles;                           /* S_i */
+    bool top_negated;                     /* 1-bit top digit applied as 1, subtracted */
     double step_unsigned[PIM_MAX_SLICES]; /* ISAAC converter LSB per slice, unipolar */
     double step_signed[PIM_MAX_SLICES];   /* and bipolar */
-    uint64_t noise_key;    /* the random streams of this call */
-    double *calibration;   /* [slices][2] largest |column value| (calibration runs) */
+    uint64_t noise_key;                   /* the random streams of this call */
+    double *calibration; /* [slices][2] largest |column value| (calibration runs) */
 };
 
 /* One tile of the engine: vectors [t0, t0+nt) x the PIM_GROUP columns of
@@ -184,18 +190,18 @@ struct pim_vmm_plan {
  * plane, read noise included) and calls the dataflow's reduce; after all
  * (j, s) it calls finish, which writes the tile's part of acc. */
 struct pim_vmm_tile {
-    int t0, nt;            /* vectors */
-    int group, c0, width;  /* m-group, its first column, real columns in it */
-    int j, s;              /* current cycle and slice */
-    double weight;         /* +-2^(j dac_bits + s cell_bits) */
-    bool adc_signed;       /* this cycle's column values can be negative */
-    const float *p;        /* [nt][nb][PIM_GROUP] column values */
-    const float *dsum;     /* [nt][nb] digit sums of this cycle (un-flipping) */
-    const double *xsum;    /* [nt][nb] input sums per row block (offset removal) */
-    double *y;             /* [nt][PIM_GROUP] digital accumulators, zeroed */
-    double *analog;        /* [nt][nb][PIM_GROUP] analog accumulators, zeroed */
-    float *noise;          /* PIM_GROUP floats of scratch */
-    double *acc;           /* (batch x m) results */
+    int t0, nt;           /* vectors */
+    int group, c0, width; /* m-group, its first column, real columns in it */
+    int j, s;             /* current cycle and slice */
+    double weight;        /* +-2^(j dac_bits + s cell_bits) */
+    bool adc_signed;      /* this cycle's column values can be negative */
+    const float *p;       /* [nt][nb][PIM_GROUP] column values */
+    const float *dsum;    /* [nt][nb] digit sums of this cycle (un-flipping) */
+    const double *xsum;   /* [nt][nb] input sums per row block (offset removal) */
+    double *y;            /* [nt][PIM_GROUP] digital accumulators, zeroed */
+    double *analog;       /* [nt][nb][PIM_GROUP] analog accumulators, zeroed */
+    float *noise;         /* PIM_GROUP floats of scratch */
+    double *acc;          /* (batch x m) results */
 };
 
 /* The flags of the columns of tile's m-group stored inverted for slice s
@@ -221,7 +227,9 @@ struct pim_adc {
 static inline struct pim_adc pim_adc_make(int bits, double step, bool is_signed)
 {
     struct pim_adc a = {.bits = bits, .step = step, .inv_step = 1 / step};
-    a.hi = bits == 0 ? 0 : is_signed ? (double)((1u << (bits - 1)) - 1) : (double)((1u << bits) - 1);
+    a.hi = bits == 0   ? 0
+           : is_signed ? (double)((1u << (bits - 1)) - 1)
+                       : (double)((1u << bits) - 1);
     a.lo = is_signed ? -a.hi : 0;
     return a;
 }

@@ -4,15 +4,15 @@
  *
  * One mutex guards everything; workers run jobs outside it. A record is
  * freed only when it has expired and no view holds it. */
+#include "pim/pim_internal.h"
+#include "util/util.h"
+
 #include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
-
-#include "pim/pim_internal.h"
-#include "util/util.h"
 
 struct job_record {
     uint64_t id;
@@ -24,7 +24,7 @@ struct job_record {
     struct pim_error error;
     int error_code;
     atomic_bool cancel;
-    int refs;                      /* views and waiters holding it */
+    int refs; /* views and waiters holding it */
     bool in_table;
     struct job_record *next_queued;
     struct job_record *next_in_bucket;
@@ -39,8 +39,8 @@ struct device_state {
 struct pim_pool {
     struct pim_pool_config cfg;
     pthread_mutex_t lock;
-    pthread_cond_t work;      /* a job was queued, or stopping */
-    pthread_cond_t finished;  /* a job finished */
+    pthread_cond_t work;     /* a job was queued, or stopping */
+    pthread_cond_t finished; /* a job finished */
     bool stopping;
 
     struct job_record *queue_head, *queue_tail;
@@ -68,7 +68,8 @@ void pim_pool_config_default(struct pim_pool_config *cfg)
 
 const char *pim_job_status_name(enum pim_job_status status)
 {
-    static const char *const names[PIM_STATUS_COUNT] = {"queued", "running", "done", "failed", "cancelled"};
+    static const char *const names[PIM_STATUS_COUNT] = {"queued", "running", "done", "failed",
+                                                        "cancelled"};
     return (unsigned)status < PIM_STATUS_COUNT ? names[status] : NULL;
 }
 
@@ -130,10 +131,12 @@ static void expire_locked(pim_pool *pool, double now)
 
 static struct pim_completion completion_of(const struct job_record *rec)
 {
-    struct pim_completion c = {
-        .id = rec->id, .type = rec->job.type, .status = rec->status,
-        .queue_seconds = (rec->started > 0 ? rec->started : rec->finished) - rec->submitted,
-        .run_seconds = rec->started > 0 ? rec->finished - rec->started : 0};
+    struct pim_completion c = {.id = rec->id,
+                               .type = rec->job.type,
+                               .status = rec->status,
+                               .queue_seconds = (rec->started > 0 ? rec->started : rec->finished) -
+                                                rec->submitted,
+                               .run_seconds = rec->started > 0 ? rec->finished - rec->started : 0};
     if (rec->status == PIM_STATUS_DONE) {
         c.energy = pim_cost_energy(&rec->result.cost);
         c.adc_conversions = rec->result.cost.adc_conversions;
@@ -196,7 +199,10 @@ static void *worker_main(void *p)
 
         pthread_mutex_lock(&pool->lock);
         rec->error_code = rc;
-        finish_locked(pool, rec, rc == 0 ? PIM_STATUS_DONE : rc == -ECANCELED ? PIM_STATUS_CANCELLED : PIM_STATUS_FAILED);
+        finish_locked(pool, rec,
+                      rc == 0            ? PIM_STATUS_DONE
+                      : rc == -ECANCELED ? PIM_STATUS_CANCELLED
+                                         : PIM_STATUS_FAILED);
         dev->busy = false;
         dev->current_job = 0;
         dev->jobs_done++;
@@ -413,7 +419,8 @@ int pim_pool_cancel(pim_pool *pool, uint64_t id)
     } else if (rec->status == PIM_STATUS_RUNNING) {
         atomic_store(&rec->cancel, true);
     } else { /* queued: unlink and drop its inputs */
-        for (struct job_record **p = &pool->queue_head, *prev = NULL; *p; prev = *p, p = &(*p)->next_queued)
+        for (struct job_record **p = &pool->queue_head, *prev = NULL; *p;
+             prev = *p, p = &(*p)->next_queued)
             if (*p == rec) {
                 *p = rec->next_queued;
                 if (pool->queue_tail == rec) pool->queue_tail = prev;
@@ -436,8 +443,11 @@ int pim_pool_devices(pim_pool *pool, struct pim_device_info *out, int max)
     int n = pool->cfg.n_devices;
     for (int i = 0; i < n && i < max; i++) {
         const struct device_state *d = &pool->devices[i];
-        out[i] = (struct pim_device_info){.index = i, .busy = d->busy, .current_job = d->current_job,
-                                          .jobs_done = d->jobs_done, .busy_seconds = d->busy_seconds,
+        out[i] = (struct pim_device_info){.index = i,
+                                          .busy = d->busy,
+                                          .current_job = d->current_job,
+                                          .jobs_done = d->jobs_done,
+                                          .busy_seconds = d->busy_seconds,
                                           .energy = d->energy};
         memcpy(out[i].name, pool->cfg.device.name, sizeof out[i].name);
     }
@@ -461,4 +471,7 @@ void pim_pool_expire(pim_pool *pool)
     pthread_mutex_unlock(&pool->lock);
 }
 
-const struct pim_device *pim_pool_device_config(const pim_pool *pool) { return &pool->cfg.device; }
+const struct pim_device *pim_pool_device_config(const pim_pool *pool)
+{
+    return &pool->cfg.device;
+}

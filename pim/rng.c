@@ -7,12 +7,12 @@
  * 16 * block + lane, lanes 16..31 the sine branch of the same pairs, so the
  * SIMD versions need no shuffles. The scalar reference uses libm; the SIMD
  * versions share one polynomial log/sincos (within 2e-6 of it). */
+#include "pim/pim_internal.h"
+#include "util/util.h"
+
 #include <immintrin.h>
 #include <math.h>
 #include <string.h>
-
-#include "pim/pim_internal.h"
-#include "util/util.h"
 
 static uint64_t splitmix(uint64_t x)
 {
@@ -78,8 +78,8 @@ static inline __m256 unit_avx2(__m256i w)
 static inline __m256 log_avx2(__m256 x)
 {
     __m256i bits = _mm256_castps_si256(x);
-    __m256 e = _mm256_cvtepi32_ps(
-        _mm256_sub_epi32(_mm256_srli_epi32(bits, 23), _mm256_set1_epi32(126)));
+    __m256 e =
+        _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_srli_epi32(bits, 23), _mm256_set1_epi32(126)));
     x = _mm256_castsi256_ps(_mm256_or_si256(_mm256_and_si256(bits, _mm256_set1_epi32(0x007fffff)),
                                             _mm256_set1_epi32(0x3f000000))); /* [0.5, 1) */
     __m256 small = _mm256_cmp_ps(x, _mm256_set1_ps(0.707106781186547524f), _CMP_LT_OQ);
@@ -142,8 +142,9 @@ static void normal_block_avx2(uint64_t key, uint64_t block, float *out)
                                      _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
         __m256i va = _mm256_set1_epi32((int)a), vb = _mm256_set1_epi32((int)b);
         __m256i w1 = mix32_avx2(_mm256_add_epi32(mix32_avx2(_mm256_xor_si256(k, va)), vb));
-        __m256i w2 = mix32_avx2(_mm256_xor_si256(
-            _mm256_xor_si256(mix32_avx2(_mm256_add_epi32(k, vb)), va), _mm256_set1_epi32((int)0x9e3779b9u)));
+        __m256i w2 =
+            mix32_avx2(_mm256_xor_si256(_mm256_xor_si256(mix32_avx2(_mm256_add_epi32(k, vb)), va),
+                                        _mm256_set1_epi32((int)0x9e3779b9u)));
         __m256 r = _mm256_sqrt_ps(_mm256_mul_ps(_mm256_set1_ps(-2.0f), log_avx2(unit_avx2(w1))));
         __m256 s, c;
         sincos2pi_avx2(unit_avx2(w2), &s, &c);
@@ -175,10 +176,14 @@ void pim_rng_normal_avx2(uint64_t key, uint64_t first, float *out, size_t n)
 bool pim_isa_available(enum pim_isa isa)
 {
     switch (isa) {
-    case PIM_ISA_SCALAR: return true;
-    case PIM_ISA_AVX2: return util_cpu()->avx2 && util_cpu()->fma;
-    case PIM_ISA_AVX512: return util_cpu_has_avx512() && util_cpu()->avx512vnni;
-    default: return false;
+    case PIM_ISA_SCALAR:
+        return true;
+    case PIM_ISA_AVX2:
+        return util_cpu()->avx2 && util_cpu()->fma;
+    case PIM_ISA_AVX512:
+        return util_cpu_has_avx512() && util_cpu()->avx512vnni;
+    default:
+        return false;
     }
 }
 
@@ -197,9 +202,15 @@ void pim_rng_normal_with(enum pim_isa isa, uint64_t key, uint64_t first, float *
 {
     UTIL_CHECK(pim_isa_available(isa));
     switch (isa) {
-    case PIM_ISA_SCALAR: pim_rng_normal_scalar(key, first, out, n); break;
-    case PIM_ISA_AVX2: pim_rng_normal_avx2(key, first, out, n); break;
-    default: pim_rng_normal_avx512(key, first, out, n); break;
+    case PIM_ISA_SCALAR:
+        pim_rng_normal_scalar(key, first, out, n);
+        break;
+    case PIM_ISA_AVX2:
+        pim_rng_normal_avx2(key, first, out, n);
+        break;
+    default:
+        pim_rng_normal_avx512(key, first, out, n);
+        break;
     }
 }
 

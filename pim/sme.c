@@ -12,13 +12,13 @@
  *
  * Squeezing only removes rows and columns, so the count never exceeds the
  * unsqueezed mapping of the same planes, ceil(N/R) ceil(2 M S_w / C). */
+#include "pim/pim_internal.h"
+#include "util/util.h"
+
 #include <errno.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-
-#include "pim/pim_internal.h"
-#include "util/util.h"
 
 /* One packed crossbar. */
 struct sme_xbar {
@@ -65,7 +65,8 @@ int pim_sme_map(const struct pim_device *dev, const int32_t *wq, int m, int n, i
                 pim_sme **out, struct pim_sme_stats *stats)
 {
     *out = NULL;
-    if (pim_device_validate(dev, NULL) != 0 || m < 1 || n < 1 || weight_bits < 2 || weight_bits > 32)
+    if (pim_device_validate(dev, NULL) != 0 || m < 1 || n < 1 || weight_bits < 2 ||
+        weight_bits > 32)
         return -EINVAL;
     int64_t wmax = ((int64_t)1 << (weight_bits - 1)) - 1;
     for (size_t k = 0; k < (size_t)m * n; k++)
@@ -74,10 +75,13 @@ int pim_sme_map(const struct pim_device *dev, const int32_t *wq, int m, int n, i
     int cb = dev->cell_bits, R = dev->rows, C = dev->cols;
     int slices = pim_ceil_div(weight_bits - 1, cb);
     memset(stats, 0, sizeof *stats);
-    stats->crossbars_baseline = (uint64_t)pim_ceil_div(n, R) * (uint64_t)pim_ceil_div(2L * m * slices, C);
-    stats->crossbars_offset = (uint64_t)pim_ceil_div(n, R) * (uint64_t)pim_ceil_div((long)m * pim_ceil_div(weight_bits, cb), C);
+    stats->crossbars_baseline =
+        (uint64_t)pim_ceil_div(n, R) * (uint64_t)pim_ceil_div(2L * m * slices, C);
+    stats->crossbars_offset = (uint64_t)pim_ceil_div(n, R) *
+                              (uint64_t)pim_ceil_div((long)m * pim_ceil_div(weight_bits, cb), C);
     uint64_t set_bits = 0;
-    for (size_t k = 0; k < (size_t)m * n; k++) set_bits += (uint64_t)__builtin_popcountll((uint64_t)llabs(wq[k]));
+    for (size_t k = 0; k < (size_t)m * n; k++)
+        set_bits += (uint64_t)__builtin_popcountll((uint64_t)llabs(wq[k]));
     stats->bit_density = (double)set_bits / ((double)m * n * (weight_bits - 1));
 
     /* The non-empty plane columns, high planes first, sparse ones first. */
@@ -137,7 +141,8 @@ int pim_sme_map(const struct pim_device *dev, const int32_t *wq, int m, int n, i
                 uint8_t *lv = x->levels + (size_t)c * x->rows;
                 long sum = 0;
                 for (int r = 0; r < x->rows; r++) {
-                    lv[r] = (uint8_t)magnitude_level(wq[(size_t)pc->output * n + x->row_input[r]], pc->sign, pc->slice, cb);
+                    lv[r] = (uint8_t)magnitude_level(wq[(size_t)pc->output * n + x->row_input[r]],
+                                                     pc->sign, pc->slice, cb);
                     sum += lv[r];
                 }
                 if (flips && 2 * sum > (long)x->rows * top) { /* ISAAC column flipping */
@@ -186,8 +191,7 @@ int pim_sme_vmm_q(const pim_sme *sme, struct pim_ctx *ctx, const int32_t *xq, in
     double step_s = fs > 0 && dev->adc_bits > 1 ? fs / (ldexp(1.0, dev->adc_bits - 1) - 1) : 1;
     memset(acc, 0, (size_t)batch * sme->m * sizeof(double));
     int rc = 0;
-#pragma omp parallel for num_threads(pim_threads(ctx)) \
-    schedule(dynamic, 1)
+#pragma omp parallel for num_threads(pim_threads(ctx)) schedule(dynamic, 1)
     for (int t = 0; t < batch; t++) {
         if (pim_ctx_cancelled(ctx)) continue;
         const int32_t *x = xq + (size_t)t * sme->n;
@@ -196,7 +200,8 @@ int pim_sme_vmm_q(const pim_sme *sme, struct pim_ctx *ctx, const int32_t *xq, in
             const struct sme_xbar *xb = &sme->xbars[i];
             for (int j = 0; j < S; j++) {
                 bool last = j == S - 1, is_signed = last && !negated;
-                struct pim_adc adc = pim_adc_make(dev->adc_bits, is_signed ? step_s : step_u, is_signed);
+                struct pim_adc adc =
+                    pim_adc_make(dev->adc_bits, is_signed ? step_s : step_u, is_signed);
                 double dsum = 0;
                 int digits[xb->rows];
                 for (int r = 0; r < xb->rows; r++) {
@@ -224,12 +229,17 @@ int pim_sme_vmm_q(const pim_sme *sme, struct pim_ctx *ctx, const int32_t *xq, in
             conv += (uint64_t)sme->xbars[i].cols;
             dacs += (uint64_t)sme->xbars[i].rows;
         }
-        struct pim_vmm_counts c = {.row_blocks = 1, .weight_slices = 1, .input_cycles = S,
+        struct pim_vmm_counts c = {.row_blocks = 1,
+                                   .weight_slices = 1,
+                                   .input_cycles = S,
                                    .crossbars = (uint64_t)sme->n_xbars,
-                                   .adc_conversions = conv * S, .dac_conversions = dacs * S,
+                                   .adc_conversions = conv * S,
+                                   .dac_conversions = dacs * S,
                                    .crossbar_reads = (uint64_t)sme->n_xbars * S,
-                                   .shift_adds = conv * S, .cycles = (uint64_t)S};
-        pim_cost_add_reads(dev, pim_dataflow_get(PIM_DF_ISAAC), &c, sme->m, sme->n, (uint64_t)batch, cost);
+                                   .shift_adds = conv * S,
+                                   .cycles = (uint64_t)S};
+        pim_cost_add_reads(dev, pim_dataflow_get(PIM_DF_ISAAC), &c, sme->m, sme->n, (uint64_t)batch,
+                           cost);
     }
     return rc;
 }

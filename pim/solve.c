@@ -15,14 +15,14 @@
  * bits (one step when the INV circuit alone contracts, as in RePAST's
  * iteration x += INV(r)); x += d; until the residual meets the tolerance or
  * stops shrinking. */
+#include "pim/pim_internal.h"
+#include "util/util.h"
+
 #include <errno.h>
 #include <lapacke.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-
-#include "pim/pim_internal.h"
-#include "util/util.h"
 
 /* Residual reduction each refinement step asks of its inner solve: about
  * what one 8-bit INV solve gives a well-conditioned system. */
@@ -45,11 +45,11 @@ void pim_solve_options_default(struct pim_solve_options *opt)
 struct inv_circuit {
     const struct pim_device *dev;
     int n;
-    double *lu;               /* LU factors of the programmed A_H */
+    double *lu; /* LU factors of the programmed A_H */
     lapack_int *piv;
     struct pim_cost per_solve; /* without its time: see inv_time */
     double solve_time;
-    uint64_t replicas;        /* circuits side by side on half the device */
+    uint64_t replicas; /* circuits side by side on half the device */
 };
 
 /* A_H on the INV arrays: quantised, with programming noise (a fraction of
@@ -82,10 +82,12 @@ static int inv_program(const struct pim_device *dev, struct pim_ctx *ctx, const 
     free(u);
     lapack_int info = LAPACKE_dgetrf(LAPACK_ROW_MAJOR, n, n, inv->lu, n, inv->piv);
 
-    uint64_t crossbars = (uint64_t)pim_ceil_div(n, dev->rows) * (uint64_t)pim_ceil_div(2L * n, dev->cols);
+    uint64_t crossbars =
+        (uint64_t)pim_ceil_div(n, dev->rows) * (uint64_t)pim_ceil_div(2L * n, dev->cols);
     pim_cost_add_program(dev, 2 * nn, crossbars, cost);
     cost->crossbars += crossbars;
-    cost->area += (double)crossbars * dev->xbar_area + (double)n * (2 * dev->dac_area + dev->adc_area);
+    cost->area +=
+        (double)crossbars * dev->xbar_area + (double)n * (2 * dev->dac_area + dev->adc_area);
 
     struct pim_device conv = *dev;
     conv.adc_bits = dev->inv_bits;
@@ -168,7 +170,8 @@ static int hp_apply(struct hp_vmm *hp, struct pim_ctx *ctx, const double *x, int
     int n = hp->n;
     int32_t *xq = util_xmalloc((size_t)k * n * sizeof(int32_t));
     double *scales = util_xmalloc((size_t)k * sizeof(double));
-    for (int c = 0; c < k; c++) scales[c] = pim_quantize_d(x + (size_t)c * n, (size_t)n, hp->bits, xq + (size_t)c * n);
+    for (int c = 0; c < k; c++)
+        scales[c] = pim_quantize_d(x + (size_t)c * n, (size_t)n, hp->bits, xq + (size_t)c * n);
     int rc = pim_matrix_vmm_q(hp->mat, hp->df, ctx, xq, k, y, cost);
     double sa = pim_matrix_scale(hp->mat);
     for (size_t i = 0; rc == 0 && i < (size_t)k * n; i++) y[i] *= sa * scales[i / n];
@@ -186,7 +189,10 @@ static double dot(const double *a, const double *b, int n)
     return s;
 }
 
-static double norm2(const double *a, int n) { return sqrt(dot(a, a, n)); }
+static double norm2(const double *a, int n)
+{
+    return sqrt(dot(a, a, n));
+}
 
 /* --------------------------------------------------------------- FGMRES */
 
@@ -196,8 +202,8 @@ static double norm2(const double *a, int n) { return sqrt(dot(a, a, n)); }
  * Returns 0 or -ECANCELED; counts INV solves and products in stats. */
 struct fgmres {
     int n, k, m;
-    double *v, *z;     /* [k][m+1][n], [k][m][n] */
-    double *h;         /* [k][(m+1) m] */
+    double *v, *z;       /* [k][m+1][n], [k][m][n] */
+    double *h;           /* [k][(m+1) m] */
     double *cs, *sn, *g; /* [k][m+1] */
     double *y;           /* [m] */
     int *steps;
@@ -376,7 +382,8 @@ int pim_solve(const struct pim_device *dev, struct pim_ctx *ctx, const double *a
         for (int c = 0; c < k; c++) bt[(size_t)c * n + i] = b[(size_t)i * k + c];
 
     int rc = inv_program(dev, ctx, a, n, &inv, cost);
-    for (int c = 0; rc == 0 && c < k; c++) inv_solve(&inv, bt + (size_t)c * n, xt + (size_t)c * n, scratch, cost);
+    for (int c = 0; rc == 0 && c < k; c++)
+        inv_solve(&inv, bt + (size_t)c * n, xt + (size_t)c * n, scratch, cost);
     if (rc == 0) inv_time(&inv, (uint64_t)k, cost);
     stats->inv_solves = rc == 0 ? k : 0;
     if (rc == 0 && opt->refine) {
@@ -403,7 +410,9 @@ int pim_solve(const struct pim_device *dev, struct pim_ctx *ctx, const double *a
                 for (int i = 0; i < n; i++) r[i] = bc[i] - r[i];
                 double bn = norm2(bc, n), res = bn > 0 ? norm2(r, n) / bn : norm2(r, n);
                 if (res > STAGNATION * prev[c]) { /* past the floor: keep the better x */
-                    if (res > prev[c]) memcpy(xt + (size_t)c * n, xbest + (size_t)c * n, (size_t)n * sizeof(double));
+                    if (res > prev[c])
+                        memcpy(xt + (size_t)c * n, xbest + (size_t)c * n,
+                               (size_t)n * sizeof(double));
                     continue;
                 }
                 memcpy(xbest + (size_t)c * n, xt + (size_t)c * n, (size_t)n * sizeof(double));
@@ -419,7 +428,8 @@ int pim_solve(const struct pim_device *dev, struct pim_ctx *ctx, const double *a
             ncols = still;
             if (ncols == 0) break;
             stats->iterations = it + 1;
-            rc = fgmres_solve(&fg, &inv, &hp, ctx, rt, cols, ncols, INNER_REDUCTION, dt, stats, cost);
+            rc = fgmres_solve(&fg, &inv, &hp, ctx, rt, cols, ncols, INNER_REDUCTION, dt, stats,
+                              cost);
             /* x += d; a correction below tolerance |x| means x is within it. */
             still = 0;
             for (int t = 0; rc == 0 && t < ncols; t++) {
@@ -511,7 +521,8 @@ int pim_kfac_step(const struct pim_device *dev, struct pim_ctx *ctx, const float
     }
     if (rc == 0) {
         for (int i = 0; i < d_out; i++)
-            for (int j = 0; j < d_in; j++) precond[(size_t)i * d_in + j] = (float)pt[(size_t)j * d_out + i];
+            for (int j = 0; j < d_in; j++)
+                precond[(size_t)i * d_in + j] = (float)pt[(size_t)j * d_out + i];
         stats->iterations = s1.iterations > s2.iterations ? s1.iterations : s2.iterations;
         stats->inv_solves = s1.inv_solves + s2.inv_solves;
         stats->vmm_products = s1.vmm_products + s2.vmm_products;

@@ -12,13 +12,13 @@
  * noise is added, and the dataflow converts and accumulates. Work is split
  * over m-groups (OpenMP) and tiles of vectors; every random number is keyed
  * by what it belongs to, so the split does not change the result. */
+#include "pim/pim_internal.h"
+#include "util/util.h"
+
 #include <errno.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-
-#include "pim/pim_internal.h"
-#include "util/util.h"
 
 /* ------------------------------------------------------------ quantisation */
 
@@ -121,7 +121,8 @@ static float cell_conductance(const struct pim_device *dev, const struct pim_mat
         g = top + off;
     else if (u_stuck <= dev->stuck_on_rate + dev->stuck_off_rate)
         g = off;
-    if (dev->drift_time > 1) g *= pow(dev->drift_time, -(dev->drift_nu + dev->drift_nu_std * z_drift));
+    if (dev->drift_time > 1)
+        g *= pow(dev->drift_time, -(dev->drift_nu + dev->drift_nu_std * z_drift));
     return (float)(g - off);
 }
 
@@ -136,7 +137,8 @@ static void program_row(struct pim_matrix *mat, uint64_t seed, int s, int p, int
     size_t width = (size_t)mat->groups * PIM_GROUP;
     if (!mat->exact_cells) {
         uint64_t first = (uint64_t)i * (uint64_t)n;
-        if (dev->prog_noise > 0) pim_rng_normal(pim_key(seed, mat->stream, 1, plane), first, z_prog, n);
+        if (dev->prog_noise > 0)
+            pim_rng_normal(pim_key(seed, mat->stream, 1, plane), first, z_prog, n);
         if (dev->stuck_on_rate + dev->stuck_off_rate > 0)
             pim_rng_uniform(pim_key(seed, mat->stream, 2, plane), first, u_stuck, n);
         if (dev->drift_time > 1 && dev->drift_nu_std > 0)
@@ -145,14 +147,17 @@ static void program_row(struct pim_matrix *mat, uint64_t seed, int s, int p, int
     for (int k = 0; k < n; k++) {
         int b = k / rows, r = k % rows;
         int level = stored_level(mat, mat->wq[(size_t)i * n + k], s, p);
-        if (mat->flip && mat->flip[((size_t)s * mat->nb + b) * width + i]) level = mat->levels - 1 - level;
+        if (mat->flip && mat->flip[((size_t)s * mat->nb + b) * width + i])
+            level = mat->levels - 1 - level;
         if (mat->exact_cells) {
-            put_level(mat, base, ((size_t)b * (r4 / 4) + r / 4) * (PIM_GROUP * 4) + col * 4 + (r & 3), level);
+            put_level(mat, base,
+                      ((size_t)b * (r4 / 4) + r / 4) * (PIM_GROUP * 4) + col * 4 + (r & 3), level);
         } else {
             float zp = dev->prog_noise > 0 ? z_prog[k] : 0;
             float us = dev->stuck_on_rate + dev->stuck_off_rate > 0 ? u_stuck[k] : 2.0f;
             float zd = dev->drift_time > 1 && dev->drift_nu_std > 0 ? z_drift[k] : 0;
-            mat->g[base + ((size_t)b * r4 + r) * PIM_GROUP + col] = cell_conductance(dev, mat, level, zp, us, zd);
+            mat->g[base + ((size_t)b * r4 + r) * PIM_GROUP + col] =
+                cell_conductance(dev, mat, level, zp, us, zd);
         }
     }
 }
@@ -171,8 +176,10 @@ static void npim_converters(struct pim_matrix *mat, uint64_t seed)
         mat->npim_gain[k] = 1.0f + (float)dev->npim_sa_gain_error * mat->npim_gain[k];
     for (int i = 0; i < mat->m; i++)
         for (int k = 0; k < mat->n; k++)
-            mat->npim_fs[(size_t)(k / dev->rows) * width + i] += fabs((double)mat->wq[(size_t)i * mat->n + k]);
-    for (size_t k = 0; k < (size_t)mat->nb * width; k++) mat->npim_fs[k] *= xmax * dev->npim_full_scale;
+            mat->npim_fs[(size_t)(k / dev->rows) * width + i] +=
+                fabs((double)mat->wq[(size_t)i * mat->n + k]);
+    for (size_t k = 0; k < (size_t)mat->nb * width; k++)
+        mat->npim_fs[k] *= xmax * dev->npim_full_scale;
 }
 
 int pim_matrix_program_q(const struct pim_device *dev, struct pim_ctx *ctx, const int32_t *wq,
@@ -230,8 +237,8 @@ int pim_matrix_program_q(const struct pim_device *dev, struct pim_ctx *ctx, cons
 #pragma omp for collapse(2) schedule(dynamic, 8)
         for (int plane = 0; plane < planes; plane++)
             for (int i = 0; i < m; i++)
-                program_row(mat, ctx->seed, plane / mat->stored, plane % mat->stored, i,
-                            z_prog, u_stuck, z_drift);
+                program_row(mat, ctx->seed, plane / mat->stored, plane % mat->stored, i, z_prog,
+                            u_stuck, z_drift);
         free(z_prog);
         free(u_stuck);
         free(z_drift);
@@ -240,7 +247,8 @@ int pim_matrix_program_q(const struct pim_device *dev, struct pim_ctx *ctx, cons
 
     struct pim_vmm_counts c;
     pim_dataflow_get(PIM_DF_ISAAC)->counts(dev, m, n, &c);
-    pim_cost_add_program(dev, (uint64_t)m * n * mat->slices * mat->polarities, c.crossbars, &mat->program_cost);
+    pim_cost_add_program(dev, (uint64_t)m * n * mat->slices * mat->polarities, c.crossbars,
+                         &mat->program_cost);
     mat->program_cost.crossbars = c.crossbars;
     *out = mat;
     return 0;
@@ -271,10 +279,22 @@ void pim_matrix_free(pim_matrix *mat)
     free(mat);
 }
 
-int pim_matrix_rows(const pim_matrix *mat) { return mat->m; }
-int pim_matrix_cols(const pim_matrix *mat) { return mat->n; }
-const int32_t *pim_matrix_weights_q(const pim_matrix *mat) { return mat->wq; }
-double pim_matrix_scale(const pim_matrix *mat) { return mat->scale; }
+int pim_matrix_rows(const pim_matrix *mat)
+{
+    return mat->m;
+}
+int pim_matrix_cols(const pim_matrix *mat)
+{
+    return mat->n;
+}
+const int32_t *pim_matrix_weights_q(const pim_matrix *mat)
+{
+    return mat->wq;
+}
+double pim_matrix_scale(const pim_matrix *mat)
+{
+    return mat->scale;
+}
 
 void pim_matrix_program_cost(const pim_matrix *mat, struct pim_cost *cost)
 {
@@ -288,9 +308,9 @@ void pim_matrix_program_cost(const pim_matrix *mat, struct pim_cost *cost)
 struct tile_inputs {
     int8_t *d8;
     float *df;
-    float *dsum;   /* [cycle][t][nb] */
-    float *d2sum;  /* [cycle][t][nb] */
-    double *xsum;  /* [t][nb] */
+    float *dsum;  /* [cycle][t][nb] */
+    float *d2sum; /* [cycle][t][nb] */
+    double *xsum; /* [t][nb] */
 };
 
 static void tile_inputs_fill(const struct pim_vmm_plan *plan, const int32_t *xq, int nt,
@@ -334,11 +354,13 @@ struct group_scratch {
     uint8_t *levels[2]; /* the unpacked (plane, m-group) of each polarity */
 };
 
-static void scratch_init(struct group_scratch *sc, const struct pim_matrix *mat, int nt, int nb, bool npim)
+static void scratch_init(struct group_scratch *sc, const struct pim_matrix *mat, int nt, int nb,
+                         bool npim)
 {
     size_t cells = (size_t)nt * nb * PIM_GROUP;
     for (int p = 0; p < 2; p++)
-        sc->levels[p] = mat->pack > 1 && p < mat->stored ? util_aligned_alloc(mat->plane_group_cells) : NULL;
+        sc->levels[p] =
+            mat->pack > 1 && p < mat->stored ? util_aligned_alloc(mat->plane_group_cells) : NULL;
     sc->p = util_aligned_alloc(cells * sizeof(float));
     sc->p2 = util_aligned_alloc(cells * sizeof(float));
     sc->q = util_aligned_alloc(cells * sizeof(float));
@@ -373,10 +395,12 @@ static void add_read_noise(const struct pim_vmm_plan *plan, const struct tile_in
     float sigma = (float)dev->read_noise;
     float cell_max = (float)(mat->levels - 1) + mat->level_off;
     for (int t = 0; t < tile->nt; t++) {
-        uint64_t key = pim_key(plan->noise_key, (uint64_t)(tile->t0 + t), (uint64_t)tile->j, (uint64_t)tile->s);
+        uint64_t key = pim_key(plan->noise_key, (uint64_t)(tile->t0 + t), (uint64_t)tile->j,
+                               (uint64_t)tile->s);
         for (int b = 0; b < nb; b++) {
             float *row = sc->p + ((size_t)t * nb + b) * PIM_GROUP;
-            pim_rng_normal(key, (uint64_t)b * mat->groups * PIM_GROUP + tile->c0, sc->noise, PIM_GROUP);
+            pim_rng_normal(key, (uint64_t)b * mat->groups * PIM_GROUP + tile->c0, sc->noise,
+                           PIM_GROUP);
             if (dev->read_noise_model == PIM_READ_NOISE_PROPORTIONAL) {
                 const float *var = q + ((size_t)t * nb + b) * PIM_GROUP;
                 for (int c = 0; c < PIM_GROUP; c++) row[c] += sigma * sqrtf(var[c]) * sc->noise[c];
@@ -413,7 +437,8 @@ static void run_group(const struct pim_vmm_plan *plan, const struct pim_dataflow
         for (int p = 0; mat->exact_cells && p < mat->stored; p++) {
             const uint8_t *lv = mat->lv + plane_offset(mat, s * mat->stored + p, tile->group);
             if (mat->pack > 1) {
-                kern->unpack(lv, mat->pack, mat->plane_group_bytes / (PIM_GROUP * 4), sc->levels[p]);
+                kern->unpack(lv, mat->pack, mat->plane_group_bytes / (PIM_GROUP * 4),
+                             sc->levels[p]);
                 lv = sc->levels[p];
             }
             planes[p] = lv;
@@ -426,7 +451,8 @@ static void run_group(const struct pim_vmm_plan *plan, const struct pim_dataflow
                     kern->i8(planes[p], in->d8 + (size_t)j * nt * ld, ld, nt, nb, r4, dst);
                 else
                     kern->f32(mat->g + plane_offset(mat, s * mat->stored + p, tile->group),
-                              in->df + (size_t)j * nt * ld, ld, nt, nb, r4, mat->level_off, dst, var);
+                              in->df + (size_t)j * nt * ld, ld, nt, nb, r4, mat->level_off, dst,
+                              var);
             }
             if (mat->stored == 2) { /* the pair's currents subtracted */
                 for (size_t k = 0; k < cells; k++) sc->p[k] -= sc->p2[k];
@@ -437,7 +463,8 @@ static void run_group(const struct pim_vmm_plan *plan, const struct pim_dataflow
                 float bias = (float)(mat->levels - 1);
                 for (int t = 0; t < nt; t++)
                     for (int b = 0; b < nb; b++) {
-                        float *row = sc->p + ((size_t)t * nb + b) * PIM_GROUP, off = bias * dsum[(size_t)t * nb + b];
+                        float *row = sc->p + ((size_t)t * nb + b) * PIM_GROUP,
+                              off = bias * dsum[(size_t)t * nb + b];
                         for (int c = 0; c < PIM_GROUP; c++) row[c] -= off;
                     }
             }
@@ -461,7 +488,8 @@ bool pim_matrix_product_exact(const pim_matrix *mat, const struct pim_dataflow *
     if (df->kind == PIM_DF_NEURAL_PIM)
         return dev->adc_bits == 0 && dev->npim_sa_gain_error == 0 && dev->npim_sa_noise == 0;
     if (dev->adc_bits == 0) return true;
-    if (dev->adc_full_scale != 0 || mat->adc_range || (df->kind == PIM_DF_CASCADE && mat->nb > 1)) return false;
+    if (dev->adc_full_scale != 0 || mat->adc_range || (df->kind == PIM_DF_CASCADE && mat->nb > 1))
+        return false;
     /* The largest |column value| of any cycle against the converter's codes. */
     int rows = mat->n < dev->rows ? mat->n : dev->rows, top = mat->levels - 1;
     double column = mat->flip ? (double)(rows * top / 2) : (double)rows * top;
@@ -493,7 +521,8 @@ static void exact_product(const pim_matrix *mat, const int32_t *xq, int batch, d
 
 /* The bit-sliced product through the kernels and the dataflow. */
 static int engine_product(pim_matrix *mat, const struct pim_dataflow *df, struct pim_ctx *ctx,
-                          const int32_t *xq, int batch, double *acc, int threads, double *calibration)
+                          const int32_t *xq, int batch, double *acc, int threads,
+                          double *calibration)
 {
     const struct pim_device *dev = &mat->dev;
     (void)threads; /* unused without OpenMP */
@@ -503,8 +532,10 @@ static int engine_product(pim_matrix *mat, const struct pim_dataflow *df, struct
     for (int s = 0; s < mat->slices; s++) {
         double fu = mat->adc_range ? mat->adc_range[2 * s] : dev->adc_full_scale;
         double fb = mat->adc_range ? mat->adc_range[2 * s + 1] : dev->adc_full_scale;
-        plan.step_unsigned[s] = fu > 0 && dev->adc_bits > 0 ? fu / (ldexp(1.0, dev->adc_bits) - 1) : 1;
-        plan.step_signed[s] = fb > 0 && dev->adc_bits > 1 ? fb / (ldexp(1.0, dev->adc_bits - 1) - 1) : 1;
+        plan.step_unsigned[s] =
+            fu > 0 && dev->adc_bits > 0 ? fu / (ldexp(1.0, dev->adc_bits) - 1) : 1;
+        plan.step_signed[s] =
+            fb > 0 && dev->adc_bits > 1 ? fb / (ldexp(1.0, dev->adc_bits - 1) - 1) : 1;
     }
     plan.noise_key = pim_key(ctx->seed, mat->stream, 4, mat->products);
     plan.calibration = calibration;
@@ -532,10 +563,15 @@ static int engine_product(pim_matrix *mat, const struct pim_dataflow *df, struct
 #pragma omp for schedule(dynamic, 1)
             for (int g = 0; g < mat->groups; g++) {
                 if (pim_ctx_cancelled(ctx)) continue;
-                struct pim_vmm_tile tile = {
-                    .t0 = t0, .nt = nt, .group = g, .c0 = g * PIM_GROUP,
-                    .width = mat->m - g * PIM_GROUP < PIM_GROUP ? mat->m - g * PIM_GROUP : PIM_GROUP,
-                    .xsum = in.xsum, .acc = acc};
+                struct pim_vmm_tile tile = {.t0 = t0,
+                                            .nt = nt,
+                                            .group = g,
+                                            .c0 = g * PIM_GROUP,
+                                            .width = mat->m - g * PIM_GROUP < PIM_GROUP
+                                                         ? mat->m - g * PIM_GROUP
+                                                         : PIM_GROUP,
+                                            .xsum = in.xsum,
+                                            .acc = acc};
                 run_group(&plan, df, kern, &in, &tile, &sc);
             }
             scratch_free(&sc);
@@ -578,7 +614,8 @@ static double *quantize_inputs(const pim_matrix *mat, const float *x, int batch,
 {
     double *scales = util_xmalloc((size_t)batch * sizeof(double));
     for (int t = 0; t < batch; t++)
-        scales[t] = pim_quantize(x + (size_t)t * mat->n, (size_t)mat->n, mat->dev.input_bits, xq + (size_t)t * mat->n);
+        scales[t] = pim_quantize(x + (size_t)t * mat->n, (size_t)mat->n, mat->dev.input_bits,
+                                 xq + (size_t)t * mat->n);
     return scales;
 }
 
@@ -590,7 +627,8 @@ int pim_matrix_calibrate_adc(pim_matrix *mat, struct pim_ctx *ctx, const float *
     double *range = util_xcalloc((size_t)mat->slices * 2, sizeof(double));
     free(mat->adc_range);
     mat->adc_range = NULL; /* measure through the uncalibrated device */
-    int rc = engine_product(mat, &pim_calibration_dataflow, ctx, xq, batch, NULL, pim_threads(ctx), range);
+    int rc = engine_product(mat, &pim_calibration_dataflow, ctx, xq, batch, NULL, pim_threads(ctx),
+                            range);
     mat->products++;
     if (rc == 0)
         mat->adc_range = range;
@@ -621,8 +659,7 @@ int pim_matrix_vmm(pim_matrix *mat, const struct pim_dataflow *df, struct pim_ct
 }
 
 int pim_linear(const struct pim_device *dev, const struct pim_dataflow *df, struct pim_ctx *ctx,
-               const float *x, int m, const float *w, int n, int k, float *y,
-               struct pim_cost *cost)
+               const float *x, int m, const float *w, int n, int k, float *y, struct pim_cost *cost)
 {
     pim_matrix *mat;
     int rc = pim_matrix_program(dev, ctx, w, n, k, &mat);

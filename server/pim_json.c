@@ -3,6 +3,8 @@
  * before it is used: types, ranges, shapes, finiteness, sizes. */
 #include "server/pim_json.h"
 
+#include "util/util.h"
+
 #include <dirent.h>
 #include <errno.h>
 #include <inttypes.h>
@@ -12,8 +14,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-#include "util/util.h"
 
 /* ------------------------------------------------------------------ errors */
 
@@ -63,7 +63,8 @@ static int get_int64(const json_t *v, int64_t lo, int64_t hi, const char *param,
     if (!json_is_real(v)) return INVALID(err, param, "'%s' must be an integer", param);
     d = json_real_value(v);
     if (!(d == floor(d)) || d < (double)lo || d > (double)hi)
-        return INVALID(err, param, "'%s' must be an integer in [%" PRId64 ", %" PRId64 "]", param, lo, hi);
+        return INVALID(err, param, "'%s' must be an integer in [%" PRId64 ", %" PRId64 "]", param,
+                       lo, hi);
     *out = (int64_t)d;
     return 0;
 }
@@ -103,7 +104,10 @@ struct device_field {
     size_t offset;
 };
 
-#define FIELD(n, k) {#n, k, offsetof(struct pim_device, n)}
+#define FIELD(n, k)                                                                                \
+    {                                                                                              \
+#n, k, offsetof(struct pim_device, n)                                                      \
+    }
 
 static const struct device_field device_fields[] = {
     FIELD(rows, F_INT),
@@ -172,13 +176,16 @@ static int set_device_field(const struct device_field *f, const json_t *v, struc
     int64_t l;
     int rc;
     switch (f->kind) {
-    case F_INT: return get_int(v, -1000000000, 1000000000, param, (int *)p, err);
+    case F_INT:
+        return get_int(v, -1000000000, 1000000000, param, (int *)p, err);
     case F_LONG:
         rc = get_int64(v, 0, INT64_MAX / 2, param, &l, err);
         if (rc == 0) *(long *)p = (long)l;
         return rc;
-    case F_REAL: return get_real(v, param, (double *)p, err);
-    case F_BOOL: return get_bool(v, param, (bool *)p, err);
+    case F_REAL:
+        return get_real(v, param, (double *)p, err);
+    case F_BOOL:
+        return get_bool(v, param, (bool *)p, err);
     case F_SIGNED_MODE: {
         const char *s = json_string_value(v);
         if (s && strcmp(s, "offset") == 0)
@@ -211,12 +218,15 @@ int pim_json_device_apply(const json_t *obj, struct pim_device *dev, const char 
     json_t *v;
     json_object_foreach((json_t *)obj, key, v)
     {
-        if (!strcmp(key, "preset") || !strcmp(key, "name") || !strcmp(key, "base") || !strcmp(key, "notes"))
+        if (!strcmp(key, "preset") || !strcmp(key, "name") || !strcmp(key, "base") ||
+            !strcmp(key, "notes"))
             continue;
         char param[64];
         snprintf(param, sizeof param, "%s%s", prefix, key);
         const struct device_field *f = device_field(key);
-        if (!f) return set_error(err, -EINVAL, "unknown_parameter", param, "unknown device field '%s'", key);
+        if (!f)
+            return set_error(err, -EINVAL, "unknown_parameter", param, "unknown device field '%s'",
+                             key);
         int rc = set_device_field(f, v, dev, param, err);
         if (rc) return rc;
     }
@@ -232,15 +242,26 @@ json_t *pim_json_device(const struct pim_device *dev)
         const char *p = (const char *)dev + f->offset;
         json_t *v = NULL;
         switch (f->kind) {
-        case F_INT: v = json_integer(*(const int *)p); break;
-        case F_LONG: v = json_integer(*(const long *)p); break;
-        case F_REAL: v = json_real(*(const double *)p); break;
-        case F_BOOL: v = json_boolean(*(const bool *)p); break;
+        case F_INT:
+            v = json_integer(*(const int *)p);
+            break;
+        case F_LONG:
+            v = json_integer(*(const long *)p);
+            break;
+        case F_REAL:
+            v = json_real(*(const double *)p);
+            break;
+        case F_BOOL:
+            v = json_boolean(*(const bool *)p);
+            break;
         case F_SIGNED_MODE:
-            v = json_string(*(const enum pim_signed_mode *)p == PIM_SIGNED_OFFSET ? "offset" : "differential");
+            v = json_string(*(const enum pim_signed_mode *)p == PIM_SIGNED_OFFSET ? "offset"
+                                                                                  : "differential");
             break;
         case F_NOISE_MODEL:
-            v = json_string(*(const enum pim_read_noise_model *)p == PIM_READ_NOISE_PROPORTIONAL ? "proportional" : "additive");
+            v = json_string(*(const enum pim_read_noise_model *)p == PIM_READ_NOISE_PROPORTIONAL
+                                ? "proportional"
+                                : "additive");
             break;
         }
         json_object_set_new(o, f->name, v);
@@ -278,7 +299,10 @@ const struct pim_device *pim_presets_find(const pim_presets *presets, const char
     return NULL;
 }
 
-int pim_presets_count(const pim_presets *presets) { return presets ? presets->count : 0; }
+int pim_presets_count(const pim_presets *presets)
+{
+    return presets ? presets->count : 0;
+}
 
 const struct pim_device *pim_presets_at(const pim_presets *presets, int index)
 {
@@ -333,7 +357,8 @@ int pim_presets_load_dir(const char *dir, pim_presets **out, struct pim_json_err
             snprintf(dev.name, sizeof dev.name, "%s", name);
             rc = pim_json_device_apply(files[i], &dev, "", err);
             if (rc == 0 && pim_device_validate(&dev, NULL) != 0)
-                rc = set_error(err, -EINVAL, "invalid_preset", name, "preset %s is not a valid device", name);
+                rc = set_error(err, -EINVAL, "invalid_preset", name,
+                               "preset %s is not a valid device", name);
             if (rc == 0) {
                 p->devices[p->count++] = dev;
                 done[i] = true;
@@ -341,7 +366,8 @@ int pim_presets_load_dir(const char *dir, pim_presets **out, struct pim_json_err
             }
         }
         if (rc == 0 && resolved == before)
-            rc = set_error(err, -EINVAL, "invalid_preset", "base", "a preset's base is missing or circular");
+            rc = set_error(err, -EINVAL, "invalid_preset", "base",
+                           "a preset's base is missing or circular");
     }
     free(done);
     for (int i = 0; i < n; i++) json_decref(files[i]);
@@ -385,7 +411,8 @@ static long b64_decode(const char *s, size_t len, uint8_t *out, size_t cap)
             v[k] = b64_value(c);
             if (v[k] < 0) return -1;
         }
-        uint32_t w = (uint32_t)v[0] << 18 | (uint32_t)v[1] << 12 | (uint32_t)v[2] << 6 | (uint32_t)v[3];
+        uint32_t w =
+            (uint32_t)v[0] << 18 | (uint32_t)v[1] << 12 | (uint32_t)v[2] << 6 | (uint32_t)v[3];
         int bytes = 3 - pad;
         if (o + (size_t)bytes > cap) return -1;
         for (int k = 0; k < bytes; k++) out[o++] = (uint8_t)(w >> (16 - 8 * k));
@@ -429,15 +456,17 @@ static int check_shape(struct parse_ctx *pc, const char *param, int ndim, const 
     for (int i = 0; i < ndim; i++) {
         if (shape[i] < 1) return INVALID(pc->err, param, "'%s' has an empty dimension", param);
         if (shape[i] > pc->lim->max_dim)
-            return set_error(pc->err, -E2BIG, "too_large", param, "'%s' has a dimension over %" PRId64,
-                             param, pc->lim->max_dim);
+            return set_error(pc->err, -E2BIG, "too_large", param,
+                             "'%s' has a dimension over %" PRId64, param, pc->lim->max_dim);
         n *= shape[i];
         if (n > pc->lim->max_tensor_elements)
-            return set_error(pc->err, -E2BIG, "too_large", param, "'%s' has more than %" PRId64 " values",
-                             param, pc->lim->max_tensor_elements);
+            return set_error(pc->err, -E2BIG, "too_large", param,
+                             "'%s' has more than %" PRId64 " values", param,
+                             pc->lim->max_tensor_elements);
     }
     if (pc->total + n > pc->lim->max_total_elements)
-        return set_error(pc->err, -E2BIG, "too_large", param, "the job's tensors exceed %" PRId64 " values",
+        return set_error(pc->err, -E2BIG, "too_large", param,
+                         "the job's tensors exceed %" PRId64 " values",
                          pc->lim->max_total_elements);
     pc->total += n;
     *count = n;
@@ -449,8 +478,8 @@ static int fill_nested(struct parse_ctx *pc, const char *param, const json_t *v,
 {
     if (depth == t->ndim) {
         if (!json_is_number(v))
-            return INVALID(pc->err, param, "'%s' must hold numbers (found a %s at value %zu)", param,
-                           json_is_array(v) ? "nested array" : "non-number", *pos);
+            return INVALID(pc->err, param, "'%s' must hold numbers (found a %s at value %zu)",
+                           param, json_is_array(v) ? "nested array" : "non-number", *pos);
         double d = json_number_value(v);
         float f = (float)d;
         if (!isfinite(d) || !isfinite(f))
@@ -459,8 +488,9 @@ static int fill_nested(struct parse_ctx *pc, const char *param, const json_t *v,
         return 0;
     }
     if (!json_is_array(v) || (int64_t)json_array_size(v) != t->shape[depth])
-        return INVALID(pc->err, param, "'%s' is ragged: every row at depth %d must have %" PRId64 " entries",
-                       param, depth, t->shape[depth]);
+        return INVALID(pc->err, param,
+                       "'%s' is ragged: every row at depth %d must have %" PRId64 " entries", param,
+                       depth, t->shape[depth]);
     for (size_t i = 0; i < json_array_size(v); i++) {
         int rc = fill_nested(pc, param, json_array_get(v, i), depth + 1, t, pos);
         if (rc) return rc;
@@ -475,9 +505,11 @@ static int tensor_from_nested(struct parse_ctx *pc, const char *param, const jso
     int ndim = 0;
     for (const json_t *v = arr; json_is_array(v); v = json_array_get(v, 0)) {
         if (ndim == PIM_TENSOR_MAX_DIMS)
-            return INVALID(pc->err, param, "'%s' has more than %d dimensions", param, PIM_TENSOR_MAX_DIMS);
+            return INVALID(pc->err, param, "'%s' has more than %d dimensions", param,
+                           PIM_TENSOR_MAX_DIMS);
         shape[ndim++] = (int64_t)json_array_size(v);
-        if (json_array_size(v) == 0) return INVALID(pc->err, param, "'%s' has an empty dimension", param);
+        if (json_array_size(v) == 0)
+            return INVALID(pc->err, param, "'%s' has an empty dimension", param);
     }
     int64_t count;
     int rc = check_shape(pc, param, ndim, shape, &count);
@@ -497,20 +529,25 @@ static int tensor_from_object(struct parse_ctx *pc, const char *param, const jso
     json_object_foreach((json_t *)obj, key, v)
     {
         if (strcmp(key, "shape") && strcmp(key, "dtype") && strcmp(key, "data"))
-            return set_error(pc->err, -EINVAL, "unknown_parameter", param, "'%s' has an unknown field '%s'", param, key);
+            return set_error(pc->err, -EINVAL, "unknown_parameter", param,
+                             "'%s' has an unknown field '%s'", param, key);
     }
     const json_t *jshape = json_object_get(obj, "shape"), *jdtype = json_object_get(obj, "dtype");
     const json_t *jdata = json_object_get(obj, "data");
     if (jdtype && (!json_is_string(jdtype) || (strcmp(json_string_value(jdtype), "f32") != 0 &&
                                                strcmp(json_string_value(jdtype), "float32") != 0)))
         return INVALID(pc->err, param, "'%s': only dtype \"f32\" is supported", param);
-    if (!json_is_array(jshape) || json_array_size(jshape) < 1 || json_array_size(jshape) > PIM_TENSOR_MAX_DIMS)
-        return INVALID(pc->err, param, "'%s': shape must list 1 to %d sizes", param, PIM_TENSOR_MAX_DIMS);
-    if (!json_is_string(jdata)) return INVALID(pc->err, param, "'%s': data must be a base64 string", param);
+    if (!json_is_array(jshape) || json_array_size(jshape) < 1 ||
+        json_array_size(jshape) > PIM_TENSOR_MAX_DIMS)
+        return INVALID(pc->err, param, "'%s': shape must list 1 to %d sizes", param,
+                       PIM_TENSOR_MAX_DIMS);
+    if (!json_is_string(jdata))
+        return INVALID(pc->err, param, "'%s': data must be a base64 string", param);
     int ndim = (int)json_array_size(jshape);
     int64_t shape[PIM_TENSOR_MAX_DIMS];
     for (int i = 0; i < ndim; i++) {
-        int rc = get_int64(json_array_get(jshape, (size_t)i), 1, INT64_MAX / 2, param, &shape[i], pc->err);
+        int rc = get_int64(json_array_get(jshape, (size_t)i), 1, INT64_MAX / 2, param, &shape[i],
+                           pc->err);
         if (rc) return rc;
     }
     int64_t count;
@@ -518,8 +555,9 @@ static int tensor_from_object(struct parse_ctx *pc, const char *param, const jso
     if (rc) return rc;
     size_t bytes = (size_t)count * 4, len = json_string_length(jdata);
     if (len != (bytes + 2) / 3 * 4)
-        return INVALID(pc->err, param, "'%s': data holds %zu base64 characters, the shape needs %zu",
-                       param, len, (bytes + 2) / 3 * 4);
+        return INVALID(pc->err, param,
+                       "'%s': data holds %zu base64 characters, the shape needs %zu", param, len,
+                       (bytes + 2) / 3 * 4);
     pim_tensor_alloc(t, ndim, shape);
     long got = b64_decode(json_string_value(jdata), len, (uint8_t *)t->data, bytes);
     if (got != (long)bytes) {
@@ -535,12 +573,14 @@ static int tensor_from_object(struct parse_ctx *pc, const char *param, const jso
     return 0;
 }
 
-static int parse_tensor(struct parse_ctx *pc, const char *param, const json_t *v, struct pim_tensor *t)
+static int parse_tensor(struct parse_ctx *pc, const char *param, const json_t *v,
+                        struct pim_tensor *t)
 {
     pim_tensor_free(t);
     if (json_is_array(v)) return tensor_from_nested(pc, param, v, t);
     if (json_is_object(v)) return tensor_from_object(pc, param, v, t);
-    return INVALID(pc->err, param, "'%s' must be a nested array or {\"shape\", \"dtype\", \"data\"}", param);
+    return INVALID(pc->err, param,
+                   "'%s' must be a nested array or {\"shape\", \"dtype\", \"data\"}", param);
 }
 
 /* ------------------------------------------------------------- job fields */
@@ -551,7 +591,8 @@ static int p_type(struct parse_ctx *pc, const char *k, const json_t *v)
     enum pim_job_type type;
     if (!s || pim_job_type_parse(s, &type) != 0)
         return set_error(pc->err, -EINVAL, "unknown_type", k,
-                         "'type' must be one of vmm, solve, invert, kfac_step, sme_map, admm_compress, dataflow_eval");
+                         "'type' must be one of vmm, solve, invert, kfac_step, sme_map, "
+                         "admm_compress, dataflow_eval");
     pc->job->type = type;
     pc->have_type = true;
     return 0;
@@ -559,7 +600,7 @@ static int p_type(struct parse_ctx *pc, const char *k, const json_t *v)
 
 static int p_device(struct parse_ctx *pc, const char *k, const json_t *v)
 {
-    const char *preset = json_is_string(v) ? json_string_value(v)
+    const char *preset = json_is_string(v)   ? json_string_value(v)
                          : json_is_object(v) ? json_string_value(json_object_get(v, "preset"))
                                              : NULL;
     if (!json_is_string(v) && !json_is_object(v))
@@ -569,7 +610,8 @@ static int p_device(struct parse_ctx *pc, const char *k, const json_t *v)
     if (preset) {
         const struct pim_device *d = pc->presets ? pim_presets_find(pc->presets, preset) : NULL;
         if (!d && strcmp(preset, "isaac") != 0)
-            return set_error(pc->err, -EINVAL, "unknown_preset", json_is_string(v) ? "device" : "device.preset",
+            return set_error(pc->err, -EINVAL, "unknown_preset",
+                             json_is_string(v) ? "device" : "device.preset",
                              "unknown device preset '%s'", preset);
         if (d)
             pc->job->device = *d;
@@ -581,8 +623,10 @@ static int p_device(struct parse_ctx *pc, const char *k, const json_t *v)
 
 static int p_dataflow(struct parse_ctx *pc, const char *k, const json_t *v)
 {
-    const struct pim_dataflow *df = json_is_string(v) ? pim_dataflow_by_name(json_string_value(v)) : NULL;
-    if (!df) return INVALID(pc->err, k, "'dataflow' must be \"isaac\", \"cascade\" or \"neural_pim\"");
+    const struct pim_dataflow *df =
+        json_is_string(v) ? pim_dataflow_by_name(json_string_value(v)) : NULL;
+    if (!df)
+        return INVALID(pc->err, k, "'dataflow' must be \"isaac\", \"cascade\" or \"neural_pim\"");
     pc->job->dataflow = df->kind;
     return 0;
 }
@@ -598,7 +642,8 @@ static int p_dataflows(struct parse_ctx *pc, const char *k, const json_t *v)
     unsigned mask = 0;
     for (size_t i = 0; i < json_array_size(v); i++) {
         const json_t *e = json_array_get(v, i);
-        const struct pim_dataflow *df = json_is_string(e) ? pim_dataflow_by_name(json_string_value(e)) : NULL;
+        const struct pim_dataflow *df =
+            json_is_string(e) ? pim_dataflow_by_name(json_string_value(e)) : NULL;
         if (!df) return INVALID(pc->err, k, "'dataflows[%zu]' is not a known dataflow", i);
         mask |= 1u << df->kind;
     }
@@ -616,7 +661,8 @@ static int p_seed(struct parse_ctx *pc, const char *k, const json_t *v)
 
 static int p_block(struct parse_ctx *pc, const char *k, const json_t *v)
 {
-    if (!json_is_array(v) || json_array_size(v) != 2) return INVALID(pc->err, k, "'block' must be [rows, cols]");
+    if (!json_is_array(v) || json_array_size(v) != 2)
+        return INVALID(pc->err, k, "'block' must be [rows, cols]");
     int rc = get_int(json_array_get(v, 0), 1, 65536, k, &pc->job->admm.block_rows, pc->err);
     return rc ? rc : get_int(json_array_get(v, 1), 1, 65536, k, &pc->job->admm.block_cols, pc->err);
 }
@@ -666,7 +712,8 @@ static int parse_layer(struct parse_ctx *pc, const json_t *v, size_t i, struct p
                     rc = get_int64(json_array_get(cv, 0), 1, 1024, cp, &kh, pc->err);
                     if (!rc) rc = get_int64(json_array_get(cv, 1), 1, 1024, cp, &kw, pc->err);
                 } else
-                    return set_error(pc->err, -EINVAL, "unknown_parameter", cp, "unknown field '%s'", cp);
+                    return set_error(pc->err, -EINVAL, "unknown_parameter", cp,
+                                     "unknown field '%s'", cp);
                 if (rc) return rc;
             }
             if (!cin || !cout || !kh)
@@ -684,7 +731,8 @@ static int parse_layer(struct parse_ctx *pc, const json_t *v, size_t i, struct p
         return INVALID(pc->err, param, "'%s' runs too many vectors", param);
     count *= pixels;
     if (!in || !out)
-        return set_error(pc->err, -EINVAL, "missing_parameter", param, "'%s' needs 'in' and 'out' (or 'conv')", param);
+        return set_error(pc->err, -EINVAL, "missing_parameter", param,
+                         "'%s' needs 'in' and 'out' (or 'conv')", param);
     *l = (struct pim_layer_shape){(int)in, (int)out, (uint64_t)count};
     return 0;
 }
@@ -694,7 +742,8 @@ static int p_layers(struct parse_ctx *pc, const char *k, const json_t *v)
     if (!json_is_array(v) || json_array_size(v) == 0)
         return INVALID(pc->err, k, "'layers' must be a non-empty list");
     if (json_array_size(v) > (size_t)pc->lim->max_layers)
-        return set_error(pc->err, -E2BIG, "too_large", k, "'layers' lists more than %d layers", pc->lim->max_layers);
+        return set_error(pc->err, -E2BIG, "too_large", k, "'layers' lists more than %d layers",
+                         pc->lim->max_layers);
     free(pc->job->layers);
     pc->job->n_layers = 0;
     pc->job->layers = util_xmalloc(json_array_size(v) * sizeof *pc->job->layers);
@@ -752,9 +801,8 @@ static const struct {
     const char *name;
     int (*parse)(struct parse_ctx *pc, const char *key, const json_t *v);
 } special_fields[] = {
-    {"type", p_type},         {"device", p_device}, {"dataflow", p_dataflow},
-    {"dataflows", p_dataflows}, {"seed", p_seed},   {"block", p_block},
-    {"layers", p_layers},
+    {"type", p_type}, {"device", p_device}, {"dataflow", p_dataflow}, {"dataflows", p_dataflows},
+    {"seed", p_seed}, {"block", p_block},   {"layers", p_layers},
 };
 
 #define COUNT(a) (sizeof(a) / sizeof *(a))
@@ -765,22 +813,25 @@ static int parse_field(struct parse_ctx *pc, const char *key, const json_t *v)
         if (!strcmp(key, special_fields[i].name)) return special_fields[i].parse(pc, key, v);
     for (size_t i = 0; i < COUNT(tensor_fields); i++)
         if (!strcmp(key, tensor_fields[i].name))
-            return parse_tensor(pc, key, v, (struct pim_tensor *)((char *)pc->job + tensor_fields[i].offset));
+            return parse_tensor(pc, key, v,
+                                (struct pim_tensor *)((char *)pc->job + tensor_fields[i].offset));
     for (size_t i = 0; i < COUNT(option_fields); i++) {
         if (strcmp(key, option_fields[i].name)) continue;
         void *p = (char *)pc->job + option_fields[i].offset;
         switch (option_fields[i].kind) {
-        case O_INT: return get_int(v, option_fields[i].lo, option_fields[i].hi, key, p, pc->err);
-        case O_REAL: return get_real(v, key, p, pc->err);
-        case O_BOOL: return get_bool(v, key, p, pc->err);
+        case O_INT:
+            return get_int(v, option_fields[i].lo, option_fields[i].hi, key, p, pc->err);
+        case O_REAL:
+            return get_real(v, key, p, pc->err);
+        case O_BOOL:
+            return get_bool(v, key, p, pc->err);
         }
     }
     return set_error(pc->err, -EINVAL, "unknown_parameter", key, "unknown parameter '%s'", key);
 }
 
 int pim_json_parse_job(const char *body, size_t len, const struct pim_json_limits *lim,
-                       const pim_presets *presets, struct pim_job *job,
-                       struct pim_json_error *err)
+                       const pim_presets *presets, struct pim_job *job, struct pim_json_error *err)
 {
     struct pim_json_limits defaults;
     if (!lim) {
@@ -793,8 +844,9 @@ int pim_json_parse_job(const char *body, size_t len, const struct pim_json_limit
     json_error_t jerr;
     json_t *root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
     if (!root)
-        return set_error(err, -EINVAL, "invalid_json", NULL, "invalid JSON at line %d column %d: %s",
-                         jerr.line, jerr.column, jerr.text);
+        return set_error(err, -EINVAL, "invalid_json", NULL,
+                         "invalid JSON at line %d column %d: %s", jerr.line, jerr.column,
+                         jerr.text);
     struct parse_ctx pc = {.job = job, .lim = lim, .presets = presets, .err = err};
     int rc = 0;
     if (!json_is_object(root)) {
@@ -827,7 +879,10 @@ int pim_json_parse_job(const char *body, size_t len, const struct pim_json_limit
     return rc;
 }
 
-void pim_json_format_job_id(uint64_t id, char buf[32]) { snprintf(buf, 32, "pim-%" PRIu64, id); }
+void pim_json_format_job_id(uint64_t id, char buf[32])
+{
+    snprintf(buf, 32, "pim-%" PRIu64, id);
+}
 
 int pim_json_parse_job_id(const char *text, uint64_t *id)
 {
@@ -845,13 +900,17 @@ int pim_json_parse_job_id(const char *text, uint64_t *id)
 
 /* ----------------------------------------------------------------- render */
 
-static json_t *real_or_null(double v) { return isfinite(v) ? json_real(v) : json_null(); }
+static json_t *real_or_null(double v)
+{
+    return isfinite(v) ? json_real(v) : json_null();
+}
 
 static json_t *nested(const float *data, int ndim, const int64_t *shape, size_t *pos)
 {
     json_t *a = json_array();
     for (int64_t i = 0; i < shape[0]; i++)
-        json_array_append_new(a, ndim == 1 ? real_or_null(data[(*pos)++]) : nested(data, ndim - 1, shape + 1, pos));
+        json_array_append_new(a, ndim == 1 ? real_or_null(data[(*pos)++])
+                                           : nested(data, ndim - 1, shape + 1, pos));
     return a;
 }
 
@@ -876,19 +935,22 @@ json_t *pim_json_cost(const struct pim_cost *c)
     json_t *energy = json_object();
     json_object_set_new(energy, "total", json_real(pim_cost_energy(c)));
     for (int i = 0; i < PIM_E_COUNT; i++)
-        json_object_set_new(energy, pim_energy_part_name((enum pim_energy_part)i), json_real(c->energy[i]));
-    return json_pack("{s:I, s:f, s:o, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:f}",
-                     "cycles", (json_int_t)c->cycles, "latency_s", c->latency, "energy_j", energy,
-                     "adc_conversions", (json_int_t)c->adc_conversions,
-                     "dac_conversions", (json_int_t)c->dac_conversions,
-                     "crossbar_reads", (json_int_t)c->crossbar_reads,
-                     "shift_adds", (json_int_t)c->shift_adds, "analog_ops", (json_int_t)c->analog_ops,
-                     "cell_writes", (json_int_t)c->cell_writes, "inv_solves", (json_int_t)c->inv_solves,
-                     "crossbars", (json_int_t)c->crossbars, "adcs", (json_int_t)c->adcs,
-                     "area_mm2", c->area);
+        json_object_set_new(energy, pim_energy_part_name((enum pim_energy_part)i),
+                            json_real(c->energy[i]));
+    return json_pack(
+        "{s:I, s:f, s:o, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:f}", "cycles",
+        (json_int_t)c->cycles, "latency_s", c->latency, "energy_j", energy, "adc_conversions",
+        (json_int_t)c->adc_conversions, "dac_conversions", (json_int_t)c->dac_conversions,
+        "crossbar_reads", (json_int_t)c->crossbar_reads, "shift_adds", (json_int_t)c->shift_adds,
+        "analog_ops", (json_int_t)c->analog_ops, "cell_writes", (json_int_t)c->cell_writes,
+        "inv_solves", (json_int_t)c->inv_solves, "crossbars", (json_int_t)c->crossbars, "adcs",
+        (json_int_t)c->adcs, "area_mm2", c->area);
 }
 
-static double ratio(double a, double b) { return b > 0 ? a / b : NAN; }
+static double ratio(double a, double b)
+{
+    return b > 0 ? a / b : NAN;
+}
 
 static void add_type_fields(json_t *r, enum pim_job_type type, const struct pim_result *res)
 {
@@ -902,18 +964,23 @@ static void add_type_fields(json_t *r, enum pim_job_type type, const struct pim_
         json_object_set_new(r, "residual", real_or_null(res->solve.residual));
         json_object_set_new(r, "converged", json_boolean(res->solve.converged));
         if (type != PIM_JOB_KFAC_STEP) {
-            json_object_set_new(json_object_get(r, "error"), "plain_rel_l2_vs_fp64", real_or_null(res->plain_rel_l2));
+            json_object_set_new(json_object_get(r, "error"), "plain_rel_l2_vs_fp64",
+                                real_or_null(res->plain_rel_l2));
         } else {
             json_object_set_new(r, "digital_cost", pim_json_cost(&res->digital));
-            json_object_set_new(r, "speedup_vs_digital", real_or_null(ratio(res->digital.latency, res->cost.latency)));
-            json_object_set_new(r, "energy_saving_vs_digital",
-                                real_or_null(ratio(pim_cost_energy(&res->digital), pim_cost_energy(&res->cost))));
+            json_object_set_new(r, "speedup_vs_digital",
+                                real_or_null(ratio(res->digital.latency, res->cost.latency)));
+            json_object_set_new(
+                r, "energy_saving_vs_digital",
+                real_or_null(ratio(pim_cost_energy(&res->digital), pim_cost_energy(&res->cost))));
         }
         break;
     case PIM_JOB_SME_MAP:
-        json_object_set_new(r, "crossbars", json_pack("{s:I, s:I, s:I}", "baseline", (json_int_t)res->sme.crossbars_baseline,
-                                                      "sme", (json_int_t)res->sme.crossbars_sme,
-                                                      "offset_mapping", (json_int_t)res->sme.crossbars_offset));
+        json_object_set_new(r, "crossbars",
+                            json_pack("{s:I, s:I, s:I}", "baseline",
+                                      (json_int_t)res->sme.crossbars_baseline, "sme",
+                                      (json_int_t)res->sme.crossbars_sme, "offset_mapping",
+                                      (json_int_t)res->sme.crossbars_offset));
         json_object_set_new(r, "zero_columns", json_integer((json_int_t)res->sme.zero_columns));
         json_object_set_new(r, "zero_rows", json_integer((json_int_t)res->sme.zero_rows));
         json_object_set_new(r, "bit_density", json_real(res->sme.bit_density));
@@ -921,18 +988,22 @@ static void add_type_fields(json_t *r, enum pim_job_type type, const struct pim_
     case PIM_JOB_ADMM_COMPRESS: {
         const struct pim_admm_stats *a = &res->admm;
         json_object_set_new(r, "compression_ratio", real_or_null(a->compression_ratio));
-        json_object_set_new(r, "blocks", json_pack("{s:i, s:i}", "total", a->blocks_total, "kept", a->blocks_kept));
+        json_object_set_new(
+            r, "blocks", json_pack("{s:i, s:i}", "total", a->blocks_total, "kept", a->blocks_kept));
         json_t *e = json_object_get(r, "error");
         json_object_set_new(e, "before", real_or_null(a->error_before));
         json_object_set_new(e, "pruned", real_or_null(a->error_pruned));
         json_object_set_new(e, "after", real_or_null(a->error_after));
         json_object_set_new(e, "mismatch", real_or_null(a->error_mismatch));
         json_object_set_new(r, "scale", real_or_null(a->scale));
-        json_object_set_new(r, "crossbars", json_pack("{s:I, s:I, s:I}", "dense", (json_int_t)a->crossbars_dense,
-                                                      "kept", (json_int_t)a->crossbars_kept,
-                                                      "freed", (json_int_t)a->crossbars_freed));
-        json_object_set_new(r, "power_w", json_pack("{s:f, s:f}", "dense", a->power_dense, "kept", a->power_kept));
-        json_object_set_new(r, "area_mm2", json_pack("{s:f, s:f}", "dense", a->area_dense, "kept", a->area_kept));
+        json_object_set_new(r, "crossbars",
+                            json_pack("{s:I, s:I, s:I}", "dense", (json_int_t)a->crossbars_dense,
+                                      "kept", (json_int_t)a->crossbars_kept, "freed",
+                                      (json_int_t)a->crossbars_freed));
+        json_object_set_new(
+            r, "power_w", json_pack("{s:f, s:f}", "dense", a->power_dense, "kept", a->power_kept));
+        json_object_set_new(r, "area_mm2",
+                            json_pack("{s:f, s:f}", "dense", a->area_dense, "kept", a->area_kept));
         break;
     }
     case PIM_JOB_DATAFLOW_EVAL: {
@@ -942,24 +1013,28 @@ static void add_type_fields(json_t *r, enum pim_job_type type, const struct pim_
             if (res->reports[i].kind == PIM_DF_ISAAC) isaac = &res->reports[i];
         for (int i = 0; i < res->n_reports; i++) {
             const struct pim_dataflow_report *rep = &res->reports[i];
-            json_t *o = json_pack("{s:s, s:o, s:f, s:f, s:f}", "dataflow", pim_dataflow_get(rep->kind)->name,
-                                  "cost", pim_json_cost(&rep->cost), "throughput", rep->throughput,
-                                  "throughput_per_mm2", rep->throughput_per_mm2,
-                                  "energy_per_vector_j", rep->energy_per_vector);
+            json_t *o = json_pack(
+                "{s:s, s:o, s:f, s:f, s:f}", "dataflow", pim_dataflow_get(rep->kind)->name, "cost",
+                pim_json_cost(&rep->cost), "throughput", rep->throughput, "throughput_per_mm2",
+                rep->throughput_per_mm2, "energy_per_vector_j", rep->energy_per_vector);
             if (isaac) {
                 json_object_set_new(o, "adc_ratio_vs_isaac",
-                                    real_or_null(ratio((double)isaac->cost.adc_conversions, (double)rep->cost.adc_conversions)));
+                                    real_or_null(ratio((double)isaac->cost.adc_conversions,
+                                                       (double)rep->cost.adc_conversions)));
                 json_object_set_new(o, "energy_ratio_vs_isaac",
-                                    real_or_null(ratio(pim_cost_energy(&isaac->cost), pim_cost_energy(&rep->cost))));
-                json_object_set_new(o, "throughput_per_mm2_ratio_vs_isaac",
-                                    real_or_null(ratio(rep->throughput_per_mm2, isaac->throughput_per_mm2)));
+                                    real_or_null(ratio(pim_cost_energy(&isaac->cost),
+                                                       pim_cost_energy(&rep->cost))));
+                json_object_set_new(
+                    o, "throughput_per_mm2_ratio_vs_isaac",
+                    real_or_null(ratio(rep->throughput_per_mm2, isaac->throughput_per_mm2)));
             }
             json_array_append_new(reports, o);
         }
         json_object_set_new(r, "reports", reports);
         break;
     }
-    default: break;
+    default:
+        break;
     }
 }
 
@@ -972,26 +1047,35 @@ json_t *pim_json_job(const struct pim_job_view *view, const struct pim_json_limi
     }
     char id[32];
     pim_json_format_job_id(view->id, id);
-    json_t *o = json_pack("{s:s, s:s, s:s, s:s}", "id", id, "object", "pim.job", "type",
-                          pim_job_type_name(view->type), "status", pim_job_status_name(view->status));
+    json_t *o =
+        json_pack("{s:s, s:s, s:s, s:s}", "id", id, "object", "pim.job", "type",
+                  pim_job_type_name(view->type), "status", pim_job_status_name(view->status));
     json_object_set_new(o, "device", view->device >= 0 ? json_integer(view->device) : json_null());
     double started = view->started > 0 ? view->started : view->finished;
-    json_object_set_new(o, "queue_seconds", started > 0 ? json_real(started - view->submitted) : json_null());
+    json_object_set_new(o, "queue_seconds",
+                        started > 0 ? json_real(started - view->submitted) : json_null());
     json_object_set_new(o, "run_seconds",
-                        view->started > 0 && view->finished > 0 ? json_real(view->finished - view->started) : json_null());
+                        view->started > 0 && view->finished > 0
+                            ? json_real(view->finished - view->started)
+                            : json_null());
     if (view->status == PIM_STATUS_DONE && view->result) {
         const struct pim_result *res = view->result;
         json_t *r = json_object();
         json_object_set_new(r, "output", tensor_json(&res->output, lim));
-        json_object_set_new(r, "error", json_pack("{s:o}", "rel_l2_vs_fp64", real_or_null(res->rel_l2_vs_fp64)));
+        json_object_set_new(
+            r, "error", json_pack("{s:o}", "rel_l2_vs_fp64", real_or_null(res->rel_l2_vs_fp64)));
         json_object_set_new(r, "cost", pim_json_cost(&res->cost));
         add_type_fields(r, view->type, res);
         json_object_set_new(o, "result", r);
     } else if (view->status == PIM_STATUS_FAILED) {
         struct pim_json_error e = {0};
-        const char *code = view->error_code == -EDOM ? "singular_matrix" : view->error_code == -EINVAL ? "invalid_value" : "job_failed";
-        set_error(&e, 0, code, view->error && view->error->param[0] ? view->error->param : NULL, "%s",
-                  view->error && view->error->message[0] ? view->error->message : util_strerror(view->error_code));
+        const char *code = view->error_code == -EDOM     ? "singular_matrix"
+                           : view->error_code == -EINVAL ? "invalid_value"
+                                                         : "job_failed";
+        set_error(&e, 0, code, view->error && view->error->param[0] ? view->error->param : NULL,
+                  "%s",
+                  view->error && view->error->message[0] ? view->error->message
+                                                         : util_strerror(view->error_code));
         json_t *body = pim_json_error_body(&e);
         json_object_set(o, "error", json_object_get(body, "error"));
         json_decref(body);
@@ -1015,22 +1099,25 @@ json_t *pim_json_devices(const struct pim_device_info *devices, int n,
         const struct pim_device_info *d = &devices[i];
         char id[32];
         pim_json_format_job_id(d->current_job, id);
-        json_array_append_new(data, json_pack("{s:i, s:s, s:s, s:b, s:o, s:I, s:f, s:f}", "id", d->index,
-                                              "object", "pim.device", "name", d->name, "busy", d->busy,
-                                              "current_job", d->current_job ? json_string(id) : json_null(),
-                                              "jobs_done", (json_int_t)d->jobs_done,
-                                              "busy_seconds", d->busy_seconds, "energy_j", d->energy));
+        json_array_append_new(data, json_pack("{s:i, s:s, s:s, s:b, s:o, s:I, s:f, s:f}", "id",
+                                              d->index, "object", "pim.device", "name", d->name,
+                                              "busy", d->busy, "current_job",
+                                              d->current_job ? json_string(id) : json_null(),
+                                              "jobs_done", (json_int_t)d->jobs_done, "busy_seconds",
+                                              d->busy_seconds, "energy_j", d->energy));
     }
     json_t *o = json_pack("{s:s, s:o}", "object", "list", "data", data);
     if (config) json_object_set_new(o, "config", pim_json_device(config));
     if (stats) {
-        json_object_set_new(o, "queue", json_pack("{s:i, s:i}", "length", stats->queue_length,
-                                                  "capacity", stats->queue_capacity));
+        json_object_set_new(o, "queue",
+                            json_pack("{s:i, s:i}", "length", stats->queue_length, "capacity",
+                                      stats->queue_capacity));
         json_t *jobs = json_object();
         for (int t = 0; t < PIM_JOB_TYPE_COUNT; t++) {
             json_t *by = json_pack("{s:I}", "submitted", (json_int_t)stats->submitted[t]);
             for (int s = PIM_STATUS_DONE; s < PIM_STATUS_COUNT; s++)
-                json_object_set_new(by, pim_job_status_name((enum pim_job_status)s), json_integer((json_int_t)stats->finished[t][s]));
+                json_object_set_new(by, pim_job_status_name((enum pim_job_status)s),
+                                    json_integer((json_int_t)stats->finished[t][s]));
             json_object_set_new(jobs, pim_job_type_name((enum pim_job_type)t), by);
         }
         json_object_set_new(o, "jobs", jobs);

@@ -37,11 +37,11 @@
 #ifndef LLMD_SERVER_PIM_JSON_H
 #define LLMD_SERVER_PIM_JSON_H
 
+#include "pim/pim.h"
+
 #include <jansson.h>
 #include <stddef.h>
 #include <stdint.h>
-
-#include "pim/pim.h"
 
 /* An OpenAI-shaped error: {"error": {"message", "type", "param", "code"}}.
  * param is empty when no single parameter is at fault (rendered null). */
@@ -55,10 +55,10 @@ struct pim_json_error {
 
 /* Sizes a request may reach; the server sets them from its config. */
 struct pim_json_limits {
-    int64_t max_tensor_elements; /* one tensor; default 2^24 */
-    int64_t max_total_elements;  /* all tensors of a job; default 2^25 */
-    int64_t max_dim;             /* any one dimension; default 2^20 */
-    int max_layers;              /* dataflow_eval layers; default 4096 */
+    int64_t max_tensor_elements;        /* one tensor; default 2^24 */
+    int64_t max_total_elements;         /* all tensors of a job; default 2^25 */
+    int64_t max_dim;                    /* any one dimension; default 2^20 */
+    int max_layers;                     /* dataflow_eval layers; default 4096 */
     int64_t max_output_elements_nested; /* larger outputs render as base64; default 2^16 */
 };
 
@@ -95,8 +95,7 @@ int pim_json_device_apply(const json_t *obj, struct pim_device *dev, const char 
  * takes them). presets may be NULL (built-in default only). Returns 0 or
  * -EINVAL (bad input, err filled), -E2BIG (over a limit, err filled). */
 int pim_json_parse_job(const char *body, size_t len, const struct pim_json_limits *lim,
-                       const pim_presets *presets, struct pim_job *job,
-                       struct pim_json_error *err);
+                       const pim_presets *presets, struct pim_job *job, struct pim_json_error *err);
 
 /* Job ids are rendered "pim-<n>". */
 void pim_json_format_job_id(uint64_t id, char buf[32]);

@@ -1,14 +1,14 @@
 /* Tests for ADMM memristor-aware compression: the result has at most the
  * allowed blocks, every value on the conductance levels, recovers a
  * block-sparse model, and reports mismatch, crossbars, power and area. */
+#include "pim/pim_internal.h"
+#include "util/util.h"
+
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-
-#include "pim/pim_internal.h"
-#include "util/util.h"
 
 /* A recovered block-sparse model explains the targets to within this. */
 #define RECOVERED_REL_ERROR 0.05
@@ -30,9 +30,11 @@ static struct problem make_problem(uint64_t seed)
     for (int b = 0; b < 4; b++)
         for (int i = 0; i < 32; i++)
             for (int j = 0; j < 32; j++)
-                wt[(size_t)(on[b][0] * 32 + i) * p.cols + on[b][1] * 32 + j] = (float)util_rng_normal(&rng);
+                wt[(size_t)(on[b][0] * 32 + i) * p.cols + on[b][1] * 32 + j] =
+                    (float)util_rng_normal(&rng);
     p.w0 = util_xmalloc((size_t)p.rows * p.cols * 4);
-    for (int i = 0; i < p.rows * p.cols; i++) p.w0[i] = wt[i] + (float)(0.05 * util_rng_normal(&rng));
+    for (int i = 0; i < p.rows * p.cols; i++)
+        p.w0[i] = wt[i] + (float)(0.05 * util_rng_normal(&rng));
     p.x = util_xmalloc((size_t)p.samples * p.cols * 4);
     p.y = util_xmalloc((size_t)p.samples * p.rows * 4);
     for (int i = 0; i < p.samples * p.cols; i++) p.x[i] = (float)util_rng_normal(&rng);
@@ -62,7 +64,8 @@ static void admm_run(const struct problem *p, const struct pim_admm_options *opt
     pim_ctx_init(&ctx, 1);
     struct pim_cost cost = {0};
     cr_assert_eq(pim_admm_compress(&dev, &ctx, p->w0, p->rows, p->cols, p->x, p->y, p->samples, opt,
-                                   out, st, &cost), 0);
+                                   out, st, &cost),
+                 0);
     cr_assert_gt(cost.energy[PIM_E_DIGITAL], 0);
     cr_assert_eq(cost.crossbars, st->crossbars_kept);
 }
@@ -94,7 +97,8 @@ Test(pim_admm, result_has_the_allowed_blocks_on_the_levels_and_recovers_the_mode
     cr_assert_eq(st.blocks_total, 6);
     for (int i = 0; i < p.rows * p.cols; i++) {
         double k = w[i] / st.scale;
-        cr_assert_float_eq(k, nearbyint(k), 1e-4, "value %g is not on a level (scale %g)", w[i], st.scale);
+        cr_assert_float_eq(k, nearbyint(k), 1e-4, "value %g is not on a level (scale %g)", w[i],
+                           st.scale);
         cr_assert_leq(fabs(k), opt.levels - 1 + 1e-4);
     }
     cr_assert_lt(st.error_after, RECOVERED_REL_ERROR);
@@ -167,10 +171,14 @@ Test(pim_admm, invalid_options_are_rejected)
     struct pim_admm_stats st;
     float *w = util_xmalloc((size_t)p.rows * p.cols * 4);
     opt.keep_ratio = 0;
-    cr_assert_eq(pim_admm_compress(&dev, &ctx, p.w0, p.rows, p.cols, p.x, p.y, p.samples, &opt, w, &st, NULL), -EINVAL);
+    cr_assert_eq(pim_admm_compress(&dev, &ctx, p.w0, p.rows, p.cols, p.x, p.y, p.samples, &opt, w,
+                                   &st, NULL),
+                 -EINVAL);
     opt.keep_ratio = 0.5;
     opt.levels = 1;
-    cr_assert_eq(pim_admm_compress(&dev, &ctx, p.w0, p.rows, p.cols, p.x, p.y, p.samples, &opt, w, &st, NULL), -EINVAL);
+    cr_assert_eq(pim_admm_compress(&dev, &ctx, p.w0, p.rows, p.cols, p.x, p.y, p.samples, &opt, w,
+                                   &st, NULL),
+                 -EINVAL);
     free(w);
     free_problem(&p);
 }

@@ -1,6 +1,9 @@
 /* Tests for pim jobs (every type end to end) and the pool: queue full ->
  * -EAGAIN, cancellation of queued and running jobs, result expiry, waiting,
  * concurrent submits, device listing and counters. */
+#include "pim/pim_internal.h"
+#include "util/util.h"
+
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <math.h>
@@ -9,16 +12,15 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "pim/pim_internal.h"
-#include "util/util.h"
-
-static void fill_tensor(struct pim_tensor *t, int ndim, int64_t d0, int64_t d1, uint64_t seed, double scale)
+static void fill_tensor(struct pim_tensor *t, int ndim, int64_t d0, int64_t d1, uint64_t seed,
+                        double scale)
 {
     int64_t shape[2] = {d0, d1};
     pim_tensor_alloc(t, ndim, shape);
     struct util_rng rng;
     util_rng_seed(&rng, seed);
-    for (size_t i = 0; i < pim_tensor_count(t); i++) t->data[i] = (float)(scale * util_rng_normal(&rng));
+    for (size_t i = 0; i < pim_tensor_count(t); i++)
+        t->data[i] = (float)(scale * util_rng_normal(&rng));
 }
 
 static void vmm_job(struct pim_job *job, int m, int n, int batch, bool noisy)
@@ -205,7 +207,10 @@ static pim_pool *make_pool(int devices, int capacity, double ttl, struct complet
 }
 
 /* A job that keeps a device busy for seconds unless cancelled. */
-static void slow_job(struct pim_job *job) { vmm_job(job, 1024, 1024, 512, true); }
+static void slow_job(struct pim_job *job)
+{
+    vmm_job(job, 1024, 1024, 512, true);
+}
 
 static enum pim_job_status status_of(pim_pool *pool, uint64_t id)
 {

@@ -2,14 +2,14 @@
  * packed crossbars is exact for the quantised weights, never takes more
  * crossbars than the unsqueezed mapping, and saves crossbars on sparse,
  * LLM-like weights; re-quantisation keeps at most k bits, nearest. */
+#include "pim/pim_internal.h"
+#include "util/util.h"
+
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-
-#include "pim/pim_internal.h"
-#include "util/util.h"
 
 /* Laplacian weights (scale b) quantised per tensor to `bits`. */
 static void laplacian_weights(struct util_rng *rng, int32_t *wq, size_t n, int bits, double b)
@@ -30,7 +30,8 @@ static void check_exact(const struct pim_device *dev, const int32_t *w, int m, i
     util_rng_seed(&rng, 5);
     int32_t *x = util_xmalloc((size_t)batch * n * 4);
     int64_t xmax = ((int64_t)1 << (dev->input_bits - 1)) - 1;
-    for (int i = 0; i < batch * n; i++) x[i] = (int32_t)((int64_t)(util_rng_next(&rng) % (2 * xmax + 1)) - xmax);
+    for (int i = 0; i < batch * n; i++)
+        x[i] = (int32_t)((int64_t)(util_rng_next(&rng) % (2 * xmax + 1)) - xmax);
     pim_sme *sme;
     cr_assert_eq(pim_sme_map(dev, w, m, n, bits, &sme, st), 0);
     cr_assert_leq(st->crossbars_sme, st->crossbars_baseline);
@@ -42,11 +43,13 @@ static void check_exact(const struct pim_device *dev, const int32_t *w, int m, i
     for (int t = 0; t < batch; t++)
         for (int i = 0; i < m; i++) {
             int64_t want = 0;
-            for (int k = 0; k < n; k++) want += (int64_t)w[(size_t)i * n + k] * x[(size_t)t * n + k];
-            cr_assert_eq(y[(size_t)t * m + i], (double)want, "m=%d n=%d bits=%d cells=%d at (%d,%d)", m, n,
-                         bits, dev->cell_bits, t, i);
+            for (int k = 0; k < n; k++)
+                want += (int64_t)w[(size_t)i * n + k] * x[(size_t)t * n + k];
+            cr_assert_eq(y[(size_t)t * m + i], (double)want,
+                         "m=%d n=%d bits=%d cells=%d at (%d,%d)", m, n, bits, dev->cell_bits, t, i);
         }
-    cr_assert_eq(cost.crossbar_reads, (uint64_t)batch * pim_device_input_cycles(dev) * st->crossbars_sme);
+    cr_assert_eq(cost.crossbar_reads,
+                 (uint64_t)batch * pim_device_input_cycles(dev) * st->crossbars_sme);
     pim_sme_free(sme);
     free(x), free(y);
 }
@@ -83,7 +86,8 @@ Test(pim_sme, dense_weights_take_exactly_the_baseline)
     pim_device_default(&dev);
     int m = 256, n = 256;
     int32_t *w = util_xmalloc((size_t)m * n * 4);
-    for (int i = 0; i < m * n; i++) w[i] = (i * 7919 % 3) ? 127 : -127; /* every bit set, both signs */
+    for (int i = 0; i < m * n; i++)
+        w[i] = (i * 7919 % 3) ? 127 : -127; /* every bit set, both signs */
     struct pim_sme_stats st;
     check_exact(&dev, w, m, n, 8, 1, &st);
     cr_assert_eq(st.crossbars_sme, st.crossbars_baseline);
@@ -145,7 +149,8 @@ Test(pim_sme, requantize_keeps_at_most_k_bits_and_is_nearest)
             /* no value with <= k bits is closer */
             for (int c = 0; c <= 127; c++)
                 if (__builtin_popcount((unsigned)c) <= k)
-                    cr_assert_leq(abs(abs(v) - abs(got)), abs(abs(v) - c), "v=%d k=%d got %d, %d closer", v, k, got, c);
+                    cr_assert_leq(abs(abs(v) - abs(got)), abs(abs(v) - c),
+                                  "v=%d k=%d got %d, %d closer", v, k, got, c);
         }
     }
 }

@@ -1,6 +1,9 @@
 /* Tests for pim's high-precision solves (RePAST) and the K-FAC step:
  * refined solves reach 16-bit accuracy against float64 for SPD matrices up
  * to condition number 1e3 while the plain INV solve stays near 8-bit. */
+#include "pim/pim_internal.h"
+#include "util/util.h"
+
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <lapacke.h>
@@ -8,15 +11,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "pim/pim_internal.h"
-#include "util/util.h"
-
 /* The contract: refined solves within 2^-16 of float64. */
 #define REFINED_REL_ERROR 0x1p-16
 /* "A handful" of refinement steps. */
 #define MAX_REFINEMENT_STEPS 6
 /* The plain 8-bit INV solve at condition 10: between 2^-10 and 2^-4. */
-#define PLAIN_BEST 0x1p-10
+#define PLAIN_BEST  0x1p-10
 #define PLAIN_WORST 0x1p-4
 /* The reduction one refinement step asks of its inner solve (solve.c). */
 #define INNER_SIX_BITS 0x1p-6
@@ -27,7 +27,8 @@ static void spd_matrix(int n, double cond, uint64_t seed, double *a)
 {
     struct util_rng rng;
     util_rng_seed(&rng, seed);
-    double *q = util_xmalloc((size_t)n * n * sizeof(double)), *tau = util_xmalloc((size_t)n * sizeof(double));
+    double *q = util_xmalloc((size_t)n * n * sizeof(double)),
+           *tau = util_xmalloc((size_t)n * sizeof(double));
     for (int i = 0; i < n * n; i++) q[i] = util_rng_normal(&rng);
     cr_assert_eq(LAPACKE_dgeqrf(LAPACK_ROW_MAJOR, n, n, q, n, tau), 0);
     cr_assert_eq(LAPACKE_dorgqr(LAPACK_ROW_MAJOR, n, n, n, q, n, tau), 0);
@@ -98,10 +99,13 @@ Test(pim_solve, refined_reaches_16_bits_up_to_condition_1e3, .timeout = 120)
             double plain, refined;
             struct pim_solve_stats st;
             solve_errors(&dev, sizes[s], conds[c], 2, 10 + c, &plain, &refined, &st);
-            cr_log_info("n=%d cond=%g: plain %.3g refined %.3g, %d steps, %d INV solves, %d products",
-                        sizes[s], conds[c], plain, refined, st.iterations, st.inv_solves, st.vmm_products);
-            cr_assert_leq(refined, REFINED_REL_ERROR, "n=%d cond=%g refined %g", sizes[s], conds[c], refined);
-            cr_assert_leq(st.iterations, MAX_REFINEMENT_STEPS, "n=%d cond=%g: %d steps", sizes[s], conds[c], st.iterations);
+            cr_log_info(
+                "n=%d cond=%g: plain %.3g refined %.3g, %d steps, %d INV solves, %d products",
+                sizes[s], conds[c], plain, refined, st.iterations, st.inv_solves, st.vmm_products);
+            cr_assert_leq(refined, REFINED_REL_ERROR, "n=%d cond=%g refined %g", sizes[s], conds[c],
+                          refined);
+            cr_assert_leq(st.iterations, MAX_REFINEMENT_STEPS, "n=%d cond=%g: %d steps", sizes[s],
+                          conds[c], st.iterations);
             cr_assert(st.converged);
             cr_assert_gt(plain, PLAIN_BEST, "plain INV must stay near 8-bit: %g", plain);
             if (c == 0) cr_assert_lt(plain, PLAIN_WORST, "plain INV at cond 10: %g", plain);
@@ -118,7 +122,8 @@ Test(pim_solve, well_conditioned_refinement_is_one_inv_solve_per_step)
     solve_errors(&dev, 8, 2, 1, 5, &plain, &refined, &st);
     cr_assert_lt(plain, INNER_SIX_BITS, "plain %g", plain);
     cr_assert_leq(refined, REFINED_REL_ERROR);
-    cr_assert_eq(st.inv_solves, 1 + st.iterations, "%d INV solves for %d steps", st.inv_solves, st.iterations);
+    cr_assert_eq(st.inv_solves, 1 + st.iterations, "%d INV solves for %d steps", st.inv_solves,
+                 st.iterations);
 }
 
 Test(pim_solve, programming_noise_hurts_the_plain_solve_not_the_refined, .timeout = 60)
@@ -196,8 +201,10 @@ Test(pim_kfac, preconditioned_gradient_matches_float64)
     double damping = 1e-3;
     struct util_rng rng;
     util_rng_seed(&rng, 9);
-    float *act = util_xmalloc((size_t)batch * d_in * 4), *og = util_xmalloc((size_t)batch * d_out * 4);
-    float *grad = util_xmalloc((size_t)d_out * d_in * 4), *p = util_xmalloc((size_t)d_out * d_in * 4);
+    float *act = util_xmalloc((size_t)batch * d_in * 4),
+          *og = util_xmalloc((size_t)batch * d_out * 4);
+    float *grad = util_xmalloc((size_t)d_out * d_in * 4),
+          *p = util_xmalloc((size_t)d_out * d_in * 4);
     for (int i = 0; i < batch * d_in; i++) act[i] = (float)util_rng_normal(&rng);
     for (int i = 0; i < batch * d_out; i++) og[i] = (float)(0.1 * util_rng_normal(&rng));
     for (int i = 0; i < d_out * d_in; i++) grad[i] = (float)util_rng_normal(&rng);
@@ -206,14 +213,18 @@ Test(pim_kfac, preconditioned_gradient_matches_float64)
     double *fa = util_xcalloc((size_t)d_in * d_in, 8), *fg = util_xcalloc((size_t)d_out * d_out, 8);
     for (int r = 0; r < batch; r++) {
         for (int i = 0; i < d_in; i++)
-            for (int j = 0; j < d_in; j++) fa[i * d_in + j] += (double)act[r * d_in + i] * act[r * d_in + j] / batch;
+            for (int j = 0; j < d_in; j++)
+                fa[i * d_in + j] += (double)act[r * d_in + i] * act[r * d_in + j] / batch;
         for (int i = 0; i < d_out; i++)
-            for (int j = 0; j < d_out; j++) fg[i * d_out + j] += (double)og[r * d_out + i] * og[r * d_out + j] / batch;
+            for (int j = 0; j < d_out; j++)
+                fg[i * d_out + j] += (double)og[r * d_out + i] * og[r * d_out + j] / batch;
     }
     for (int i = 0; i < d_in; i++) fa[i * d_in + i] += sqrt(damping);
     for (int i = 0; i < d_out; i++) fg[i * d_out + i] += sqrt(damping);
-    double *g = util_xmalloc((size_t)d_out * d_in * 8), *x1 = util_xmalloc((size_t)d_out * d_in * 8);
-    double *x1t = util_xmalloc((size_t)d_in * d_out * 8), *pt = util_xmalloc((size_t)d_in * d_out * 8);
+    double *g = util_xmalloc((size_t)d_out * d_in * 8),
+           *x1 = util_xmalloc((size_t)d_out * d_in * 8);
+    double *x1t = util_xmalloc((size_t)d_in * d_out * 8),
+           *pt = util_xmalloc((size_t)d_in * d_out * 8);
     double *want = util_xmalloc((size_t)d_out * d_in * 8);
     for (int i = 0; i < d_out * d_in; i++) g[i] = grad[i];
     reference_solve(fg, d_out, g, d_in, x1);
@@ -230,11 +241,14 @@ Test(pim_kfac, preconditioned_gradient_matches_float64)
     pim_ctx_init(&ctx, 1);
     struct pim_solve_stats st;
     struct pim_cost cost = {0}, digital = {0};
-    cr_assert_eq(pim_kfac_step(&dev, &ctx, act, og, batch, d_in, d_out, grad, damping, &opt, p, &st, &cost, &digital), 0);
+    cr_assert_eq(pim_kfac_step(&dev, &ctx, act, og, batch, d_in, d_out, grad, damping, &opt, p, &st,
+                               &cost, &digital),
+                 0);
     double err = pim_rel_l2_f(p, want, (size_t)d_out * d_in);
     cr_assert_leq(err, 0x1p-15, "K-FAC error %g (float output)", err);
     cr_assert_gt(pim_cost_energy(&digital), 0);
     cr_assert_gt(digital.latency, 0);
     cr_assert_gt(cost.inv_solves, 0);
-    free(act), free(og), free(grad), free(p), free(fa), free(fg), free(g), free(x1), free(x1t), free(pt), free(want);
+    free(act), free(og), free(grad), free(p), free(fa), free(fg), free(g), free(x1), free(x1t),
+        free(pt), free(want);
 }

@@ -2,14 +2,14 @@
  * streams, the bit-sliced product (exact on ideal devices, each
  * non-ideality moving the error the right way, reproducible by seed) and
  * the A/D counts of the dataflows against PAPERS.md's formulas. */
+#include "pim/pim_internal.h"
+#include "util/util.h"
+
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-
-#include "pim/pim_internal.h"
-#include "util/util.h"
 
 /* A quantiser's round trip is within half a step. */
 #define QUANT_ROUND_TRIP_STEPS 0.5
@@ -65,7 +65,8 @@ Test(pim_kernels, simd_matches_scalar_on_awkward_sizes)
                     size_t cells = (size_t)nb * r4 * PIM_GROUP, outs = (size_t)nt * nb * PIM_GROUP;
                     uint8_t *lv = util_xmalloc(cells);
                     int8_t *d8 = util_xmalloc((size_t)nt * ld);
-                    float *g = util_xmalloc(cells * sizeof(float)), *df = util_xmalloc((size_t)nt * ld * sizeof(float));
+                    float *g = util_xmalloc(cells * sizeof(float)),
+                          *df = util_xmalloc((size_t)nt * ld * sizeof(float));
                     float *p0 = util_xmalloc(outs * 4), *p1 = util_xmalloc(outs * 4);
                     float *q0 = util_xmalloc(outs * 4), *q1 = util_xmalloc(outs * 4);
                     for (size_t i = 0; i < cells; i++) {
@@ -79,18 +80,22 @@ Test(pim_kernels, simd_matches_scalar_on_awkward_sizes)
                     pim_kernel_i8_scalar(lv, d8, ld, nt, nb, r4, p0);
                     k->i8(lv, d8, ld, nt, nb, r4, p1);
                     for (size_t i = 0; i < outs; i++)
-                        cr_assert_eq(p0[i], p1[i], "%s i8 nt=%d nb=%d r4=%d at %zu", pim_isa_name(isa), nt, nb, r4, i);
+                        cr_assert_eq(p0[i], p1[i], "%s i8 nt=%d nb=%d r4=%d at %zu",
+                                     pim_isa_name(isa), nt, nb, r4, i);
                     pim_kernel_f32_scalar(g, df, ld, nt, nb, r4, 0.19f, p0, q0);
                     k->f32(g, df, ld, nt, nb, r4, 0.19f, p1, q1);
                     for (size_t i = 0; i < outs; i++) {
-                        cr_assert(fabsf(p0[i] - p1[i]) <= KERNEL_F32_REL_TOL * (1 + fabsf(p0[i])) * r4,
-                                  "%s f32 p nt=%d nb=%d r4=%d: %g vs %g", pim_isa_name(isa), nt, nb, r4, p0[i], p1[i]);
+                        cr_assert(fabsf(p0[i] - p1[i]) <=
+                                      KERNEL_F32_REL_TOL * (1 + fabsf(p0[i])) * r4,
+                                  "%s f32 p nt=%d nb=%d r4=%d: %g vs %g", pim_isa_name(isa), nt, nb,
+                                  r4, p0[i], p1[i]);
                         cr_assert(fabsf(q0[i] - q1[i]) <= KERNEL_F32_REL_TOL * (1 + q0[i]),
                                   "%s f32 q: %g vs %g", pim_isa_name(isa), q0[i], q1[i]);
                     }
                     k->f32(g, df, ld, nt, nb, r4, 0.19f, p1, NULL);
                     for (size_t i = 0; i < outs; i++)
-                        cr_assert(fabsf(p0[i] - p1[i]) <= KERNEL_F32_REL_TOL * (1 + fabsf(p0[i])) * r4);
+                        cr_assert(fabsf(p0[i] - p1[i]) <=
+                                  KERNEL_F32_REL_TOL * (1 + fabsf(p0[i])) * r4);
                     free(lv), free(d8), free(g), free(df), free(p0), free(p1), free(q0), free(q1);
                 }
     }
@@ -106,11 +111,13 @@ Test(pim_kernels, unpack_matches_scalar_for_every_packing)
         for (int pack = 2; pack <= 4; pack += 2)
             for (size_t c = 0; c < 4; c++) {
                 size_t n = chunks[c] * PIM_GROUP * 4;
-                uint8_t *in = util_xmalloc(n), *a = util_xmalloc(n * pack), *b = util_xmalloc(n * pack);
+                uint8_t *in = util_xmalloc(n), *a = util_xmalloc(n * pack),
+                        *b = util_xmalloc(n * pack);
                 for (size_t i = 0; i < n; i++) in[i] = (uint8_t)util_rng_next(&rng);
                 pim_unpack_scalar(in, pack, chunks[c], a);
                 pim_kernels_for(isa)->unpack(in, pack, chunks[c], b);
-                cr_assert_arr_eq(a, b, n * pack, "%s pack %d chunks %zu", pim_isa_name(isa), pack, chunks[c]);
+                cr_assert_arr_eq(a, b, n * pack, "%s pack %d chunks %zu", pim_isa_name(isa), pack,
+                                 chunks[c]);
                 for (size_t i = 0; i < n * pack; i++) cr_assert_lt(a[i], 1 << (8 / pack));
                 free(in), free(a), free(b);
             }
@@ -180,7 +187,8 @@ Test(pim_quantize, round_trip_within_half_a_step)
         for (int i = 0; i < 257; i++) x[i] = (float)(util_rng_normal(&rng) * 3);
         double s = pim_quantize(x, 257, bits, q);
         for (int i = 0; i < 257; i++) {
-            cr_assert(fabs(x[i] - q[i] * s) <= QUANT_ROUND_TRIP_STEPS * s * (1 + 1e-9), "bits %d", bits);
+            cr_assert(fabs(x[i] - q[i] * s) <= QUANT_ROUND_TRIP_STEPS * s * (1 + 1e-9), "bits %d",
+                      bits);
             cr_assert(llabs((long long)q[i]) <= (1LL << (bits - 1)) - 1);
         }
     }
@@ -213,9 +221,11 @@ static void check_exact(const struct pim_device *dev, int m, int n, int batch, u
             ctx.no_exact_shortcut = !shortcut;
             cr_assert_eq(pim_matrix_vmm_q(mat, pim_dataflow_get(k), &ctx, x, batch, got, NULL), 0);
             for (size_t i = 0; i < (size_t)batch * m; i++)
-                cr_assert_eq(got[i], want[i], "%s m=%d n=%d batch=%d dac=%d cells=%d %s: %.17g vs %.17g at %zu",
+                cr_assert_eq(got[i], want[i],
+                             "%s m=%d n=%d batch=%d dac=%d cells=%d %s: %.17g vs %.17g at %zu",
                              pim_dataflow_get(k)->name, m, n, batch, dev->dac_bits, dev->cell_bits,
-                             dev->signed_mode == PIM_SIGNED_OFFSET ? "offset" : "differential", got[i], want[i], i);
+                             dev->signed_mode == PIM_SIGNED_OFFSET ? "offset" : "differential",
+                             got[i], want[i], i);
         }
     pim_matrix_free(mat);
     free(w), free(x), free(want), free(got);
@@ -270,11 +280,13 @@ Test(pim_vmm, unflipped_dense_columns_clip_the_adc)
         cr_assert_eq(pim_matrix_program_q(&dev, &ctx, w, m, n, 1, &mat), 0);
         cr_assert_eq(pim_matrix_product_exact(mat, pim_dataflow_get(PIM_DF_ISAAC)), flip != 0);
         ctx.no_exact_shortcut = true;
-        cr_assert_eq(pim_matrix_vmm_q(mat, pim_dataflow_get(PIM_DF_ISAAC), &ctx, x, 1, got, NULL), 0);
+        cr_assert_eq(pim_matrix_vmm_q(mat, pim_dataflow_get(PIM_DF_ISAAC), &ctx, x, 1, got, NULL),
+                     0);
         if (flip)
             cr_assert_eq(got[0], want[0]);
         else
-            cr_assert_lt(got[0], want[0] * 0.99, "clipping must lose the top: %g vs %g", got[0], want[0]);
+            cr_assert_lt(got[0], want[0] * 0.99, "clipping must lose the top: %g vs %g", got[0],
+                         want[0]);
         pim_matrix_free(mat);
     }
     free(w);
@@ -321,15 +333,16 @@ Test(pim_vmm, rejects_out_of_range_operands)
     cr_assert_eq(pim_matrix_program_q(&dev, &ctx, w, 2, 2, 1, &mat), 0);
     double y[2];
     x[1] = 40000; /* input_bits 16 */
-    cr_assert_eq(pim_matrix_vmm_q(mat, pim_dataflow_get(PIM_DF_ISAAC), &ctx, x, 1, y, NULL), -EINVAL);
+    cr_assert_eq(pim_matrix_vmm_q(mat, pim_dataflow_get(PIM_DF_ISAAC), &ctx, x, 1, y, NULL),
+                 -EINVAL);
     pim_matrix_free(mat);
 }
 
 /* ------------------------------------------------------- non-idealities */
 
 /* Relative error of the float product through dev against float64 W x. */
-static double product_error(const struct pim_device *dev, enum pim_dataflow_kind kind, uint64_t seed,
-                            float *out)
+static double product_error(const struct pim_device *dev, enum pim_dataflow_kind kind,
+                            uint64_t seed, float *out)
 {
     int m = 64, n = 256, batch = 8;
     struct util_rng rng;
@@ -508,11 +521,13 @@ Test(pim_dataflow, adc_counts_follow_the_papers_formulas)
             uint64_t S_w = (uint64_t)pim_ceil_div(mode ? 15 : 16, 2), S_i = 16;
             uint64_t blocks = (uint64_t)pim_ceil_div(n, 128);
             uint64_t want[PIM_DF_COUNT] = {m * S_w * S_i * blocks, m * S_w * S_i, m * blocks};
-            uint64_t crossbars = blocks * (uint64_t)pim_ceil_div((long)m * S_w * (mode ? 2 : 1), 128);
+            uint64_t crossbars =
+                blocks * (uint64_t)pim_ceil_div((long)m * S_w * (mode ? 2 : 1), 128);
             for (int k = 0; k < PIM_DF_COUNT; k++) {
                 struct pim_cost cost = {0};
                 pim_vmm_cost(&dev, pim_dataflow_get(k), m, n, 3, false, &cost);
-                cr_assert_eq(cost.adc_conversions, 3 * want[k], "%s %dx%d", pim_dataflow_get(k)->name, m, n);
+                cr_assert_eq(cost.adc_conversions, 3 * want[k], "%s %dx%d",
+                             pim_dataflow_get(k)->name, m, n);
                 cr_assert_eq(cost.crossbars, crossbars);
                 cr_assert_eq(cost.crossbar_reads, 3 * S_i * crossbars);
             }

@@ -1,12 +1,12 @@
 /* Fuzz target for the PIM job parser (server/pim_json.c): any bytes must
  * parse to a valid job or fail with an error naming a parameter, never
  * crash or leak; a parsed job renders, and a tiny one runs. */
+#include "server/pim_json.h"
+#include "util/util.h"
+
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-
-#include "server/pim_json.h"
-#include "util/util.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -37,7 +37,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         struct pim_result res;
         job.threads = 1;
         if (pim_job_run(&job, NULL, &res, &perr) == 0) {
-            struct pim_job_view view = {.id = 1, .type = job.type, .status = PIM_STATUS_DONE, .device = 0, .result = &res};
+            struct pim_job_view view = {
+                .id = 1, .type = job.type, .status = PIM_STATUS_DONE, .device = 0, .result = &res};
             json_t *o = pim_json_job(&view, &lim);
             char *text = json_dumps(o, 0);
             free(text);
