@@ -229,8 +229,8 @@ int pim_admm_compress(const struct pim_device *dev, struct pim_ctx *ctx, const f
                       struct pim_admm_stats *stats, struct pim_cost *cost)
 {
     memset(stats, 0, sizeof *stats);
-    if (rows < 1 || cols < 1 || samples < 1 || !admm_options_valid(opt) ||
-        pim_device_validate(dev, NULL) != 0)
+    if (rows < 1 || cols < 1 || cols > PIM_ADMM_MAX_COLS || samples < 1 ||
+        !admm_options_valid(opt) || pim_device_validate(dev, NULL) != 0)
         return -EINVAL;
     struct pim_cost ignored = {0};
     if (!cost) cost = &ignored;

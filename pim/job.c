@@ -182,6 +182,8 @@ int pim_job_validate(const struct pim_job *job, struct pim_error *err)
         TRY(check_tensor(&job->matrix, "matrix", 2, 2, err));
         if (job->matrix.shape[0] != job->matrix.shape[1])
             return invalid(err, "matrix", "'matrix' must be square");
+        if (job->matrix.shape[0] > PIM_SOLVE_MAX_N)
+            return invalid(err, "matrix", "'matrix' may have at most %d rows", PIM_SOLVE_MAX_N);
         if (job->type == PIM_JOB_SOLVE) {
             TRY(check_tensor(&job->rhs, "rhs", 1, 2, err));
             if (job->rhs.shape[0] != job->matrix.shape[0])
@@ -305,7 +307,10 @@ static int run_vmm(const struct pim_job *job, struct pim_ctx *ctx, struct pim_re
     int batch = (int)dim_rows(&job->input);
     pim_matrix *mat;
     int rc = pim_matrix_program(&job->device, ctx, job->matrix.data, m, n, &mat);
-    if (rc) return fail(err, rc, "matrix", "the matrix could not be programmed");
+    if (rc)
+        return fail(err, rc, "matrix",
+                    rc == -E2BIG ? "the matrix needs more cells than a device simulates (2^28)"
+                                 : "the matrix could not be programmed");
     pim_matrix_program_cost(mat, &res->cost);
     if (job->calibrate_adc) rc = pim_matrix_calibrate_adc(mat, ctx, job->input.data, batch);
     if (rc) {

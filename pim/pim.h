@@ -346,9 +346,14 @@ struct pim_solve_stats {
     bool converged;
 };
 
-/* Solves A X = B for A (n x n, float64, row-major) and k right-hand sides
- * B (n x k, row-major); X (n x k). Returns 0, -EINVAL, -ECANCELED, or
- * -EDOM when A's INV mapping is singular. */
+/* The largest system pim_solve takes (its INV circuit is simulated by a
+ * dense LU). */
+#define PIM_SOLVE_MAX_N 2048
+
+/* Solves A X = B for A (n x n, float64, row-major, n <= PIM_SOLVE_MAX_N)
+ * and k right-hand sides B (n x k, row-major); X (n x k). Right-hand sides
+ * are refined 64 at a time. Returns 0, -EINVAL, -ECANCELED, or -EDOM when
+ * A's INV mapping is singular. */
 int pim_solve(const struct pim_device *dev, struct pim_ctx *ctx, const double *a, int n,
               const double *b, int k, const struct pim_solve_options *opt, double *x,
               struct pim_solve_stats *stats, struct pim_cost *cost);
@@ -444,6 +449,9 @@ struct pim_admm_stats {
     double area_dense, area_kept;   /* mm^2 */
 };
 
+/* The widest W pim_admm_compress takes (it keeps X^T X, cols x cols). */
+#define PIM_ADMM_MAX_COLS 4096
+
 int pim_admm_compress(const struct pim_device *dev, struct pim_ctx *ctx, const float *w, int rows,
                       int cols, const float *x, const float *y, int samples,
                       const struct pim_admm_options *opt, float *w_out,
@@ -513,7 +521,8 @@ void pim_tensor_free(struct pim_tensor *t);
  *   sme_map        matrix W, weight_bits, sme_max_bits, optional input
  *   admm_compress  matrix W, inputs X, targets Y, admm options
  *   dataflow_eval  layers, dataflows (bit mask of 1 << kind)
- * Every type runs on `device` with `dataflow` where it does products. */
+ * Every type runs on `device`; vmm's products go through `dataflow`, the
+ * others' ISAAC-style (solve's residuals need exact conversions). */
 struct pim_job {
     enum pim_job_type type;
     struct pim_device device;

@@ -30,6 +30,8 @@
 /* A refinement step that shrinks the residual by less than this has hit the
  * precision floor of the residual arithmetic. */
 #define STAGNATION 0.9
+/* Right-hand sides refined together (their products batched). */
+#define SOLVE_CHUNK 64
 
 void pim_solve_options_default(struct pim_solve_options *opt)
 {
@@ -354,6 +356,76 @@ static double true_residual(const double *a, int n, const double *b, const doubl
     return worst;
 }
 
+/* Work space of one chunk of right-hand sides. */
+struct refine_work {
+    double *rt, *dt, *prev, *xbest;
+    int *cols;
+};
+
+/* GMRES-IR for the k columns bt (k x n, one after another) from the INV
+ * solutions already in xt, until each meets the tolerance, stops shrinking,
+ * or runs out of steps. */
+static int refine_columns(const struct pim_device *dev, struct pim_ctx *ctx,
+                          const struct inv_circuit *inv, struct hp_vmm *hp, struct fgmres *fg,
+                          const double *bt, double *xt, int n, int k,
+                          const struct pim_solve_options *opt, struct refine_work *w,
+                          struct pim_solve_stats *stats, struct pim_cost *cost)
+{
+    double *rt = w->rt, *dt = w->dt, *prev = w->prev, *xbest = w->xbest;
+    int *cols = w->cols, rc = 0, ncols = k;
+    for (int c = 0; c < k; c++) {
+        prev[c] = INFINITY;
+        cols[c] = c;
+    }
+    for (int it = 0; rc == 0 && ncols > 0; it++) {
+        /* r = b - A x for the columns still refining (packed, then
+         * unpacked in place back to front: cols is increasing). */
+        for (int t = 0; t < ncols; t++)
+            memcpy(dt + (size_t)t * n, xt + (size_t)cols[t] * n, (size_t)n * sizeof(double));
+        rc = hp_apply(hp, ctx, dt, ncols, rt, cost);
+        stats->vmm_products += ncols;
+        if (rc != 0) break;
+        for (int t = ncols - 1; t >= 0; t--)
+            memmove(rt + (size_t)cols[t] * n, rt + (size_t)t * n, (size_t)n * sizeof(double));
+        int still = 0;
+        for (int t = 0; t < ncols; t++) {
+            int c = cols[t];
+            double *r = rt + (size_t)c * n;
+            const double *bc = bt + (size_t)c * n;
+            for (int i = 0; i < n; i++) r[i] = bc[i] - r[i];
+            double bn = norm2(bc, n), res = bn > 0 ? norm2(r, n) / bn : norm2(r, n);
+            if (res > STAGNATION * prev[c]) { /* past the floor: keep the better x */
+                if (res > prev[c])
+                    memcpy(xt + (size_t)c * n, xbest + (size_t)c * n, (size_t)n * sizeof(double));
+                continue;
+            }
+            memcpy(xbest + (size_t)c * n, xt + (size_t)c * n, (size_t)n * sizeof(double));
+            prev[c] = res;
+            if (res == 0) continue;
+            if (it >= opt->max_iterations) {
+                stats->converged = false;
+                continue;
+            }
+            cols[still++] = c;
+        }
+        pim_cost_add_digital(dev, 3.0 * n * ncols, cost);
+        ncols = still;
+        if (ncols == 0) break;
+        if (it + 1 > stats->iterations) stats->iterations = it + 1;
+        rc = fgmres_solve(fg, inv, hp, ctx, rt, cols, ncols, INNER_REDUCTION, dt, stats, cost);
+        /* x += d; a correction below tolerance |x| means x is within it. */
+        still = 0;
+        for (int t = 0; rc == 0 && t < ncols; t++) {
+            int c = cols[t];
+            double *xc = xt + (size_t)c * n, *dc = dt + (size_t)c * n;
+            for (int i = 0; i < n; i++) xc[i] += dc[i];
+            if (norm2(dc, n) > opt->tolerance * norm2(xc, n)) cols[still++] = c;
+        }
+        ncols = still;
+    }
+    return rc;
+}
+
 int pim_solve(const struct pim_device *dev, struct pim_ctx *ctx, const double *a, int n,
               const double *b, int k, const struct pim_solve_options *opt, double *x,
               struct pim_solve_stats *stats, struct pim_cost *cost)
@@ -361,85 +433,47 @@ int pim_solve(const struct pim_device *dev, struct pim_ctx *ctx, const double *a
     struct pim_cost ignored = {0};
     if (!cost) cost = &ignored;
     memset(stats, 0, sizeof *stats);
-    if (n < 1 || k < 1 || pim_device_validate(dev, NULL) != 0 || !finite_all(a, (size_t)n * n) ||
-        !finite_all(b, (size_t)n * k) || opt->max_iterations < 0 || opt->inner_max < 1 ||
-        opt->residual_bits < 8 || opt->residual_bits > 32 || !(opt->tolerance >= 0))
+    if (n < 1 || n > PIM_SOLVE_MAX_N || k < 1 || pim_device_validate(dev, NULL) != 0 ||
+        !finite_all(a, (size_t)n * n) || !finite_all(b, (size_t)n * k) || opt->max_iterations < 0 ||
+        opt->inner_max < 1 || opt->inner_max > 1000 || opt->residual_bits < 8 ||
+        opt->residual_bits > 32 || !(opt->tolerance >= 0))
         return -EINVAL;
 
     struct inv_circuit inv = {0};
     struct hp_vmm hp = {0};
     struct fgmres fg = {0};
+    int chunk = k < SOLVE_CHUNK ? k : SOLVE_CHUNK;
     /* Columns one after another: bt[c][i] = b[i][c]. */
     double *bt = util_xmalloc((size_t)n * k * sizeof(double));
     double *xt = util_xcalloc((size_t)n * k, sizeof(double));
-    double *rt = util_xmalloc((size_t)n * k * sizeof(double));
-    double *dt = util_xmalloc((size_t)n * k * sizeof(double));
-    double *prev = util_xmalloc((size_t)k * sizeof(double));
-    double *xbest = util_xmalloc((size_t)n * k * sizeof(double));
-    int *cols = util_xmalloc((size_t)k * sizeof(int));
+    struct refine_work w = {
+        .rt = util_xmalloc((size_t)n * chunk * sizeof(double)),
+        .dt = util_xmalloc((size_t)n * chunk * sizeof(double)),
+        .prev = util_xmalloc((size_t)chunk * sizeof(double)),
+        .xbest = util_xmalloc((size_t)n * chunk * sizeof(double)),
+        .cols = util_xmalloc((size_t)chunk * sizeof(int)),
+    };
     int32_t *scratch = util_xmalloc((size_t)n * sizeof(int32_t));
     for (int i = 0; i < n; i++)
         for (int c = 0; c < k; c++) bt[(size_t)c * n + i] = b[(size_t)i * k + c];
 
     int rc = inv_program(dev, ctx, a, n, &inv, cost);
-    for (int c = 0; rc == 0 && c < k; c++)
-        inv_solve(&inv, bt + (size_t)c * n, xt + (size_t)c * n, scratch, cost);
-    if (rc == 0) inv_time(&inv, (uint64_t)k, cost);
-    stats->inv_solves = rc == 0 ? k : 0;
     if (rc == 0 && opt->refine) {
         rc = hp_program(dev, ctx, a, n, opt->residual_bits, &hp, cost);
-        fgmres_init(&fg, n, k, opt->inner_max);
-        for (int c = 0; c < k; c++) prev[c] = INFINITY;
+        fgmres_init(&fg, n, chunk, opt->inner_max);
         stats->converged = true;
-        int ncols = k;
-        for (int c = 0; c < k; c++) cols[c] = c;
-        for (int it = 0; rc == 0 && ncols > 0; it++) {
-            /* r = b - A x for the columns still refining (packed, then
-             * unpacked in place back to front: cols is increasing). */
-            for (int t = 0; t < ncols; t++)
-                memcpy(dt + (size_t)t * n, xt + (size_t)cols[t] * n, (size_t)n * sizeof(double));
-            rc = hp_apply(&hp, ctx, dt, ncols, rt, cost);
-            stats->vmm_products += ncols;
-            if (rc != 0) break;
-            for (int t = ncols - 1; t >= 0; t--)
-                memmove(rt + (size_t)cols[t] * n, rt + (size_t)t * n, (size_t)n * sizeof(double));
-            int still = 0;
-            for (int t = 0; t < ncols; t++) {
-                int c = cols[t];
-                double *r = rt + (size_t)c * n, *bc = bt + (size_t)c * n;
-                for (int i = 0; i < n; i++) r[i] = bc[i] - r[i];
-                double bn = norm2(bc, n), res = bn > 0 ? norm2(r, n) / bn : norm2(r, n);
-                if (res > STAGNATION * prev[c]) { /* past the floor: keep the better x */
-                    if (res > prev[c])
-                        memcpy(xt + (size_t)c * n, xbest + (size_t)c * n,
-                               (size_t)n * sizeof(double));
-                    continue;
-                }
-                memcpy(xbest + (size_t)c * n, xt + (size_t)c * n, (size_t)n * sizeof(double));
-                prev[c] = res;
-                if (res == 0) continue;
-                if (it >= opt->max_iterations) {
-                    stats->converged = false;
-                    continue;
-                }
-                cols[still++] = c;
-            }
-            pim_cost_add_digital(dev, 3.0 * n * ncols, cost);
-            ncols = still;
-            if (ncols == 0) break;
-            stats->iterations = it + 1;
-            rc = fgmres_solve(&fg, &inv, &hp, ctx, rt, cols, ncols, INNER_REDUCTION, dt, stats,
-                              cost);
-            /* x += d; a correction below tolerance |x| means x is within it. */
-            still = 0;
-            for (int t = 0; rc == 0 && t < ncols; t++) {
-                int c = cols[t];
-                double *xc = xt + (size_t)c * n, *dc = dt + (size_t)c * n;
-                for (int i = 0; i < n; i++) xc[i] += dc[i];
-                if (norm2(dc, n) > opt->tolerance * norm2(xc, n)) cols[still++] = c;
-            }
-            ncols = still;
-        }
+    }
+    /* Right-hand sides a chunk at a time: the Krylov bases stay small. */
+    for (int c0 = 0; rc == 0 && c0 < k; c0 += chunk) {
+        int kc = k - c0 < chunk ? k - c0 : chunk;
+        double *bc = bt + (size_t)c0 * n, *xc = xt + (size_t)c0 * n;
+        for (int c = 0; c < kc; c++)
+            inv_solve(&inv, bc + (size_t)c * n, xc + (size_t)c * n, scratch, cost);
+        inv_time(&inv, (uint64_t)kc, cost);
+        stats->inv_solves += kc;
+        if (opt->refine)
+            rc = refine_columns(dev, ctx, &inv, &hp, &fg, bc, xc, n, kc, opt, &w, stats, cost);
+        if (rc == 0 && pim_ctx_cancelled(ctx)) rc = -ECANCELED;
     }
     if (rc == 0) {
         for (int i = 0; i < n; i++)
@@ -453,11 +487,11 @@ int pim_solve(const struct pim_device *dev, struct pim_ctx *ctx, const double *a
     fgmres_free(&fg);
     free(bt);
     free(xt);
-    free(rt);
-    free(dt);
-    free(prev);
-    free(xbest);
-    free(cols);
+    free(w.rt);
+    free(w.dt);
+    free(w.prev);
+    free(w.xbest);
+    free(w.cols);
     free(scratch);
     return rc;
 }

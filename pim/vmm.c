@@ -211,7 +211,8 @@ int pim_matrix_program_q(const struct pim_device *dev, struct pim_ctx *ctx, cons
     mat->groups = pim_ceil_div(m, PIM_GROUP);
     mat->plane_group_cells = (size_t)mat->nb * mat->r4 * PIM_GROUP;
     mat->plane_group_bytes = mat->plane_group_cells / (size_t)mat->pack;
-    if ((double)mat->plane_group_cells * mat->groups > (double)PIM_MAX_CELLS) {
+    if ((double)mat->plane_group_cells * mat->groups * mat->slices * mat->stored >
+        (double)PIM_MAX_CELLS) {
         free(mat);
         return -E2BIG;
     }

@@ -158,6 +158,17 @@ Test(pim_solve, invert_reaches_16_bits)
     free(a), free(inv), free(want), free(eye);
 }
 
+Test(pim_solve, many_right_hand_sides_are_refined_in_chunks)
+{
+    struct pim_device dev = test_device();
+    double plain, refined;
+    struct pim_solve_stats st;
+    solve_errors(&dev, 12, 50, 70, 21, &plain, &refined, &st); /* 64 + 6 columns */
+    cr_assert_leq(refined, REFINED_REL_ERROR);
+    cr_assert(st.converged);
+    cr_assert_geq(st.inv_solves, 70);
+}
+
 Test(pim_solve, singular_and_invalid_inputs_are_errors)
 {
     struct pim_device dev = test_device();
@@ -173,6 +184,8 @@ Test(pim_solve, singular_and_invalid_inputs_are_errors)
     a[1] = 0;
     opt.residual_bits = 40;
     cr_assert_eq(pim_solve(&dev, &ctx, a, 2, b, 1, &opt, x, &st, NULL), -EINVAL);
+    pim_solve_options_default(&opt);
+    cr_assert_eq(pim_solve(&dev, &ctx, a, PIM_SOLVE_MAX_N + 1, b, 1, &opt, x, &st, NULL), -EINVAL);
 }
 
 Test(pim_solve, cancellation_stops_a_solve)
