@@ -273,8 +273,8 @@ double pim_quantize(const float *x, size_t n, int bits, int32_t *q);
  * onto crossbars of dev: encodes signs, slices bits over cells, draws the
  * programming noise, faults and drift of the cells from ctx. `scale` is the
  * value of one integer step (for float results). Returns 0, -EINVAL (bad
- * sizes or values) or -E2BIG (over 2^31 cells per slice). *out is freed with
- * pim_matrix_free. */
+ * sizes or values), -E2BIG (over 2^28 stored cells) or -ECANCELED. *out is
+ * freed with pim_matrix_free. */
 int pim_matrix_program_q(const struct pim_device *dev, struct pim_ctx *ctx, const int32_t *wq,
                          int m, int n, double scale, pim_matrix **out);
 /* The same for a float matrix, quantised per tensor to dev->weight_bits. */

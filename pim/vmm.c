@@ -238,11 +238,16 @@ int pim_matrix_program_q(const struct pim_device *dev, struct pim_ctx *ctx, cons
 #pragma omp for collapse(2) schedule(dynamic, 8)
         for (int plane = 0; plane < planes; plane++)
             for (int i = 0; i < m; i++)
-                program_row(mat, ctx->seed, plane / mat->stored, plane % mat->stored, i, z_prog,
-                            u_stuck, z_drift);
+                if (!pim_ctx_cancelled(ctx))
+                    program_row(mat, ctx->seed, plane / mat->stored, plane % mat->stored, i, z_prog,
+                                u_stuck, z_drift);
         free(z_prog);
         free(u_stuck);
         free(z_drift);
+    }
+    if (pim_ctx_cancelled(ctx)) {
+        pim_matrix_free(mat);
+        return -ECANCELED;
     }
     npim_converters(mat, ctx->seed);
 
