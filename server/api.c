@@ -4,6 +4,8 @@
  */
 #include "server/api.h"
 
+#include "util/util.h"
+
 #include <errno.h>
 #include <math.h>
 #include <stdarg.h>
@@ -11,8 +13,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-
-#include "util/util.h"
 
 /* --------------------------------------------------------------- errors */
 
@@ -74,8 +74,8 @@ static int get_int(const json_t *obj, const char *key, const char *param, long l
         return srv_bad_param(err, param, "'%s' must be an integer", param);
     }
     if (x < min || x > max)
-        return srv_bad_param(err, param, "'%s' must be between %lld and %lld, got %lld", param,
-                             min, max, x);
+        return srv_bad_param(err, param, "'%s' must be between %lld and %lld, got %lld", param, min,
+                             max, x);
     *out = x;
     return 1;
 }
@@ -126,9 +126,8 @@ static char *dup_bytes(const char *s, size_t len)
 
 /* --------------------------------------------------- prompts and messages */
 
-static int parse_token_ids(const json_t *arr, const char *param,
-                           const struct srv_model_limits *lim, int32_t **ids_out, int *n_out,
-                           struct srv_error *err)
+static int parse_token_ids(const json_t *arr, const char *param, const struct srv_model_limits *lim,
+                           int32_t **ids_out, int *n_out, struct srv_error *err)
 {
     size_t n = json_array_size(arr);
     if (n == 0) return srv_bad_param(err, param, "'%s' must not be empty", param);
@@ -147,8 +146,8 @@ static int parse_token_ids(const json_t *arr, const char *param,
         json_int_t id = json_integer_value(v);
         if (id < 0 || id >= lim->vocab_size) {
             free(ids);
-            return srv_bad_param(err, param, "token id %lld is out of range [0, %d)",
-                                 (long long)id, lim->vocab_size);
+            return srv_bad_param(err, param, "token id %lld is out of range [0, %d)", (long long)id,
+                                 lim->vocab_size);
         }
         ids[i] = (int32_t)id;
     }
@@ -226,7 +225,8 @@ static int parse_content(const json_t *content, int index, struct srv_buf *out,
         return srv_bad_param(err, param, "'%s' must be a string or a list of parts", param);
     size_t i;
     json_t *part;
-    json_array_foreach(content, i, part) {
+    json_array_foreach(content, i, part)
+    {
         json_t *type = json_object_get(part, "type");
         json_t *text = json_object_get(part, "text");
         if (!json_is_string(type) || strcmp(json_string_value(type), "text") != 0)
@@ -371,8 +371,7 @@ static int parse_logprobs(const json_t *body, struct srv_completion_request *r,
     return 0;
 }
 
-static int parse_stream(const json_t *body, struct srv_completion_request *r,
-                        struct srv_error *err)
+static int parse_stream(const json_t *body, struct srv_completion_request *r, struct srv_error *err)
 {
     int rc;
     if ((rc = get_bool(body, "stream", "stream", &r->stream, err)) < 0) return rc;
@@ -386,8 +385,7 @@ static int parse_stream(const json_t *body, struct srv_completion_request *r,
     return rc < 0 ? rc : 0;
 }
 
-static int parse_quest(const json_t *body, struct srv_completion_request *r,
-                       struct srv_error *err)
+static int parse_quest(const json_t *body, struct srv_completion_request *r, struct srv_error *err)
 {
     r->quest_budget = -1;
     json_t *q = json_object_get(body, "quest");
@@ -395,7 +393,8 @@ static int parse_quest(const json_t *body, struct srv_completion_request *r,
     if (!json_is_object(q)) return srv_bad_param(err, "quest", "'quest' must be an object");
     const char *key;
     json_t *v;
-    json_object_foreach(q, key, v) {
+    json_object_foreach(q, key, v)
+    {
         if (strcmp(key, "token_budget") != 0)
             return srv_bad_param(err, "quest", "unknown field in 'quest' (only token_budget)");
     }
@@ -460,8 +459,10 @@ static int parse_completion(const json_t *body, enum srv_api api,
     if (!json_is_object(body))
         return srv_bad_param(err, NULL, "the request body must be a JSON object");
     if ((rc = check_model(body, lim, &r->model, err))) return rc;
-    if (api == SRV_API_COMPLETIONS) rc = parse_prompts(body, lim, r, err);
-    else rc = parse_messages(body, &r->messages, &r->n_messages, err);
+    if (api == SRV_API_COMPLETIONS)
+        rc = parse_prompts(body, lim, r, err);
+    else
+        rc = parse_messages(body, &r->messages, &r->n_messages, err);
     if (rc) return rc;
     if ((rc = refuse_unsupported(body, err))) return rc;
 
@@ -528,11 +529,22 @@ int srv_resolve_max_tokens(const struct srv_completion_request *r, int n_prompt,
         return srv_bad_param(err, r->api == SRV_API_CHAT ? "max_completion_tokens" : "max_tokens",
                              "This model's maximum context length is %d tokens. However, you "
                              "requested %lld tokens (%d in the prompt, %d for the completion)",
-                             ctx_len, (long long)n_prompt + r->max_tokens, n_prompt,
-                             r->max_tokens);
-    if (r->max_tokens > 0) *max_tokens = r->max_tokens;
-    else *max_tokens = r->api == SRV_API_CHAT ? room : (room < 16 ? room : 16);
+                             ctx_len, (long long)n_prompt + r->max_tokens, n_prompt, r->max_tokens);
+    if (r->max_tokens > 0)
+        *max_tokens = r->max_tokens;
+    else
+        *max_tokens = r->api == SRV_API_CHAT ? room : (room < 16 ? room : 16);
     return 0;
+}
+
+int srv_check_prompt_bytes(size_t bytes, size_t max_piece_len, int ctx_len, const char *param,
+                           struct srv_error *err)
+{
+    if (max_piece_len == 0 || bytes / max_piece_len < (size_t)ctx_len) return 0;
+    return srv_bad_param(err, param,
+                         "This model's maximum context length is %d tokens, and the prompt "
+                         "(%zu bytes) is longer than that",
+                         ctx_len, bytes);
 }
 
 int srv_parse_tokenize(const json_t *body, const struct srv_model_limits *lim,
@@ -604,10 +616,14 @@ static size_t utf8_sequence(const unsigned char *s, size_t len)
     if (c < 0x80) return 1;
     size_t n;
     unsigned cp, min;
-    if ((c & 0xe0) == 0xc0) n = 2, cp = c & 0x1f, min = 0x80;
-    else if ((c & 0xf0) == 0xe0) n = 3, cp = c & 0x0f, min = 0x800;
-    else if ((c & 0xf8) == 0xf0) n = 4, cp = c & 0x07, min = 0x10000;
-    else return 0;
+    if ((c & 0xe0) == 0xc0)
+        n = 2, cp = c & 0x1f, min = 0x80;
+    else if ((c & 0xf0) == 0xe0)
+        n = 3, cp = c & 0x0f, min = 0x800;
+    else if ((c & 0xf8) == 0xf0)
+        n = 4, cp = c & 0x07, min = 0x10000;
+    else
+        return 0;
     if (n > len) return 0;
     for (size_t i = 1; i < n; i++) {
         if ((s[i] & 0xc0) != 0x80) return 0;
@@ -697,9 +713,12 @@ void srv_token_display(const llm_tokenizer *tok, int32_t id, struct srv_buf *out
 const char *srv_finish_reason(enum llm_finish f)
 {
     switch (f) {
-    case LLM_FINISH_STOP: return "stop";
-    case LLM_FINISH_NONE: return NULL;
-    default: return "length";
+    case LLM_FINISH_STOP:
+        return "stop";
+    case LLM_FINISH_NONE:
+        return NULL;
+    default:
+        return "length";
     }
 }
 
@@ -729,7 +748,10 @@ void srv_choice_result_free(struct srv_choice_result *c)
 }
 
 /* JSON has no infinities; OpenAI writes -9999 for a token that cannot be. */
-static json_t *logprob_value(float lp) { return json_real(isfinite(lp) ? lp : -9999.0); }
+static json_t *logprob_value(float lp)
+{
+    return json_real(isfinite(lp) ? lp : -9999.0);
+}
 
 static json_t *token_string(const llm_tokenizer *tok, int32_t id)
 {
@@ -745,7 +767,8 @@ static json_t *token_bytes_json(const llm_tokenizer *tok, int32_t id)
     char bytes[256];
     size_t n = srv_token_bytes(tok, id, bytes, sizeof bytes);
     json_t *arr = json_array();
-    for (size_t i = 0; i < n; i++) json_array_append_new(arr, json_integer((unsigned char)bytes[i]));
+    for (size_t i = 0; i < n; i++)
+        json_array_append_new(arr, json_integer((unsigned char)bytes[i]));
     return arr;
 }
 
@@ -787,11 +810,10 @@ static json_t *chat_logprobs(const llm_tokenizer *tok, const struct srv_token_lo
                                                  token_string(tok, lps[i].top[k].token), "logprob",
                                                  logprob_value(lps[i].top[k].logprob), "bytes",
                                                  token_bytes_json(tok, lps[i].top[k].token)));
-        json_array_append_new(content,
-                              json_pack("{s:o,s:o,s:o,s:o}", "token",
-                                        token_string(tok, lps[i].token), "logprob",
-                                        logprob_value(lps[i].logprob), "bytes",
-                                        token_bytes_json(tok, lps[i].token), "top_logprobs", top));
+        json_array_append_new(
+            content, json_pack("{s:o,s:o,s:o,s:o}", "token", token_string(tok, lps[i].token),
+                               "logprob", logprob_value(lps[i].logprob), "bytes",
+                               token_bytes_json(tok, lps[i].token), "top_logprobs", top));
     }
     return json_pack("{s:o}", "content", content);
 }
@@ -823,8 +845,7 @@ static json_t *envelope(const struct srv_response_meta *meta, const char *object
 }
 
 json_t *srv_response_json(const struct srv_response_meta *meta,
-                          const struct srv_choice_result *choices, int n_choices,
-                          int prompt_tokens)
+                          const struct srv_choice_result *choices, int n_choices, int prompt_tokens)
 {
     bool chat = meta->api == SRV_API_CHAT;
     json_t *root = envelope(meta, chat ? "chat.completion" : "text_completion");
@@ -900,7 +921,10 @@ void srv_sse_append_json(struct srv_buf *out, const json_t *data)
     free(text);
 }
 
-void srv_sse_append_done(struct srv_buf *out) { srv_buf_puts(out, "data: [DONE]\n\n"); }
+void srv_sse_append_done(struct srv_buf *out)
+{
+    srv_buf_puts(out, "data: [DONE]\n\n");
+}
 
 /* --------------------------------------------------------- auth and CORS */
 

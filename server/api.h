@@ -12,22 +12,22 @@
 #ifndef LLMD_SERVER_API_H
 #define LLMD_SERVER_API_H
 
-#include <jansson.h>
-#include <stdbool.h>
-#include <stdint.h>
-
 #include "core/engine.h"
 #include "core/tokenizer.h"
 #include "server/buf.h"
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stdint.h>
 
 /* --------------------------------------------------------------- errors */
 
 /* An error answer: {"error":{"message","type","param","code"}}. */
 struct srv_error {
-    int status;         /* HTTP status */
-    const char *type;   /* static: "invalid_request_error", "server_error", ... */
-    const char *code;   /* static or NULL */
-    char param[64];     /* the offending parameter; "" = null */
+    int status;       /* HTTP status */
+    const char *type; /* static: "invalid_request_error", "server_error", ... */
+    const char *code; /* static or NULL */
+    char param[64];   /* the offending parameter; "" = null */
     char message[320];
 };
 
@@ -42,14 +42,14 @@ json_t *srv_error_json(const struct srv_error *e);
 
 enum srv_api { SRV_API_COMPLETIONS, SRV_API_CHAT };
 
-#define SRV_MAX_N 16        /* choices per prompt */
-#define SRV_MAX_PROMPTS 16  /* prompts in one completions request */
-#define SRV_MAX_CHOICES 64  /* prompts x n */
+#define SRV_MAX_N        16 /* choices per prompt */
+#define SRV_MAX_PROMPTS  16 /* prompts in one completions request */
+#define SRV_MAX_CHOICES  64 /* prompts x n */
 #define SRV_MAX_STOP_LEN 256
 
 /* One completions prompt: text to tokenize, or token ids to use as given. */
 struct srv_prompt {
-    char *text;   /* NULL when ids */
+    char *text; /* NULL when ids */
     size_t text_len;
     int32_t *ids;
     int n_ids;
@@ -62,23 +62,23 @@ struct srv_message {
 
 struct srv_completion_request {
     enum srv_api api;
-    char *model;              /* as given; NULL when absent */
+    char *model;                /* as given; NULL when absent */
     struct srv_prompt *prompts; /* completions */
     int n_prompts;
     struct srv_message *messages; /* chat */
     int n_messages;
-    int max_tokens;           /* 0 = not given */
+    int max_tokens; /* 0 = not given */
     int n;
     struct llm_sampling sampling; /* OpenAI's defaults where not given */
     bool has_seed;
     char *stop[LLM_MAX_STOP];
     int n_stop;
-    bool ignore_eos;          /* vLLM's extension: generate max_tokens regardless of EOS */
-    bool logprobs;            /* per-token log-probabilities wanted */
-    int top_logprobs;         /* alternatives per token (0..LLM_MAX_LOGPROBS) */
+    bool ignore_eos;  /* vLLM's extension: generate max_tokens regardless of EOS */
+    bool logprobs;    /* per-token log-probabilities wanted */
+    int top_logprobs; /* alternatives per token (0..LLM_MAX_LOGPROBS) */
     bool stream;
-    bool include_usage;       /* stream_options.include_usage */
-    int quest_budget;         /* quest.token_budget; -1 = the server's default */
+    bool include_usage; /* stream_options.include_usage */
+    int quest_budget;   /* quest.token_budget; -1 = the server's default */
 };
 
 /* What validation needs to know about the served model. */
@@ -105,6 +105,14 @@ void srv_completion_request_free(struct srv_completion_request *r);
  * OpenAI), the rest of the context for chat. */
 int srv_resolve_max_tokens(const struct srv_completion_request *r, int n_prompt, int ctx_len,
                            int *max_tokens, struct srv_error *err);
+
+/* Refuses, before tokenizing, text that cannot fit the context: no token
+ * covers more than max_piece_len bytes, so `bytes` of text make at least
+ * bytes / max_piece_len tokens. This bounds the tokenizing the loop thread
+ * does for one prompt to about ctx_len x max_piece_len bytes, whatever the
+ * body size. 0 or -EINVAL with a 400 naming `param`. */
+int srv_check_prompt_bytes(size_t bytes, size_t max_piece_len, int ctx_len, const char *param,
+                           struct srv_error *err);
 
 /* POST /tokenize: {"prompt": text} or {"messages": [...]} (rendered with
  * the chat template), "add_special_tokens" (default true). */
@@ -187,10 +195,10 @@ void srv_choice_result_free(struct srv_choice_result *c);
 /* The fields every response and chunk of one request share. */
 struct srv_response_meta {
     enum srv_api api;
-    const char *id;    /* "cmpl-..." or "chatcmpl-..." */
-    int64_t created;   /* Unix seconds */
+    const char *id;  /* "cmpl-..." or "chatcmpl-..." */
+    int64_t created; /* Unix seconds */
     const char *model;
-    bool logprobs;     /* include logprobs objects (else null) */
+    bool logprobs;            /* include logprobs objects (else null) */
     const llm_tokenizer *tok; /* for token strings in logprobs */
 };
 

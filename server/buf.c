@@ -1,11 +1,11 @@
 /* buf.c: the growable byte buffer. */
 #include "server/buf.h"
 
+#include "util/util.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-#include "util/util.h"
 
 static void buf_reserve(struct srv_buf *b, size_t extra)
 {
@@ -25,7 +25,10 @@ void srv_buf_append(struct srv_buf *b, const void *bytes, size_t n)
     b->data[b->len] = '\0';
 }
 
-void srv_buf_puts(struct srv_buf *b, const char *s) { srv_buf_append(b, s, strlen(s)); }
+void srv_buf_puts(struct srv_buf *b, const char *s)
+{
+    srv_buf_append(b, s, strlen(s));
+}
 
 void srv_buf_vprintf(struct srv_buf *b, const char *fmt, va_list ap)
 {

@@ -16,7 +16,10 @@ struct srv_buf {
     size_t cap;
 };
 
-#define SRV_BUF_INIT {NULL, 0, 0}
+#define SRV_BUF_INIT                                                                               \
+    {                                                                                              \
+        NULL, 0, 0                                                                                 \
+    }
 
 void srv_buf_append(struct srv_buf *b, const void *bytes, size_t n);
 void srv_buf_puts(struct srv_buf *b, const char *s);

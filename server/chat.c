@@ -4,10 +4,10 @@
  * their markers, as llama.cpp's llm_chat_detect_template does, and render
  * them natively. Anything else falls back to the built-in format (api.h).
  */
+#include "server/api.h"
+
 #include <stdlib.h>
 #include <string.h>
-
-#include "server/api.h"
 
 enum srv_chat_format srv_chat_detect(const char *tmpl, bool *recognized)
 {
@@ -30,8 +30,8 @@ const char *srv_chat_format_name(enum srv_chat_format f)
 
 const char *srv_chat_turn_end(enum srv_chat_format f)
 {
-    static const char *const ends[] = {"\nUser:", "<|im_end|>", "[INST]", "<|eot_id|>", "</s>",
-                                       "<end_of_turn>"};
+    static const char *const ends[] = {"\nUser:",    "<|im_end|>", "[INST]",
+                                       "<|eot_id|>", "</s>",       "<end_of_turn>"};
     return ends[f];
 }
 
@@ -40,14 +40,20 @@ static bool is_system(const struct srv_message *m)
     return strcmp(m->role, "system") == 0 || strcmp(m->role, "developer") == 0;
 }
 
-static bool is_assistant(const struct srv_message *m) { return strcmp(m->role, "assistant") == 0; }
+static bool is_assistant(const struct srv_message *m)
+{
+    return strcmp(m->role, "assistant") == 0;
+}
 
 static void render_builtin(struct srv_buf *out, const struct srv_message *m, int n)
 {
     for (int i = 0; i < n; i++) {
-        if (is_system(&m[i])) srv_buf_printf(out, "%s\n\n", m[i].content);
-        else if (is_assistant(&m[i])) srv_buf_printf(out, "Assistant: %s\n", m[i].content);
-        else srv_buf_printf(out, "User: %s\n", m[i].content);
+        if (is_system(&m[i]))
+            srv_buf_printf(out, "%s\n\n", m[i].content);
+        else if (is_assistant(&m[i]))
+            srv_buf_printf(out, "Assistant: %s\n", m[i].content);
+        else
+            srv_buf_printf(out, "User: %s\n", m[i].content);
     }
     srv_buf_puts(out, "Assistant:");
 }
@@ -124,12 +130,24 @@ char *srv_chat_render(enum srv_chat_format f, const struct srv_message *messages
 {
     struct srv_buf out = SRV_BUF_INIT;
     switch (f) {
-    case SRV_CHAT_BUILTIN: render_builtin(&out, messages, n); break;
-    case SRV_CHAT_CHATML: render_chatml(&out, messages, n); break;
-    case SRV_CHAT_LLAMA2: render_llama2(&out, messages, n); break;
-    case SRV_CHAT_LLAMA3: render_llama3(&out, messages, n); break;
-    case SRV_CHAT_ZEPHYR: render_zephyr(&out, messages, n); break;
-    case SRV_CHAT_GEMMA: render_gemma(&out, messages, n); break;
+    case SRV_CHAT_BUILTIN:
+        render_builtin(&out, messages, n);
+        break;
+    case SRV_CHAT_CHATML:
+        render_chatml(&out, messages, n);
+        break;
+    case SRV_CHAT_LLAMA2:
+        render_llama2(&out, messages, n);
+        break;
+    case SRV_CHAT_LLAMA3:
+        render_llama3(&out, messages, n);
+        break;
+    case SRV_CHAT_ZEPHYR:
+        render_zephyr(&out, messages, n);
+        break;
+    case SRV_CHAT_GEMMA:
+        render_gemma(&out, messages, n);
+        break;
     }
     return srv_buf_take(&out);
 }

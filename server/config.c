@@ -3,6 +3,9 @@
  * once; the config file key, the LLMD_* variable, the --flag, the default,
  * the range and the help line all come from it.
  */
+#include "server/server.h"
+#include "util/util.h"
+
 #include <ctype.h>
 #include <errno.h>
 #include <limits.h>
@@ -15,15 +18,12 @@
 #include <strings.h>
 #include <unistd.h>
 
-#include "server/server.h"
-#include "util/util.h"
-
 /* ------------------------------------------------------------ the table */
 
 enum opt_type { OPT_STRING, OPT_INT, OPT_DOUBLE, OPT_BOOL, OPT_LIST };
 
 struct opt {
-    const char *key;     /* file key; flag and variable derive from it */
+    const char *key; /* file key; flag and variable derive from it */
     enum opt_type type;
     size_t offset;       /* of the value in struct srv_config */
     size_t count_offset; /* OPT_LIST: of its count */
@@ -37,8 +37,8 @@ struct opt {
 };
 
 #define OFF(field) offsetof(struct srv_config, field)
-#define M SRV_CONFIG_GROUP_MODEL
-#define S SRV_CONFIG_GROUP_SERVER
+#define M          SRV_CONFIG_GROUP_MODEL
+#define S          SRV_CONFIG_GROUP_SERVER
 
 static const struct opt opts[] = {
     {"host", OPT_STRING, OFF(host), 0, "127.0.0.1", 0, 0, NULL, false, S, "ADDR",
@@ -69,10 +69,10 @@ static const struct opt opts[] = {
      "tokens per forward step, prefill chunks included"},
     {"prefill_chunk", OPT_INT, OFF(prefill_chunk), 0, "256", 1, 1 << 20, NULL, false, S, "N",
      "prompt tokens one sequence prefills per step at most"},
-    {"max_body_bytes", OPT_INT, OFF(max_body_bytes), 0, "1048576", 64, 1 << 30, NULL, false, S,
-     "N", "largest request body; more gets 413"},
-    {"max_header_bytes", OPT_INT, OFF(max_header_bytes), 0, "32768", 4096, 1 << 24, NULL, false,
-     S, "N", "per-connection memory for the request line and headers; more gets 431"},
+    {"max_body_bytes", OPT_INT, OFF(max_body_bytes), 0, "1048576", 64, 1 << 30, NULL, false, S, "N",
+     "largest request body; more gets 413"},
+    {"max_header_bytes", OPT_INT, OFF(max_header_bytes), 0, "32768", 4096, 1 << 24, NULL, false, S,
+     "N", "per-connection memory for the request line and headers; more gets 431"},
     {"max_connections", OPT_INT, OFF(max_connections), 0, "1024", 1, 1 << 20, NULL, false, S, "N",
      "open connections at most; more are refused"},
     {"request_timeout_s", OPT_DOUBLE, OFF(request_timeout_s), 0, "600", 0, 1e9, NULL, false, S,
@@ -101,7 +101,10 @@ static const struct opt opts[] = {
 
 #define N_OPTS (sizeof opts / sizeof opts[0])
 
-static void *opt_field(struct srv_config *c, const struct opt *o) { return (char *)c + o->offset; }
+static void *opt_field(struct srv_config *c, const struct opt *o)
+{
+    return (char *)c + o->offset;
+}
 
 static __attribute__((format(printf, 3, 4))) int fail(char *err, size_t err_len, const char *fmt,
                                                       ...)
@@ -305,7 +308,8 @@ static int apply_json_value(struct srv_config *c, const struct opt *o, const jso
                 json_string_length(json_array_get(v, i)) == 0)
                 return fail(err, err_len, "%s: item %zu must be a non-empty string", name, i);
         char **items = n ? util_xcalloc(n, sizeof *items) : NULL;
-        for (size_t i = 0; i < n; i++) items[i] = util_xstrdup(json_string_value(json_array_get(v, i)));
+        for (size_t i = 0; i < n; i++)
+            items[i] = util_xstrdup(json_string_value(json_array_get(v, i)));
         set_list(c, o, items, (int)n);
         return 0;
     }
@@ -348,14 +352,15 @@ static const struct opt *find_opt_key(const char *key)
     return NULL;
 }
 
-int srv_config_apply_json(struct srv_config *c, const json_t *object, const char *origin,
-                          char *err, size_t err_len)
+int srv_config_apply_json(struct srv_config *c, const json_t *object, const char *origin, char *err,
+                          size_t err_len)
 {
     if (!json_is_object(object))
         return fail(err, err_len, "%s: the settings must be a JSON object", origin);
     const char *key;
     json_t *value;
-    json_object_foreach((json_t *)object, key, value) {
+    json_object_foreach((json_t *)object, key, value)
+    {
         const struct opt *o = find_opt_key(key);
         if (!o) return fail(err, err_len, "%s: unknown setting '%.64s'", origin, key);
         int rc = apply_json_value(c, o, value, origin, err, err_len);
@@ -372,8 +377,7 @@ int srv_config_apply_file(struct srv_config *c, const char *path, char *err, siz
     }
     json_error_t jerr;
     json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
-    if (!root)
-        return fail(err, err_len, "%s:%d:%d: %s", path, jerr.line, jerr.column, jerr.text);
+    if (!root) return fail(err, err_len, "%s:%d:%d: %s", path, jerr.line, jerr.column, jerr.text);
     int rc = srv_config_apply_json(c, root, path, err, err_len);
     json_decref(root);
     if (rc == 0) {
@@ -519,15 +523,24 @@ json_t *srv_config_to_json(const struct srv_config *c)
         const void *field = (const char *)c + o->offset;
         json_t *v = NULL;
         switch (o->type) {
-        case OPT_STRING: v = json_string(*(char *const *)field); break;
-        case OPT_INT: v = json_integer(*(const int *)field); break;
-        case OPT_DOUBLE: v = json_real(*(const double *)field); break;
-        case OPT_BOOL: v = json_boolean(*(const bool *)field); break;
+        case OPT_STRING:
+            v = json_string(*(char *const *)field);
+            break;
+        case OPT_INT:
+            v = json_integer(*(const int *)field);
+            break;
+        case OPT_DOUBLE:
+            v = json_real(*(const double *)field);
+            break;
+        case OPT_BOOL:
+            v = json_boolean(*(const bool *)field);
+            break;
         case OPT_LIST: {
             char *const *items = *(char **const *)field;
             int n = *(const int *)((const char *)c + o->count_offset);
             v = json_array();
-            for (int k = 0; k < n; k++) json_array_append_new(v, json_string(o->secret ? "<redacted>" : items[k]));
+            for (int k = 0; k < n; k++)
+                json_array_append_new(v, json_string(o->secret ? "<redacted>" : items[k]));
             break;
         }
         }

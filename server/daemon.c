@@ -3,6 +3,10 @@
  * mode, the model loader thread, the engine bridge, signals and draining.
  * See daemon.h for the threads and lifetimes.
  */
+#include "server/daemon.h"
+
+#include "util/util.h"
+
 #include <errno.h>
 #include <netdb.h>
 #include <signal.h>
@@ -13,9 +17,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "server/daemon.h"
-#include "util/util.h"
-
 /* After the engine stopped, responses still being written get this long. */
 #define SRV_DRAIN_WRITE_S 5.0
 
@@ -23,7 +24,10 @@ static void begin_shutdown(struct srv_daemon *d, const char *why);
 
 /* ------------------------------------------------------------ MHD glue */
 
-static void on_mhd_timer(uv_timer_t *t) { srv_daemon_run_mhd(t->data); }
+static void on_mhd_timer(uv_timer_t *t)
+{
+    srv_daemon_run_mhd(t->data);
+}
 
 /* Lets MHD do all it can without blocking, then arms the timer for what it
  * wants next (connection timeouts, or at once when it has work left). */
@@ -37,8 +41,10 @@ void srv_daemon_run_mhd(struct srv_daemon *d)
         return;
     }
     MHD_UNSIGNED_LONG_LONG ms;
-    if (MHD_get_timeout(d->mhd, &ms) == MHD_YES) uv_timer_start(&d->mhd_timer, on_mhd_timer, ms, 0);
-    else uv_timer_stop(&d->mhd_timer);
+    if (MHD_get_timeout(d->mhd, &ms) == MHD_YES)
+        uv_timer_start(&d->mhd_timer, on_mhd_timer, ms, 0);
+    else
+        uv_timer_stop(&d->mhd_timer);
 }
 
 static void on_mhd_poll(uv_poll_t *p, int status, int events)
@@ -74,7 +80,8 @@ static void mhd_log(void *cls, const char *fmt, va_list ap)
 static int start_http(struct srv_daemon *d)
 {
     const struct srv_config *c = d->cfg;
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+    struct addrinfo hints = {.ai_family = AF_UNSPEC,
+                             .ai_socktype = SOCK_STREAM,
                              .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
     struct addrinfo *ai;
     char port[16];
@@ -89,13 +96,12 @@ static int start_http(struct srv_daemon *d)
     bool ipv6 = ai->ai_family == AF_INET6;
     freeaddrinfo(ai);
 
-    unsigned flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG |
-                     (ipv6 ? MHD_USE_IPv6 : 0);
+    unsigned flags =
+        MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG | (ipv6 ? MHD_USE_IPv6 : 0);
     d->mhd = MHD_start_daemon(
         flags, (uint16_t)c->port, NULL, NULL, srv_on_request, d, MHD_OPTION_EXTERNAL_LOGGER,
-        mhd_log, d, MHD_OPTION_SOCK_ADDR, &addr,
-        MHD_OPTION_NOTIFY_COMPLETED, srv_on_completed, d, MHD_OPTION_NOTIFY_CONNECTION,
-        on_connection, d, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
+        mhd_log, d, MHD_OPTION_SOCK_ADDR, &addr, MHD_OPTION_NOTIFY_COMPLETED, srv_on_completed, d,
+        MHD_OPTION_NOTIFY_CONNECTION, on_connection, d, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
         (size_t)c->max_header_bytes, MHD_OPTION_CONNECTION_LIMIT, (unsigned)c->max_connections,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)(c->idle_timeout_s + 0.5),
         MHD_OPTION_LISTENING_ADDRESS_REUSE, 1, MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024,
@@ -137,8 +143,10 @@ static void on_engine_event(const struct llm_event *ev, void *ctx)
     e->ev.n_top = n_top;
 
     pthread_mutex_lock(&d->events_lock);
-    if (d->events_tail) d->events_tail->next = e;
-    else d->events_head = e;
+    if (d->events_tail)
+        d->events_tail->next = e;
+    else
+        d->events_head = e;
     d->events_tail = e;
     pthread_mutex_unlock(&d->events_lock);
     uv_async_send(&d->events_async);
@@ -164,7 +172,10 @@ static void drain_events(struct srv_daemon *d)
     }
 }
 
-static void on_events(uv_async_t *a) { drain_events(a->data); }
+static void on_events(uv_async_t *a)
+{
+    drain_events(a->data);
+}
 
 void srv_daemon_engine_gauges(struct srv_daemon *d, struct srv_engine_gauges *out)
 {
@@ -423,8 +434,8 @@ int srv_serve_main(int argc, char **argv)
     d->cfg = &cfg;
     pthread_mutex_init(&d->events_lock, NULL);
     srv_metrics_init(&d->metrics);
-    util_rng_seed(&d->rng, (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32) ^
-                               (uint64_t)(util_now() * 1e9));
+    util_rng_seed(&d->rng,
+                  (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(util_now() * 1e9));
     atomic_init(&d->load_state, SRV_LOADING);
     init_loop(d);
     if (cfg.config_path) LOG_INFO("settings from %s", cfg.config_path);
@@ -434,8 +445,8 @@ int srv_serve_main(int argc, char **argv)
         atomic_store(&d->load_state, SRV_LOAD_FAILED);
         begin_shutdown(d, "cannot listen");
     } else {
-        printf("llmd: listening on http://%s%s%s:%d\n", strchr(cfg.host, ':') ? "[" : "",
-               cfg.host, strchr(cfg.host, ':') ? "]" : "", d->port);
+        printf("llmd: listening on http://%s%s%s:%d\n", strchr(cfg.host, ':') ? "[" : "", cfg.host,
+               strchr(cfg.host, ':') ? "]" : "", d->port);
         fflush(stdout);
         LOG_INFO("listening on %s port %d; loading %s", cfg.host, d->port, cfg.model);
         UTIL_CHECK(uv_thread_create(&d->loader, loader_main, d) == 0);

@@ -22,15 +22,15 @@
 #ifndef LLMD_SERVER_DAEMON_H
 #define LLMD_SERVER_DAEMON_H
 
-#include <microhttpd.h>
-#include <pthread.h>
-#include <stdatomic.h>
-#include <uv.h>
-
 #include "core/llm.h"
 #include "server/api.h"
 #include "server/metrics.h"
 #include "server/server.h"
+
+#include <microhttpd.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <uv.h>
 
 struct srv_daemon;
 struct srv_request;
@@ -40,21 +40,21 @@ struct srv_request;
 enum { SRV_GET = 1, SRV_POST = 2 };
 
 struct srv_route {
-    const char *path;   /* also the metrics label */
+    const char *path; /* also the metrics label */
     unsigned methods;
-    bool prefix;        /* matches path + anything */
-    bool open;          /* no API key needed unless auth_health_metrics */
+    bool prefix; /* matches path + anything */
+    bool open;   /* no API key needed unless auth_health_metrics */
     void (*handle)(struct srv_request *r, const char *url);
 };
 
 /* ------------------------------------------------------------- requests */
 
 enum srv_request_state {
-    SRV_REQ_READING,  /* the body is coming */
-    SRV_REQ_WAITING,  /* non-streamed generation under way; connection suspended */
-    SRV_REQ_READY,    /* the response is built; queued at the next handler call */
-    SRV_REQ_STREAMING,/* an SSE response is queued and being fed */
-    SRV_REQ_ANSWERED, /* a response is queued */
+    SRV_REQ_READING,   /* the body is coming */
+    SRV_REQ_WAITING,   /* non-streamed generation under way; connection suspended */
+    SRV_REQ_READY,     /* the response is built; queued at the next handler call */
+    SRV_REQ_STREAMING, /* an SSE response is queued and being fed */
+    SRV_REQ_ANSWERED,  /* a response is queued */
 };
 
 /* One engine request: a choice of a completion. */
@@ -73,20 +73,20 @@ struct srv_request {
     struct srv_request *prev, *next; /* the daemon's list of live requests */
     const struct srv_route *route;   /* NULL: unknown path */
     char method[16];
-    char path[128];                  /* for the access log, truncated */
+    char path[128]; /* for the access log, truncated */
     double start;
-    int status;                      /* sent; 0 = none yet */
+    int status; /* sent; 0 = none yet */
     enum srv_request_state state;
     struct srv_buf body;
-    uint64_t body_bytes;             /* received, kept or not */
-    char *cors_origin;               /* Access-Control-Allow-Origin to send, or NULL */
+    uint64_t body_bytes; /* received, kept or not */
+    char *cors_origin;   /* Access-Control-Allow-Origin to send, or NULL */
 
     bool http_done;
     bool client_gone;
     bool suspended;
-    uv_poll_t *watch;                /* disconnect watcher while suspended */
+    uv_poll_t *watch; /* disconnect watcher while suspended */
     int watches_closing;
-    int engine_pending;              /* submitted, no DONE yet */
+    int engine_pending; /* submitted, no DONE yet */
 
     /* a built response waiting for the handler (SRV_REQ_READY) */
     struct MHD_Response *ready;
@@ -101,9 +101,9 @@ struct srv_request {
     int n_done;
     int prompt_tokens;
     int completion_tokens;
-    bool failed;                     /* answered with an error; engine events are dropped */
-    struct srv_buf sse;              /* SSE bytes not yet handed to MHD */
-    bool stream_finished;            /* [DONE] is in sse */
+    bool failed;          /* answered with an error; engine events are dropped */
+    struct srv_buf sse;   /* SSE bytes not yet handed to MHD */
+    bool stream_finished; /* [DONE] is in sse */
 };
 
 /* --------------------------------------------------------------- daemon */
@@ -126,8 +126,8 @@ struct srv_daemon {
     int port;
     uv_poll_t mhd_poll;
     uv_timer_t mhd_timer;
-    bool mhd_run_wanted;      /* a connection was resumed: run MHD after the events */
-    bool mhd_rerun;           /* a connection closed: run MHD once more */
+    bool mhd_run_wanted; /* a connection was resumed: run MHD after the events */
+    bool mhd_rerun;      /* a connection closed: run MHD once more */
     uv_async_t events_async;
     uv_async_t loaded_async;
     uv_async_t stopped_async;
@@ -147,7 +147,7 @@ struct srv_daemon {
     int ctx_len;
     int vocab_size;
     enum srv_chat_format chat_format;
-    int64_t created;          /* when the model was loaded (Unix seconds) */
+    int64_t created; /* when the model was loaded (Unix seconds) */
 
     /* engine -> loop */
     pthread_mutex_t events_lock;
@@ -155,7 +155,7 @@ struct srv_daemon {
 
     /* shutdown */
     bool draining;
-    bool engine_stopping;     /* the stopper thread owns the engine */
+    bool engine_stopping; /* the stopper thread owns the engine */
     uv_thread_t stopper;
     double drain_deadline;
     int exit_code;
@@ -177,8 +177,13 @@ enum MHD_Result srv_on_request(void *cls, struct MHD_Connection *conn, const cha
                                size_t *upload_data_size, void **con_cls);
 void srv_on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                       enum MHD_RequestTerminationCode toe);
+/* Adds Content-Type (unless NULL), the CORS headers the request earned,
+ * Connection: close while draining, and `headers` (NULL or a
+ * NULL-terminated list of name, value pairs). */
+void srv_add_headers(struct srv_request *r, struct MHD_Response *resp, const char *content_type,
+                     const char *const *headers);
 /* Queues a response now (inside the handler). `body` is malloc'ed and taken.
- * `headers` is NULL or a NULL-terminated list of name, value pairs. */
+ * `headers` as for srv_add_headers. */
 void srv_respond(struct srv_request *r, int status, const char *content_type, char *body,
                  size_t len, const char *const *headers);
 void srv_respond_json(struct srv_request *r, int status, json_t *json, const char *const *headers);
@@ -195,6 +200,10 @@ void srv_request_wake(struct srv_request *r);
 void srv_request_release(struct srv_request *r);
 /* A 503 while the model is not ready; false when it is. */
 bool srv_require_model(struct srv_request *r);
+/* Tokenizes text into a new array *ids (NULL on failure): the count or a
+ * negative error. */
+int srv_tokenize(const llm_tokenizer *tok, const char *text, size_t len, bool add_bos,
+                 int32_t **ids);
 /* Parses the body as JSON or answers 400. New reference or NULL. */
 json_t *srv_parse_body(struct srv_request *r);
 

@@ -4,14 +4,14 @@
  * events become SSE chunks as they come, or one JSON response when the last
  * choice is done. Loop thread only.
  */
+#include "server/daemon.h"
+#include "util/util.h"
+
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-
-#include "server/daemon.h"
-#include "util/util.h"
 
 /* --------------------------------------------------------------- SSE */
 
@@ -54,12 +54,7 @@ static void start_stream(struct srv_request *r)
     struct MHD_Response *resp =
         MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, sse_read, r, NULL);
     UTIL_CHECK(resp);
-    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
-    for (int i = 0; headers[i]; i += 2) MHD_add_response_header(resp, headers[i], headers[i + 1]);
-    if (r->cors_origin) {
-        MHD_add_response_header(resp, "Access-Control-Allow-Origin", r->cors_origin);
-        if (strcmp(r->cors_origin, "*") != 0) MHD_add_response_header(resp, "Vary", "Origin");
-    }
+    srv_add_headers(r, resp, "text/event-stream", headers);
     if (MHD_queue_response(r->conn, 200, resp) == MHD_YES) r->status = 200;
     MHD_destroy_response(resp);
     r->state = SRV_REQ_STREAMING;
@@ -79,33 +74,29 @@ static void make_id(struct srv_request *r)
              (unsigned long long)b);
 }
 
-/* The token ids of prompt p (a new array). Returns the count or < 0. */
-static int prompt_tokens(struct srv_request *r, int p, int32_t **ids)
+/* The token ids of prompt p (a new array). Returns the count, or -EINVAL
+ * with *e set for text that cannot fit the context. */
+static int prompt_tokens(struct srv_request *r, int p, int32_t **ids, struct srv_error *e)
 {
     struct srv_daemon *d = r->d;
     const struct srv_completion_request *q = &r->params;
-    bool add_bos = llm_tokenizer_add_bos(d->tok);
-    const char *text;
-    size_t len;
-    char *rendered = NULL;
-    if (q->api == SRV_API_CHAT) {
-        rendered = srv_chat_render(d->chat_format, q->messages, q->n_messages);
-        text = rendered;
-        len = strlen(rendered);
-    } else if (q->prompts[p].ids) {
+    *ids = NULL;
+    if (q->api == SRV_API_COMPLETIONS && q->prompts[p].ids) {
         *ids = util_xmalloc(sizeof **ids * (size_t)q->prompts[p].n_ids);
         memcpy(*ids, q->prompts[p].ids, sizeof **ids * (size_t)q->prompts[p].n_ids);
         return q->prompts[p].n_ids;
-    } else {
-        text = q->prompts[p].text;
-        len = q->prompts[p].text_len;
     }
-    int cap = (int)(len < 1u << 20 ? len : 1u << 20) + 8;
-    *ids = util_xmalloc(sizeof **ids * (size_t)cap);
-    int n = llm_tokenize(d->tok, text, len, add_bos, *ids, cap);
-    if (n > cap) {
-        *ids = util_xrealloc(*ids, sizeof **ids * (size_t)n);
-        n = llm_tokenize(d->tok, text, len, add_bos, *ids, n);
+    char *rendered =
+        q->api == SRV_API_CHAT ? srv_chat_render(d->chat_format, q->messages, q->n_messages) : NULL;
+    const char *text = rendered ? rendered : q->prompts[p].text;
+    size_t len = rendered ? strlen(rendered) : q->prompts[p].text_len;
+    int n = srv_check_prompt_bytes(len, llm_tokenizer_max_piece_len(d->tok), d->ctx_len,
+                                   rendered ? "messages" : "prompt", e);
+    if (n == 0) {
+        n = srv_tokenize(d->tok, text, len, llm_tokenizer_add_bos(d->tok), ids);
+        if (n < 0)
+            n = srv_bad_param(e, rendered ? "messages" : "prompt",
+                              "the prompt cannot be tokenized: %s", util_strerror(n));
     }
     free(rendered);
     return n;
@@ -124,8 +115,8 @@ static void fill_engine_request(struct srv_request *r, struct srv_choice *c, int
     req->max_tokens = max_tokens;
     req->sampling = q->sampling;
     /* The choices of one prompt differ; a given seed still reproduces. */
-    req->sampling.seed = q->has_seed ? q->sampling.seed + (uint64_t)(index % q->n)
-                                     : util_rng_next(&r->d->rng);
+    req->sampling.seed =
+        q->has_seed ? q->sampling.seed + (uint64_t)(index % q->n) : util_rng_next(&r->d->rng);
     for (int i = 0; i < q->n_stop; i++) req->stop[req->n_stop++] = util_xstrdup(q->stop[i]);
     if (q->api == SRV_API_CHAT)
         req->stop[req->n_stop++] = util_xstrdup(srv_chat_turn_end(r->d->chat_format));
@@ -168,22 +159,20 @@ void srv_generate_start(struct srv_request *r, enum srv_api api, json_t *body)
     int *max_tokens = util_xcalloc((size_t)n_prompts, sizeof *max_tokens);
     int rc = 0;
     for (int p = 0; p < n_prompts && rc == 0; p++) {
-        n_ids[p] = prompt_tokens(r, p, &ids[p]);
-        if (n_ids[p] < 0)
-            rc = srv_bad_param(&e, api == SRV_API_CHAT ? "messages" : "prompt",
-                               "the prompt cannot be tokenized: %s", util_strerror(n_ids[p]));
-        else
-            rc = srv_resolve_max_tokens(q, n_ids[p], d->ctx_len, &max_tokens[p], &e);
+        n_ids[p] = prompt_tokens(r, p, &ids[p], &e);
+        rc = n_ids[p] < 0 ? n_ids[p]
+                          : srv_resolve_max_tokens(q, n_ids[p], d->ctx_len, &max_tokens[p], &e);
         r->prompt_tokens += n_ids[p] > 0 ? n_ids[p] : 0;
     }
 
     if (rc == 0) {
         make_id(r);
-        r->meta = (struct srv_response_meta){api, r->id, (int64_t)time(NULL), d->model_name,
-                                             q->logprobs, d->tok};
+        r->meta = (struct srv_response_meta){api,           r->id,       (int64_t)time(NULL),
+                                             d->model_name, q->logprobs, d->tok};
         r->n_choices = n_prompts * q->n;
         r->choices = util_xcalloc((size_t)r->n_choices, sizeof *r->choices);
-        double deadline = d->cfg->request_timeout_s > 0 ? util_now() + d->cfg->request_timeout_s : 0;
+        double deadline =
+            d->cfg->request_timeout_s > 0 ? util_now() + d->cfg->request_timeout_s : 0;
         for (int i = 0; i < r->n_choices && rc == 0; i++) {
             struct srv_choice *c = &r->choices[i];
             int p = i / q->n;
@@ -200,6 +189,9 @@ void srv_generate_start(struct srv_request *r, enum srv_api api, json_t *body)
                 if (rc == -EAGAIN)
                     srv_error_set(&e, 429, "rate_limit_error", "queue_full", NULL,
                                   "The server is busy: the request queue is full; retry later");
+                else if (rc == -ESHUTDOWN)
+                    srv_error_set(&e, 503, "server_error", "shutting_down", NULL,
+                                  "The server is shutting down");
                 else
                     srv_bad_param(&e, NULL, "the request cannot be served: %s", util_strerror(rc));
             }
@@ -257,8 +249,8 @@ static void request_done(struct srv_request *r)
         srv_error_set(&e, 500, "server_error", "engine_error", NULL,
                       "The engine failed while generating");
     else if (worst == LLM_FINISH_CANCELLED)
-        srv_error_set(&e, 503, "server_error", "shutting_down",
-                      NULL, "The server shut down before the request finished");
+        srv_error_set(&e, 503, "server_error", "shutting_down", NULL,
+                      "The server shut down before the request finished");
 
     if (q->stream) {
         if (worst != LLM_FINISH_NONE)
@@ -307,14 +299,18 @@ void srv_generate_on_event(struct srv_daemon *d, const struct llm_event *ev, dou
         if (live) choice_output(r, c, ev, true);
         return;
     }
-    struct srv_request_timing timing = {ev->finish,   ev->prompt_tokens,
-                                        ev->completion_tokens, ev->queue_s,
+    struct srv_request_timing timing = {ev->finish,
+                                        ev->prompt_tokens,
+                                        ev->completion_tokens,
+                                        ev->queue_s,
                                         ev->completion_tokens > 0 ? ev->first_token_s : -1,
                                         ev->total_s};
     srv_metrics_observe_request(&d->metrics, &timing);
     r->engine_pending--;
-    if (live) choice_done(r, c, ev);
-    else c->done = true;
+    if (live)
+        choice_done(r, c, ev);
+    else
+        c->done = true;
     srv_request_release(r);
 }
 

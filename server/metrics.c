@@ -1,6 +1,8 @@
 /* metrics.c: histograms, the Prometheus text format, process metrics. */
 #include "server/metrics.h"
 
+#include "util/util.h"
+
 #include <dirent.h>
 #include <errno.h>
 #include <math.h>
@@ -10,19 +12,17 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
-#include "util/util.h"
-
 /* ----------------------------------------------------------- histograms */
 
-const double srv_buckets_ttft[] = {0.001, 0.005, 0.01, 0.02, 0.04,  0.06,  0.08,  0.1,
-                                   0.25,  0.5,   0.75, 1.0,  2.5,   5.0,   7.5,   10.0,
+const double srv_buckets_ttft[] = {0.001, 0.005, 0.01, 0.02,  0.04,  0.06,  0.08, 0.1,
+                                   0.25,  0.5,   0.75, 1.0,   2.5,   5.0,   7.5,  10.0,
                                    20.0,  40.0,  80.0, 160.0, 640.0, 2560.0};
 const int srv_n_buckets_ttft = sizeof srv_buckets_ttft / sizeof srv_buckets_ttft[0];
 const double srv_buckets_tpot[] = {0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2,  0.3,  0.4, 0.5,
                                    0.75, 1.0,   2.5,  5.0,   7.5, 10.0, 20.0, 40.0, 80.0};
 const int srv_n_buckets_tpot = sizeof srv_buckets_tpot / sizeof srv_buckets_tpot[0];
-const double srv_buckets_request_latency[] = {0.3,  0.5,  0.8,   1.0,   1.5,   2.0,   2.5,
-                                              5.0,  10.0, 15.0,  20.0,  30.0,  40.0,  50.0,
+const double srv_buckets_request_latency[] = {0.3,  0.5,   0.8,   1.0,   1.5,   2.0,    2.5,
+                                              5.0,  10.0,  15.0,  20.0,  30.0,  40.0,   50.0,
                                               60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0};
 const int srv_n_buckets_request_latency =
     sizeof srv_buckets_request_latency / sizeof srv_buckets_request_latency[0];
@@ -49,8 +49,10 @@ void srv_histogram_observe(struct srv_histogram *h, double v)
     int lo = 0, hi = h->n_bounds;
     while (lo < hi) {
         int mid = (lo + hi) / 2;
-        if (h->bounds[mid] >= v) hi = mid;
-        else lo = mid + 1;
+        if (h->bounds[mid] >= v)
+            hi = mid;
+        else
+            lo = mid + 1;
     }
     if (isnan(v)) lo = h->n_bounds;
     h->counts[lo]++;
@@ -95,10 +97,14 @@ void srv_metrics_format_value(char *out, size_t cap, double v)
 void srv_metrics_escape_label(struct srv_buf *out, const char *value)
 {
     for (const char *p = value; *p; p++) {
-        if (*p == '\\') srv_buf_puts(out, "\\\\");
-        else if (*p == '"') srv_buf_puts(out, "\\\"");
-        else if (*p == '\n') srv_buf_puts(out, "\\n");
-        else srv_buf_append(out, p, 1);
+        if (*p == '\\')
+            srv_buf_puts(out, "\\\\");
+        else if (*p == '"')
+            srv_buf_puts(out, "\\\"");
+        else if (*p == '\n')
+            srv_buf_puts(out, "\\n");
+        else
+            srv_buf_append(out, p, 1);
     }
 }
 
@@ -112,8 +118,10 @@ void srv_metrics_write_sample(struct srv_buf *out, const char *name, const char 
 {
     char value[40];
     srv_metrics_format_value(value, sizeof value, v);
-    if (labels && labels[0]) srv_buf_printf(out, "%s{%s} %s\n", name, labels, value);
-    else srv_buf_printf(out, "%s %s\n", name, value);
+    if (labels && labels[0])
+        srv_buf_printf(out, "%s{%s} %s\n", name, labels, value);
+    else
+        srv_buf_printf(out, "%s %s\n", name, value);
 }
 
 void srv_metrics_write_gauge(struct srv_buf *out, const char *name, const char *help, double v)
@@ -137,8 +145,10 @@ void srv_metrics_write_histogram(struct srv_buf *out, const char *name, const ch
     uint64_t cumulative = 0;
     for (int i = 0; i <= h->n_bounds; i++) {
         cumulative += h->counts[i];
-        if (i < h->n_bounds) srv_metrics_format_value(bound, sizeof bound, h->bounds[i]);
-        else snprintf(bound, sizeof bound, "+Inf");
+        if (i < h->n_bounds)
+            srv_metrics_format_value(bound, sizeof bound, h->bounds[i]);
+        else
+            snprintf(bound, sizeof bound, "+Inf");
         snprintf(le, sizeof le, "le=\"%s\"", bound);
         srv_metrics_write_sample(out, sample, le, (double)cumulative);
     }
@@ -272,8 +282,8 @@ void srv_metrics_observe_request(struct srv_metrics *m, const struct srv_request
     m->generation_tokens += t->completion_tokens;
     if (t->first_token_s >= 0) srv_histogram_observe(&m->ttft, t->first_token_s);
     if (t->completion_tokens > 1)
-        srv_histogram_observe(&m->tpot, (t->total_s - t->first_token_s) /
-                                            (double)(t->completion_tokens - 1));
+        srv_histogram_observe(&m->tpot,
+                              (t->total_s - t->first_token_s) / (double)(t->completion_tokens - 1));
     srv_histogram_observe(&m->e2e, t->total_s);
     srv_histogram_observe(&m->queue, t->queue_s);
     if (m->n_token_bounds) {
@@ -335,11 +345,10 @@ static void render_engine(const struct srv_engine_gauges *g, struct srv_buf *out
     srv_metrics_write_counter(out, "llmd_quest_pages_dense_total",
                               "KV page reads dense attention would have made.",
                               (double)s->quest_pages_total);
-    srv_metrics_write_gauge(out, "llmd_quest_pages_read_fraction",
-                            "Fraction of KV pages read by Quest since start (1 = dense).",
-                            s->quest_pages_total
-                                ? (double)s->quest_pages_read / (double)s->quest_pages_total
-                                : 1.0);
+    srv_metrics_write_gauge(
+        out, "llmd_quest_pages_read_fraction",
+        "Fraction of KV pages read by Quest since start (1 = dense).",
+        s->quest_pages_total ? (double)s->quest_pages_read / (double)s->quest_pages_total : 1.0);
 }
 
 void srv_metrics_render(const struct srv_metrics *m, const struct srv_engine_gauges *g,

@@ -15,18 +15,18 @@
 #ifndef LLMD_SERVER_METRICS_H
 #define LLMD_SERVER_METRICS_H
 
-#include <stdbool.h>
-#include <stdint.h>
-
 #include "core/engine.h"
 #include "server/buf.h"
+
+#include <stdbool.h>
+#include <stdint.h>
 
 /* ----------------------------------------------------------- histograms */
 
 struct srv_histogram {
     const double *bounds; /* upper bounds, strictly increasing; not owned */
     int n_bounds;
-    uint64_t *counts;     /* n_bounds + 1 (the last is +Inf), not cumulative */
+    uint64_t *counts; /* n_bounds + 1 (the last is +Inf), not cumulative */
     double sum;
     uint64_t count;
 };
@@ -76,8 +76,8 @@ void srv_metrics_write_process(struct srv_buf *out);
 
 typedef void (*srv_metrics_collect_fn)(struct srv_buf *out, void *ctx);
 
-#define SRV_METRICS_MAX_COLLECTORS 8
-#define SRV_METRICS_MAX_HTTP 128 /* distinct (path, status) pairs */
+#define SRV_METRICS_MAX_COLLECTORS    8
+#define SRV_METRICS_MAX_HTTP          128 /* distinct (path, status) pairs */
 #define SRV_METRICS_MAX_TOKEN_BUCKETS 32
 
 /* What one engine request (one choice) reported when it ended. */

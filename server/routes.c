@@ -4,15 +4,15 @@
  * disconnect watcher of suspended connections, and the small endpoints
  * (/health, /metrics, /v1/models, /tokenize, /detokenize).
  */
+#include "server/daemon.h"
+#include "util/util.h"
+
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
-
-#include "server/daemon.h"
-#include "util/util.h"
 
 static void handle_completions(struct srv_request *r, const char *url);
 static void handle_chat(struct srv_request *r, const char *url);
@@ -62,8 +62,8 @@ static const char *allow_header(unsigned methods)
 
 /* ------------------------------------------------------------ responses */
 
-static void add_headers(struct srv_request *r, struct MHD_Response *resp,
-                        const char *content_type, const char *const *headers)
+void srv_add_headers(struct srv_request *r, struct MHD_Response *resp, const char *content_type,
+                     const char *const *headers)
 {
     if (content_type) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
     if (r->cors_origin) {
@@ -78,10 +78,9 @@ static void add_headers(struct srv_request *r, struct MHD_Response *resp,
 static struct MHD_Response *make_response(struct srv_request *r, const char *content_type,
                                           char *body, size_t len, const char *const *headers)
 {
-    struct MHD_Response *resp =
-        MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE);
+    struct MHD_Response *resp = MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE);
     UTIL_CHECK(resp);
-    add_headers(r, resp, content_type, headers);
+    srv_add_headers(r, resp, content_type, headers);
     return resp;
 }
 
@@ -119,8 +118,10 @@ void srv_respond_error(struct srv_request *r, const struct srv_error *e)
     static const char *const retry[] = {"Retry-After", "1", NULL};
     static const char *const bearer[] = {"WWW-Authenticate", "Bearer", NULL};
     const char *const *headers = NULL;
-    if (e->status == 429 || e->status == 503) headers = retry;
-    else if (e->status == 401) headers = bearer;
+    if (e->status == 429 || e->status == 503)
+        headers = retry;
+    else if (e->status == 401)
+        headers = bearer;
     srv_respond_json(r, e->status, srv_error_json(e), headers);
 }
 
@@ -252,8 +253,10 @@ void srv_on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     stop_watch(r);
     r->suspended = false;
     r->http_done = true;
-    if (r->prev) r->prev->next = r->next;
-    else d->requests = r->next;
+    if (r->prev)
+        r->prev->next = r->next;
+    else
+        d->requests = r->next;
     if (r->next) r->next->prev = r->prev;
     d->n_requests--;
 
@@ -305,8 +308,8 @@ static bool reject_early(struct srv_request *r, const char *url, const char *met
     if (allowed) r->cors_origin = util_xstrdup(allowed);
 
     if (!r->route) {
-        srv_error_set(&e, 404, "invalid_request_error", "not_found", NULL,
-                      "no route for %s %.100s", method, url);
+        srv_error_set(&e, 404, "invalid_request_error", "not_found", NULL, "no route for %s %.100s",
+                      method, url);
         srv_respond_error(r, &e);
         return true;
     }
@@ -332,7 +335,8 @@ static bool reject_early(struct srv_request *r, const char *url, const char *met
         }
     }
     if (d->draining && !r->route->open) {
-        srv_error_set(&e, 503, "server_error", "shutting_down", NULL, "The server is shutting down");
+        srv_error_set(&e, 503, "server_error", "shutting_down", NULL,
+                      "The server is shutting down");
         srv_respond_error(r, &e);
         return true;
     }
@@ -405,10 +409,17 @@ enum MHD_Result srv_on_request(void *cls, struct MHD_Connection *conn, const cha
 bool srv_require_model(struct srv_request *r)
 {
     int state = atomic_load(&r->d->load_state);
-    if (state == SRV_READY && r->d->engine) return false;
     struct srv_error e;
-    srv_error_set(&e, 503, "server_error", state == SRV_LOADING ? "model_loading" : "model_unavailable",
-                  NULL, state == SRV_LOADING ? "The model is loading" : "The model is not available");
+    if (r->d->draining) { /* the stopper thread may be freeing the engine */
+        srv_error_set(&e, 503, "server_error", "shutting_down", NULL,
+                      "The server is shutting down");
+        srv_respond_error(r, &e);
+        return true;
+    }
+    if (state == SRV_READY && r->d->engine) return false;
+    srv_error_set(&e, 503, "server_error",
+                  state == SRV_LOADING ? "model_loading" : "model_unavailable", NULL,
+                  state == SRV_LOADING ? "The model is loading" : "The model is not available");
     srv_respond_error(r, &e);
     return true;
 }
@@ -482,10 +493,8 @@ static void handle_model(struct srv_request *r, const char *url)
     srv_respond_json(r, 200, model_json(r->d), NULL);
 }
 
-/* Tokenizes text, growing the buffer when the first guess is short. The
- * caller frees *ids. */
-static int tokenize_text(const llm_tokenizer *tok, const char *text, size_t len, bool add_bos,
-                         int32_t **ids)
+int srv_tokenize(const llm_tokenizer *tok, const char *text, size_t len, bool add_bos,
+                 int32_t **ids)
 {
     int cap = (int)(len < 1u << 20 ? len : 1u << 20) + 8;
     *ids = util_xmalloc(sizeof **ids * (size_t)cap);
@@ -493,6 +502,10 @@ static int tokenize_text(const llm_tokenizer *tok, const char *text, size_t len,
     if (n > cap) {
         *ids = util_xrealloc(*ids, sizeof **ids * (size_t)n);
         n = llm_tokenize(tok, text, len, add_bos, *ids, n);
+    }
+    if (n < 0) {
+        free(*ids);
+        *ids = NULL;
     }
     return n;
 }
@@ -513,27 +526,30 @@ static void handle_tokenize(struct srv_request *r, const char *url)
         srv_respond_error(r, &e);
         return;
     }
-    char *rendered = req.messages ? srv_chat_render(d->chat_format, req.messages, req.n_messages)
-                                  : NULL;
+    char *rendered =
+        req.messages ? srv_chat_render(d->chat_format, req.messages, req.n_messages) : NULL;
     const char *text = rendered ? rendered : req.prompt;
     size_t len = rendered ? strlen(rendered) : req.prompt_len;
-    int32_t *ids;
-    int n = tokenize_text(d->tok, text, len, req.add_special && llm_tokenizer_add_bos(d->tok), &ids);
+    int32_t *ids = NULL;
+    int n = srv_check_prompt_bytes(len, llm_tokenizer_max_piece_len(d->tok), d->ctx_len,
+                                   rendered ? "messages" : "prompt", &e);
+    if (n == 0) {
+        n = srv_tokenize(d->tok, text, len, req.add_special && llm_tokenizer_add_bos(d->tok), &ids);
+        if (n < 0)
+            srv_bad_param(&e, "prompt", "the text cannot be tokenized: %s", util_strerror(n));
+    }
     free(rendered);
     srv_tokenize_request_free(&req);
     if (n < 0) {
-        srv_bad_param(&e, "prompt", "the text cannot be tokenized: %s", util_strerror(n));
         srv_respond_error(r, &e);
-        free(ids);
         return;
     }
     json_t *arr = json_array();
     for (int i = 0; i < n; i++) json_array_append_new(arr, json_integer(ids[i]));
     free(ids);
-    srv_respond_json(r, 200,
-                     json_pack("{s:i,s:i,s:o}", "count", n, "max_model_len", d->ctx_len, "tokens",
-                               arr),
-                     NULL);
+    srv_respond_json(
+        r, 200, json_pack("{s:i,s:i,s:o}", "count", n, "max_model_len", d->ctx_len, "tokens", arr),
+        NULL);
 }
 
 static void handle_detokenize(struct srv_request *r, const char *url)
@@ -560,8 +576,7 @@ static void handle_detokenize(struct srv_request *r, const char *url)
         srv_respond_error(r, &e);
         return;
     }
-    srv_respond_json(r, 200, json_pack("{s:o}", "prompt", srv_json_text(text, strlen(text))),
-                     NULL);
+    srv_respond_json(r, 200, json_pack("{s:o}", "prompt", srv_json_text(text, strlen(text))), NULL);
     free(text);
 }
 
@@ -586,8 +601,7 @@ static void handle_health(struct srv_request *r, const char *url)
     if (strcmp(status, "ok") == 0)
         srv_respond_json(r, 200, json_pack("{s:s}", "status", status), NULL);
     else
-        srv_respond_json(r, 503, json_pack("{s:s,s:s}", "status", status, "reason", reason),
-                         NULL);
+        srv_respond_json(r, 503, json_pack("{s:s,s:s}", "status", status, "reason", reason), NULL);
 }
 
 static void handle_metrics(struct srv_request *r, const char *url)
@@ -598,6 +612,5 @@ static void handle_metrics(struct srv_request *r, const char *url)
     struct srv_buf out = SRV_BUF_INIT;
     srv_metrics_render(&r->d->metrics, &g, &out);
     size_t len = out.len;
-    srv_respond(r, 200, "text/plain; version=0.0.4; charset=utf-8", srv_buf_take(&out), len,
-                NULL);
+    srv_respond(r, 200, "text/plain; version=0.0.4; charset=utf-8", srv_buf_take(&out), len, NULL);
 }

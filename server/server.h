@@ -30,10 +30,10 @@ int srv_serve_main(int argc, char **argv);
 /* -------------------------------------------------------- configuration */
 
 struct srv_config {
-    char *config_path;       /* the file read (NULL when none) */
+    char *config_path; /* the file read (NULL when none) */
     /* listening */
     char *host;
-    int port;                /* 0 = an ephemeral port, printed at start */
+    int port; /* 0 = an ephemeral port, printed at start */
     /* the model */
     char *model;             /* GGUF path */
     char *served_model_name; /* "" = the model's own name */
@@ -50,7 +50,7 @@ struct srv_config {
     int prefill_chunk;
     /* limits */
     int max_body_bytes;
-    int max_header_bytes;    /* per-connection memory for the request line and headers */
+    int max_header_bytes; /* per-connection memory for the request line and headers */
     int max_connections;
     double request_timeout_s; /* 0 = none */
     double idle_timeout_s;    /* an idle keep-alive connection is closed after this */

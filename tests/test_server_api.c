@@ -1,13 +1,13 @@
 /* Tests for the API layer without HTTP: request validation (table-driven),
  * context limits, chat formats, response and chunk shapes, SSE framing,
  * UTF-8 sanitizing, bearer keys and CORS. */
+#include "server/api.h"
+
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-
-#include "server/api.h"
 
 static const struct srv_model_limits lim = {"tiny", 8000, 256};
 
@@ -64,14 +64,16 @@ static const struct bad_request bad_requests[] = {
     {C, "{\"prompt\": \"a\", \"stop\": 5}", 400, "stop"},
     {C, "{\"prompt\": \"a\", \"stop\": [\"a\", 5]}", 400, "stop"},
     {C, "{\"prompt\": \"a\", \"stop\": \"\"}", 400, "stop"},
-    {C, "{\"prompt\": \"a\", \"stop\": [\"1\",\"2\",\"3\",\"4\",\"5\",\"6\",\"7\",\"8\"]}", 400, "stop"},
+    {C, "{\"prompt\": \"a\", \"stop\": [\"1\",\"2\",\"3\",\"4\",\"5\",\"6\",\"7\",\"8\"]}", 400,
+     "stop"},
     {C, "{\"prompt\": \"a\", \"n\": 0}", 400, "n"},
     {C, "{\"prompt\": \"a\", \"n\": 17}", 400, "n"},
     {C, "{\"prompt\": [\"a\",\"b\",\"c\",\"d\",\"e\"], \"n\": 16}", 400, "n"},
     {C, "{\"prompt\": \"a\", \"logprobs\": 21}", 400, "logprobs"},
     {C, "{\"prompt\": \"a\", \"logprobs\": true}", 400, "logprobs"},
     {C, "{\"prompt\": \"a\", \"stream\": \"yes\"}", 400, "stream"},
-    {C, "{\"prompt\": \"a\", \"stream_options\": {\"include_usage\": true}}", 400, "stream_options"},
+    {C, "{\"prompt\": \"a\", \"stream_options\": {\"include_usage\": true}}", 400,
+     "stream_options"},
     {C, "{\"prompt\": \"a\", \"stream\": true, \"stream_options\": 1}", 400, "stream_options"},
     {C, "{\"prompt\": \"a\", \"stream\": true, \"stream_options\": {\"include_usage\": 1}}", 400,
      "stream_options.include_usage"},
@@ -91,21 +93,25 @@ static const struct bad_request bad_requests[] = {
     {H, "{\"messages\": [{\"content\": \"hi\"}]}", 400, "messages[0].role"},
     {H, "{\"messages\": [{\"role\": \"wizard\", \"content\": \"hi\"}]}", 400, "messages[0].role"},
     {H, "{\"messages\": [{\"role\": \"user\", \"content\": 5}]}", 400, "messages[0].content"},
-    {H, "{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}, {\"role\": \"user\", "
-        "\"content\": [{\"type\": \"image_url\"}]}]}",
+    {H,
+     "{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}, {\"role\": \"user\", "
+     "\"content\": [{\"type\": \"image_url\"}]}]}",
      400, "messages[1].content"},
     {H, "{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}], \"logprobs\": 1}", 400,
      "logprobs"},
     {H, "{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}], \"top_logprobs\": 2}", 400,
      "top_logprobs"},
-    {H, "{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}], \"logprobs\": true, "
-        "\"top_logprobs\": 21}",
+    {H,
+     "{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}], \"logprobs\": true, "
+     "\"top_logprobs\": 21}",
      400, "top_logprobs"},
     {H, "{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}], \"max_completion_tokens\": 0}",
      400, "max_completion_tokens"},
-    {H, "{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}], \"tools\": [{}]}", 400, "tools"},
-    {H, "{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}], \"response_format\": "
-        "{\"type\": \"json_object\"}}",
+    {H, "{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}], \"tools\": [{}]}", 400,
+     "tools"},
+    {H,
+     "{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}], \"response_format\": "
+     "{\"type\": \"json_object\"}}",
      400, "response_format"},
 };
 #undef C
@@ -142,8 +148,7 @@ Test(server_api, completion_defaults_are_openai_s)
     json_t *body = parse("{\"prompt\": \"Hello\"}");
     struct srv_completion_request r;
     struct srv_error e;
-    cr_assert_eq(srv_parse_completion(body, SRV_API_COMPLETIONS, &lim, &r, &e), 0, "%s",
-                 e.message);
+    cr_assert_eq(srv_parse_completion(body, SRV_API_COMPLETIONS, &lim, &r, &e), 0, "%s", e.message);
     cr_assert_eq(r.n_prompts, 1);
     cr_assert_str_eq(r.prompts[0].text, "Hello");
     cr_assert_null(r.model);
@@ -175,8 +180,7 @@ Test(server_api, every_parameter_lands_in_the_struct)
                          "\"echo\": false, \"suffix\": null, \"logit_bias\": {}}");
     struct srv_completion_request r;
     struct srv_error e;
-    cr_assert_eq(srv_parse_completion(body, SRV_API_COMPLETIONS, &lim, &r, &e), 0, "%s",
-                 e.message);
+    cr_assert_eq(srv_parse_completion(body, SRV_API_COMPLETIONS, &lim, &r, &e), 0, "%s", e.message);
     cr_assert_str_eq(r.model, "tiny");
     cr_assert_eq(r.n_prompts, 2);
     cr_assert_eq(r.prompts[0].n_ids, 3);
@@ -213,8 +217,7 @@ Test(server_api, prompt_forms_string_list_and_top_k_minus_one)
                          "\"max_tokens\": 16.0}");
     struct srv_completion_request r;
     struct srv_error e;
-    cr_assert_eq(srv_parse_completion(body, SRV_API_COMPLETIONS, &lim, &r, &e), 0, "%s",
-                 e.message);
+    cr_assert_eq(srv_parse_completion(body, SRV_API_COMPLETIONS, &lim, &r, &e), 0, "%s", e.message);
     cr_assert_eq(r.n_prompts, 2);
     cr_assert_eq(r.prompts[1].text_len, 3, "the length is in bytes");
     cr_assert_eq(r.sampling.top_k, 0);
@@ -227,12 +230,13 @@ Test(server_api, prompt_forms_string_list_and_top_k_minus_one)
 
 Test(server_api, chat_messages_parts_and_logprobs)
 {
-    json_t *body = parse("{\"messages\": [{\"role\": \"system\", \"content\": \"Be brief.\"}, "
-                         "{\"role\": \"user\", \"content\": [{\"type\": \"text\", \"text\": \"a\"}, "
-                         "{\"type\": \"text\", \"text\": \"b\"}]}, "
-                         "{\"role\": \"assistant\", \"content\": null}], "
-                         "\"logprobs\": true, \"top_logprobs\": 3, \"max_completion_tokens\": 9, "
-                         "\"stop\": \"x\"}");
+    json_t *body =
+        parse("{\"messages\": [{\"role\": \"system\", \"content\": \"Be brief.\"}, "
+              "{\"role\": \"user\", \"content\": [{\"type\": \"text\", \"text\": \"a\"}, "
+              "{\"type\": \"text\", \"text\": \"b\"}]}, "
+              "{\"role\": \"assistant\", \"content\": null}], "
+              "\"logprobs\": true, \"top_logprobs\": 3, \"max_completion_tokens\": 9, "
+              "\"stop\": \"x\"}");
     struct srv_completion_request r;
     struct srv_error e;
     cr_assert_eq(srv_parse_completion(body, SRV_API_CHAT, &lim, &r, &e), 0, "%s", e.message);
@@ -265,17 +269,17 @@ struct max_tokens_case {
     enum srv_api api;
     int requested; /* 0 = not given */
     int n_prompt;
-    int want;      /* -1 = error */
+    int want; /* -1 = error */
     const char *param;
 };
 
 Test(server_api, max_tokens_is_resolved_against_the_context)
 {
     static const struct max_tokens_case cases[] = {
-        {SRV_API_COMPLETIONS, 0, 10, 16, NULL},     /* OpenAI's default */
-        {SRV_API_COMPLETIONS, 0, 250, 6, NULL},     /* what is left */
-        {SRV_API_CHAT, 0, 10, 246, NULL},           /* chat: the rest of the context */
-        {SRV_API_COMPLETIONS, 246, 10, 246, NULL},  /* exactly fills it */
+        {SRV_API_COMPLETIONS, 0, 10, 16, NULL},    /* OpenAI's default */
+        {SRV_API_COMPLETIONS, 0, 250, 6, NULL},    /* what is left */
+        {SRV_API_CHAT, 0, 10, 246, NULL},          /* chat: the rest of the context */
+        {SRV_API_COMPLETIONS, 246, 10, 246, NULL}, /* exactly fills it */
         {SRV_API_COMPLETIONS, 247, 10, -1, "max_tokens"},
         {SRV_API_CHAT, 247, 10, -1, "max_completion_tokens"},
         {SRV_API_COMPLETIONS, 5, 256, -1, "prompt"},
@@ -297,6 +301,20 @@ Test(server_api, max_tokens_is_resolved_against_the_context)
             cr_assert_eq(got, t->want, "case %zu: %d", i, got);
         }
     }
+}
+
+Test(server_api, prompts_too_long_in_bytes_are_refused_before_tokenizing)
+{
+    struct srv_error e;
+    /* 512 tokens of context, no piece over 16 bytes: 8191 bytes may fit. */
+    cr_assert_eq(srv_check_prompt_bytes(8191, 16, 512, "prompt", &e), 0);
+    cr_assert_eq(srv_check_prompt_bytes(8192, 16, 512, "prompt", &e), -EINVAL);
+    cr_assert_eq(e.status, 400);
+    cr_assert_str_eq(e.param, "prompt");
+    cr_assert(strstr(e.message, "maximum context length is 512"), "%s", e.message);
+    cr_assert_eq(srv_check_prompt_bytes(1u << 30, 16, 512, "messages", &e), -EINVAL);
+    cr_assert_str_eq(e.param, "messages");
+    cr_assert_eq(srv_check_prompt_bytes(100, 0, 512, "prompt", &e), 0, "no bound without pieces");
 }
 
 Test(server_api, tokenize_and_detokenize_bodies)
@@ -342,16 +360,17 @@ Test(server_api, chat_formats_render_the_conversation)
         const char *want;
     } cases[] = {
         {SRV_CHAT_BUILTIN, "Be brief.\n\nUser: Hi\nAssistant: Hello.\nUser: Bye\nAssistant:"},
-        {SRV_CHAT_CHATML, "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
-                          "<|im_start|>assistant\nHello.<|im_end|>\n<|im_start|>user\nBye<|im_end|>\n"
-                          "<|im_start|>assistant\n"},
-        {SRV_CHAT_LLAMA3,
-         "<|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
-         "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
-         "<|start_header_id|>assistant<|end_header_id|>\n\nHello.<|eot_id|>"
-         "<|start_header_id|>user<|end_header_id|>\n\nBye<|eot_id|>"
-         "<|start_header_id|>assistant<|end_header_id|>\n\n"},
-        {SRV_CHAT_LLAMA2, "[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nHi [/INST] Hello. [INST] Bye [/INST]"},
+        {SRV_CHAT_CHATML,
+         "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
+         "<|im_start|>assistant\nHello.<|im_end|>\n<|im_start|>user\nBye<|im_end|>\n"
+         "<|im_start|>assistant\n"},
+        {SRV_CHAT_LLAMA3, "<|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
+                          "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
+                          "<|start_header_id|>assistant<|end_header_id|>\n\nHello.<|eot_id|>"
+                          "<|start_header_id|>user<|end_header_id|>\n\nBye<|eot_id|>"
+                          "<|start_header_id|>assistant<|end_header_id|>\n\n"},
+        {SRV_CHAT_LLAMA2,
+         "[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nHi [/INST] Hello. [INST] Bye [/INST]"},
         {SRV_CHAT_ZEPHYR, "<|system|>\nBe brief.</s>\n<|user|>\nHi</s>\n<|assistant|>\nHello.</s>\n"
                           "<|user|>\nBye</s>\n<|assistant|>\n"},
         {SRV_CHAT_GEMMA, "<start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\n"
@@ -390,10 +409,10 @@ Test(server_api, chat_templates_are_recognised_by_their_markers)
 
 /* ------------------------------------------------------------- responses */
 
-static const struct srv_response_meta completion_meta = {SRV_API_COMPLETIONS, "cmpl-1", 1700000000,
-                                                         "tiny", false, NULL};
-static const struct srv_response_meta chat_meta = {SRV_API_CHAT, "chatcmpl-1", 1700000000, "tiny",
-                                                   false, NULL};
+static const struct srv_response_meta completion_meta = {
+    SRV_API_COMPLETIONS, "cmpl-1", 1700000000, "tiny", false, NULL};
+static const struct srv_response_meta chat_meta = {SRV_API_CHAT, "chatcmpl-1", 1700000000,
+                                                   "tiny",       false,        NULL};
 
 static void assert_json(json_t *got, const char *want_text)
 {
@@ -439,10 +458,11 @@ Test(server_api, chat_response_has_openai_s_shape_and_timeout_reads_length)
 
 Test(server_api, stream_chunks_have_openai_s_shape)
 {
-    assert_json(srv_chunk_json(&completion_meta, 1, "ab", 2, NULL, 0, LLM_FINISH_NONE, false, false),
-                "{\"id\":\"cmpl-1\",\"object\":\"text_completion\",\"created\":1700000000,"
-                "\"model\":\"tiny\",\"choices\":[{\"index\":1,\"text\":\"ab\",\"logprobs\":null,"
-                "\"finish_reason\":null}]}");
+    assert_json(
+        srv_chunk_json(&completion_meta, 1, "ab", 2, NULL, 0, LLM_FINISH_NONE, false, false),
+        "{\"id\":\"cmpl-1\",\"object\":\"text_completion\",\"created\":1700000000,"
+        "\"model\":\"tiny\",\"choices\":[{\"index\":1,\"text\":\"ab\",\"logprobs\":null,"
+        "\"finish_reason\":null}]}");
     assert_json(srv_chunk_json(&completion_meta, 0, NULL, 0, NULL, 0, LLM_FINISH_STOP, false, true),
                 "{\"id\":\"cmpl-1\",\"object\":\"text_completion\",\"created\":1700000000,"
                 "\"model\":\"tiny\",\"choices\":[{\"index\":0,\"text\":\"\",\"logprobs\":null,"
@@ -489,13 +509,14 @@ Test(server_api, utf8_sanitize_keeps_valid_text_and_replaces_each_bad_byte)
         const char *want;
     } cases[] = {
         {"plain", 5, "plain"},
-        {"\xc3\xa9t\xc3\xa9", 5, "\xc3\xa9t\xc3\xa9"},                 /* été */
-        {"\xf0\x9f\x98\x80", 4, "\xf0\x9f\x98\x80"},                   /* an emoji */
-        {"a\xffz", 3, "a\xef\xbf\xbdz"},                               /* bad byte */
-        {"\xe2\x82", 2, "\xef\xbf\xbd\xef\xbf\xbd"},                   /* truncated */
-        {"\xc0\xaf", 2, "\xef\xbf\xbd\xef\xbf\xbd"},                   /* overlong */
-        {"\xed\xa0\x80", 3, "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"},   /* surrogate */
-        {"\xf4\x90\x80\x80", 4, "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"}, /* > U+10FFFF */
+        {"\xc3\xa9t\xc3\xa9", 5, "\xc3\xa9t\xc3\xa9"},               /* été */
+        {"\xf0\x9f\x98\x80", 4, "\xf0\x9f\x98\x80"},                 /* an emoji */
+        {"a\xffz", 3, "a\xef\xbf\xbdz"},                             /* bad byte */
+        {"\xe2\x82", 2, "\xef\xbf\xbd\xef\xbf\xbd"},                 /* truncated */
+        {"\xc0\xaf", 2, "\xef\xbf\xbd\xef\xbf\xbd"},                 /* overlong */
+        {"\xed\xa0\x80", 3, "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"}, /* surrogate */
+        {"\xf4\x90\x80\x80", 4,
+         "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"}, /* > U+10FFFF */
         {"", 0, ""},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {

@@ -1,6 +1,8 @@
 /* Tests for the settings of `llmd serve`: defaults, file < env < flags,
  * errors, --help. Each Criterion test runs in its own process, so setenv
  * does not leak between tests. */
+#include "server/server.h"
+
 #include <criterion/criterion.h>
 #include <ctype.h>
 #include <errno.h>
@@ -8,8 +10,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-
-#include "server/server.h"
 
 static char err[512];
 
@@ -43,14 +43,18 @@ Test(server_config, conf_file_lists_every_setting_with_the_compiled_default)
     json_t *file = json_load_file("conf/llmd.json", 0, &jerr);
     cr_assert(file, "conf/llmd.json: %s", jerr.text);
     json_t *want = srv_config_to_json(&defaults);
-    cr_assert_eq(json_object_size(file), json_object_size(want), "the file has %zu settings, not %zu",
-                 json_object_size(file), json_object_size(want));
+    cr_assert_eq(json_object_size(file), json_object_size(want),
+                 "the file has %zu settings, not %zu", json_object_size(file),
+                 json_object_size(want));
     const char *key;
     json_t *v;
-    json_object_foreach(want, key, v) cr_assert(json_object_get(file, key), "conf/llmd.json lacks '%s'", key);
-    cr_assert_eq(srv_config_apply_file(&from_file, "conf/llmd.json", err, sizeof err), 0, "%s", err);
+    json_object_foreach(want, key, v)
+        cr_assert(json_object_get(file, key), "conf/llmd.json lacks '%s'", key);
+    cr_assert_eq(srv_config_apply_file(&from_file, "conf/llmd.json", err, sizeof err), 0, "%s",
+                 err);
     json_t *got = srv_config_to_json(&from_file);
-    json_object_foreach(want, key, v) {
+    json_object_foreach(want, key, v)
+    {
         cr_assert(json_equal(json_object_get(got, key), v), "'%s' differs from its default", key);
     }
     json_decref(file);
@@ -91,11 +95,13 @@ Test(server_config, env_overrides_file_and_flags_override_env)
     srv_config_init(&c);
     cr_assert_eq(load(&c, (const char *[]){"--config", path, NULL}), 0, "%s", err);
     cr_assert_eq(c.port, 9002);
-    cr_assert_str_eq(c.log_level, "debug", "a setting the env does not name keeps the file's value");
+    cr_assert_str_eq(c.log_level, "debug",
+                     "a setting the env does not name keeps the file's value");
     srv_config_free(&c);
 
     srv_config_init(&c);
-    cr_assert_eq(load(&c, (const char *[]){"--port", "9003", "--config", path, NULL}), 0, "%s", err);
+    cr_assert_eq(load(&c, (const char *[]){"--port", "9003", "--config", path, NULL}), 0, "%s",
+                 err);
     cr_assert_eq(c.port, 9003, "a flag wins even before --config");
     srv_config_free(&c);
 
@@ -112,10 +118,10 @@ Test(server_config, flag_forms_equals_booleans_negation_and_lists)
 {
     struct srv_config c;
     srv_config_init(&c);
-    int rc = load(&c, (const char *[]){"--config", "conf/llmd.json", "--port=0", "--log-json",
-                                       "--no-access-log", "--api-keys", "k1, k2,,k3",
-                                       "--cors-origins=*", "--request-timeout-s", "1.5",
-                                       "--precision", "fp32", NULL});
+    int rc =
+        load(&c, (const char *[]){"--config", "conf/llmd.json", "--port=0", "--log-json",
+                                  "--no-access-log", "--api-keys", "k1, k2,,k3", "--cors-origins=*",
+                                  "--request-timeout-s", "1.5", "--precision", "fp32", NULL});
     cr_assert_eq(rc, 0, "%s", err);
     cr_assert_eq(c.port, 0);
     cr_assert(c.log_json);
@@ -148,7 +154,7 @@ Test(server_config, env_lists_and_booleans_parse)
 
 /* One bad input and a word its message must contain. */
 struct bad_case {
-    const char *file;       /* config file text, or NULL */
+    const char *file; /* config file text, or NULL */
     const char *flags[4];
     const char *env_name, *env_value;
     const char *message_has;
@@ -174,7 +180,10 @@ Test(server_config, bad_settings_are_refused_with_a_clear_message)
         {NULL, {"--no-port"}, NULL, NULL, "unknown argument"},
         {NULL, {"--kv-type", "f8"}, NULL, NULL, "f32|f16|int8|int4"},
         {NULL, {"--max-running", "0"}, NULL, NULL, "out of range"},
-        {NULL, {"--prefill-chunk", "1024", "--max-step-tokens", "512"}, NULL, NULL,
+        {NULL,
+         {"--prefill-chunk", "1024", "--max-step-tokens", "512"},
+         NULL,
+         NULL,
          "must not exceed"},
         {NULL, {"--cors-origins", "example.com"}, NULL, NULL, "not an origin"},
         {NULL, {0}, "LLMD_IDLE_TIMEOUT_S", "soon", "LLMD_IDLE_TIMEOUT_S"},
@@ -248,7 +257,8 @@ Test(server_config, help_lists_every_setting_with_flag_env_and_default)
     json_t *all = srv_config_to_json(&c);
     const char *key;
     json_t *v;
-    json_object_foreach(all, key, v) {
+    json_object_foreach(all, key, v)
+    {
         char flag[64], env[64];
         snprintf(flag, sizeof flag, "%s ", key); /* after "--" or "--[no-]" */
         for (char *p = flag; *p; p++)
@@ -284,7 +294,8 @@ Test(server_config, model_group_is_a_subset_for_other_commands)
     cr_assert_eq(srv_config_parse_flag(&c, 5, argv, &i, err, sizeof err), 1);
     cr_assert_eq(i, 3);
     cr_assert_str_eq(c.precision, "w8a8");
-    cr_assert_eq(srv_config_parse_flag(&c, 5, argv, &i, err, sizeof err), 0, "--prompt is not ours");
+    cr_assert_eq(srv_config_parse_flag(&c, 5, argv, &i, err, sizeof err), 0,
+                 "--prompt is not ours");
     cr_assert_eq(i, 3);
     srv_config_free(&c);
 }

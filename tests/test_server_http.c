@@ -1,13 +1,13 @@
 /* Integration tests of `llmd serve` over HTTP with the test model: every
  * endpoint and parameter, the bad-input matrix, auth, CORS, limits, and
  * /health while the model loads. */
+#include "tests/integration/harness.h"
+
 #include <arpa/inet.h>
 #include <math.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-
-#include "tests/integration/harness.h"
 
 #define PROMPT "Once upon a time there was a"
 
@@ -26,7 +26,7 @@ static json_t *complete(const struct daemon *d, const char *extra)
 
 /* ------------------------------------------------------------ endpoints */
 
-Test(server_http, health_models_and_completion_shapes, .timeout = 120)
+Test(server_http, health_models_and_completion_shapes)
 {
     struct daemon d;
     daemon_start(&d, NULL);
@@ -61,8 +61,8 @@ Test(server_http, health_models_and_completion_shapes, .timeout = 120)
     cr_assert_eq(usage_of(r, "completion_tokens"), 12);
     cr_assert_eq(usage_of(r, "total_tokens"),
                  usage_of(r, "prompt_tokens") + usage_of(r, "completion_tokens"));
-    cr_assert(json_is_null(json_object_get(json_array_get(json_object_get(r, "choices"), 0),
-                                           "logprobs")));
+    cr_assert(json_is_null(
+        json_object_get(json_array_get(json_object_get(r, "choices"), 0), "logprobs")));
     json_decref(r);
 
     json_t *chat = http_json(&d, "POST", "/v1/chat/completions",
@@ -81,7 +81,7 @@ Test(server_http, health_models_and_completion_shapes, .timeout = 120)
     cr_assert_eq(daemon_stop(&d), 0, "log %s:\n%s", d.log, daemon_log_tail(&d));
 }
 
-Test(server_http, tokenize_detokenize_and_prompt_ids_agree_with_text, .timeout = 120)
+Test(server_http, tokenize_detokenize_and_prompt_ids_agree_with_text)
 {
     struct daemon d;
     daemon_start(&d, NULL);
@@ -89,12 +89,14 @@ Test(server_http, tokenize_detokenize_and_prompt_ids_agree_with_text, .timeout =
     json_t *tok = http_json(&d, "POST", "/tokenize", "{\"prompt\": \"" PROMPT "\"}", &status);
     cr_assert_eq(status, 200);
     json_t *ids = json_object_get(tok, "tokens");
-    cr_assert_eq(json_integer_value(json_object_get(tok, "count")), (json_int_t)json_array_size(ids));
+    cr_assert_eq(json_integer_value(json_object_get(tok, "count")),
+                 (json_int_t)json_array_size(ids));
     cr_assert_eq(json_integer_value(json_object_get(tok, "max_model_len")), 512);
     cr_assert_eq(json_integer_value(json_array_get(ids, 0)), 1, "BOS first");
 
-    json_t *plain = http_json(&d, "POST", "/tokenize",
-                              "{\"prompt\": \"" PROMPT "\", \"add_special_tokens\": false}", &status);
+    json_t *plain =
+        http_json(&d, "POST", "/tokenize",
+                  "{\"prompt\": \"" PROMPT "\", \"add_special_tokens\": false}", &status);
     cr_assert_eq(json_array_size(json_object_get(plain, "tokens")), json_array_size(ids) - 1);
     json_decref(plain);
 
@@ -108,7 +110,8 @@ Test(server_http, tokenize_detokenize_and_prompt_ids_agree_with_text, .timeout =
 
     /* The same prompt as ids gives the same greedy text and usage. */
     json_t *by_text = complete(&d, NULL);
-    snprintf(body, sizeof body, "{\"prompt\": %s, \"temperature\": 0, \"max_tokens\": 12}", ids_text);
+    snprintf(body, sizeof body, "{\"prompt\": %s, \"temperature\": 0, \"max_tokens\": 12}",
+             ids_text);
     json_t *by_ids = http_json(&d, "POST", "/v1/completions", body, &status);
     cr_assert_eq(status, 200);
     cr_assert_str_eq(choice_text(by_ids, 0), choice_text(by_text, 0));
@@ -118,9 +121,9 @@ Test(server_http, tokenize_detokenize_and_prompt_ids_agree_with_text, .timeout =
     json_decref(by_text);
     json_decref(by_ids);
 
-    json_t *chat_tok = http_json(&d, "POST", "/tokenize",
-                                 "{\"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}]}",
-                                 &status);
+    json_t *chat_tok =
+        http_json(&d, "POST", "/tokenize",
+                  "{\"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}]}", &status);
     cr_assert_eq(status, 200);
     json_t *chat = http_json(&d, "POST", "/v1/chat/completions",
                              "{\"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}], "
@@ -137,7 +140,7 @@ Test(server_http, tokenize_detokenize_and_prompt_ids_agree_with_text, .timeout =
 
 /* ----------------------------------------------------------- parameters */
 
-Test(server_http, sampling_parameters_act, .timeout = 120)
+Test(server_http, sampling_parameters_act)
 {
     struct daemon d;
     daemon_start(&d, NULL);
@@ -163,19 +166,21 @@ Test(server_http, sampling_parameters_act, .timeout = 120)
     cr_assert_str_neq(choice_text(presence, 0), choice_text(long_greedy, 0));
     cr_assert_str_neq(choice_text(repetition, 0), choice_text(long_greedy, 0));
     /* min_p and top_p are accepted; top_p tiny is greedy. */
-    json_t *p = complete(&d, "\"temperature\": 1.0, \"top_p\": 0.000001, \"min_p\": 0.1, \"seed\": 9");
+    json_t *p =
+        complete(&d, "\"temperature\": 1.0, \"top_p\": 0.000001, \"min_p\": 0.1, \"seed\": 9");
     cr_assert_str_eq(choice_text(p, 0), text);
     /* Quest with a budget past the whole context reads every page: dense. */
     json_t *q = complete(&d, "\"quest\": {\"token_budget\": 4096}");
     cr_assert_str_eq(choice_text(q, 0), text);
     json_t *q0 = complete(&d, "\"quest\": {\"token_budget\": 0}");
     cr_assert_str_eq(choice_text(q0, 0), text);
-    json_t *all[] = {greedy, k1, s1, s2, s3, long_greedy, penalized, presence, repetition, p, q, q0};
+    json_t *all[] = {greedy,    k1,       s1,         s2, s3, long_greedy,
+                     penalized, presence, repetition, p,  q,  q0};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) json_decref(all[i]);
     cr_assert_eq(daemon_stop(&d), 0, "log %s:\n%s", d.log, daemon_log_tail(&d));
 }
 
-Test(server_http, stop_strings_cut_the_text_and_report_stop, .timeout = 120)
+Test(server_http, stop_strings_cut_the_text_and_report_stop)
 {
     struct daemon d;
     daemon_start(&d, NULL);
@@ -200,17 +205,17 @@ Test(server_http, stop_strings_cut_the_text_and_report_stop, .timeout = 120)
     cr_assert_eq(daemon_stop(&d), 0, "log %s:\n%s", d.log, daemon_log_tail(&d));
 }
 
-Test(server_http, n_and_prompt_lists_give_choices_in_order, .timeout = 120)
+Test(server_http, n_and_prompt_lists_give_choices_in_order)
 {
     struct daemon d;
     daemon_start(&d, NULL);
     long status;
-    json_t *a = http_json(&d, "POST", "/v1/completions",
-                          "{\"prompt\": \"First prompt\", \"temperature\": 0, \"max_tokens\": 8}",
-                          &status);
-    json_t *b = http_json(&d, "POST", "/v1/completions",
-                          "{\"prompt\": \"Second one here\", \"temperature\": 0, \"max_tokens\": 8}",
-                          &status);
+    json_t *a =
+        http_json(&d, "POST", "/v1/completions",
+                  "{\"prompt\": \"First prompt\", \"temperature\": 0, \"max_tokens\": 8}", &status);
+    json_t *b = http_json(
+        &d, "POST", "/v1/completions",
+        "{\"prompt\": \"Second one here\", \"temperature\": 0, \"max_tokens\": 8}", &status);
     json_t *both = http_json(&d, "POST", "/v1/completions",
                              "{\"prompt\": [\"First prompt\", \"Second one here\"], \"n\": 2, "
                              "\"temperature\": 0, \"max_tokens\": 8}",
@@ -219,7 +224,8 @@ Test(server_http, n_and_prompt_lists_give_choices_in_order, .timeout = 120)
     json_t *choices = json_object_get(both, "choices");
     cr_assert_eq(json_array_size(choices), 4);
     for (int i = 0; i < 4; i++) {
-        cr_assert_eq(json_integer_value(json_object_get(json_array_get(choices, (size_t)i), "index")), i);
+        cr_assert_eq(
+            json_integer_value(json_object_get(json_array_get(choices, (size_t)i), "index")), i);
         cr_assert_str_eq(choice_text(both, i), choice_text(i < 2 ? a : b, 0), "choice %d", i);
     }
     cr_assert_eq(usage_of(both, "prompt_tokens"),
@@ -231,7 +237,7 @@ Test(server_http, n_and_prompt_lists_give_choices_in_order, .timeout = 120)
     cr_assert_eq(daemon_stop(&d), 0, "log %s:\n%s", d.log, daemon_log_tail(&d));
 }
 
-Test(server_http, logprobs_in_both_shapes, .timeout = 120)
+Test(server_http, logprobs_in_both_shapes)
 {
     struct daemon d;
     daemon_start(&d, NULL);
@@ -285,7 +291,7 @@ Test(server_http, logprobs_in_both_shapes, .timeout = 120)
     cr_assert_eq(daemon_stop(&d), 0, "log %s:\n%s", d.log, daemon_log_tail(&d));
 }
 
-Test(server_http, streaming_matches_the_whole_answer, .timeout = 120)
+Test(server_http, streaming_matches_the_whole_answer)
 {
     struct daemon d;
     daemon_start(&d, NULL);
@@ -341,7 +347,7 @@ Test(server_http, streaming_matches_the_whole_answer, .timeout = 120)
     cr_assert_eq(daemon_stop(&d), 0, "log %s:\n%s", d.log, daemon_log_tail(&d));
 }
 
-Test(server_http, ignore_eos_generates_exactly_max_tokens, .timeout = 120)
+Test(server_http, ignore_eos_generates_exactly_max_tokens)
 {
     struct daemon d;
     daemon_start(&d, NULL);
@@ -365,7 +371,7 @@ struct bad_case {
     const char *code;  /* NULL: not checked */
 };
 
-Test(server_http, bad_input_matrix_gets_4xx_and_the_daemon_stays_up, .timeout = 120)
+Test(server_http, bad_input_matrix_gets_4xx_and_the_daemon_stays_up)
 {
     static char long_prompt[8000];
     if (!long_prompt[0]) {
@@ -377,13 +383,14 @@ Test(server_http, bad_input_matrix_gets_4xx_and_the_daemon_stays_up, .timeout = 
         {"POST", "/v1/completions", "{\"prompt\": ", 400, "invalid_request_error", NULL, NULL},
         {"POST", "/v1/completions", "", 400, "invalid_request_error", NULL, NULL},
         {"POST", "/v1/completions", "[1, 2]", 400, "invalid_request_error", NULL, NULL},
-        {"POST", "/v1/completions", "{\"prompt\": 5}", 400, "invalid_request_error", "prompt", NULL},
+        {"POST", "/v1/completions", "{\"prompt\": 5}", 400, "invalid_request_error", "prompt",
+         NULL},
         {"POST", "/v1/completions", "{\"prompt\": \"a\", \"max_tokens\": \"9\"}", 400,
          "invalid_request_error", "max_tokens", NULL},
         {"POST", "/v1/completions", "{\"prompt\": \"a\", \"temperature\": 3}", 400,
          "invalid_request_error", "temperature", NULL},
-        {"POST", "/v1/completions", "{\"prompt\": \"a\", \"n\": 100}", 400,
-         "invalid_request_error", "n", NULL},
+        {"POST", "/v1/completions", "{\"prompt\": \"a\", \"n\": 100}", 400, "invalid_request_error",
+         "n", NULL},
         {"POST", "/v1/completions", "{\"prompt\": [9999999]}", 400, "invalid_request_error",
          "prompt", NULL},
         {"POST", "/v1/completions", long_prompt, 400, "invalid_request_error", "prompt", NULL},
@@ -396,10 +403,8 @@ Test(server_http, bad_input_matrix_gets_4xx_and_the_daemon_stays_up, .timeout = 
         {"POST", "/v1/chat/completions", "{\"messages\": [{\"role\": \"x\", \"content\": \"\"}]}",
          400, "invalid_request_error", "messages[0].role", NULL},
         {"POST", "/tokenize", "{}", 400, "invalid_request_error", "prompt", NULL},
-        {"POST", "/detokenize", "{\"tokens\": [-3]}", 400, "invalid_request_error", "tokens",
-         NULL},
-        {"GET", "/v1/models/other", NULL, 404, "invalid_request_error", "model",
-         "model_not_found"},
+        {"POST", "/detokenize", "{\"tokens\": [-3]}", 400, "invalid_request_error", "tokens", NULL},
+        {"GET", "/v1/models/other", NULL, 404, "invalid_request_error", "model", "model_not_found"},
         {"GET", "/v2/nothing", NULL, 404, "invalid_request_error", NULL, "not_found"},
         {"GET", "/v1/completions", NULL, 405, "invalid_request_error", NULL, "method_not_allowed"},
         {"DELETE", "/health", NULL, 405, "invalid_request_error", NULL, "method_not_allowed"},
@@ -437,11 +442,11 @@ Test(server_http, bad_input_matrix_gets_4xx_and_the_daemon_stays_up, .timeout = 
     cr_assert_eq(daemon_stop(&d), 0, "log %s:\n%s", d.log, daemon_log_tail(&d));
 }
 
-Test(server_http, size_limits_give_413_and_431, .timeout = 120)
+Test(server_http, size_limits_give_413_and_431)
 {
     struct daemon d;
-    daemon_start(&d, (const char *[]){"--max-body-bytes", "4096", "--max-header-bytes", "8192",
-                                      NULL});
+    daemon_start(&d,
+                 (const char *[]){"--max-body-bytes", "4096", "--max-header-bytes", "8192", NULL});
     char *body = malloc(9000);
     strcpy(body, "{\"prompt\": \"");
     memset(body + 12, 'a', 8000);
@@ -477,7 +482,7 @@ Test(server_http, size_limits_give_413_and_431, .timeout = 120)
 
 /* Past the limit MHD stops accepting: the extra connection waits in the
  * listen backlog, unanswered, until a slot frees. */
-Test(server_http, connection_limit_holds_the_extra_connection_back, .timeout = 120)
+Test(server_http, connection_limit_holds_the_extra_connection_back)
 {
     struct daemon d;
     daemon_start(&d, (const char *[]){"--max-connections", "3", "--max-running", "2", NULL});
@@ -515,7 +520,7 @@ Test(server_http, connection_limit_holds_the_extra_connection_back, .timeout = 1
 
 /* ---------------------------------------------------------- auth, CORS */
 
-Test(server_http, api_keys_guard_the_api_but_not_health_and_metrics, .timeout = 120)
+Test(server_http, api_keys_guard_the_api_but_not_health_and_metrics)
 {
     struct daemon d;
     daemon_start(&d, (const char *[]){"--api-keys", "sk-first,sk-second", NULL});
@@ -557,14 +562,14 @@ Test(server_http, api_keys_guard_the_api_but_not_health_and_metrics, .timeout = 
     cr_assert_eq(r.status, 401);
     http_response_free(&r);
     memset(&r, 0, sizeof r);
-    http_request(&d, "GET", "/metrics", NULL, (const char *[]){"Authorization: Bearer sk-first", NULL},
-                 &r);
+    http_request(&d, "GET", "/metrics", NULL,
+                 (const char *[]){"Authorization: Bearer sk-first", NULL}, &r);
     cr_assert_eq(r.status, 200);
     http_response_free(&r);
     cr_assert_eq(daemon_stop(&d), 0, "log %s:\n%s", d.log, daemon_log_tail(&d));
 }
 
-Test(server_http, cors_is_off_by_default_and_follows_the_origin_list, .timeout = 120)
+Test(server_http, cors_is_off_by_default_and_follows_the_origin_list)
 {
     struct daemon d;
     daemon_start(&d, NULL);
@@ -576,18 +581,19 @@ Test(server_http, cors_is_off_by_default_and_follows_the_origin_list, .timeout =
     http_response_free(&r);
     cr_assert_eq(daemon_stop(&d), 0);
 
-    daemon_start(&d, (const char *[]){"--cors-origins", "http://a.example", "--api-keys", "k", NULL});
+    daemon_start(&d,
+                 (const char *[]){"--cors-origins", "http://a.example", "--api-keys", "k", NULL});
     memset(&r, 0, sizeof r);
     http_request(&d, "OPTIONS", "/v1/chat/completions", NULL,
-                 (const char *[]){"Origin: http://a.example",
-                                  "Access-Control-Request-Method: POST",
+                 (const char *[]){"Origin: http://a.example", "Access-Control-Request-Method: POST",
                                   "Access-Control-Request-Headers: authorization, content-type",
                                   NULL},
                  &r);
     cr_assert_eq(r.status, 204, "a preflight needs no key");
     cr_assert_str_eq(http_header(&r, "Access-Control-Allow-Origin"), "http://a.example");
     cr_assert_str_eq(http_header(&r, "Access-Control-Allow-Methods"), "POST, OPTIONS");
-    cr_assert_str_eq(http_header(&r, "Access-Control-Allow-Headers"), "authorization, content-type");
+    cr_assert_str_eq(http_header(&r, "Access-Control-Allow-Headers"),
+                     "authorization, content-type");
     http_response_free(&r);
     memset(&r, 0, sizeof r);
     http_request(&d, "POST", "/v1/completions", "{\"prompt\": \"a\", \"max_tokens\": 1}",
@@ -609,7 +615,7 @@ Test(server_http, cors_is_off_by_default_and_follows_the_origin_list, .timeout =
 /* The model path is a FIFO: loading blocks in open() until we write to it,
  * so /health is caught answering 503 while the model loads; the load then
  * fails (a FIFO is not a regular file) and the daemon exits 1. */
-Test(server_http, health_is_503_while_loading_and_a_bad_model_exits_1, .timeout = 120)
+Test(server_http, health_is_503_while_loading_and_a_bad_model_exits_1)
 {
     char fifo[64];
     snprintf(fifo, sizeof fifo, "/tmp/llmd-test-fifo-%d.gguf", (int)getpid());
@@ -637,7 +643,7 @@ Test(server_http, health_is_503_while_loading_and_a_bad_model_exits_1, .timeout 
     unlink(fifo);
 }
 
-Test(server_http, bad_settings_exit_2_with_a_message, .timeout = 60)
+Test(server_http, bad_settings_exit_2_with_a_message)
 {
     struct daemon d;
     cr_assert_not(daemon_spawn(&d, TEST_MODEL, (const char *[]){"--port", "http", NULL}));

@@ -1,5 +1,7 @@
 /* Tests for /metrics: histograms, the text format, vLLM's buckets, the
  * server's families, process metrics and the collector hook. */
+#include "server/metrics.h"
+
 #include <criterion/criterion.h>
 #include <ctype.h>
 #include <errno.h>
@@ -7,8 +9,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-#include "server/metrics.h"
 
 /* The value of the sample line `name` (with labels, exactly as written). */
 static double sample(const char *page, const char *name)
@@ -25,10 +25,10 @@ Test(server_metrics, histogram_counts_le_inclusive_and_renders_cumulative)
     static const double bounds[] = {0.1, 0.5, 1.0};
     struct srv_histogram h;
     srv_histogram_init(&h, bounds, 3);
-    srv_histogram_observe(&h, 0.1);  /* on a bound: that bucket */
+    srv_histogram_observe(&h, 0.1); /* on a bound: that bucket */
     srv_histogram_observe(&h, 0.05);
     srv_histogram_observe(&h, 0.7);
-    srv_histogram_observe(&h, 3.0);  /* +Inf only */
+    srv_histogram_observe(&h, 3.0); /* +Inf only */
     struct srv_buf out = SRV_BUF_INIT;
     srv_metrics_write_histogram(&out, "x_seconds", "Help text.", &h);
     cr_assert_str_eq(out.data, "# HELP x_seconds Help text.\n"
@@ -75,9 +75,17 @@ Test(server_metrics, values_format_as_prometheus_reads_them)
     static const struct {
         double v;
         const char *want;
-    } cases[] = {{0, "0"},       {20000, "20000"}, {-3, "-3"},     {0.1, "0.1"},
-                 {0.001, "0.001"}, {2.5, "2.5"},   {1e20, "1e+20"}, {INFINITY, "+Inf"},
-                 {-INFINITY, "-Inf"}, {NAN, "NaN"}, {1.0 / 3, "0.3333333333333333"}};
+    } cases[] = {{0, "0"},
+                 {20000, "20000"},
+                 {-3, "-3"},
+                 {0.1, "0.1"},
+                 {0.001, "0.001"},
+                 {2.5, "2.5"},
+                 {1e20, "1e+20"},
+                 {INFINITY, "+Inf"},
+                 {-INFINITY, "-Inf"},
+                 {NAN, "NaN"},
+                 {1.0 / 3, "0.3333333333333333"}};
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char buf[40];
         srv_metrics_format_value(buf, sizeof buf, cases[i].v);
@@ -145,9 +153,14 @@ Test(server_metrics, page_holds_every_family_and_the_collector)
     srv_metrics_count_http(&m, "/v1/completions", 200);
     srv_metrics_count_http(&m, "/v1/completions", 200);
     srv_metrics_count_http(&m, "/health", 503);
-    struct srv_engine_gauges g = {true, {.running = 3, .waiting = 2, .kv_pages_used = 10,
-                                         .kv_pages_total = 40, .steps = 99,
-                                         .quest_pages_read = 30, .quest_pages_total = 120}};
+    struct srv_engine_gauges g = {true,
+                                  {.running = 3,
+                                   .waiting = 2,
+                                   .kv_pages_used = 10,
+                                   .kv_pages_total = 40,
+                                   .steps = 99,
+                                   .quest_pages_read = 30,
+                                   .quest_pages_total = 120}};
     struct srv_buf out = SRV_BUF_INIT;
     srv_metrics_render(&m, &g, &out);
     const char *page = out.data;
@@ -161,9 +174,10 @@ Test(server_metrics, page_holds_every_family_and_the_collector)
     cr_assert_float_eq(sample(page, "llmd_quest_pages_read_fraction"), 0.25, 0);
     cr_assert_float_eq(sample(page, "llmd_prompt_tokens_total"), 15, 0);
     cr_assert_float_eq(sample(page, "llmd_generation_tokens_total"), 5, 0);
-    cr_assert_float_eq(sample(page, "llmd_request_finished_total{finished_reason=\"length\"}"), 1, 0);
-    cr_assert_float_eq(sample(page, "llmd_request_finished_total{finished_reason=\"cancelled\"}"), 1,
+    cr_assert_float_eq(sample(page, "llmd_request_finished_total{finished_reason=\"length\"}"), 1,
                        0);
+    cr_assert_float_eq(sample(page, "llmd_request_finished_total{finished_reason=\"cancelled\"}"),
+                       1, 0);
     cr_assert_float_eq(sample(page, "llmd_request_finished_total{finished_reason=\"stop\"}"), 0, 0);
     cr_assert_float_eq(
         sample(page, "llmd_http_requests_total{path=\"/v1/completions\",status=\"200\"}"), 2, 0);

@@ -3,10 +3,10 @@
  * must succeed or fail with a message, never crash or leak, and what
  * succeeds must dump back to JSON.
  */
+#include "server/server.h"
+
 #include <stdint.h>
 #include <stdlib.h>
-
-#include "server/server.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {

@@ -4,10 +4,10 @@
  * accept or refuse with a 4xx, never crash or leak; an accepted request
  * renders as a chat prompt and resolves its token limit.
  */
+#include "server/api.h"
+
 #include <stdint.h>
 #include <stdlib.h>
-
-#include "server/api.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {

@@ -12,11 +12,14 @@
 #ifndef LLMD_TESTS_INTEGRATION_HARNESS_H
 #define LLMD_TESTS_INTEGRATION_HARNESS_H
 
+#include "server/buf.h"
+
 #include <criterion/criterion.h>
 #include <curl/curl.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
+#include <math.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -27,12 +30,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "server/buf.h"
-
-#define TEST_MODEL "tests/data/tiny-random.gguf"
+#define TEST_MODEL      "tests/data/tiny-random.gguf"
 #define START_TIMEOUT_S 60.0
-#define STOP_TIMEOUT_S 60.0
-#define HTTP_TIMEOUT_S 60L
+#define STOP_TIMEOUT_S  60.0
+#define HTTP_TIMEOUT_S  60L
 
 extern char **environ;
 
@@ -54,8 +55,8 @@ static inline void sleep_s(double s)
 struct daemon {
     pid_t pid;
     int port;
-    int out_fd;     /* the daemon's stdout */
-    char log[64];   /* its stderr */
+    int out_fd;   /* the daemon's stdout */
+    char log[64]; /* its stderr */
     bool exited;
     int status;
 };
@@ -82,9 +83,9 @@ static inline bool daemon_spawn(struct daemon *d, const char *model, const char 
     cr_assert(log_fd >= 0);
     int out[2];
     cr_assert_eq(pipe(out), 0);
-    const char *argv[48] = {daemon_binary(), "serve", "--model", model, "--host", "127.0.0.1",
-                            "--port", "0", "--precision", "fp32", "--kv-type", "f32",
-                            "--config", "conf/llmd.json"};
+    const char *argv[48] = {daemon_binary(), "serve",  "--model",  model,           "--host",
+                            "127.0.0.1",     "--port", "0",        "--precision",   "fp32",
+                            "--kv-type",     "f32",    "--config", "conf/llmd.json"};
     int argc = 14;
     for (int i = 0; args && args[i]; i++) argv[argc++] = args[i];
     argv[argc] = NULL;
@@ -182,8 +183,8 @@ static inline int daemon_stop(struct daemon *d)
     if (!daemon_wait_exit(d, STOP_TIMEOUT_S)) {
         kill(d->pid, SIGKILL);
         daemon_wait_exit(d, 5);
-        cr_assert_fail("the daemon did not stop within %.0f s; log %s:\n%s", STOP_TIMEOUT_S,
-                       d->log, daemon_log_tail(d));
+        cr_assert_fail("the daemon did not stop within %.0f s; log %s:\n%s", STOP_TIMEOUT_S, d->log,
+                       daemon_log_tail(d));
     }
     return d->status;
 }
@@ -196,6 +197,7 @@ struct http_response {
     struct srv_buf headers;
     CURLcode rc;
     size_t abort_after; /* > 0: the client hangs up after this many body bytes */
+    long timeout_ms;    /* > 0: the client gives up after this long */
 };
 
 static inline size_t collect_body(char *data, size_t size, size_t n, void *ctx)
@@ -215,7 +217,8 @@ static inline size_t collect_header(char *data, size_t size, size_t n, void *ctx
 /* An easy handle for one request; headers (NULL-terminated "Name: value")
  * are owned by the caller until the transfer is done. */
 static inline CURL *http_easy(const struct daemon *d, const char *method, const char *path,
-                       const char *body, struct curl_slist *headers, struct http_response *out)
+                              const char *body, struct curl_slist *headers,
+                              struct http_response *out)
 {
     static bool initialized;
     if (!initialized) {
@@ -237,7 +240,10 @@ static inline CURL *http_easy(const struct daemon *d, const char *method, const 
     curl_easy_setopt(c, CURLOPT_WRITEDATA, out);
     curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, collect_header);
     curl_easy_setopt(c, CURLOPT_HEADERDATA, out);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT, HTTP_TIMEOUT_S);
+    if (out->timeout_ms > 0)
+        curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, out->timeout_ms);
+    else
+        curl_easy_setopt(c, CURLOPT_TIMEOUT, HTTP_TIMEOUT_S);
     curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(c, CURLOPT_PRIVATE, out);
     return c;
@@ -251,11 +257,13 @@ static inline struct curl_slist *header_list(const char *const *headers)
 }
 
 static inline void http_request(const struct daemon *d, const char *method, const char *path,
-                         const char *body, const char *const *headers, struct http_response *out)
+                                const char *body, const char *const *headers,
+                                struct http_response *out)
 {
-    size_t abort_after = out->abort_after;
+    struct http_response keep = *out;
     memset(out, 0, sizeof *out);
-    out->abort_after = abort_after;
+    out->abort_after = keep.abort_after;
+    out->timeout_ms = keep.timeout_ms;
     struct curl_slist *list = header_list(headers);
     CURL *c = http_easy(d, method, path, body, list, out);
     out->rc = curl_easy_perform(c);
@@ -291,7 +299,7 @@ static inline const char *http_header(const struct http_response *r, const char 
 
 /* POST (or any method) and parse the JSON answer; asserts it is JSON. */
 static inline json_t *http_json(const struct daemon *d, const char *method, const char *path,
-                         const char *body, long *status)
+                                const char *body, long *status)
 {
     struct http_response r = {0};
     http_request(d, method, path, body, NULL, &r);
@@ -366,7 +374,8 @@ static inline char *sse_text(json_t *events, int index)
     struct srv_buf text = SRV_BUF_INIT;
     size_t i;
     json_t *ev;
-    json_array_foreach(events, i, ev) {
+    json_array_foreach(events, i, ev)
+    {
         json_t *choice = json_array_get(json_object_get(ev, "choices"), 0);
         if (!choice || json_integer_value(json_object_get(choice, "index")) != index) continue;
         json_t *t = json_object_get(choice, "text");
@@ -396,7 +405,8 @@ static inline double metric(const struct daemon *d, const char *sample)
 }
 
 /* Polls a metric until it equals `want` (true) or timeout_s passes. */
-static inline bool wait_metric(const struct daemon *d, const char *sample, double want, double timeout_s)
+static inline bool wait_metric(const struct daemon *d, const char *sample, double want,
+                               double timeout_s)
 {
     double deadline = now_s() + timeout_s;
     do {
@@ -438,15 +448,16 @@ struct http_job {
  * NULL) is called between rounds with the number still running; it returns
  * false to stop driving (the caller finishes with http_multi_finish). */
 static inline void http_run_jobs(const struct daemon *d, struct http_job *jobs, int n,
-                          bool (*each_round)(int running, void *ctx), void *ctx)
+                                 bool (*each_round)(int running, void *ctx), void *ctx)
 {
     CURLM *multi = curl_multi_init();
     CURL *easies[256];
     cr_assert(n <= 256);
     for (int i = 0; i < n; i++) {
-        size_t abort_after = jobs[i].resp.abort_after;
+        struct http_response keep = jobs[i].resp;
         memset(&jobs[i].resp, 0, sizeof jobs[i].resp);
-        jobs[i].resp.abort_after = abort_after;
+        jobs[i].resp.abort_after = keep.abort_after;
+        jobs[i].resp.timeout_ms = keep.timeout_ms;
         jobs[i].done = false;
         easies[i] = http_easy(d, jobs[i].method ? jobs[i].method : "POST", jobs[i].path,
                               jobs[i].body, NULL, &jobs[i].resp);
