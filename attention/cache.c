@@ -72,13 +72,6 @@ static struct attn_block_layout block_layout(const struct attn_cache_config *c)
     return l;
 }
 
-unsigned char *attn_cache_block(const attn_cache *cache, int page, int layer, int kv_head)
-{
-    const struct attn_cache_config *c = &cache->config;
-    size_t index = (size_t)layer * c->n_kv_heads + kv_head;
-    return cache->pool + (size_t)page * cache->page_bytes + index * cache->layout.bytes;
-}
-
 struct attn_block attn_cache_block_view(const attn_cache *cache, int page, int layer, int kv_head)
 {
     const unsigned char *b = attn_cache_block(cache, page, layer, kv_head);
@@ -93,14 +86,15 @@ struct attn_block attn_cache_block_view(const attn_cache *cache, int page, int l
     };
 }
 
-const uint16_t *attn_cache_block_kmax(const attn_cache *cache, int page, int layer, int kv_head)
+struct attn_bounds_view attn_seq_bounds_view(const attn_seq *seq, int layer, int kv_head)
 {
-    return (const uint16_t *)(attn_cache_block(cache, page, layer, kv_head) + cache->layout.kmax);
-}
-
-const uint16_t *attn_cache_block_kmin(const attn_cache *cache, int page, int layer, int kv_head)
-{
-    return (const uint16_t *)(attn_cache_block(cache, page, layer, kv_head) + cache->layout.kmin);
+    const attn_cache *cache = seq->cache;
+    return (struct attn_bounds_view){
+        .base = attn_cache_block(cache, 0, layer, kv_head) + cache->layout.kmax,
+        .stride = cache->page_bytes,
+        .kmin_offset = cache->layout.kmin - cache->layout.kmax,
+        .pages = seq->pages,
+    };
 }
 
 /* ------------------------------------------------------------------- pool */
@@ -202,14 +196,14 @@ static void meta_fold(attn_cache *cache, unsigned char *block, const float *k)
 static int8_t quantize_int8_value(float x, float inv_scale)
 {
     float c = nearbyintf(x * inv_scale);
-    return (int8_t)fminf(fmaxf(c, -127.0f), 127.0f);
+    return (int8_t)attn_minf(attn_maxf(c, -127.0f), 127.0f);
 }
 
 /* Symmetric INT8 of n values: codes and the scale (absmax / 127). */
 static float quantize_int8(const float *x, int n, int8_t *codes)
 {
     float absmax = 0;
-    for (int i = 0; i < n; i++) absmax = fmaxf(absmax, fabsf(x[i]));
+    for (int i = 0; i < n; i++) absmax = attn_maxf(absmax, fabsf(x[i]));
     float scale = absmax / 127.0f;
     float inv = scale > 0 ? 1.0f / scale : 0.0f;
     for (int i = 0; i < n; i++) codes[i] = quantize_int8_value(x[i], inv);
@@ -221,12 +215,12 @@ static float quantize_int8(const float *x, int n, int8_t *codes)
 static void quantize_int4(const float *x, int n, uint8_t *codes, float *scale, float *zero)
 {
     float lo = x[0], hi = x[0];
-    for (int i = 1; i < n; i++) lo = fminf(lo, x[i]), hi = fmaxf(hi, x[i]);
+    for (int i = 1; i < n; i++) lo = attn_minf(lo, x[i]), hi = attn_maxf(hi, x[i]);
     float s = (hi - lo) / 15.0f;
     float inv = s > 0 ? 1.0f / s : 0.0f;
     for (int i = 0; i < n; i++) {
         float c = nearbyintf((x[i] - lo) * inv);
-        codes[i] = (uint8_t)fminf(fmaxf(c, 0.0f), 15.0f);
+        codes[i] = (uint8_t)attn_minf(attn_maxf(c, 0.0f), 15.0f);
     }
     *scale = s;
     *zero = lo;

@@ -76,6 +76,12 @@ static void item_run(const struct attn_call *call, const struct attn_item *item)
             v = v < 0 ? 0 : v > ps ? ps : v;
             for (int h = 0; h < heads; h++) visible[(i - item->i0) * heads + h] = v;
         }
+        if (j + 1 < n_iter) {
+            int next = item->pages ? item->pages[j + 1] : j + 1;
+            attn_prefetch(
+                attn_cache_block(cache, call->seq->pages[next], call->layer, item->kv_head),
+                cache->layout.kmax);
+        }
         struct attn_block block =
             attn_cache_block_view(cache, call->seq->pages[index], call->layer, item->kv_head);
         page_fn(&block, hd, ps, &rows, visible);

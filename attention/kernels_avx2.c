@@ -53,6 +53,13 @@ static inline float vec_reduce_add(vec a)
     return _mm_cvtss_f32(x);
 }
 
+/* out[j] = sum of the lanes of aj. */
+static inline void vec_reduce_add4(vec a0, vec a1, vec a2, vec a3, float *out)
+{
+    vec h = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+    _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
+}
+
 /* All-ones in lanes [0, n). */
 static inline vec first_lanes(int n)
 {

@@ -24,14 +24,9 @@ void attn_quest_page_scores(const struct attn_kernels *kernels, const attn_seq *
                             float *scratch)
 {
     const attn_cache *cache = seq->cache;
-    int hd = cache->config.head_dim;
     UTIL_CHECK(n_cand <= seq->n_pages);
-    for (int i = 0; i < n_cand; i++) {
-        int page = seq->pages[i];
-        kernels->bound(attn_cache_block_kmax(cache, page, layer, kv_head),
-                       attn_cache_block_kmin(cache, page, layer, kv_head), hd, q, group,
-                       scratch + (size_t)i * group);
-    }
+    struct attn_bounds_view view = attn_seq_bounds_view(seq, layer, kv_head);
+    kernels->bound(&view, n_cand, cache->config.head_dim, q, group, scratch);
     if (group == 1) {
         for (int i = 0; i < n_cand; i++) scores[i] = scratch[i];
         return;
@@ -39,15 +34,16 @@ void attn_quest_page_scores(const struct attn_kernels *kernels, const attn_seq *
     float best[ATTN_MAX_HEAD_DIM]; /* per head; a group never exceeds head_dim here */
     float *head_best = group <= ATTN_MAX_HEAD_DIM ? best : util_xmalloc(sizeof(float) * group);
     for (int h = 0; h < group; h++) head_best[h] = -INFINITY;
+    /* A NaN bound (keys beyond f16 range) is skipped here and scores +inf
+     * below: such a page stays selectable. */
     for (int i = 0; i < n_cand; i++)
         for (int h = 0; h < group; h++)
-            head_best[h] = fmaxf(head_best[h], scratch[(size_t)i * group + h]);
+            head_best[h] = attn_maxf(scratch[(size_t)i * group + h], head_best[h]);
     for (int i = 0; i < n_cand; i++) {
         float s = -INFINITY;
         for (int h = 0; h < group; h++) {
             float u = scratch[(size_t)i * group + h];
-            /* A NaN bound (keys beyond f16 range) must stay selectable. */
-            s = fmaxf(s, isnan(u) ? INFINITY : u - head_best[h]);
+            s = attn_maxf(s, isnan(u) ? INFINITY : u - head_best[h]);
         }
         scores[i] = s;
     }
