@@ -129,7 +129,12 @@ static void check_call(const attn_seq *seq, int layer, const int *pos, int n_q,
     UTIL_CHECK(layer >= 0 && layer < c->n_layers);
     UTIL_CHECK(params->n_heads > 0 && params->n_heads % c->n_kv_heads == 0);
     UTIL_CHECK(n_q > 0);
-    for (int i = 0; i < n_q; i++) UTIL_CHECK(pos[i] >= 0 && pos[i] < seq->n_pages * c->page_size);
+    for (int i = 0; i < n_q; i++) {
+        UTIL_CHECK(pos[i] >= 0 && pos[i] < seq->n_pages * c->page_size);
+        /* the query's own token is written in this layer (K/V before attention) */
+        int page = seq->pages[pos[i] / c->page_size];
+        UTIL_CHECK(seq->cache->fill[(size_t)page * c->n_layers + layer] > pos[i] % c->page_size);
+    }
 }
 
 void attn_forward_pages(const struct attn_kernels *kernels, const attn_seq *seq, int layer,

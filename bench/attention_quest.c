@@ -292,60 +292,80 @@ static double mass_recall(const struct setup *s, int pos, enum attn_mode mode, i
     return total / count;
 }
 
-/* Times one mode/budget at position pos over the reps' queries. */
-static struct run time_mode(const struct setup *s, int pos, enum attn_mode mode, int budget,
-                            bool keep_output)
+/* One mode and budget being measured: per-rep times, page counts and the
+ * output error against dense, accumulated as reps run. */
+struct config {
+    enum attn_mode mode;
+    int budget;
+    double *token, *sparse; /* seconds per rep: all layers, mean sparse layer */
+    struct attn_stats stats;
+    double err_num, err_den;
+};
+
+static void config_init(struct config *c, const struct options *o, enum attn_mode mode, int budget)
+{
+    *c = (struct config){.mode = mode, .budget = budget};
+    c->token = util_xmalloc(sizeof(double) * o->reps);
+    c->sparse = util_xmalloc(sizeof(double) * o->reps);
+}
+
+/* One decode token of rep r through every layer, caches flushed first.
+ * Dense (which runs first in each rep) keeps its output; the others are
+ * compared with it. */
+static void run_token(const struct setup *s, int pos, struct config *c, int r)
 {
     const struct options *o = s->o;
     int width = o->heads * o->head_dim, sparse_layers = o->layers - o->dense_layers;
     struct attn_params p;
     attn_params_default(&p, o->heads, o->head_dim);
-    p.mode = mode;
-    p.token_budget = budget;
+    p.mode = c->mode;
+    p.token_budget = c->budget;
     p.dense_layers = o->dense_layers;
-    double *token = util_xmalloc(sizeof(double) * o->reps);
-    double *sparse = util_xmalloc(sizeof(double) * o->reps);
-    float *out = util_xmalloc(sizeof(float) * width);
-    struct attn_stats stats = {0};
-    double err_num = 0, err_den = 0;
-    for (int r = 0; r < o->reps; r++) {
-        flush_caches(s->flush, s->flush_bytes);
-        token[r] = sparse[r] = 0;
-        for (int l = 0; l < o->layers; l++) {
-            const float *q = s->queries[r] + (size_t)l * width;
-            double t0 = util_now();
-            attn_forward(s->seq, l, q, &pos, 1, &p, out, l >= o->dense_layers ? &stats : NULL);
-            double dt = util_now() - t0;
-            token[r] += dt;
-            if (l >= o->dense_layers) sparse[r] += dt / sparse_layers;
-            float *ref = s->dense_out[r] + (size_t)l * width;
-            if (keep_output)
-                memcpy(ref, out, sizeof(float) * width);
-            else if (l >= o->dense_layers)
-                for (int i = 0; i < width; i++)
-                    err_num += (double)(out[i] - ref[i]) * (out[i] - ref[i]),
-                        err_den += (double)ref[i] * ref[i];
-        }
+    float out[ATTN_MAX_HEAD_DIM * 64];
+    UTIL_CHECK(width <= ATTN_MAX_HEAD_DIM * 64);
+    flush_caches(s->flush, s->flush_bytes);
+    c->token[r] = c->sparse[r] = 0;
+    for (int l = 0; l < o->layers; l++) {
+        const float *q = s->queries[r] + (size_t)l * width;
+        bool sparse_layer = l >= o->dense_layers;
+        double t0 = util_now();
+        attn_forward(s->seq, l, q, &pos, 1, &p, out, sparse_layer ? &c->stats : NULL);
+        double dt = util_now() - t0;
+        c->token[r] += dt;
+        if (sparse_layer) c->sparse[r] += dt / sparse_layers;
+        float *ref = s->dense_out[r] + (size_t)l * width;
+        if (c->mode == ATTN_DENSE)
+            memcpy(ref, out, sizeof(float) * width);
+        else if (sparse_layer)
+            for (int i = 0; i < width; i++) {
+                c->err_num += (double)(out[i] - ref[i]) * (out[i] - ref[i]);
+                c->err_den += (double)ref[i] * ref[i];
+            }
     }
+}
+
+static struct run config_finish(const struct setup *s, int pos, struct config *c)
+{
+    const struct options *o = s->o;
+    int sparse_layers = o->layers - o->dense_layers;
     struct run run = {
-        .token_ms = 1e3 * median(token, o->reps),
-        .sparse_layer_ms = 1e3 * median(sparse, o->reps),
-        .read_fraction = (double)stats.pages_read / (double)stats.pages_total,
-        .rel_err = keep_output ? 0 : sqrt(err_num / err_den),
-        .recall = mass_recall(s, pos, mode, budget),
+        .token_ms = 1e3 * median(c->token, o->reps),
+        .sparse_layer_ms = 1e3 * median(c->sparse, o->reps),
+        .read_fraction = (double)c->stats.pages_read / (double)c->stats.pages_total,
+        .rel_err = c->mode == ATTN_DENSE ? 0 : sqrt(c->err_num / c->err_den),
+        .recall = mass_recall(s, pos, c->mode, c->budget),
     };
     /* Bytes one token reads: K/V blocks of every page read in every layer,
      * plus for Quest the bounds of every candidate page in sparse layers. */
     int pages = pos / 16 + 1;
     double dense_blocks = (double)pages * o->kv_heads * o->dense_layers;
-    double sparse_blocks = (double)stats.pages_read / o->reps;
-    double meta = mode == ATTN_QUEST && budget / 16 < pages
+    double sparse_blocks = (double)c->stats.pages_read / o->reps;
+    double meta = c->mode == ATTN_QUEST && c->budget / 16 < pages
                       ? (double)(pages - 1) * o->kv_heads * sparse_layers * s->meta_block_bytes
                       : 0;
     run.mb_read = ((dense_blocks + sparse_blocks) * s->kv_block_bytes + meta) / 1e6;
-    free(token);
-    free(sparse);
-    free(out);
+    free(c->token);
+    free(c->sparse);
     return run;
 }
 
@@ -420,24 +440,32 @@ int main(int argc, char **argv)
                 for (int l = 0; l < o.layers; l++)
                     synth_query(&syn, s.seq, l, o.heads, pos, s.queries[r] + (size_t)l * width);
             compute_page_mass(&s, pos);
-            struct run dense = time_mode(&s, pos, ATTN_DENSE, 0, true);
+            /* Every mode runs once per rep, in turn, so that drifts in the
+             * machine's speed hit all of them alike. */
+            struct config cfg[1 + 2 * MAX_LIST];
+            int n_cfg = 0;
+            config_init(&cfg[n_cfg++], &o, ATTN_DENSE, 0);
+            for (int bi = 0; bi < o.n_budgets; bi++) {
+                config_init(&cfg[n_cfg++], &o, ATTN_QUEST, o.budgets[bi]);
+                config_init(&cfg[n_cfg++], &o, ATTN_WINDOW, o.budgets[bi]);
+            }
+            for (int r = 0; r < o.reps; r++)
+                for (int c = 0; c < n_cfg; c++) run_token(&s, pos, &cfg[c], r);
             const char *tname = attn_kv_type_name(o.types[ti]);
+            struct run dense = config_finish(&s, pos, &cfg[0]);
             printf("%-5s %6d %-7s %6s %10.3f %11.3f %8s %8s %9.2f %6.1f%% %7.3f %8s\n", tname,
                    pos + 1, "dense", "-", dense.token_ms, dense.sparse_layer_ms, "1.00", "1.00",
                    dense.mb_read, 100 * dense.read_fraction, dense.recall, "0");
-            for (int bi = 0; bi < o.n_budgets; bi++) {
-                for (int m = 0; m < 2; m++) {
-                    enum attn_mode mode = m == 0 ? ATTN_QUEST : ATTN_WINDOW;
-                    struct run run = time_mode(&s, pos, mode, o.budgets[bi], false);
-                    double xt = dense.token_ms / run.token_ms;
-                    double xl = dense.sparse_layer_ms / run.sparse_layer_ms;
-                    printf(
-                        "%-5s %6d %-7s %6d %10.3f %11.3f %8.2f %8.2f %9.2f %6.1f%% %7.3f %8.4f\n",
-                        tname, pos + 1, m == 0 ? "quest" : "window", o.budgets[bi], run.token_ms,
-                        run.sparse_layer_ms, xt, xl, run.mb_read, 100 * run.read_fraction,
-                        run.recall, run.rel_err);
-                    if (m == 0) head[ti][ci][bi] = (struct headline){xl, xt, true};
-                }
+            for (int c = 1; c < n_cfg; c++) {
+                struct run run = config_finish(&s, pos, &cfg[c]);
+                double xt = dense.token_ms / run.token_ms;
+                double xl = dense.sparse_layer_ms / run.sparse_layer_ms;
+                printf("%-5s %6d %-7s %6d %10.3f %11.3f %8.2f %8.2f %9.2f %6.1f%% %7.3f %8.4f\n",
+                       tname, pos + 1, cfg[c].mode == ATTN_QUEST ? "quest" : "window",
+                       cfg[c].budget, run.token_ms, run.sparse_layer_ms, xt, xl, run.mb_read,
+                       100 * run.read_fraction, run.recall, run.rel_err);
+                if (cfg[c].mode == ATTN_QUEST)
+                    head[ti][ci][(c - 1) / 2] = (struct headline){xl, xt, true};
             }
             fflush(stdout);
         }
