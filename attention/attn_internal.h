@@ -26,9 +26,15 @@
  *   v        V: page_size rows (tokens) of head_dim channels
  *   k_scale  per token (int8, int4); k_zero per token (int4): x = c*scale + zero
  *   v_scale, v_zero  likewise
- *   kmax     Quest metadata: per channel, the max of the page's keys, as f16
- *            rounded up; kmin the min rounded down. The f16 bounds are still
- *            true bounds of the f32 keys and read half the bytes of f32 ones.
+ *
+ * Beside the pool, a table indexed by page id holds each page's Quest
+ * metadata, per layer and KV head: per channel the max of the page's keys
+ * as f16 rounded up (kmax), then the min rounded down (kmin). The f16
+ * bounds are still true bounds of the f32 keys and read half the bytes.
+ * The table is (layer, KV head, page)-major so that scoring a sequence's
+ * pages, usually handed out in order, streams through memory instead of
+ * hopping a page apart for every 256 bytes (the page's blocks are 100 KB
+ * apart); it lives and is reset with its page.
  *
  * INT4 rows are packed in chunks of 16 elements in 8 bytes: byte j of a chunk
  * holds element j in its low nibble and element j+8 in its high nibble, so
@@ -36,7 +42,7 @@
  * V rows along channels. INT8 is signed symmetric (zero is 0).
  */
 struct attn_block_layout {
-    size_t k, v, k_scale, k_zero, v_scale, v_zero, kmax, kmin;
+    size_t k, v, k_scale, k_zero, v_scale, v_zero;
     size_t bytes;
 };
 
@@ -47,7 +53,8 @@ struct attn_cache {
     unsigned char *pool; /* n_pages * page_bytes, 64-byte aligned */
     int *free_pages;     /* stack of free page ids; the top is reused first */
     int n_free;
-    uint16_t *fill; /* (n_pages, n_layers): leading tokens folded into the page's metadata */
+    uint16_t *bounds; /* (n_layers, n_kv_heads, n_pages, 2, head_dim): kmax then kmin */
+    uint16_t *fill;   /* (n_pages, n_layers): leading tokens folded into the page's bounds */
 };
 
 struct attn_seq {
@@ -147,16 +154,23 @@ static inline unsigned char *attn_cache_block(const attn_cache *cache, int page,
     return cache->pool + (size_t)page * cache->page_bytes + index * cache->layout.bytes;
 }
 struct attn_block attn_cache_block_view(const attn_cache *cache, int page, int layer, int kv_head);
-/* The Quest bounds of a block: head_dim f16 values each, kmin after kmax. */
+/* The Quest bounds of a page at a layer and KV head: head_dim f16 values
+ * each, kmin right after kmax. */
+static inline uint16_t *attn_cache_bounds(const attn_cache *cache, int page, int layer, int kv_head)
+{
+    const struct attn_cache_config *c = &cache->config;
+    size_t run = (size_t)layer * c->n_kv_heads + kv_head;
+    return cache->bounds + (run * c->n_pages + page) * 2 * c->head_dim;
+}
 static inline const uint16_t *attn_cache_block_kmax(const attn_cache *cache, int page, int layer,
                                                     int kv_head)
 {
-    return (const uint16_t *)(attn_cache_block(cache, page, layer, kv_head) + cache->layout.kmax);
+    return attn_cache_bounds(cache, page, layer, kv_head);
 }
 static inline const uint16_t *attn_cache_block_kmin(const attn_cache *cache, int page, int layer,
                                                     int kv_head)
 {
-    return (const uint16_t *)(attn_cache_block(cache, page, layer, kv_head) + cache->layout.kmin);
+    return attn_cache_bounds(cache, page, layer, kv_head) + cache->config.head_dim;
 }
 
 /* Reads back, dequantized, the key and value of position `pos` of `seq` at

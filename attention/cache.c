@@ -66,8 +66,6 @@ static struct attn_block_layout block_layout(const struct attn_cache_config *c)
     l.k_zero = at, at += zeroed ? per_token : 0;
     l.v_scale = at, at += scaled ? per_token : 0;
     l.v_zero = at, at += zeroed ? per_token : 0;
-    l.kmax = at, at += align64((size_t)c->head_dim * sizeof(uint16_t));
-    l.kmin = at, at += align64((size_t)c->head_dim * sizeof(uint16_t));
     l.bytes = at;
     return l;
 }
@@ -90,14 +88,20 @@ struct attn_bounds_view attn_seq_bounds_view(const attn_seq *seq, int layer, int
 {
     const attn_cache *cache = seq->cache;
     return (struct attn_bounds_view){
-        .base = attn_cache_block(cache, 0, layer, kv_head) + cache->layout.kmax,
-        .stride = cache->page_bytes,
-        .kmin_offset = cache->layout.kmin - cache->layout.kmax,
+        .base = (const unsigned char *)attn_cache_bounds(cache, 0, layer, kv_head),
+        .stride = (size_t)2 * cache->config.head_dim * sizeof(uint16_t),
+        .kmin_offset = (size_t)cache->config.head_dim * sizeof(uint16_t),
         .pages = seq->pages,
     };
 }
 
 /* ------------------------------------------------------------------- pool */
+
+/* Quest bounds of one page, all layers and KV heads. */
+static size_t bounds_bytes_per_page(const struct attn_cache_config *c)
+{
+    return (size_t)c->n_layers * c->n_kv_heads * 2 * c->head_dim * sizeof(uint16_t);
+}
 
 int attn_cache_create(const struct attn_cache_config *config, attn_cache **out)
 {
@@ -120,6 +124,7 @@ int attn_cache_create(const struct attn_cache_config *config, attn_cache **out)
     for (int i = 0; i < c->n_pages; i++) cache->free_pages[i] = c->n_pages - 1 - i;
     cache->n_free = c->n_pages;
     cache->fill = util_xcalloc((size_t)c->n_pages * c->n_layers, sizeof(uint16_t));
+    cache->bounds = util_aligned_alloc(bounds_bytes_per_page(c) * (size_t)c->n_pages);
     *out = cache;
     return 0;
 }
@@ -131,6 +136,7 @@ void attn_cache_free(attn_cache *cache)
     util_aligned_free(cache->pool);
     free(cache->free_pages);
     free(cache->fill);
+    util_aligned_free(cache->bounds);
     free(cache);
 }
 
@@ -148,7 +154,7 @@ int attn_cache_pages_total(const attn_cache *cache)
 }
 size_t attn_cache_page_bytes(const attn_cache *cache)
 {
-    return cache->page_bytes;
+    return cache->page_bytes + bounds_bytes_per_page(&cache->config);
 }
 
 /* ------------------------------------------------------ Quest min and max */
@@ -171,19 +177,17 @@ static void meta_reset(attn_cache *cache, int page, int layer)
 {
     const struct attn_cache_config *c = &cache->config;
     for (int h = 0; h < c->n_kv_heads; h++) {
-        unsigned char *b = attn_cache_block(cache, page, layer, h);
-        uint16_t *kmax = (uint16_t *)(b + cache->layout.kmax);
-        uint16_t *kmin = (uint16_t *)(b + cache->layout.kmin);
+        uint16_t *kmax = attn_cache_bounds(cache, page, layer, h), *kmin = kmax + c->head_dim;
         for (int d = 0; d < c->head_dim; d++) kmax[d] = 0xfc00, kmin[d] = 0x7c00;
     }
     cache->fill[(size_t)page * c->n_layers + layer] = 0;
 }
 
-/* Widens one block's bounds to cover key k (head_dim floats). */
-static void meta_fold(attn_cache *cache, unsigned char *block, const float *k)
+/* Widens the bounds of `page` at layer and kv_head to cover key k. */
+static void meta_fold(attn_cache *cache, int page, int layer, int kv_head, const float *k)
 {
-    uint16_t *kmax = (uint16_t *)(block + cache->layout.kmax);
-    uint16_t *kmin = (uint16_t *)(block + cache->layout.kmin);
+    uint16_t *kmax = attn_cache_bounds(cache, page, layer, kv_head);
+    uint16_t *kmin = kmax + cache->config.head_dim;
     for (int d = 0; d < cache->config.head_dim; d++) {
         uint16_t up = attn_f16_round_up(k[d]), down = attn_f16_round_down(k[d]);
         if (util_f16_to_f32(up) > util_f16_to_f32(kmax[d])) kmax[d] = up;
@@ -298,10 +302,9 @@ static void meta_rebuild(attn_cache *cache, int page, int layer, int n)
     meta_reset(cache, page, layer);
     float k[ATTN_MAX_HEAD_DIM];
     for (int h = 0; h < cache->config.n_kv_heads; h++) {
-        unsigned char *b = attn_cache_block(cache, page, layer, h);
         for (int t = 0; t < n; t++) {
             read_token(cache, page, layer, h, t, k, NULL);
-            meta_fold(cache, b, k);
+            meta_fold(cache, page, layer, h, k);
         }
     }
     cache->fill[(size_t)page * cache->config.n_layers + layer] = (uint16_t)n;
@@ -391,7 +394,7 @@ void attn_seq_write(attn_seq *seq, int layer, int pos, int n, const float *k, co
                          t, kx);
             store_vector(cache, b + l->v, (float *)(b + l->v_scale), (float *)(b + l->v_zero),
                          false, t, vx);
-            meta_fold(cache, b, kx); /* from the unquantized key */
+            meta_fold(cache, page, layer, h, kx); /* from the unquantized key */
         }
         *fill = (uint16_t)(t + 1);
     }

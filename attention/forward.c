@@ -80,7 +80,7 @@ static void item_run(const struct attn_call *call, const struct attn_item *item)
             int next = item->pages ? item->pages[j + 1] : j + 1;
             attn_prefetch(
                 attn_cache_block(cache, call->seq->pages[next], call->layer, item->kv_head),
-                cache->layout.kmax);
+                cache->layout.bytes);
         }
         struct attn_block block =
             attn_cache_block_view(cache, call->seq->pages[index], call->layer, item->kv_head);

@@ -45,6 +45,14 @@ static inline vec vec_abs(vec a)
     return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), a);
 }
 
+static inline vec vec_max(vec a, vec b)
+{
+    return _mm256_max_ps(a, b);
+}
+static inline vec vec_min(vec a, vec b)
+{
+    return _mm256_min_ps(a, b);
+}
 static inline float vec_reduce_add(vec a)
 {
     __m128 x = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));

@@ -45,6 +45,14 @@ static inline vec vec_abs(vec a)
 {
     return _mm512_abs_ps(a);
 }
+static inline vec vec_max(vec a, vec b)
+{
+    return _mm512_max_ps(a, b);
+}
+static inline vec vec_min(vec a, vec b)
+{
+    return _mm512_min_ps(a, b);
+}
 static inline float vec_reduce_add(vec a)
 {
     return _mm512_reduce_add_ps(a);

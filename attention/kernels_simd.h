@@ -5,7 +5,7 @@
  *
  *   vec, VEC_LANES (8 or 16), and static inline vec_zero, vec_set1,
  *   vec_load, vec_store, vec_add, vec_sub, vec_mul, vec_fmadd (a*b+c),
- *   vec_abs, vec_reduce_add, vec_reduce_add4 (four vectors' sums into
+ *   vec_abs, vec_max, vec_min, vec_reduce_add, vec_reduce_add4 (four vectors' sums into
  *   out[0, 4)), vec_reduce_max_first (max of the first n
  *   lanes, n >= 1), vec_exp_first (exp of the first n lanes, 0 in the rest,
  *   for arguments <= 0), vec_load_f16, vec_load_i8 (VEC_LANES elements) and
@@ -202,51 +202,66 @@ SIMD_PAGE_FN(simd_page_f16, ATTN_KV_F16)
 SIMD_PAGE_FN(simd_page_int8, ATTN_KV_INT8)
 SIMD_PAGE_FN(simd_page_int4, ATTN_KV_INT4)
 
-/* Quest bound in its SIMD form q.(M+m)/2 + |q|.(M-m)/2, summed as
- * (q.(M+m) + |q|.(M-m)) * 0.5 (the same rounding: a power of two). A bound
- * past f16 range (an infinite M or m) can come out NaN here, which
- * selection treats as +inf: such a page is always read. Reading the bounds
- * is latency-bound (scattered pages), so later pages' are prefetched. */
+/*
+ * Quest bound. Rather than q.(M+m)/2 + |q|.(M-m)/2, the same bound as
+ * q+.M + q-.m with q+ = max(q, 0) and q- = min(q, 0), split once per call:
+ * two FMAs per channel and query, no add, sub or abs per page, and each
+ * term is exactly the max(q*M, q*m) of the definition (the other factor is
+ * an exact 0). A bound past f16 range (an infinite M or m) can come out
+ * NaN here, which selection treats as +inf: such a page is always read.
+ * Bounds of later pages are prefetched: scattered pages do not stream.
+ */
+SIMD_INLINE void simd_split_signs(const float *q, int head_dim, float *pos, float *neg)
+{
+    for (int d = 0; d < head_dim; d += VEC_LANES) {
+        vec x = vec_load(q + d);
+        vec_store(pos + d, vec_max(x, vec_zero()));
+        vec_store(neg + d, vec_min(x, vec_zero()));
+    }
+}
+
 static void simd_bound(const struct attn_bounds_view *view, int n_pages, int head_dim,
                        const float *q, int n_q, float *out)
 {
     const int ahead = 8;
-    size_t bytes = view->kmin_offset + (size_t)head_dim * sizeof(uint16_t);
-    for (int i = 0; i < n_pages; i++) {
-        if (i + ahead < n_pages)
-            attn_prefetch(view->base + (size_t)view->pages[i + ahead] * view->stride, bytes);
-        const unsigned char *at = view->base + (size_t)view->pages[i] * view->stride;
-        const uint16_t *kmax = (const uint16_t *)at;
-        const uint16_t *kmin = (const uint16_t *)(at + view->kmin_offset);
-        float *o = out + (size_t)i * n_q;
-        int j = 0;
+    float qp[4][ATTN_MAX_HEAD_DIM] __attribute__((aligned(64)));
+    float qn[4][ATTN_MAX_HEAD_DIM] __attribute__((aligned(64)));
+    for (int j0 = 0; j0 < n_q;) {
         /* Four queries at a time (a GQA 8/2 group): the bounds convert once
          * and one horizontal reduction gives the four sums. */
-        for (; j + 4 <= n_q; j += 4) {
-            vec a[4];
+        int block = n_q - j0 >= 4 ? 4 : 1;
+        for (int k = 0; k < block; k++)
+            simd_split_signs(q + (size_t)(j0 + k) * head_dim, head_dim, qp[k], qn[k]);
+        for (int i = 0; i < n_pages; i++) {
+            if (i + ahead < n_pages)
+                attn_prefetch(view->base + (size_t)view->pages[i + ahead] * view->stride,
+                              view->kmin_offset + (size_t)head_dim * sizeof(uint16_t));
+            const unsigned char *at = view->base + (size_t)view->pages[i] * view->stride;
+            const uint16_t *kmax = (const uint16_t *)at;
+            const uint16_t *kmin = (const uint16_t *)(at + view->kmin_offset);
+            float *o = out + (size_t)i * n_q + j0;
+            if (block == 4) {
+                vec a[4];
 #pragma GCC unroll 4
-            for (int k = 0; k < 4; k++) a[k] = vec_zero();
-            for (int d = 0; d < head_dim; d += VEC_LANES) {
-                vec hi = vec_load_f16(kmax + d), lo = vec_load_f16(kmin + d);
-                vec c = vec_add(hi, lo), r = vec_sub(hi, lo);
+                for (int k = 0; k < 4; k++) a[k] = vec_zero();
+                for (int d = 0; d < head_dim; d += VEC_LANES) {
+                    vec hi = vec_load_f16(kmax + d), lo = vec_load_f16(kmin + d);
 #pragma GCC unroll 4
-                for (int k = 0; k < 4; k++) {
-                    vec x = vec_load(q + (size_t)(j + k) * head_dim + d);
-                    a[k] = vec_fmadd(vec_abs(x), r, vec_fmadd(x, c, a[k]));
+                    for (int k = 0; k < 4; k++)
+                        a[k] = vec_fmadd(hi, vec_load(qp[k] + d),
+                                         vec_fmadd(lo, vec_load(qn[k] + d), a[k]));
                 }
+                vec_reduce_add4(a[0], a[1], a[2], a[3], o);
+            } else {
+                vec a = vec_zero(), b = vec_zero();
+                for (int d = 0; d < head_dim; d += VEC_LANES) {
+                    a = vec_fmadd(vec_load_f16(kmax + d), vec_load(qp[0] + d), a);
+                    b = vec_fmadd(vec_load_f16(kmin + d), vec_load(qn[0] + d), b);
+                }
+                o[0] = vec_reduce_add(vec_add(a, b));
             }
-            vec_reduce_add4(a[0], a[1], a[2], a[3], o + j);
-            for (int k = 0; k < 4; k++) o[j + k] *= 0.5f;
         }
-        for (; j < n_q; j++) {
-            vec a = vec_zero();
-            for (int d = 0; d < head_dim; d += VEC_LANES) {
-                vec hi = vec_load_f16(kmax + d), lo = vec_load_f16(kmin + d);
-                vec x = vec_load(q + (size_t)j * head_dim + d);
-                a = vec_fmadd(vec_abs(x), vec_sub(hi, lo), vec_fmadd(x, vec_add(hi, lo), a));
-            }
-            o[j] = 0.5f * vec_reduce_add(a);
-        }
+        j0 += block;
     }
 }
 

@@ -40,12 +40,14 @@ void attn_quest_page_scores(const struct attn_kernels *kernels, const attn_seq *
         for (int h = 0; h < group; h++)
             head_best[h] = attn_maxf(scratch[(size_t)i * group + h], head_best[h]);
     for (int i = 0; i < n_cand; i++) {
+        const float *u = scratch + (size_t)i * group;
         float s = -INFINITY;
+        bool nan = false;
         for (int h = 0; h < group; h++) {
-            float u = scratch[(size_t)i * group + h];
-            s = attn_maxf(s, isnan(u) ? INFINITY : u - head_best[h]);
+            s = attn_maxf(u[h] - head_best[h], s);
+            nan |= u[h] != u[h];
         }
-        scores[i] = s;
+        scores[i] = nan ? INFINITY : s;
     }
     if (head_best != best) free(head_best);
 }

@@ -415,7 +415,7 @@ int main(int argc, char **argv)
         attn_cache *cache;
         UTIL_CHECK(attn_cache_create(&cfg, &cache) == 0);
         s.seq = attn_seq_create(cache);
-        s.kv_block_bytes = cache->layout.kmax;
+        s.kv_block_bytes = cache->layout.bytes;
         s.meta_block_bytes = (size_t)2 * o.head_dim * sizeof(uint16_t);
         struct synth syn;
         synth_init(&syn, &o);
