@@ -146,7 +146,7 @@ static inline void attn_prefetch(const void *p, size_t bytes)
 }
 
 /* The block of page `page` (a pool page id), `layer`, `kv_head`. Inline:
- * Quest scoring asks for one per candidate page. */
+ * attention asks for one per page it reads. */
 static inline unsigned char *attn_cache_block(const attn_cache *cache, int page, int layer,
                                               int kv_head)
 {
@@ -162,13 +162,13 @@ static inline uint16_t *attn_cache_bounds(const attn_cache *cache, int page, int
     size_t run = (size_t)layer * c->n_kv_heads + kv_head;
     return cache->bounds + (run * c->n_pages + page) * 2 * c->head_dim;
 }
-static inline const uint16_t *attn_cache_block_kmax(const attn_cache *cache, int page, int layer,
-                                                    int kv_head)
+static inline const uint16_t *attn_cache_kmax(const attn_cache *cache, int page, int layer,
+                                              int kv_head)
 {
     return attn_cache_bounds(cache, page, layer, kv_head);
 }
-static inline const uint16_t *attn_cache_block_kmin(const attn_cache *cache, int page, int layer,
-                                                    int kv_head)
+static inline const uint16_t *attn_cache_kmin(const attn_cache *cache, int page, int layer,
+                                              int kv_head)
 {
     return attn_cache_bounds(cache, page, layer, kv_head) + cache->config.head_dim;
 }

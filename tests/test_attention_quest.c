@@ -52,8 +52,8 @@ Test(attention_quest, bound_is_at_least_every_key_score_in_its_page, .timeout = 
             for (int p = 0; p * 16 < len; p++) {
                 for (int h = 0; h < nkv; h++) {
                     int page = t.seq->pages[p];
-                    const uint16_t *kmax = attn_cache_block_kmax(t.cache, page, 0, h);
-                    const uint16_t *kmin = attn_cache_block_kmin(t.cache, page, 0, h);
+                    const uint16_t *kmax = attn_cache_kmax(t.cache, page, 0, h);
+                    const uint16_t *kmin = attn_cache_kmin(t.cache, page, 0, h);
                     float bound[4];
                     struct attn_bounds_view view = attn_seq_bounds_view(t.seq, 0, h);
                     view.pages = &t.seq->pages[p];
@@ -168,8 +168,8 @@ Test(attention_quest, group_score_is_max_over_heads_of_bound_minus_heads_best)
         for (int p = 0; p < n_cand; p++) {
             for (int h = 0; h < group; h++) {
                 const float *qh = q + (size_t)(kv * group + h) * hd;
-                const uint16_t *kmax = attn_cache_block_kmax(t.cache, t.seq->pages[p], 0, kv);
-                const uint16_t *kmin = attn_cache_block_kmin(t.cache, t.seq->pages[p], 0, kv);
+                const uint16_t *kmax = attn_cache_kmax(t.cache, t.seq->pages[p], 0, kv);
+                const uint16_t *kmin = attn_cache_kmin(t.cache, t.seq->pages[p], 0, kv);
                 double b = 0;
                 for (int d = 0; d < hd; d++)
                     b += fmax(qh[d] * util_f16_to_f32(kmax[d]), qh[d] * util_f16_to_f32(kmin[d]));
