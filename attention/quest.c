@@ -31,8 +31,8 @@ void attn_quest_page_scores(const struct attn_kernels *kernels, const attn_seq *
         for (int i = 0; i < n_cand; i++) scores[i] = scratch[i];
         return;
     }
-    float best[ATTN_MAX_HEAD_DIM]; /* per head; a group never exceeds head_dim here */
-    float *head_best = group <= ATTN_MAX_HEAD_DIM ? best : util_xmalloc(sizeof(float) * group);
+    float best[64]; /* per head; the heap only for groups above 64 heads */
+    float *head_best = group <= 64 ? best : util_xmalloc(sizeof(float) * group);
     for (int h = 0; h < group; h++) head_best[h] = -INFINITY;
     /* A NaN bound (keys beyond f16 range) is skipped here and scores +inf
      * below: such a page stays selectable. */
