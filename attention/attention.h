@@ -6,8 +6,9 @@
  * consecutive tokens of one sequence for every layer and KV head, both K
  * and V, in the cache's storage type (f32, f16, int8 or int4). Beside each
  * page, per layer and KV head, Quest keeps the channel-wise min and max of
- * the page's keys (post-RoPE, unquantized), so a decode query can bound its
- * score against a whole page without reading it.
+ * the page's keys (post-RoPE, unquantized; stored as f16 rounded outward, so
+ * they still bound the keys), so a decode query can bound its score against
+ * a whole page without reading it.
  *
  * A sequence owns a page table: page i holds positions
  * [i*page_size, (i+1)*page_size). Pages go back to the pool when the

@@ -26,9 +26,15 @@
  *   v        V: page_size rows (tokens) of head_dim channels
  *   k_scale  per token (int8, int4); k_zero per token (int4): x = c*scale + zero
  *   v_scale, v_zero  likewise
- *   kmax     Quest metadata: per channel, the max of the page's keys, as f16
- *            rounded up; kmin the min rounded down. The f16 bounds are still
- *            true bounds of the f32 keys and read half the bytes of f32 ones.
+ *
+ * Beside the pool, a table indexed by page id holds each page's Quest
+ * metadata, per layer and KV head: per channel the max of the page's keys
+ * as f16 rounded up (kmax), then the min rounded down (kmin). The f16
+ * bounds are still true bounds of the f32 keys and read half the bytes.
+ * The table is (layer, KV head, page)-major so that scoring a sequence's
+ * pages, usually handed out in order, streams through memory instead of
+ * hopping a page apart for every 256 bytes (the page's blocks are 100 KB
+ * apart); it lives and is reset with its page.
  *
  * INT4 rows are packed in chunks of 16 elements in 8 bytes: byte j of a chunk
  * holds element j in its low nibble and element j+8 in its high nibble, so
@@ -36,7 +42,7 @@
  * V rows along channels. INT8 is signed symmetric (zero is 0).
  */
 struct attn_block_layout {
-    size_t k, v, k_scale, k_zero, v_scale, v_zero, kmax, kmin;
+    size_t k, v, k_scale, k_zero, v_scale, v_zero;
     size_t bytes;
 };
 
@@ -47,7 +53,8 @@ struct attn_cache {
     unsigned char *pool; /* n_pages * page_bytes, 64-byte aligned */
     int *free_pages;     /* stack of free page ids; the top is reused first */
     int n_free;
-    uint16_t *fill; /* (n_pages, n_layers): leading tokens folded into the page's metadata */
+    uint16_t *bounds; /* (n_layers, n_kv_heads, n_pages, 2, head_dim): kmax then kmin */
+    uint16_t *fill;   /* (n_pages, n_layers): leading tokens folded into the page's bounds */
 };
 
 struct attn_seq {
@@ -63,6 +70,18 @@ struct attn_block {
     const void *v;
     const float *k_scale, *k_zero, *v_scale, *v_zero;
 };
+
+/* Max and min for hot loops: libm's fmaxf has NaN rules that gcc will not
+ * inline, and a call per element costs more than the work. A NaN in `b`
+ * is returned, one in `a` is not; callers say where NaN can come in. */
+static inline float attn_maxf(float a, float b)
+{
+    return a > b ? a : b;
+}
+static inline float attn_minf(float a, float b)
+{
+    return a < b ? a : b;
+}
 
 /* INT4 element i of a row packed in 16-element chunks. */
 static inline size_t attn_int4_byte(int i)
@@ -119,12 +138,40 @@ static inline float attn_block_value(const struct attn_block *b, enum attn_kv_ty
     return 0;
 }
 
-/* The block of page `page` (a pool page id), `layer`, `kv_head`. */
-unsigned char *attn_cache_block(const attn_cache *cache, int page, int layer, int kv_head);
+/* Asks for [p, p + bytes) to be brought into cache: pages are scattered over
+ * the pool, so the hardware prefetcher cannot see the next one coming. */
+static inline void attn_prefetch(const void *p, size_t bytes)
+{
+    for (size_t at = 0; at < bytes; at += 64) __builtin_prefetch((const char *)p + at);
+}
+
+/* The block of page `page` (a pool page id), `layer`, `kv_head`. Inline:
+ * attention asks for one per page it reads. */
+static inline unsigned char *attn_cache_block(const attn_cache *cache, int page, int layer,
+                                              int kv_head)
+{
+    size_t index = (size_t)layer * cache->config.n_kv_heads + kv_head;
+    return cache->pool + (size_t)page * cache->page_bytes + index * cache->layout.bytes;
+}
 struct attn_block attn_cache_block_view(const attn_cache *cache, int page, int layer, int kv_head);
-/* The Quest bounds of a block: head_dim f16 values each. */
-const uint16_t *attn_cache_block_kmax(const attn_cache *cache, int page, int layer, int kv_head);
-const uint16_t *attn_cache_block_kmin(const attn_cache *cache, int page, int layer, int kv_head);
+/* The Quest bounds of a page at a layer and KV head: head_dim f16 values
+ * each, kmin right after kmax. */
+static inline uint16_t *attn_cache_bounds(const attn_cache *cache, int page, int layer, int kv_head)
+{
+    const struct attn_cache_config *c = &cache->config;
+    size_t run = (size_t)layer * c->n_kv_heads + kv_head;
+    return cache->bounds + (run * c->n_pages + page) * 2 * c->head_dim;
+}
+static inline const uint16_t *attn_cache_kmax(const attn_cache *cache, int page, int layer,
+                                              int kv_head)
+{
+    return attn_cache_bounds(cache, page, layer, kv_head);
+}
+static inline const uint16_t *attn_cache_kmin(const attn_cache *cache, int page, int layer,
+                                              int kv_head)
+{
+    return attn_cache_bounds(cache, page, layer, kv_head) + cache->config.head_dim;
+}
 
 /* Reads back, dequantized, the key and value of position `pos` of `seq` at
  * `layer` and `kv_head` into k and v (head_dim floats each). */
@@ -153,9 +200,22 @@ struct attn_rows {
 typedef void (*attn_page_fn)(const struct attn_block *block, int head_dim, int page_size,
                              const struct attn_rows *rows, const int *visible);
 
-/* Quest bounds of one page for n_q queries: out[i] = sum_c max(q_i[c]*kmax[c],
- * q_i[c]*kmin[c]), an upper bound of q_i.k for every key k of the page. */
-typedef void (*attn_bound_fn)(const uint16_t *kmax, const uint16_t *kmin, int head_dim,
+/* Where the Quest bounds of a run of pages are: page pages[i] has its kmax
+ * (head_dim f16) at base + pages[i] * stride, its kmin kmin_offset bytes
+ * further. */
+struct attn_bounds_view {
+    const unsigned char *base;
+    size_t stride, kmin_offset;
+    const int *pages;
+};
+
+/* The bounds of `seq`'s pages at `layer` and `kv_head`, in table order. */
+struct attn_bounds_view attn_seq_bounds_view(const attn_seq *seq, int layer, int kv_head);
+
+/* Quest bounds of n_pages pages for n_q queries q (n_q, head_dim):
+ * out[i * n_q + j] = sum_c max(q_j[c]*kmax[c], q_j[c]*kmin[c]) over page
+ * i's bounds, an upper bound of q_j.k for every key k of the page. */
+typedef void (*attn_bound_fn)(const struct attn_bounds_view *view, int n_pages, int head_dim,
                               const float *q, int n_q, float *out);
 
 /* One instruction set's kernels; page[] is indexed by enum attn_kv_type. */

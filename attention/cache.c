@@ -66,17 +66,8 @@ static struct attn_block_layout block_layout(const struct attn_cache_config *c)
     l.k_zero = at, at += zeroed ? per_token : 0;
     l.v_scale = at, at += scaled ? per_token : 0;
     l.v_zero = at, at += zeroed ? per_token : 0;
-    l.kmax = at, at += align64((size_t)c->head_dim * sizeof(uint16_t));
-    l.kmin = at, at += align64((size_t)c->head_dim * sizeof(uint16_t));
     l.bytes = at;
     return l;
-}
-
-unsigned char *attn_cache_block(const attn_cache *cache, int page, int layer, int kv_head)
-{
-    const struct attn_cache_config *c = &cache->config;
-    size_t index = (size_t)layer * c->n_kv_heads + kv_head;
-    return cache->pool + (size_t)page * cache->page_bytes + index * cache->layout.bytes;
 }
 
 struct attn_block attn_cache_block_view(const attn_cache *cache, int page, int layer, int kv_head)
@@ -93,17 +84,24 @@ struct attn_block attn_cache_block_view(const attn_cache *cache, int page, int l
     };
 }
 
-const uint16_t *attn_cache_block_kmax(const attn_cache *cache, int page, int layer, int kv_head)
+struct attn_bounds_view attn_seq_bounds_view(const attn_seq *seq, int layer, int kv_head)
 {
-    return (const uint16_t *)(attn_cache_block(cache, page, layer, kv_head) + cache->layout.kmax);
-}
-
-const uint16_t *attn_cache_block_kmin(const attn_cache *cache, int page, int layer, int kv_head)
-{
-    return (const uint16_t *)(attn_cache_block(cache, page, layer, kv_head) + cache->layout.kmin);
+    const attn_cache *cache = seq->cache;
+    return (struct attn_bounds_view){
+        .base = (const unsigned char *)attn_cache_bounds(cache, 0, layer, kv_head),
+        .stride = (size_t)2 * cache->config.head_dim * sizeof(uint16_t),
+        .kmin_offset = (size_t)cache->config.head_dim * sizeof(uint16_t),
+        .pages = seq->pages,
+    };
 }
 
 /* ------------------------------------------------------------------- pool */
+
+/* Quest bounds of one page, all layers and KV heads. */
+static size_t bounds_bytes_per_page(const struct attn_cache_config *c)
+{
+    return (size_t)c->n_layers * c->n_kv_heads * 2 * c->head_dim * sizeof(uint16_t);
+}
 
 int attn_cache_create(const struct attn_cache_config *config, attn_cache **out)
 {
@@ -126,6 +124,7 @@ int attn_cache_create(const struct attn_cache_config *config, attn_cache **out)
     for (int i = 0; i < c->n_pages; i++) cache->free_pages[i] = c->n_pages - 1 - i;
     cache->n_free = c->n_pages;
     cache->fill = util_xcalloc((size_t)c->n_pages * c->n_layers, sizeof(uint16_t));
+    cache->bounds = util_aligned_alloc(bounds_bytes_per_page(c) * (size_t)c->n_pages);
     *out = cache;
     return 0;
 }
@@ -137,6 +136,7 @@ void attn_cache_free(attn_cache *cache)
     util_aligned_free(cache->pool);
     free(cache->free_pages);
     free(cache->fill);
+    util_aligned_free(cache->bounds);
     free(cache);
 }
 
@@ -154,7 +154,7 @@ int attn_cache_pages_total(const attn_cache *cache)
 }
 size_t attn_cache_page_bytes(const attn_cache *cache)
 {
-    return cache->page_bytes;
+    return cache->page_bytes + bounds_bytes_per_page(&cache->config);
 }
 
 /* ------------------------------------------------------ Quest min and max */
@@ -177,19 +177,17 @@ static void meta_reset(attn_cache *cache, int page, int layer)
 {
     const struct attn_cache_config *c = &cache->config;
     for (int h = 0; h < c->n_kv_heads; h++) {
-        unsigned char *b = attn_cache_block(cache, page, layer, h);
-        uint16_t *kmax = (uint16_t *)(b + cache->layout.kmax);
-        uint16_t *kmin = (uint16_t *)(b + cache->layout.kmin);
+        uint16_t *kmax = attn_cache_bounds(cache, page, layer, h), *kmin = kmax + c->head_dim;
         for (int d = 0; d < c->head_dim; d++) kmax[d] = 0xfc00, kmin[d] = 0x7c00;
     }
     cache->fill[(size_t)page * c->n_layers + layer] = 0;
 }
 
-/* Widens one block's bounds to cover key k (head_dim floats). */
-static void meta_fold(attn_cache *cache, unsigned char *block, const float *k)
+/* Widens the bounds of `page` at layer and kv_head to cover key k. */
+static void meta_fold(attn_cache *cache, int page, int layer, int kv_head, const float *k)
 {
-    uint16_t *kmax = (uint16_t *)(block + cache->layout.kmax);
-    uint16_t *kmin = (uint16_t *)(block + cache->layout.kmin);
+    uint16_t *kmax = attn_cache_bounds(cache, page, layer, kv_head);
+    uint16_t *kmin = kmax + cache->config.head_dim;
     for (int d = 0; d < cache->config.head_dim; d++) {
         uint16_t up = attn_f16_round_up(k[d]), down = attn_f16_round_down(k[d]);
         if (util_f16_to_f32(up) > util_f16_to_f32(kmax[d])) kmax[d] = up;
@@ -202,14 +200,14 @@ static void meta_fold(attn_cache *cache, unsigned char *block, const float *k)
 static int8_t quantize_int8_value(float x, float inv_scale)
 {
     float c = nearbyintf(x * inv_scale);
-    return (int8_t)fminf(fmaxf(c, -127.0f), 127.0f);
+    return (int8_t)attn_minf(attn_maxf(c, -127.0f), 127.0f);
 }
 
 /* Symmetric INT8 of n values: codes and the scale (absmax / 127). */
 static float quantize_int8(const float *x, int n, int8_t *codes)
 {
     float absmax = 0;
-    for (int i = 0; i < n; i++) absmax = fmaxf(absmax, fabsf(x[i]));
+    for (int i = 0; i < n; i++) absmax = attn_maxf(absmax, fabsf(x[i]));
     float scale = absmax / 127.0f;
     float inv = scale > 0 ? 1.0f / scale : 0.0f;
     for (int i = 0; i < n; i++) codes[i] = quantize_int8_value(x[i], inv);
@@ -221,12 +219,12 @@ static float quantize_int8(const float *x, int n, int8_t *codes)
 static void quantize_int4(const float *x, int n, uint8_t *codes, float *scale, float *zero)
 {
     float lo = x[0], hi = x[0];
-    for (int i = 1; i < n; i++) lo = fminf(lo, x[i]), hi = fmaxf(hi, x[i]);
+    for (int i = 1; i < n; i++) lo = attn_minf(lo, x[i]), hi = attn_maxf(hi, x[i]);
     float s = (hi - lo) / 15.0f;
     float inv = s > 0 ? 1.0f / s : 0.0f;
     for (int i = 0; i < n; i++) {
         float c = nearbyintf((x[i] - lo) * inv);
-        codes[i] = (uint8_t)fminf(fmaxf(c, 0.0f), 15.0f);
+        codes[i] = (uint8_t)attn_minf(attn_maxf(c, 0.0f), 15.0f);
     }
     *scale = s;
     *zero = lo;
@@ -304,10 +302,9 @@ static void meta_rebuild(attn_cache *cache, int page, int layer, int n)
     meta_reset(cache, page, layer);
     float k[ATTN_MAX_HEAD_DIM];
     for (int h = 0; h < cache->config.n_kv_heads; h++) {
-        unsigned char *b = attn_cache_block(cache, page, layer, h);
         for (int t = 0; t < n; t++) {
             read_token(cache, page, layer, h, t, k, NULL);
-            meta_fold(cache, b, k);
+            meta_fold(cache, page, layer, h, k);
         }
     }
     cache->fill[(size_t)page * cache->config.n_layers + layer] = (uint16_t)n;
@@ -397,7 +394,7 @@ void attn_seq_write(attn_seq *seq, int layer, int pos, int n, const float *k, co
                          t, kx);
             store_vector(cache, b + l->v, (float *)(b + l->v_scale), (float *)(b + l->v_zero),
                          false, t, vx);
-            meta_fold(cache, b, kx); /* from the unquantized key */
+            meta_fold(cache, page, layer, h, kx); /* from the unquantized key */
         }
         *fill = (uint16_t)(t + 1);
     }

@@ -76,6 +76,12 @@ static void item_run(const struct attn_call *call, const struct attn_item *item)
             v = v < 0 ? 0 : v > ps ? ps : v;
             for (int h = 0; h < heads; h++) visible[(i - item->i0) * heads + h] = v;
         }
+        if (j + 1 < n_iter) {
+            int next = item->pages ? item->pages[j + 1] : j + 1;
+            attn_prefetch(
+                attn_cache_block(cache, call->seq->pages[next], call->layer, item->kv_head),
+                cache->layout.bytes);
+        }
         struct attn_block block =
             attn_cache_block_view(cache, call->seq->pages[index], call->layer, item->kv_head);
         page_fn(&block, hd, ps, &rows, visible);
@@ -123,7 +129,12 @@ static void check_call(const attn_seq *seq, int layer, const int *pos, int n_q,
     UTIL_CHECK(layer >= 0 && layer < c->n_layers);
     UTIL_CHECK(params->n_heads > 0 && params->n_heads % c->n_kv_heads == 0);
     UTIL_CHECK(n_q > 0);
-    for (int i = 0; i < n_q; i++) UTIL_CHECK(pos[i] >= 0 && pos[i] < seq->n_pages * c->page_size);
+    for (int i = 0; i < n_q; i++) {
+        UTIL_CHECK(pos[i] >= 0 && pos[i] < seq->n_pages * c->page_size);
+        /* the query's own token is written in this layer (K/V before attention) */
+        int page = seq->pages[pos[i] / c->page_size];
+        UTIL_CHECK(seq->cache->fill[(size_t)page * c->n_layers + layer] > pos[i] % c->page_size);
+    }
 }
 
 void attn_forward_pages(const struct attn_kernels *kernels, const attn_seq *seq, int layer,

@@ -45,9 +45,30 @@ static inline vec vec_abs(vec a)
 {
     return _mm512_abs_ps(a);
 }
+static inline vec vec_max(vec a, vec b)
+{
+    return _mm512_max_ps(a, b);
+}
+static inline vec vec_min(vec a, vec b)
+{
+    return _mm512_min_ps(a, b);
+}
 static inline float vec_reduce_add(vec a)
 {
     return _mm512_reduce_add_ps(a);
+}
+
+/* out[j] = sum of the lanes of aj: pairs interleave, then 128-bit lanes add. */
+static inline void vec_reduce_add4(vec a0, vec a1, vec a2, vec a3, float *out)
+{
+    vec x01 = _mm512_add_ps(_mm512_unpacklo_ps(a0, a1), _mm512_unpackhi_ps(a0, a1));
+    vec x23 = _mm512_add_ps(_mm512_unpacklo_ps(a2, a3), _mm512_unpackhi_ps(a2, a3));
+    __m512d lo = _mm512_unpacklo_pd(_mm512_castps_pd(x01), _mm512_castps_pd(x23));
+    __m512d hi = _mm512_unpackhi_pd(_mm512_castps_pd(x01), _mm512_castps_pd(x23));
+    vec y = _mm512_add_ps(_mm512_castpd_ps(lo), _mm512_castpd_ps(hi));
+    __m256 z = _mm256_add_ps(_mm512_castps512_ps256(y),
+                             _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(y), 1)));
+    _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(z), _mm256_extractf128_ps(z, 1)));
 }
 
 /* Lanes [0, n). */

@@ -53,16 +53,21 @@ PAGE_SCALAR(page_scalar_int4, ATTN_KV_INT4)
 
 /* ----------------------------------------------------------- Quest bound */
 
-static void bound_scalar(const uint16_t *kmax, const uint16_t *kmin, int head_dim, const float *q,
-                         int n_q, float *out)
+static void bound_scalar(const struct attn_bounds_view *view, int n_pages, int head_dim,
+                         const float *q, int n_q, float *out)
 {
-    for (int i = 0; i < n_q; i++) {
-        float sum = 0;
-        for (int d = 0; d < head_dim; d++) {
-            float x = q[(size_t)i * head_dim + d];
-            sum += fmaxf(x * util_f16_to_f32(kmax[d]), x * util_f16_to_f32(kmin[d]));
+    for (int i = 0; i < n_pages; i++) {
+        const unsigned char *at = view->base + (size_t)view->pages[i] * view->stride;
+        const uint16_t *kmax = (const uint16_t *)at;
+        const uint16_t *kmin = (const uint16_t *)(at + view->kmin_offset);
+        for (int j = 0; j < n_q; j++) {
+            float sum = 0;
+            for (int d = 0; d < head_dim; d++) {
+                float x = q[(size_t)j * head_dim + d];
+                sum += fmaxf(x * util_f16_to_f32(kmax[d]), x * util_f16_to_f32(kmin[d]));
+            }
+            out[(size_t)i * n_q + j] = sum;
         }
-        out[i] = sum;
     }
 }
 

@@ -5,7 +5,8 @@
  *
  *   vec, VEC_LANES (8 or 16), and static inline vec_zero, vec_set1,
  *   vec_load, vec_store, vec_add, vec_sub, vec_mul, vec_fmadd (a*b+c),
- *   vec_abs, vec_reduce_add, vec_reduce_max_first (max of the first n
+ *   vec_abs, vec_max, vec_min, vec_reduce_add, vec_reduce_add4 (four vectors' sums into
+ *   out[0, 4)), vec_reduce_max_first (max of the first n
  *   lanes, n >= 1), vec_exp_first (exp of the first n lanes, 0 in the rest,
  *   for arguments <= 0), vec_load_f16, vec_load_i8 (VEC_LANES elements) and
  *   vec_load_i4 (elements [i0, i0 + VEC_LANES) of a packed INT4 row);
@@ -76,15 +77,18 @@ SIMD_INLINE void simd_scores(enum attn_kv_type type, const struct attn_block *b,
     for (int t0 = 0; t0 < tmax; t0 += VEC_LANES) {
         /* two accumulators per row: even and odd channels, to hide latency */
         vec a0[SIMD_ROWS], a1[SIMD_ROWS];
+#pragma GCC unroll 4
         for (int r = 0; r < SIMD_ROWS; r++) a0[r] = a1[r] = vec_zero();
         for (int d = 0; d < head_dim; d += 2) {
             vec k0 = simd_load_key(type, b, page_size, d, t0);
             vec k1 = simd_load_key(type, b, page_size, d + 1, t0);
+#pragma GCC unroll 4
             for (int r = 0; r < SIMD_ROWS; r++) {
                 a0[r] = vec_fmadd(vec_set1(q[r][d]), k0, a0[r]);
                 a1[r] = vec_fmadd(vec_set1(q[r][d + 1]), k1, a1[r]);
             }
         }
+#pragma GCC unroll 4
         for (int r = 0; r < SIMD_ROWS; r++) {
             vec x = vec_add(a0[r], a1[r]);
             if (type == ATTN_KV_INT8 || type == ATTN_KV_INT4)
@@ -104,8 +108,8 @@ SIMD_INLINE float simd_softmax(enum attn_kv_type type, const struct attn_block *
 {
     float page_max = -INFINITY;
     for (int t0 = 0; t0 < n; t0 += VEC_LANES)
-        page_max = fmaxf(page_max, vec_reduce_max_first(vec_load(s + t0), n - t0));
-    float old_max = *max, new_max = fmaxf(old_max, page_max);
+        page_max = attn_maxf(page_max, vec_reduce_max_first(vec_load(s + t0), n - t0));
+    float old_max = *max, new_max = attn_maxf(old_max, page_max);
     float corr = 1.0f;
     if (new_max > old_max) {
         corr = expf(old_max - new_max);
@@ -158,11 +162,13 @@ SIMD_INLINE void simd_page(enum attn_kv_type type, const struct attn_block *b, i
         for (int c0 = 0; c0 < head_dim; c0 += VEC_LANES) {
             /* even and odd tokens in separate accumulators, to hide latency */
             vec o0[SIMD_ROWS], o1[SIMD_ROWS];
+#pragma GCC unroll 4
             for (int r = 0; r < SIMD_ROWS; r++) o0[r] = o1[r] = vec_zero();
             int t = 0;
             for (; t + 1 < tmax; t += 2) {
                 vec v0 = simd_load_value(type, b, head_dim, t, c0);
                 vec v1 = simd_load_value(type, b, head_dim, t + 1, c0);
+#pragma GCC unroll 4
                 for (int r = 0; r < SIMD_ROWS; r++) {
                     o0[r] = vec_fmadd(vec_set1(s[r][t]), v0, o0[r]);
                     o1[r] = vec_fmadd(vec_set1(s[r][t + 1]), v1, o1[r]);
@@ -170,8 +176,10 @@ SIMD_INLINE void simd_page(enum attn_kv_type type, const struct attn_block *b, i
             }
             if (t < tmax) {
                 vec v0 = simd_load_value(type, b, head_dim, t, c0);
+#pragma GCC unroll 4
                 for (int r = 0; r < SIMD_ROWS; r++) o0[r] = vec_fmadd(vec_set1(s[r][t]), v0, o0[r]);
             }
+#pragma GCC unroll 4
             for (int r = 0; r < n_block; r++) {
                 if (vis[r] == 0) continue;
                 float *acc = rows->acc + (size_t)(r0 + r) * head_dim + c0;
@@ -194,29 +202,66 @@ SIMD_PAGE_FN(simd_page_f16, ATTN_KV_F16)
 SIMD_PAGE_FN(simd_page_int8, ATTN_KV_INT8)
 SIMD_PAGE_FN(simd_page_int4, ATTN_KV_INT4)
 
-/* Quest bound in its SIMD form q.(M+m)/2 + |q|.(M-m)/2. A bound past f16
- * range (an infinite M or m) can come out NaN here, which selection treats
- * as +inf: such a page is always read. */
-static void simd_bound(const uint16_t *kmax, const uint16_t *kmin, int head_dim, const float *q,
-                       int n_q, float *out)
+/*
+ * Quest bound. Rather than q.(M+m)/2 + |q|.(M-m)/2, the same bound as
+ * q+.M + q-.m with q+ = max(q, 0) and q- = min(q, 0), split once per call:
+ * two FMAs per channel and query, no add, sub or abs per page, and each
+ * term is exactly the max(q*M, q*m) of the definition (the other factor is
+ * an exact 0). A bound past f16 range (an infinite M or m) can come out
+ * NaN here, which selection treats as +inf: such a page is always read.
+ * Bounds of later pages are prefetched: scattered pages do not stream.
+ */
+SIMD_INLINE void simd_split_signs(const float *q, int head_dim, float *pos, float *neg)
 {
-    float center[ATTN_MAX_HEAD_DIM] __attribute__((aligned(64)));
-    float radius[ATTN_MAX_HEAD_DIM] __attribute__((aligned(64)));
-    vec half = vec_set1(0.5f);
     for (int d = 0; d < head_dim; d += VEC_LANES) {
-        vec hi = vec_load_f16(kmax + d), lo = vec_load_f16(kmin + d);
-        vec_store(center + d, vec_mul(vec_add(hi, lo), half));
-        vec_store(radius + d, vec_mul(vec_sub(hi, lo), half));
+        vec x = vec_load(q + d);
+        vec_store(pos + d, vec_max(x, vec_zero()));
+        vec_store(neg + d, vec_min(x, vec_zero()));
     }
-    for (int i = 0; i < n_q; i++) {
-        const float *qi = q + (size_t)i * head_dim;
-        vec a = vec_zero(), b = vec_zero();
-        for (int d = 0; d < head_dim; d += VEC_LANES) {
-            vec x = vec_load(qi + d);
-            a = vec_fmadd(x, vec_load(center + d), a);
-            b = vec_fmadd(vec_abs(x), vec_load(radius + d), b);
+}
+
+static void simd_bound(const struct attn_bounds_view *view, int n_pages, int head_dim,
+                       const float *q, int n_q, float *out)
+{
+    const int ahead = 8;
+    float qp[4][ATTN_MAX_HEAD_DIM] __attribute__((aligned(64)));
+    float qn[4][ATTN_MAX_HEAD_DIM] __attribute__((aligned(64)));
+    for (int j0 = 0; j0 < n_q;) {
+        /* Four queries at a time (a GQA 8/2 group): the bounds convert once
+         * and one horizontal reduction gives the four sums. */
+        int block = n_q - j0 >= 4 ? 4 : 1;
+        for (int k = 0; k < block; k++)
+            simd_split_signs(q + (size_t)(j0 + k) * head_dim, head_dim, qp[k], qn[k]);
+        for (int i = 0; i < n_pages; i++) {
+            if (i + ahead < n_pages)
+                attn_prefetch(view->base + (size_t)view->pages[i + ahead] * view->stride,
+                              view->kmin_offset + (size_t)head_dim * sizeof(uint16_t));
+            const unsigned char *at = view->base + (size_t)view->pages[i] * view->stride;
+            const uint16_t *kmax = (const uint16_t *)at;
+            const uint16_t *kmin = (const uint16_t *)(at + view->kmin_offset);
+            float *o = out + (size_t)i * n_q + j0;
+            if (block == 4) {
+                vec a[4];
+#pragma GCC unroll 4
+                for (int k = 0; k < 4; k++) a[k] = vec_zero();
+                for (int d = 0; d < head_dim; d += VEC_LANES) {
+                    vec hi = vec_load_f16(kmax + d), lo = vec_load_f16(kmin + d);
+#pragma GCC unroll 4
+                    for (int k = 0; k < 4; k++)
+                        a[k] = vec_fmadd(hi, vec_load(qp[k] + d),
+                                         vec_fmadd(lo, vec_load(qn[k] + d), a[k]));
+                }
+                vec_reduce_add4(a[0], a[1], a[2], a[3], o);
+            } else {
+                vec a = vec_zero(), b = vec_zero();
+                for (int d = 0; d < head_dim; d += VEC_LANES) {
+                    a = vec_fmadd(vec_load_f16(kmax + d), vec_load(qp[0] + d), a);
+                    b = vec_fmadd(vec_load_f16(kmin + d), vec_load(qn[0] + d), b);
+                }
+                o[0] = vec_reduce_add(vec_add(a, b));
+            }
         }
-        out[i] = vec_reduce_add(vec_add(a, b));
+        j0 += block;
     }
 }
 

@@ -24,32 +24,30 @@ void attn_quest_page_scores(const struct attn_kernels *kernels, const attn_seq *
                             float *scratch)
 {
     const attn_cache *cache = seq->cache;
-    int hd = cache->config.head_dim;
     UTIL_CHECK(n_cand <= seq->n_pages);
-    for (int i = 0; i < n_cand; i++) {
-        int page = seq->pages[i];
-        kernels->bound(attn_cache_block_kmax(cache, page, layer, kv_head),
-                       attn_cache_block_kmin(cache, page, layer, kv_head), hd, q, group,
-                       scratch + (size_t)i * group);
-    }
+    struct attn_bounds_view view = attn_seq_bounds_view(seq, layer, kv_head);
+    kernels->bound(&view, n_cand, cache->config.head_dim, q, group, scratch);
     if (group == 1) {
         for (int i = 0; i < n_cand; i++) scores[i] = scratch[i];
         return;
     }
-    float best[ATTN_MAX_HEAD_DIM]; /* per head; a group never exceeds head_dim here */
-    float *head_best = group <= ATTN_MAX_HEAD_DIM ? best : util_xmalloc(sizeof(float) * group);
+    float best[64]; /* per head; the heap only for groups above 64 heads */
+    float *head_best = group <= 64 ? best : util_xmalloc(sizeof(float) * group);
     for (int h = 0; h < group; h++) head_best[h] = -INFINITY;
+    /* A NaN bound (keys beyond f16 range) is skipped here and scores +inf
+     * below: such a page stays selectable. */
     for (int i = 0; i < n_cand; i++)
         for (int h = 0; h < group; h++)
-            head_best[h] = fmaxf(head_best[h], scratch[(size_t)i * group + h]);
+            head_best[h] = attn_maxf(scratch[(size_t)i * group + h], head_best[h]);
     for (int i = 0; i < n_cand; i++) {
+        const float *u = scratch + (size_t)i * group;
         float s = -INFINITY;
+        bool nan = false;
         for (int h = 0; h < group; h++) {
-            float u = scratch[(size_t)i * group + h];
-            /* A NaN bound (keys beyond f16 range) must stay selectable. */
-            s = fmaxf(s, isnan(u) ? INFINITY : u - head_best[h]);
+            s = attn_maxf(u[h] - head_best[h], s);
+            nan |= u[h] != u[h];
         }
-        scores[i] = s;
+        scores[i] = nan ? INFINITY : s;
     }
     if (head_best != best) free(head_best);
 }

@@ -258,8 +258,8 @@ static void check_page_bounds(const attn_seq *s, int layer, int index, int kv_he
                               const float *const *keys, int n)
 {
     int hd = attn_cache_config(s->cache)->head_dim;
-    const uint16_t *kmax = attn_cache_block_kmax(s->cache, s->pages[index], layer, kv_head);
-    const uint16_t *kmin = attn_cache_block_kmin(s->cache, s->pages[index], layer, kv_head);
+    const uint16_t *kmax = attn_cache_kmax(s->cache, s->pages[index], layer, kv_head);
+    const uint16_t *kmin = attn_cache_kmin(s->cache, s->pages[index], layer, kv_head);
     for (int d = 0; d < hd; d++) {
         float hi = -INFINITY, lo = INFINITY;
         for (int i = 0; i < n; i++) hi = fmaxf(hi, keys[i][d]), lo = fminf(lo, keys[i][d]);

@@ -179,34 +179,51 @@ Test(attention_kernels, softmax_exp_is_within_two_ulps_of_expf)
 
 /* ------------------------------------------------------------- Quest bound */
 
+/* Bounds of pages laid out like the cache's (a stride between pages, kmin
+ * after kmax), visited in a scrambled page order. */
 Test(attention_kernels, bound_kernel_matches_scalar)
 {
     const struct attn_kernels *sets[4];
     int n_sets = simd_sets(sets);
     struct util_rng rng;
     util_rng_seed(&rng, 7);
-    uint16_t kmax[ATTN_MAX_HEAD_DIM], kmin[ATTN_MAX_HEAD_DIM];
-    float q[8 * ATTN_MAX_HEAD_DIM], ref[8], got[8];
-    for (int trial = 0; trial < 500; trial++) {
-        int hd = 16 * (1 + trial % 16), n_q = 1 + trial % 8;
-        for (int d = 0; d < hd; d++) {
-            float a = (float)util_rng_normal(&rng) * 5, b = a + (float)util_rng_uniform(&rng) * 4;
-            kmax[d] = attn_f16_round_up(b), kmin[d] = attn_f16_round_down(a);
+    enum { PAGES = 13 };
+    size_t stride = 4 * ATTN_MAX_HEAD_DIM * sizeof(uint16_t), kmin_offset = stride / 2;
+    unsigned char *buf = util_aligned_alloc(stride * PAGES);
+    int order[PAGES];
+    for (int i = 0; i < PAGES; i++) order[i] = (i * 5 + 3) % PAGES;
+    struct attn_bounds_view view = {buf, stride, kmin_offset, order};
+    float q[8 * ATTN_MAX_HEAD_DIM], ref[PAGES * 8], got[PAGES * 8];
+    for (int trial = 0; trial < 200; trial++) {
+        int hd = 16 * (1 + trial % 16), n_q = 1 + trial % 8, n_pages = 1 + trial % PAGES;
+        for (int p = 0; p < PAGES; p++) {
+            uint16_t *kmax = (uint16_t *)(buf + p * stride);
+            uint16_t *kmin = (uint16_t *)(buf + p * stride + kmin_offset);
+            for (int d = 0; d < hd; d++) {
+                float a = (float)util_rng_normal(&rng) * 5;
+                float b = a + (float)util_rng_uniform(&rng) * 4;
+                kmax[d] = attn_f16_round_up(b), kmin[d] = attn_f16_round_down(a);
+            }
         }
         for (int i = 0; i < n_q * hd; i++) q[i] = (float)util_rng_normal(&rng);
-        attn_kernels_scalar()->bound(kmax, kmin, hd, q, n_q, ref);
+        attn_kernels_scalar()->bound(&view, n_pages, hd, q, n_q, ref);
         for (int s = 0; s < n_sets; s++) {
-            sets[s]->bound(kmax, kmin, hd, q, n_q, got);
-            for (int i = 0; i < n_q; i++) {
-                float mag = 0;
-                for (int d = 0; d < hd; d++)
-                    mag += fabsf(q[i * hd + d]) *
-                           fmaxf(fabsf(util_f16_to_f32(kmax[d])), fabsf(util_f16_to_f32(kmin[d])));
-                cr_assert_float_eq(got[i], ref[i], 4 * KERNEL_REL_TOL * mag, "%s hd %d q %d",
-                                   sets[s]->name, hd, i);
+            sets[s]->bound(&view, n_pages, hd, q, n_q, got);
+            for (int p = 0; p < n_pages; p++) {
+                const uint16_t *kmax = (const uint16_t *)(buf + order[p] * stride);
+                const uint16_t *kmin = (const uint16_t *)(buf + order[p] * stride + kmin_offset);
+                for (int i = 0; i < n_q; i++) {
+                    float mag = 0;
+                    for (int d = 0; d < hd; d++)
+                        mag += fabsf(q[i * hd + d]) * fmaxf(fabsf(util_f16_to_f32(kmax[d])),
+                                                            fabsf(util_f16_to_f32(kmin[d])));
+                    cr_assert_float_eq(got[p * n_q + i], ref[p * n_q + i], 4 * KERNEL_REL_TOL * mag,
+                                       "%s hd %d page %d q %d", sets[s]->name, hd, p, i);
+                }
             }
         }
     }
+    util_aligned_free(buf);
 }
 
 /* ---------------------------------------------------------- whole calls */

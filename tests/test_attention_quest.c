@@ -52,10 +52,12 @@ Test(attention_quest, bound_is_at_least_every_key_score_in_its_page, .timeout = 
             for (int p = 0; p * 16 < len; p++) {
                 for (int h = 0; h < nkv; h++) {
                     int page = t.seq->pages[p];
-                    const uint16_t *kmax = attn_cache_block_kmax(t.cache, page, 0, h);
-                    const uint16_t *kmin = attn_cache_block_kmin(t.cache, page, 0, h);
+                    const uint16_t *kmax = attn_cache_kmax(t.cache, page, 0, h);
+                    const uint16_t *kmin = attn_cache_kmin(t.cache, page, 0, h);
                     float bound[4];
-                    sets[s]->bound(kmax, kmin, hd, q, 4, bound);
+                    struct attn_bounds_view view = attn_seq_bounds_view(t.seq, 0, h);
+                    view.pages = &t.seq->pages[p];
+                    sets[s]->bound(&view, 1, hd, q, 4, bound);
                     for (int i = 0; i < 4; i++) {
                         const float *qi = q + (size_t)i * hd;
                         float slack = BOUND_REL_SLACK * bound_magnitude(qi, kmax, kmin, hd);
@@ -84,13 +86,12 @@ Test(attention_quest, bound_of_a_one_token_page_is_its_score_to_f16_rounding)
     struct test_kv t;
     test_kv_create(&t, 1, 1, 1, hd, 1, ATTN_KV_F32, 4, 1);
     float *q = test_random_queries(1, hd, 5);
-    const uint16_t *kmax = attn_cache_block_kmax(t.cache, t.seq->pages[0], 0, 0);
-    const uint16_t *kmin = attn_cache_block_kmin(t.cache, t.seq->pages[0], 0, 0);
     double dot = 0, mag = 0;
     for (int d = 0; d < hd; d++) dot += (double)q[d] * t.k[d], mag += fabs(q[d] * t.k[d]);
     for (int s = 0; s < n_sets; s++) {
         float bound;
-        sets[s]->bound(kmax, kmin, hd, q, 1, &bound);
+        struct attn_bounds_view view = attn_seq_bounds_view(t.seq, 0, 0);
+        sets[s]->bound(&view, 1, hd, q, 1, &bound);
         cr_assert_geq(bound, dot - 1e-5 * mag);
         cr_assert_leq(bound, dot + 0x1p-10 * mag, "%s: %g vs %g", sets[s]->name, bound, dot);
     }
@@ -167,8 +168,8 @@ Test(attention_quest, group_score_is_max_over_heads_of_bound_minus_heads_best)
         for (int p = 0; p < n_cand; p++) {
             for (int h = 0; h < group; h++) {
                 const float *qh = q + (size_t)(kv * group + h) * hd;
-                const uint16_t *kmax = attn_cache_block_kmax(t.cache, t.seq->pages[p], 0, kv);
-                const uint16_t *kmin = attn_cache_block_kmin(t.cache, t.seq->pages[p], 0, kv);
+                const uint16_t *kmax = attn_cache_kmax(t.cache, t.seq->pages[p], 0, kv);
+                const uint16_t *kmin = attn_cache_kmin(t.cache, t.seq->pages[p], 0, kv);
                 double b = 0;
                 for (int d = 0; d < hd; d++)
                     b += fmax(qh[d] * util_f16_to_f32(kmax[d]), qh[d] * util_f16_to_f32(kmin[d]));
