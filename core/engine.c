@@ -277,6 +277,7 @@ static size_t stop_prefix_suffix(const struct engine_seq *s)
 static long find_stop(const struct engine_seq *s)
 {
     long best = -1;
+    if (!s->held) return -1; /* nothing generated as text yet (e.g. EOS first) */
     for (int i = 0; i < s->req.n_stop; i++) {
         const char *at = memmem(s->held, s->held_len, s->req.stop[i], strlen(s->req.stop[i]));
         if (at && (best < 0 || at - s->held < best)) best = at - s->held;

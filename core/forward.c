@@ -269,6 +269,9 @@ int llm_forward(llm_model *model, llm_workspace *ws, struct llm_batch_item *item
 {
     const struct llm_config *c = &model->config;
     UTIL_CHECK(ws->model == model);
+    /* OpenMP's thread count is per calling thread: set it on whichever
+     * thread runs the model (the engine's, a command's). */
+    if (model->options.threads > 0) omp_set_num_threads(model->options.threads);
     int row_start_small[65];
     int *row_start = n_items < 65 ? row_start_small : util_xmalloc(sizeof(int) * (size_t)(n_items + 1));
     row_start[0] = 0;
