@@ -25,7 +25,7 @@ q_act *q_act_create(const struct q_format *format, int k, int max_m)
     q_layout_init(&act->layout, format, k);
     act->k = k;
     act->max_m = max_m;
-    act->rows = q_round_up(max_m, Q_ACT_ROW_ALIGN);
+    act->rows = q_round_up(max_m, Q_ACT_ROW_ALIGN) + Q_ACT_ROW_ALIGN;
     act->values = util_aligned_alloc((size_t)act->rows * (size_t)act->layout.act_row_bytes);
     act->scales = util_xcalloc((size_t)max_m * (size_t)act->layout.n_groups, sizeof(float));
     act->sums = util_xcalloc((size_t)max_m * (size_t)act->layout.n_groups, sizeof(int32_t));

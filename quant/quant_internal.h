@@ -19,8 +19,9 @@
  *
  * Quantized activations. One row per token, int8 (int4 values stored one a
  * byte), each group starting at a multiple of 64 bytes and zero-padded up to
- * the next one (AMX reads whole 64-byte tile rows); the number of rows is
- * rounded up to Q_ACT_ROW_ALIGN so that tile loads never leave the buffer.
+ * the next one (AMX reads whole 64-byte tile rows); Q_ACT_ROW_ALIGN spare
+ * rows follow the last token so that 32-row tile loads never leave the
+ * buffer (what they read past the last token is never stored).
  */
 #ifndef LLMD_QUANT_INTERNAL_H
 #define LLMD_QUANT_INTERNAL_H
@@ -45,7 +46,7 @@ static inline int omp_get_thread_num(void) { return 0; }
 #define Q_MAX_K          65536 /* keeps every int32 partial sum in range */
 #define Q_MAX_GROUP      512   /* keeps the AVX2 int16 partial sums in range */
 #define Q_ACT_GROUP_ALIGN 64   /* activation groups start on a 64-byte boundary */
-#define Q_ACT_ROW_ALIGN  32    /* activation rows are allocated in multiples of it */
+#define Q_ACT_ROW_ALIGN  32    /* activation rows: a multiple of it, and as many spare */
 #define Q_INT4_MAX       7     /* symmetric int4: -7..7 */
 #define Q_INT8_MAX       127   /* symmetric int8: -127..127 */
 #define Q_INT4_BIAS      8
@@ -104,7 +105,7 @@ struct q_act {
     struct q_layout layout;
     int k, max_m;
     int m;               /* tokens of the last quantization */
-    int rows;            /* allocated rows: max_m rounded up to Q_ACT_ROW_ALIGN */
+    int rows;            /* allocated rows: see Q_ACT_ROW_ALIGN */
     int8_t *values;      /* rows x layout.act_row_bytes */
     float *scales;       /* max_m x n_groups */
     int32_t *sums;       /* max_m x n_groups: sum of the group's quantized values */

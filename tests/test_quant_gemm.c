@@ -46,20 +46,9 @@ static void check_shape(const struct q_format *f, int m, int n, int k, bool perm
     q_act *act = q_act_create(f, k, m);
     q_act_quantize(act, x, m, perm);
 
-    /* The definition: dequantized activations times dequantized weights,
-     * both in the layer's channel order. */
-    float *xd = util_xmalloc((size_t)m * k * sizeof *xd);
-    float *wd = util_xmalloc((size_t)n * k * sizeof *wd);
-    float *wdp = util_xmalloc((size_t)n * k * sizeof *wdp);
-    q_act_dequantize(act, m, xd);
-    q_linear_dequantize(layer, wd);
-    for (int r = 0; r < n; r++)
-        for (int j = 0; j < k; j++)
-            wdp[(size_t)r * k + j] = wd[(size_t)r * k + (perm ? perm[j] : j)];
     float *exact = util_xmalloc((size_t)m * n * sizeof *exact);
     float *scale = util_xmalloc((size_t)m * n * sizeof *scale);
-    tq_matmul(xd, wdp, m, n, k, false, exact);
-    tq_matmul(xd, wdp, m, n, k, true, scale);
+    tq_product_definition(layer, act, m, exact, scale);
 
     float *ref = util_xmalloc(((size_t)m * n + GUARD) * sizeof *ref);
     float *y = util_xmalloc(((size_t)m * n + GUARD) * sizeof *y);
@@ -80,7 +69,7 @@ static void check_shape(const struct q_format *f, int m, int n, int k, bool perm
         for (size_t i = (size_t)m * n; i < (size_t)m * n + GUARD; i++)
             cr_assert_eq(y[i], GUARD_VALUE, "%s wrote past y", q_kernel_name((enum q_kernel)kernel));
     }
-    free(x), free(w), free(perm), free(xd), free(wd), free(wdp), free(exact), free(scale);
+    free(x), free(w), free(perm), free(exact), free(scale);
     free(ref), free(y);
     q_linear_free(layer);
     q_act_free(act);
