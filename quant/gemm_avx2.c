@@ -101,6 +101,18 @@ static inline __attribute__((always_inline)) void tile(const int MR, const struc
     }
 }
 
+static void unpack_int4(const uint8_t *restrict src, int quads, uint8_t *restrict dst)
+{
+    const __m256i low = _mm256_set1_epi8(0x0f);
+    for (int h = 0; h < quads; h++) { /* h: 32-byte half h % 2 of pair h / 2 */
+        __m256i v = _mm256_load_si256((const __m256i *)(src + (size_t)h * 32));
+        uint8_t *lo = dst + (size_t)(h / 2) * 2 * Q_QUAD_BYTES + (size_t)(h % 2) * 32;
+        _mm256_store_si256((__m256i *)lo, _mm256_and_si256(v, low));
+        _mm256_store_si256((__m256i *)(lo + Q_QUAD_BYTES),
+                           _mm256_and_si256(_mm256_srli_epi16(v, 4), low));
+    }
+}
+
 typedef void tile_fn(const struct tile_args *ta, const struct q_seg *segs, int n_segs);
 
 #define TILE(MR)                                                                         \
@@ -126,7 +138,8 @@ void q_gemm_avx2(const struct q_linear *layer, const struct q_act *act, int t_be
         }
         struct q_cursor cur = {0, 0};
         int n_segs;
-        while ((n_segs = q_chunk_plan(layer, block, 1, &cur, buf, segs)) > 0) {
+        while ((n_segs = q_chunk_plan(layer, block, 1, &cur, segs)) > 0) {
+            q_chunk_unpack(segs, n_segs, 1, buf, unpack_int4);
             for (int t = t_begin; t < t_end; t += GEMM_MR) {
                 int mr = t_end - t < GEMM_MR ? t_end - t : GEMM_MR;
                 ta.t0 = t;

@@ -16,6 +16,10 @@
 
 #define GEMM_MR 6
 #define GEMM_NV Q_PANEL_AVX512
+/* Up to this many tokens the int4 weights are unpacked in registers: with
+ * one tile of tokens a pass through the chunk buffer costs more (and more
+ * tokens would not leave the registers for it). */
+#define GEMM_DIRECT_MAX_TOKENS 4
 
 _Static_assert(GEMM_NV <= Q_MAX_PANEL, "panel fits a chunk plan");
 
@@ -71,6 +75,35 @@ _Static_assert(GEMM_MR == 6 && GEMM_NV == 4, "FOR_TILE spells out 6 x 4 accumula
             FOR_ROW(t, OP_DOT);                                                            \
         }                                                                                  \
     } while (0)
+/* Packed int4: one 64-byte load gives the weights of quads 2p (low
+ * nibbles) and 2p+1 (high), unpacked in registers. */
+#define FOR_COLUMN(j, OP)                                                                  \
+    do {                                                                                   \
+        OP(0, j, acc0_##j);                                                                \
+        OP(1, j, acc1_##j);                                                                \
+        OP(2, j, acc2_##j);                                                                \
+        OP(3, j, acc3_##j);                                                                \
+        OP(4, j, acc4_##j);                                                                \
+        OP(5, j, acc5_##j);                                                                \
+    } while (0)
+#define OP_DOT_PACKED(t, j, acc)                                                           \
+    do {                                                                                   \
+        if (MR > t) {                                                                      \
+            const int8_t *at = a + (t) * stride + 8 * p;                                   \
+            acc = _mm512_dpbusd_epi32(acc, lo, _mm512_set1_epi32(load_i32(at)));           \
+            acc = _mm512_dpbusd_epi32(acc, hi, _mm512_set1_epi32(load_i32(at + 4)));       \
+        }                                                                                  \
+    } while (0)
+#define COLUMN_DOT_PACKED(j)                                                               \
+    do {                                                                                   \
+        if (NV > j) {                                                                      \
+            __m512i v = _mm512_load_si512(p##j + (size_t)p * Q_QUAD_BYTES);                \
+            __m512i lo = _mm512_and_si512(v, low);                                         \
+            __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);                   \
+            FOR_COLUMN(j, OP_DOT_PACKED);                                                  \
+        }                                                                                  \
+    } while (0)
+
 /* The sums leave the registers before rescaling: with rescaling's own
  * registers on top of 24 live sums GCC spills inside the loop instead. */
 #define OP_SPILL(t, j, acc) _mm512_store_si512(sums[t][j], acc)
@@ -90,7 +123,16 @@ static inline __attribute__((always_inline)) void tile_segment(const int MR, con
     FOR_TILE(OP_START);
     const uint8_t *p0 = seg->w[0], *p1 = seg->w[NV > 1 ? 1 : 0], *p2 = seg->w[NV > 2 ? 2 : 0],
                   *p3 = seg->w[NV > 3 ? 3 : 0];
-    for (int q = 0; q < seg->quads; q++) {
+    if (seg->packed) {
+        const __m512i low = _mm512_set1_epi8(0x0f);
+        for (int p = 0; p < seg->quads / 2; p++) {
+            COLUMN_DOT_PACKED(0);
+            COLUMN_DOT_PACKED(1);
+            COLUMN_DOT_PACKED(2);
+            COLUMN_DOT_PACKED(3);
+        }
+    }
+    for (int q = 0; q < (seg->packed ? 0 : seg->quads); q++) {
         const size_t off = (size_t)q * Q_QUAD_BYTES;
         __m512i w0 = _mm512_load_si512(p0 + off);
         __m512i w1 = NV > 1 ? _mm512_load_si512(p1 + off) : w0;
@@ -124,6 +166,17 @@ static inline __attribute__((always_inline)) void tile(const int MR, const int N
     for (int s = 0; s < n_segs; s++) tile_segment(MR, NV, ta, &segs[s], ta->fresh && s == 0);
 }
 
+static void unpack_int4(const uint8_t *restrict src, int quads, uint8_t *restrict dst)
+{
+    const __m512i low = _mm512_set1_epi8(0x0f);
+    for (int p = 0; p < quads / 2; p++) {
+        __m512i v = _mm512_load_si512(src + (size_t)p * Q_QUAD_BYTES);
+        _mm512_store_si512(dst + (size_t)2 * p * Q_QUAD_BYTES, _mm512_and_si512(v, low));
+        _mm512_store_si512(dst + (size_t)(2 * p + 1) * Q_QUAD_BYTES,
+                           _mm512_and_si512(_mm512_srli_epi16(v, 4), low));
+    }
+}
+
 /* One function per tile shape, chosen by the number of tokens and blocks left. */
 typedef void tile_fn(const struct tile_args *ta, const struct q_seg *segs, int n_segs);
 
@@ -148,8 +201,10 @@ void q_gemm_avx512(const struct q_linear *layer, const struct q_act *act, int t_
         struct tile_args ta = {.act = act, .n = layer->n, .fresh = true};
         for (int j = 0; j < nv; j++) ta.mask[j] = q_block_mask(layer, block + j);
         struct q_cursor cur = {0, 0};
+        bool unpack = t_end - t_begin > GEMM_DIRECT_MAX_TOKENS;
         int n_segs;
-        while ((n_segs = q_chunk_plan(layer, block, nv, &cur, buf, segs)) > 0) {
+        while ((n_segs = q_chunk_plan(layer, block, nv, &cur, segs)) > 0) {
+            if (unpack) q_chunk_unpack(segs, n_segs, nv, buf, unpack_int4);
             for (int t = t_begin; t < t_end; t += GEMM_MR) {
                 int mr = t_end - t < GEMM_MR ? t_end - t : GEMM_MR;
                 ta.t0 = t;

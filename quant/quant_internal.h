@@ -196,9 +196,11 @@ struct q_seg {
     bool first;    /* starts the group: the group's bias correction goes here */
     int a_offset;  /* byte offset of its first channel in an activation row */
     int quads;     /* channels / 4 */
-    /* First quad of each column block of the panel; quads are Q_QUAD_BYTES
-     * apart, one biased unsigned byte a weight. */
-    const uint8_t *w[Q_MAX_PANEL];
+    /* True: w points at packed int4 (two quads in 64 bytes, see above).
+     * False: quads are Q_QUAD_BYTES apart, one biased unsigned byte a weight
+     * (int8 groups, or int4 after q_chunk_unpack). */
+    bool packed;
+    const uint8_t *w[Q_MAX_PANEL]; /* first quad of each column block of the panel */
     const float *w_scale[Q_MAX_PANEL]; /* the blocks' 16 row scales of group g */
 };
 
@@ -208,11 +210,21 @@ struct q_cursor {
 };
 
 /* Plans the chunk of column blocks [block, block + nv) that starts at *cur
- * and advances it: segments covering at most Q_CHUNK_CHANNELS channels, int4
- * groups unpacked into buf (nv x Q_CHUNK_BLOCK_BYTES, 64-byte aligned),
- * int8 ones read in place. Returns the number of segments, 0 at the end. */
+ * and advances it: segments covering at most Q_CHUNK_CHANNELS channels, all
+ * pointing at the packed weights (int4 groups stay packed). Asks the memory
+ * for the next chunk meanwhile. Returns the number of segments, 0 at the
+ * end. */
 int q_chunk_plan(const struct q_linear *layer, int block, int nv, struct q_cursor *cur,
-                 uint8_t *buf, struct q_seg *segs);
+                 struct q_seg *segs);
+
+/* Unpacks `quads` quads of packed int4 (pairs sharing 64 bytes) to one
+ * biased byte a weight; each kernel brings its own, in its own ISA. */
+typedef void q_unpack_fn(const uint8_t *restrict src, int quads, uint8_t *restrict dst);
+
+/* Unpacks the int4 segments of a planned chunk into buf (nv x
+ * Q_CHUNK_BLOCK_BYTES, 64-byte aligned) and points them there: worth it when
+ * many tokens reuse the weights. */
+void q_chunk_unpack(struct q_seg *segs, int n_segs, int nv, uint8_t *buf, q_unpack_fn *unpack);
 
 /* Lane masks (one bit a column) of the nv blocks of a panel starting at
  * `block`: all 16 columns except past n. */
