@@ -80,15 +80,30 @@ void q_layout_free(struct q_layout *lay)
     lay->n_groups = 0;
 }
 
+/* One (position, channel) pair mixed, for the two sums of q_perm_hash. */
+#define PERM_MIX(j, c, h1, h2)                                                                \
+    do {                                                                                   \
+        uint32_t x_ = ((uint32_t)(c) ^ ((uint32_t)(j) * 0x9e3779b9u)) * 0x85ebca6bu;       \
+        x_ ^= x_ >> 13;                                                                    \
+        x_ *= 0xc2b2ae35u;                                                                 \
+        h1 += x_ ^ (x_ >> 16);                                                             \
+        h2 += (x_ + (uint32_t)(j)) * 0x27d4eb2fu;                                          \
+    } while (0)
+
 uint64_t q_perm_hash(const int *perm, int k)
 {
-    uint64_t h = 0xcbf29ce484222325ull;
-    for (int j = 0; j < k; j++) {
-        uint32_t c = perm ? (uint32_t)perm[j] : (uint32_t)j;
-        for (int b = 0; b < 4; b++) {
-            h ^= (c >> (8 * b)) & 0xff;
-            h *= 0x100000001b3ull;
-        }
+    /* Two sums of mixed (position, channel) pairs: no chain from one
+     * element to the next, so it vectorises. It only has to tell apart
+     * orders that a caller mixed up, not resist an adversary. Two loops:
+     * one with `perm ? perm[j] : j` inside becomes masked loads from NULL,
+     * which the CPU serves by microcode, 40 ns each. */
+    uint32_t h1 = 0, h2 = 0;
+    if (perm) {
+#pragma omp simd reduction(+ : h1, h2)
+        for (int j = 0; j < k; j++) PERM_MIX(j, perm[j], h1, h2);
+    } else {
+#pragma omp simd reduction(+ : h1, h2)
+        for (int j = 0; j < k; j++) PERM_MIX(j, j, h1, h2);
     }
-    return h;
+    return (uint64_t)h1 << 32 | h2;
 }
