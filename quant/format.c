@@ -69,7 +69,9 @@ void q_layout_init(struct q_layout *lay, const struct q_format *format, int k)
         act_offset += q_round_up(grp->len, Q_ACT_GROUP_ALIGN);
         w_offset += (size_t)grp->len * Q_BLOCK_ROWS * (size_t)grp->bits / 8;
     }
-    lay->act_row_bytes = act_offset;
+    /* Rows a multiple of 1 KB apart would share L1 sets: the kernels read 6
+     * or 16 rows at once. One more line breaks the pattern. */
+    lay->act_row_bytes = act_offset % 1024 ? act_offset : act_offset + Q_ACT_GROUP_ALIGN;
     lay->block_bytes = w_offset;
 }
 

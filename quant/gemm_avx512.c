@@ -3,13 +3,18 @@
  *
  * A register tile of GEMM_MR tokens x GEMM_NV column blocks (16 output rows
  * each) holds int32 sums. For every quad of channels, one vpdpbusd per
- * accumulator: the 64 weight bytes of a block (unsigned, biased, from the
- * unpacked chunk) times 4 activation bytes of a token broadcast from memory
- * (signed). The bias is taken out by starting each sum at -bias * (sum of
- * the token's group). At the end of a group the sums are rescaled into y in
- * fp32: y += float(sum) * w_scale * a_scale.
+ * accumulator: the 64 weight bytes of a block (unsigned, biased) times 4
+ * activation bytes of a token broadcast from memory (signed). The bias is
+ * taken out by starting each sum at -bias * (sum of the token's group). At
+ * the end of a group the sums are rescaled into the panel's float sums:
+ * += float(sum) * w_scale * a_scale; those go to y when the panel is done.
+ *
+ * Weights: a chunk's int4 groups are unpacked once to a byte a weight
+ * (L1-sized buffer) and reused by every tile of tokens; with at most
+ * GEMM_DIRECT_MAX_TOKENS tokens they are unpacked in registers instead.
  */
 #include "quant/quant_internal.h"
+#include "util/util.h"
 
 #include <immintrin.h>
 #include <string.h>
@@ -23,15 +28,21 @@
 
 _Static_assert(GEMM_NV <= Q_MAX_PANEL, "panel fits a chunk plan");
 
+/* Tokens per pass over a panel: the panel's sums for them stay in a
+ * private buffer (GEMM_TOKEN_BLOCK x GEMM_NV x 16 floats, 64 KB), not in y
+ * itself. Masked stores to y and loads back from them, group after group,
+ * would not forward and stall; y's rows may also share cache sets. */
+#define GEMM_TOKEN_BLOCK 256
+
 /* What a tile needs besides its segments. */
 struct tile_args {
     const struct q_act *act;
     int t0;              /* first token */
-    float *y;            /* y row t0, column of the panel's first block */
-    int n;               /* y row stride */
-    __mmask16 mask[GEMM_NV];
-    bool fresh;          /* y not yet written for this panel: store, don't add */
+    float *out;          /* the tile's first row in the panel's float sums */
+    bool fresh;          /* sums not yet written for this pass: store, don't add */
 };
+/* Floats per row of the panel's float sums. */
+#define PANEL_FLOATS (GEMM_NV * Q_BLOCK_ROWS)
 
 static inline int32_t load_i32(const int8_t *p)
 {
@@ -107,6 +118,16 @@ _Static_assert(GEMM_MR == 6 && GEMM_NV == 4, "FOR_TILE spells out 6 x 4 accumula
 /* The sums leave the registers before rescaling: with rescaling's own
  * registers on top of 24 live sums GCC spills inside the loop instead. */
 #define OP_SPILL(t, j, acc) _mm512_store_si512(sums[t][j], acc)
+/* Float sums += float(int sum) * w_scale * a_scale, straight-line code. */
+#define OP_RESCALE(t, j, acc)                                                              \
+    do {                                                                                   \
+        float *yp = ta->out + (size_t)(t) * PANEL_FLOATS + 16 * (j);                       \
+        __m512 prod = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_load_si512(sums[t][j])), w_scale[j]); \
+        __m512 a_scale = _mm512_set1_ps(a_scales[(size_t)(t) * n_groups]);                 \
+        __m512 prev = store ? _mm512_setzero_ps() : _mm512_load_ps(yp);                    \
+        _mm512_store_ps(yp, _mm512_fmadd_ps(prod, a_scale, prev));                         \
+    } while (0)
+
 /* One segment on an MR x NV tile: integer sums, then rescaled into y. */
 static inline __attribute__((always_inline)) void tile_segment(const int MR, const int NV,
                                                                const struct tile_args *ta,
@@ -147,16 +168,10 @@ static inline __attribute__((always_inline)) void tile_segment(const int MR, con
     }
     _Alignas(64) int32_t sums[GEMM_MR][GEMM_NV][16];
     FOR_TILE(OP_SPILL);
-    for (int j = 0; j < NV; j++) {
-        const __m512 w_scale = _mm512_loadu_ps(seg->w_scale[j]);
-        for (int t = 0; t < MR; t++) {
-            float *yp = ta->y + (size_t)t * ta->n + 16 * j;
-            __m512 a_scale = _mm512_set1_ps(act->scales[(size_t)(ta->t0 + t) * n_groups + seg->g]);
-            __m512 prod = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_load_si512(sums[t][j])), w_scale);
-            __m512 prev = store ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(ta->mask[j], yp);
-            _mm512_mask_storeu_ps(yp, ta->mask[j], _mm512_fmadd_ps(prod, a_scale, prev));
-        }
-    }
+    const float *a_scales = act->scales + (size_t)ta->t0 * n_groups + seg->g;
+    __m512 w_scale[GEMM_NV];
+    for (int j = 0; j < NV; j++) w_scale[j] = _mm512_loadu_ps(seg->w_scale[j]);
+    FOR_TILE(OP_RESCALE);
 }
 
 static inline __attribute__((always_inline)) void tile(const int MR, const int NV,
@@ -196,22 +211,33 @@ void q_gemm_avx512(const struct q_linear *layer, const struct q_act *act, int t_
 {
     _Alignas(64) uint8_t buf[GEMM_NV * Q_CHUNK_BLOCK_BYTES];
     struct q_seg segs[Q_CHUNK_MAX_SEGS];
+    int tokens = t_end - t_begin < GEMM_TOKEN_BLOCK ? t_end - t_begin : GEMM_TOKEN_BLOCK;
+    float *sums = util_aligned_alloc((size_t)tokens * PANEL_FLOATS * sizeof *sums);
+    bool unpack = t_end - t_begin > GEMM_DIRECT_MAX_TOKENS;
     for (int block = block_begin; block < block_end; block += GEMM_NV) {
         int nv = block_end - block < GEMM_NV ? block_end - block : GEMM_NV;
-        struct tile_args ta = {.act = act, .n = layer->n, .fresh = true};
-        for (int j = 0; j < nv; j++) ta.mask[j] = q_block_mask(layer, block + j);
-        struct q_cursor cur = {0, 0};
-        bool unpack = t_end - t_begin > GEMM_DIRECT_MAX_TOKENS;
-        int n_segs;
-        while ((n_segs = q_chunk_plan(layer, block, nv, &cur, segs)) > 0) {
-            if (unpack) q_chunk_unpack(segs, n_segs, nv, buf, unpack_int4);
-            for (int t = t_begin; t < t_end; t += GEMM_MR) {
-                int mr = t_end - t < GEMM_MR ? t_end - t : GEMM_MR;
-                ta.t0 = t;
-                ta.y = y + (size_t)t * layer->n + (size_t)block * Q_BLOCK_ROWS;
-                tiles[mr - 1][nv - 1](&ta, segs, n_segs);
+        for (int tb = t_begin; tb < t_end; tb += GEMM_TOKEN_BLOCK) {
+            int tb_end = t_end - tb < GEMM_TOKEN_BLOCK ? t_end : tb + GEMM_TOKEN_BLOCK;
+            struct tile_args ta = {.act = act, .fresh = true};
+            struct q_cursor cur = {0, 0};
+            int n_segs;
+            while ((n_segs = q_chunk_plan(layer, block, nv, &cur, segs)) > 0) {
+                if (unpack) q_chunk_unpack(segs, n_segs, nv, buf, unpack_int4);
+                for (int t = tb; t < tb_end; t += GEMM_MR) {
+                    int mr = tb_end - t < GEMM_MR ? tb_end - t : GEMM_MR;
+                    ta.t0 = t;
+                    ta.out = sums + (size_t)(t - tb) * PANEL_FLOATS;
+                    tiles[mr - 1][nv - 1](&ta, segs, n_segs);
+                }
+                ta.fresh = false;
             }
-            ta.fresh = false;
+            for (int j = 0; j < nv; j++) {
+                __mmask16 mask = q_block_mask(layer, block + j);
+                for (int t = tb; t < tb_end; t++)
+                    _mm512_mask_storeu_ps(y + (size_t)t * layer->n + (size_t)(block + j) * Q_BLOCK_ROWS,
+                                          mask, _mm512_load_ps(sums + (size_t)(t - tb) * PANEL_FLOATS + 16 * j));
+            }
         }
     }
+    util_aligned_free(sums);
 }

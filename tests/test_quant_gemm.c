@@ -122,6 +122,7 @@ Test(quant_gemm, large_product_splits_over_threads_and_matches_reference)
     check_shape(&f, 70, 300, 4096, true);
     struct q_format f8 = q_format_default(Q_W8A8);
     check_shape(&f8, 40, 17, 2048, false); /* one panel: the tokens are split */
+    check_shape(&f, 300, 129, 144, true);   /* more tokens than a kernel pass takes */
 }
 
 Test(quant_gemm, selected_kernel_is_available_and_named)
