@@ -181,7 +181,7 @@ static void prefetch_next_chunk(const struct q_linear *layer, int block, int nv,
     if (bytes > lay->block_bytes - start) bytes = lay->block_bytes - start;
     for (int j = 0; j < nv; j++) {
         const char *p = (const char *)layer->packed + (size_t)(block + j) * lay->block_bytes + start;
-        for (size_t off = 0; off < bytes; off += 64) _mm_prefetch(p + off, _MM_HINT_T0);
+        for (size_t off = 0; off < bytes; off += 64) _mm_prefetch(p + off, _MM_HINT_T1);
     }
 }
 
