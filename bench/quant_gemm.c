@@ -7,7 +7,11 @@
  * quantized ones on activations quantized beforehand (that step is timed
  * apart, "act"). Medians of REPS runs. Prints a table and headline ratios.
  *
- *   build/bench/quant_gemm [--quick] [--kernel scalar|avx2|avx512|amx]
+ *   build/bench/quant_gemm [--quick] [--kernel scalar|avx2|avx512|amx] [--single]
+ *
+ * --single runs everything on one thread and times it in that thread's CPU
+ * time: on a machine shared with other work, the figures (and the ratios)
+ * then depend on the code, not on who else got the cores.
  */
 #include <cblas.h>
 #include <omp.h>
@@ -27,6 +31,16 @@
 #define GOMP_SPIN_SECONDS 0.03
 
 static int reps = 7;
+static bool single; /* one thread, timed in thread CPU time */
+
+/* Seconds on the clock the figures use. */
+static double now(void)
+{
+    if (!single) return util_now();
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
 
 struct shape {
     const char *name;
@@ -76,7 +90,7 @@ static double time_path(struct run *r, int path)
 {
     const struct shape *s = r->s;
     int calls = 0;
-    double t0 = util_now(), t;
+    double t0 = now(), t;
     do {
         if (path == FP32)
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, s->m, s->n, s->k, 1.0f, r->x,
@@ -84,7 +98,7 @@ static double time_path(struct run *r, int path)
         else
             q_gemm_with(r->kernel, r->layer[path], r->act[path], s->m, r->y);
         calls++;
-        t = util_now() - t0;
+        t = now() - t0;
     } while (t < MIN_SECONDS);
     return t / calls;
 }
@@ -92,11 +106,11 @@ static double time_path(struct run *r, int path)
 static double time_act(struct run *r)
 {
     int calls = 0;
-    double t0 = util_now(), t;
+    double t0 = now(), t;
     do {
         q_act_quantize(r->act[ATOM], r->x, r->s->m, r->perm);
         calls++;
-        t = util_now() - t0;
+        t = now() - t0;
     } while (t < MIN_SECONDS);
     return t / calls;
 }
@@ -144,12 +158,17 @@ int main(int argc, char **argv)
         if (strcmp(argv[i], "--quick") == 0) {
             quick = true;
             reps = 3;
+        } else if (strcmp(argv[i], "--single") == 0) {
+            single = true;
+            omp_set_num_threads(1);
+            openblas_set_num_threads(1);
         } else if (strcmp(argv[i], "--kernel") == 0 && i + 1 < argc) {
             const char *want = argv[++i];
             for (int k = 0; k < Q_KERNEL_COUNT; k++)
                 if (strcmp(want, q_kernel_name((enum q_kernel)k)) == 0) kernel = (enum q_kernel)k;
         } else {
-            fprintf(stderr, "usage: %s [--quick] [--kernel scalar|avx2|avx512|amx]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--quick] [--kernel scalar|avx2|avx512|amx] [--single]\n",
+                    argv[0]);
             return 2;
         }
     }
@@ -177,8 +196,12 @@ int main(int argc, char **argv)
 
     printf("quant_gemm: y (M, N) = x (M, K) W^T; medians of %d runs; GOPS = 2MNK / time\n", reps);
     printf("cpu: %s\nflags: %s\n", util_cpu_model_name(), util_cpu_flags_string());
-    printf("threads: %d (OpenMP), OpenBLAS %s with %d threads; quantized kernel: %s\n\n",
-           omp_get_max_threads(), util_blas_corename(), util_blas_threads(), q_kernel_name(kernel));
+    printf("threads: %d (OpenMP), OpenBLAS %s with %d threads; quantized kernel: %s; timed in %s\n",
+           omp_get_max_threads(), util_blas_corename(), util_blas_threads(), q_kernel_name(kernel),
+           single ? "thread CPU time" : "wall time");
+    double load[3];
+    if (getloadavg(load, 3) == 3) printf("load average at start: %.2f %.2f %.2f\n", load[0], load[1], load[2]);
+    printf("\n");
     printf("%-17s %4s | %9s %9s %9s %9s | %8s %8s %8s | %7s %7s %7s | %8s\n", "shape NxK", "M",
            "fp32 us", "w8a8 us", "w4a4 us", "atom us", "fp32 GOP", "w8a8 GOP", "w4a4 GOP",
            "w4/fp32", "w8/fp32", "w4/w8", "act us");
