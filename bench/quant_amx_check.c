@@ -63,7 +63,7 @@ static int check_shape(enum q_kernel kernel, const struct q_format *f, int m, in
 
 static int check_kernel(enum q_kernel kernel, bool quick)
 {
-    const int ms[] = {1, 3, 17, 33, 70}, ns[] = {1, 31, 33, 129};
+    const int ms[] = {1, 3, 7, 17, 33, 70}, ns[] = {1, 31, 33, 129};
     struct {
         struct q_format f;
         int k;

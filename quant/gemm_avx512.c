@@ -24,7 +24,10 @@
 /* Up to this many tokens the int4 weights are unpacked in registers: with
  * one tile of tokens a pass through the chunk buffer costs more (and more
  * tokens would not leave the registers for it). */
-#define GEMM_DIRECT_MAX_TOKENS 4
+#define GEMM_DIRECT_MAX_TOKENS 8
+/* Tile height when unpacking in registers: with 6 the unpacked weights and
+ * the broadcasts no longer fit beside the sums. */
+#define GEMM_DIRECT_MR 4
 
 _Static_assert(GEMM_NV <= Q_MAX_PANEL, "panel fits a chunk plan");
 
@@ -223,8 +226,11 @@ void q_gemm_avx512(const struct q_linear *layer, const struct q_act *act, int t_
             int n_segs;
             while ((n_segs = q_chunk_plan(layer, block, nv, &cur, segs)) > 0) {
                 if (unpack) q_chunk_unpack(segs, n_segs, nv, buf, unpack_int4);
-                for (int t = tb; t < tb_end; t += GEMM_MR) {
-                    int mr = tb_end - t < GEMM_MR ? tb_end - t : GEMM_MR;
+                /* Tiles of nearly equal height: 8 tokens as 4 + 4, not 6 + 2. */
+                int most = unpack ? GEMM_MR : GEMM_DIRECT_MR;
+                for (int t = tb, mr; t < tb_end; t += mr) {
+                    int tiles_left = (tb_end - t + most - 1) / most;
+                    mr = (tb_end - t + tiles_left - 1) / tiles_left;
                     ta.t0 = t;
                     ta.out = sums + (size_t)(t - tb) * PANEL_FLOATS;
                     tiles[mr - 1][nv - 1](&ta, segs, n_segs);

@@ -75,7 +75,7 @@ static void check_shape(const struct q_format *f, int m, int n, int k, bool perm
     q_act_free(act);
 }
 
-static const int ms[] = {1, 3, 17, 33};
+static const int ms[] = {1, 3, 7, 17, 33}; /* 7: two tiles unpacking in registers */
 static const int ns[] = {1, 31, 33, 129};
 
 static void check_all_shapes(const struct q_format *f, int k, bool permute)
