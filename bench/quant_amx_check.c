@@ -17,16 +17,16 @@
  *
  *   quant_amx_check [--quick]      exit status 0 when every kernel passed
  */
+#include "quant/quant.h"
+#include "tests/test_quant_helpers.h"
+
 #include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
 
-#include "quant/quant.h"
-#include "tests/test_quant_helpers.h"
-
 #define KERNEL_REL_TOL 1e-5 /* as in tests/test_quant_gemm.c */
-#define MIN_SECONDS 0.2     /* per timing: repeat the call until this long */
+#define MIN_SECONDS    0.2  /* per timing: repeat the call until this long */
 
 /* Compares one kernel with the reference on one shape; returns failures. */
 static int check_shape(enum q_kernel kernel, const struct q_format *f, int m, int n, int k)
@@ -40,7 +40,8 @@ static int check_shape(enum q_kernel kernel, const struct q_format *f, int m, in
     q_linear *layer = q_linear_quantize(w, n, k, f, p);
     q_act *act = q_act_create(f, k, m);
     q_act_quantize(act, x, m, p);
-    float *ref = util_xmalloc((size_t)m * n * sizeof *ref), *y = util_xmalloc((size_t)m * n * sizeof *y);
+    float *ref = util_xmalloc((size_t)m * n * sizeof *ref),
+          *y = util_xmalloc((size_t)m * n * sizeof *y);
     float *exact = util_xmalloc((size_t)m * n * sizeof *exact);
     float *scale = util_xmalloc((size_t)m * n * sizeof *scale);
     tq_product_definition(layer, act, m, exact, scale);
@@ -51,9 +52,9 @@ static int check_shape(enum q_kernel kernel, const struct q_format *f, int m, in
         bool ok = fabsf(y[i] - ref[i]) <= KERNEL_REL_TOL * scale[i] + FLT_MIN &&
                   fabsf(ref[i] - exact[i]) <= KERNEL_REL_TOL * scale[i] + FLT_MIN;
         if (!ok && bad++ == 0)
-            printf("  FAIL %s m=%d n=%d k=%d outliers=%d at (%zu, %zu): %g, reference %g, exact %g\n",
-                   q_kernel_name(kernel), m, n, k, f->n_outlier, i / n, i % n, y[i], ref[i],
-                   exact[i]);
+            printf(
+                "  FAIL %s m=%d n=%d k=%d outliers=%d at (%zu, %zu): %g, reference %g, exact %g\n",
+                q_kernel_name(kernel), m, n, k, f->n_outlier, i / n, i % n, y[i], ref[i], exact[i]);
     }
     free(perm), free(x), free(w), free(ref), free(y), free(exact), free(scale);
     q_linear_free(layer);
@@ -101,7 +102,8 @@ static int check_kernel(enum q_kernel kernel, bool quick)
 }
 
 /* Seconds per call of q_gemm_with (median of 5 timings). */
-static double time_gemm(enum q_kernel kernel, const q_linear *layer, const q_act *act, int m, float *y)
+static double time_gemm(enum q_kernel kernel, const q_linear *layer, const q_act *act, int m,
+                        float *y)
 {
     double t[5];
     for (int r = 0; r < 5; r++) {
@@ -129,7 +131,8 @@ static void throughput(bool quick)
     printf("\nthroughput, N = K = %d, TOPS = 2 M N K / time (median of 5):\n", n);
     printf("%-6s %4s", "format", "M");
     for (int kernel = Q_KERNEL_AVX2; kernel < Q_KERNEL_COUNT; kernel++)
-        if (q_kernel_available((enum q_kernel)kernel)) printf(" %9s", q_kernel_name((enum q_kernel)kernel));
+        if (q_kernel_available((enum q_kernel)kernel))
+            printf(" %9s", q_kernel_name((enum q_kernel)kernel));
     printf("\n");
     float *w = tq_matrix(7, n, k, NULL, 0, 1.0f);
     for (int method = 0; method < 2; method++) {

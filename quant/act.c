@@ -79,15 +79,18 @@ static void act_quantize_token(q_act *act, int t, const float *h)
             m0 = _mm256_max_ps(m0, _mm256_andnot_ps(sign, _mm256_loadu_ps(src + c)));
             m1 = _mm256_max_ps(m1, _mm256_andnot_ps(sign, _mm256_loadu_ps(src + c + 8)));
         }
-        float scale = q_group_scale(hmax256(_mm256_max_ps(m0, m1)), grp->bits, act->format.act_clip);
+        float scale =
+            q_group_scale(hmax256(_mm256_max_ps(m0, m1)), grp->bits, act->format.act_clip);
         float qmax = (float)q_group_qmax(grp->bits);
         const __m256 inv = _mm256_set1_ps(scale > 0.0f ? 1.0f / scale : 0.0f);
         const __m256 lo = _mm256_set1_ps(-qmax), hi = _mm256_set1_ps(qmax);
         __m256i sum = _mm256_setzero_si256();
         for (int c = 0; c < grp->len; c += 16) {
             /* max(v, lo) gives lo for NaN; rounding is to nearest even, as rintf */
-            __m256 v0 = _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(_mm256_loadu_ps(src + c), inv), lo), hi);
-            __m256 v1 = _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(_mm256_loadu_ps(src + c + 8), inv), lo), hi);
+            __m256 v0 =
+                _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(_mm256_loadu_ps(src + c), inv), lo), hi);
+            __m256 v1 = _mm256_min_ps(
+                _mm256_max_ps(_mm256_mul_ps(_mm256_loadu_ps(src + c + 8), inv), lo), hi);
             __m256i q0 = _mm256_cvtps_epi32(v0), q1 = _mm256_cvtps_epi32(v1);
             sum = _mm256_add_epi32(sum, _mm256_add_epi32(q0, q1));
             __m256i bytes = _mm256_packs_epi16(_mm256_packs_epi32(q0, q1), _mm256_setzero_si256());
@@ -126,7 +129,8 @@ static inline __m256 exp256(__m256 x)
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-    __m256i two_n = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    __m256i two_n =
+        _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
     return _mm256_mul_ps(p, _mm256_castsi256_ps(two_n));
 }
 
@@ -149,7 +153,8 @@ static const float *act_load_token(const struct act_input *in, int k, int t, flo
     if (in->source == ACT_PLAIN) {
         if (!perm) return x;
         for (int j = 0; j < k; j += 8)
-            _mm256_storeu_ps(h + j, _mm256_i32gather_ps(x, _mm256_loadu_si256((const __m256i *)(perm + j)), 4));
+            _mm256_storeu_ps(
+                h + j, _mm256_i32gather_ps(x, _mm256_loadu_si256((const __m256i *)(perm + j)), 4));
         return h;
     }
     __m256 ss0 = _mm256_setzero_ps(), ss1 = _mm256_setzero_ps();
@@ -202,8 +207,8 @@ void q_act_quantize(q_act *act, const float *x, int m, const int *perm)
     act->perm_known = true;
 }
 
-void q_act_quantize_rmsnorm(q_act *act, const float *x, const float *norm_weight, float eps,
-                            int m, const int *perm)
+void q_act_quantize_rmsnorm(q_act *act, const float *x, const float *norm_weight, float eps, int m,
+                            const int *perm)
 {
     UTIL_CHECK(x && norm_weight);
     struct act_input in = {

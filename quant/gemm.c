@@ -44,11 +44,16 @@ bool q_kernel_available(enum q_kernel kernel)
     const struct util_cpu *cpu = util_cpu();
     bool vnni = util_cpu_has_avx512() && cpu->avx512vnni;
     switch (kernel) {
-    case Q_KERNEL_SCALAR: return true;
-    case Q_KERNEL_AVX2: return cpu->avx2 && cpu->fma;
-    case Q_KERNEL_AVX512_VNNI: return vnni;
-    case Q_KERNEL_AMX: return vnni && cpu->amx_usable; /* rescales with AVX-512 */
-    default: return false;
+    case Q_KERNEL_SCALAR:
+        return true;
+    case Q_KERNEL_AVX2:
+        return cpu->avx2 && cpu->fma;
+    case Q_KERNEL_AVX512_VNNI:
+        return vnni;
+    case Q_KERNEL_AMX:
+        return vnni && cpu->amx_usable; /* rescales with AVX-512 */
+    default:
+        return false;
     }
 }
 
@@ -180,7 +185,8 @@ static void prefetch_next_chunk(const struct q_linear *layer, int block, int nv,
     size_t bytes = (size_t)Q_CHUNK_CHANNELS * Q_BLOCK_ROWS * (size_t)grp->bits / 8;
     if (bytes > lay->block_bytes - start) bytes = lay->block_bytes - start;
     for (int j = 0; j < nv; j++) {
-        const char *p = (const char *)layer->packed + (size_t)(block + j) * lay->block_bytes + start;
+        const char *p =
+            (const char *)layer->packed + (size_t)(block + j) * lay->block_bytes + start;
         for (size_t off = 0; off < bytes; off += 64) _mm_prefetch(p + off, _MM_HINT_T1);
     }
 }
@@ -205,8 +211,8 @@ int q_chunk_plan(const struct q_linear *layer, int block, int nv, struct q_curso
         seg->quads = len / 4;
         seg->packed = grp->bits == 4;
         for (int j = 0; j < nv; j++) {
-            const uint8_t *blk = layer->packed + (size_t)(block + j) * lay->block_bytes +
-                                 grp->w_offset;
+            const uint8_t *blk =
+                layer->packed + (size_t)(block + j) * lay->block_bytes + grp->w_offset;
             seg->w[j] = grp->bits == 8 ? blk + (size_t)(cur->c / 4) * Q_QUAD_BYTES : blk;
             seg->w_scale[j] = q_linear_scales(layer, block + j, cur->g);
         }

@@ -24,10 +24,10 @@
 #include <immintrin.h>
 #include <string.h>
 
-#define AMX_TILE_K 64   /* channels per tile step */
-#define AMX_KC 1024     /* padded channels per chunk: 2 blocks x 16 KB of weights */
+#define AMX_TILE_K   64   /* channels per tile step */
+#define AMX_KC       1024 /* padded channels per chunk: 2 blocks x 16 KB of weights */
 #define AMX_MAX_SEGS (AMX_KC / AMX_TILE_K)
-#define AMX_NV Q_PANEL_AMX
+#define AMX_NV       Q_PANEL_AMX
 
 _Static_assert(AMX_NV == 2, "the tile code spells out 2 x 2 accumulators");
 _Static_assert(AMX_KC >= Q_MAX_GROUP, "an int4 group fits a chunk");
@@ -44,12 +44,12 @@ struct amx_config {
 _Static_assert(sizeof(struct amx_config) == 64, "ldtilecfg reads 64 bytes");
 
 #ifndef Q_AMX_EMULATE
-#define AMX_LOAD_CONFIG(cfg) __asm__ volatile("ldtilecfg %0" : : "m"(*(cfg)))
-#define AMX_RELEASE() _tile_release()
-#define AMX_ZERO(t) _tile_zero(t)
-#define AMX_LOAD(t, base, stride) _tile_loadd(t, base, stride)
+#define AMX_LOAD_CONFIG(cfg)       __asm__ volatile("ldtilecfg %0" : : "m"(*(cfg)))
+#define AMX_RELEASE()              _tile_release()
+#define AMX_ZERO(t)                _tile_zero(t)
+#define AMX_LOAD(t, base, stride)  _tile_loadd(t, base, stride)
 #define AMX_STORE(t, base, stride) _tile_stored(t, base, stride)
-#define AMX_DPBSSD(c, a, b) _tile_dpbssd(c, a, b)
+#define AMX_DPBSSD(c, a, b)        _tile_dpbssd(c, a, b)
 #endif
 
 /* Tile numbers: macros, since the intrinsics paste them into the asm text. */
@@ -57,17 +57,17 @@ _Static_assert(sizeof(struct amx_config) == 64, "ldtilecfg reads 64 bytes");
 #define C01 1
 #define C10 2
 #define C11 3
-#define A0 4
-#define A1 5
-#define B0 6
-#define B1 7
+#define A0  4
+#define A1  5
+#define B0  6
+#define B1  7
 
 /* A run of channels of one group, padded to whole tile steps. */
 struct amx_seg {
     int g;
-    int a_offset;                 /* 64-aligned byte offset in activation rows */
-    int steps;                    /* tile steps of AMX_TILE_K channels */
-    const int8_t *w[AMX_NV];      /* B tiles of each block: 1 KB a step, rows 64 bytes apart */
+    int a_offset;            /* 64-aligned byte offset in activation rows */
+    int steps;               /* tile steps of AMX_TILE_K channels */
+    const int8_t *w[AMX_NV]; /* B tiles of each block: 1 KB a step, rows 64 bytes apart */
     const float *w_scale[AMX_NV];
 };
 
@@ -116,7 +116,8 @@ static int amx_chunk_plan(const struct q_linear *layer, int block, int nv, struc
             const uint8_t *blk =
                 layer->packed + (size_t)(block + j) * lay->block_bytes + grp->w_offset;
             unpack_signed(grp, blk, cur->c / 4, take / 4, dst);
-            memset(dst + (size_t)take / 4 * Q_QUAD_BYTES, 0, (size_t)(padded - take) / 4 * Q_QUAD_BYTES);
+            memset(dst + (size_t)take / 4 * Q_QUAD_BYTES, 0,
+                   (size_t)(padded - take) / 4 * Q_QUAD_BYTES);
             seg->w[j] = dst;
             seg->w_scale[j] = q_linear_scales(layer, block + j, cur->g);
         }
@@ -143,7 +144,8 @@ static void amx_rescale(const struct q_act *act, const struct amx_seg *seg, int3
             int i = (t - t0) / 16, r = (t - t0) % 16;
             float *yp = y + (size_t)(t - t0) * n + 16 * j;
             __m512 a_scale = _mm512_set1_ps(act->scales[(size_t)t * n_groups + seg->g]);
-            __m512 prod = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_load_si512(c[2 * i + j][r])), w_scale);
+            __m512 prod =
+                _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_load_si512(c[2 * i + j][r])), w_scale);
             __m512 prev = fresh ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(mask[j], yp);
             _mm512_mask_storeu_ps(yp, mask[j], _mm512_fmadd_ps(prod, a_scale, prev));
         }
@@ -174,7 +176,8 @@ void q_gemm_amx(const struct q_linear *layer, const struct q_act *act, int t_beg
         int n_segs;
         while ((n_segs = amx_chunk_plan(layer, block, nv, &cur, buf, segs)) > 0) {
             for (int t0 = t_begin; t0 < t_end; t0 += 32) {
-                /* Rows past t_end are read (act has Q_ACT_ROW_ALIGN spare rows) but never stored. */
+                /* Rows past t_end are read (act has Q_ACT_ROW_ALIGN spare rows) but never stored.
+                 */
                 bool two_rows = t_end - t0 > 16, two_cols = nv == 2;
                 const int8_t *a = act->values + (size_t)t0 * stride;
                 float *yt = y + (size_t)t0 * layer->n + (size_t)block * Q_BLOCK_ROWS;

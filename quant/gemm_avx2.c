@@ -22,9 +22,9 @@ _Static_assert(Q_MAX_GROUP / 4 * 2 * 15 * Q_INT4_MAX <= 32767, "int16 group sums
 struct tile_args {
     const struct q_act *act;
     int t0;
-    float *y;              /* y row t0, first column of the block */
-    int n;                 /* y row stride */
-    __m256i mask[2];       /* lanes inside n, for the two halves of the block */
+    float *y;        /* y row t0, first column of the block */
+    int n;           /* y row stride */
+    __m256i mask[2]; /* lanes inside n, for the two halves of the block */
     bool fresh;
 };
 
@@ -52,7 +52,8 @@ static inline __attribute__((always_inline)) void tile(const int MR, const struc
         if (seg->bits == 4) {
             for (int q = 0; q < seg->quads; q++) {
                 __m256i w0 = _mm256_load_si256((const __m256i *)(w + (size_t)q * Q_QUAD_BYTES));
-                __m256i w1 = _mm256_load_si256((const __m256i *)(w + (size_t)q * Q_QUAD_BYTES + 32));
+                __m256i w1 =
+                    _mm256_load_si256((const __m256i *)(w + (size_t)q * Q_QUAD_BYTES + 32));
 #pragma GCC unroll 8
                 for (int t = 0; t < MR; t++) {
                     __m256i av = _mm256_set1_epi32(load_i32(a + t * stride + 4 * q));
@@ -92,7 +93,8 @@ static inline __attribute__((always_inline)) void tile(const int MR, const struc
 #pragma GCC unroll 8
             for (int t = 0; t < MR; t++) {
                 float *yp = ta->y + (size_t)t * ta->n + 8 * h;
-                __m256 a_scale = _mm256_set1_ps(act->scales[(size_t)(ta->t0 + t) * n_groups + seg->g]);
+                __m256 a_scale =
+                    _mm256_set1_ps(act->scales[(size_t)(ta->t0 + t) * n_groups + seg->g]);
                 __m256 prod = _mm256_mul_ps(_mm256_cvtepi32_ps(acc[t][h]), w_scale);
                 __m256 prev = store ? _mm256_setzero_ps() : _mm256_maskload_ps(yp, ta->mask[h]);
                 _mm256_maskstore_ps(yp, ta->mask[h], _mm256_fmadd_ps(prod, a_scale, prev));
@@ -115,13 +117,13 @@ static void unpack_int4(const uint8_t *restrict src, int quads, uint8_t *restric
 
 typedef void tile_fn(const struct tile_args *ta, const struct q_seg *segs, int n_segs);
 
-#define TILE(MR)                                                                         \
-    static void tile_##MR(const struct tile_args *ta, const struct q_seg *segs, int n) \
-    {                                                                                    \
-        tile(MR, ta, segs, n);                                                           \
+#define TILE(MR)                                                                                   \
+    static void tile_##MR(const struct tile_args *ta, const struct q_seg *segs, int n)             \
+    {                                                                                              \
+        tile(MR, ta, segs, n);                                                                     \
     }
-TILE(1) TILE(2) TILE(3) TILE(4)
-static tile_fn *const tiles[GEMM_MR] = {tile_1, tile_2, tile_3, tile_4};
+TILE(1)
+TILE(2) TILE(3) TILE(4) static tile_fn *const tiles[GEMM_MR] = {tile_1, tile_2, tile_3, tile_4};
 
 void q_gemm_avx2(const struct q_linear *layer, const struct q_act *act, int t_begin, int t_end,
                  float *y, int block_begin, int block_end)

@@ -34,10 +34,10 @@ enum q_method { Q_W8A8, Q_W4A4 };
 
 struct q_format {
     enum q_method method;
-    int group_size;     /* W4A4: channels per group; 128 by default */
-    int n_outlier;      /* W4A4: trailing channels kept int8; 0 = none */
-    float act_clip;     /* activation clipping: scale from clip * absmax (1 = none) */
-    float weight_clip;  /* weight clipping, likewise */
+    int group_size;    /* W4A4: channels per group; 128 by default */
+    int n_outlier;     /* W4A4: trailing channels kept int8; 0 = none */
+    float act_clip;    /* activation clipping: scale from clip * absmax (1 = none) */
+    float weight_clip; /* weight clipping, likewise */
 };
 
 /* The defaults: W4A4 with groups of 128, no outliers, clipping 0.9
@@ -72,8 +72,8 @@ void q_act_quantize(q_act *act, const float *x, int m, const int *perm);
 /* The same, fused with RMSNorm: quantizes x / sqrt(mean(x^2) + eps) *
  * norm_weight, norm_weight (k) in x's channel order like x (it is read
  * through perm too). */
-void q_act_quantize_rmsnorm(q_act *act, const float *x, const float *norm_weight, float eps,
-                            int m, const int *perm);
+void q_act_quantize_rmsnorm(q_act *act, const float *x, const float *norm_weight, float eps, int m,
+                            const int *perm);
 /* The same, fused with SwiGLU: quantizes silu(gate) * up; gate and up are
  * (m, k) and already in the layer's channel order. */
 void q_act_quantize_swiglu(q_act *act, const float *gate, const float *up, int m);
@@ -124,7 +124,13 @@ q_linear *q_linear_load(const void *buf, size_t size);
 void q_gemm(const q_linear *layer, const q_act *act, int m, float *y);
 
 /* The kernel implementations, for tests and benchmarks that compare them. */
-enum q_kernel { Q_KERNEL_SCALAR, Q_KERNEL_AVX2, Q_KERNEL_AVX512_VNNI, Q_KERNEL_AMX, Q_KERNEL_COUNT };
+enum q_kernel {
+    Q_KERNEL_SCALAR,
+    Q_KERNEL_AVX2,
+    Q_KERNEL_AVX512_VNNI,
+    Q_KERNEL_AMX,
+    Q_KERNEL_COUNT
+};
 /* True when the CPU (and OS) can run it. */
 bool q_kernel_available(enum q_kernel kernel);
 /* The one chosen at start-up (LLMD_QKERNEL=scalar|avx2|avx512|amx overrides). */

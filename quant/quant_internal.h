@@ -34,32 +34,44 @@
 #ifdef _OPENMP
 #include <omp.h>
 #else
-static inline int omp_in_parallel(void) { return 0; }
-static inline int omp_get_max_threads(void) { return 1; }
-static inline int omp_get_num_threads(void) { return 1; }
-static inline int omp_get_thread_num(void) { return 0; }
+static inline int omp_in_parallel(void)
+{
+    return 0;
+}
+static inline int omp_get_max_threads(void)
+{
+    return 1;
+}
+static inline int omp_get_num_threads(void)
+{
+    return 1;
+}
+static inline int omp_get_thread_num(void)
+{
+    return 0;
+}
 #endif
 
-#define Q_BLOCK_ROWS     16    /* output rows per packed column block */
-#define Q_QUAD_BYTES     64    /* one quad of a block: 16 rows x 4 channels */
-#define Q_CHANNEL_ALIGN  16    /* k, group_size and n_outlier are multiples of it */
-#define Q_MAX_K          65536 /* keeps every int32 partial sum in range */
-#define Q_MAX_GROUP      512   /* keeps the AVX2 int16 partial sums in range */
-#define Q_ACT_GROUP_ALIGN 64   /* activation groups start on a 64-byte boundary */
-#define Q_ACT_ROW_ALIGN  32    /* activation rows: a multiple of it, and as many spare */
-#define Q_INT4_MAX       7     /* symmetric int4: -7..7 */
-#define Q_INT8_MAX       127   /* symmetric int8: -127..127 */
-#define Q_INT4_BIAS      8
-#define Q_INT8_BIAS      128
+#define Q_BLOCK_ROWS      16    /* output rows per packed column block */
+#define Q_QUAD_BYTES      64    /* one quad of a block: 16 rows x 4 channels */
+#define Q_CHANNEL_ALIGN   16    /* k, group_size and n_outlier are multiples of it */
+#define Q_MAX_K           65536 /* keeps every int32 partial sum in range */
+#define Q_MAX_GROUP       512   /* keeps the AVX2 int16 partial sums in range */
+#define Q_ACT_GROUP_ALIGN 64    /* activation groups start on a 64-byte boundary */
+#define Q_ACT_ROW_ALIGN   32    /* activation rows: a multiple of it, and as many spare */
+#define Q_INT4_MAX        7     /* symmetric int4: -7..7 */
+#define Q_INT8_MAX        127   /* symmetric int8: -127..127 */
+#define Q_INT4_BIAS       8
+#define Q_INT8_BIAS       128
 
 _Static_assert(Q_QUAD_BYTES == Q_BLOCK_ROWS * 4, "a quad is 4 channels of every row of a block");
 
 struct q_group {
-    int start;         /* first channel, in the layer's channel order */
-    int len;           /* channels, a multiple of Q_CHANNEL_ALIGN */
-    int bits;          /* 4 or 8 */
-    int act_offset;    /* byte offset in an activation row */
-    size_t w_offset;   /* byte offset in a packed column block */
+    int start;       /* first channel, in the layer's channel order */
+    int len;         /* channels, a multiple of Q_CHANNEL_ALIGN */
+    int bits;        /* 4 or 8 */
+    int act_offset;  /* byte offset in an activation row */
+    size_t w_offset; /* byte offset in a packed column block */
 };
 
 struct q_layout {
@@ -75,7 +87,10 @@ struct q_layout {
 void q_layout_init(struct q_layout *lay, const struct q_format *format, int k);
 void q_layout_free(struct q_layout *lay);
 
-static inline int q_round_up(int x, int to) { return (x + to - 1) / to * to; }
+static inline int q_round_up(int x, int to)
+{
+    return (x + to - 1) / to * to;
+}
 
 /* The scale of a group from its largest magnitude: int4 groups clip, int8
  * ones keep the full range. Zero when the group is all zero. */
@@ -93,7 +108,10 @@ static inline int q_round_clamp(float v, int qmax)
     return (int)rintf(v);
 }
 
-static inline int q_group_qmax(int bits) { return bits == 4 ? Q_INT4_MAX : Q_INT8_MAX; }
+static inline int q_group_qmax(int bits)
+{
+    return bits == 4 ? Q_INT4_MAX : Q_INT8_MAX;
+}
 
 /* FNV-1a of a channel order; the identity (NULL) hashes like 0,1,2,... */
 uint64_t q_perm_hash(const int *perm, int k);
@@ -104,13 +122,13 @@ struct q_act {
     struct q_format format;
     struct q_layout layout;
     int k, max_m;
-    int m;               /* tokens of the last quantization */
-    int rows;            /* allocated rows: see Q_ACT_ROW_ALIGN */
-    int8_t *values;      /* rows x layout.act_row_bytes */
-    float *scales;       /* max_m x n_groups */
-    int32_t *sums;       /* max_m x n_groups: sum of the group's quantized values */
-    uint64_t perm_hash;  /* channel order of the last quantization */
-    bool perm_known;     /* false after q_act_quantize_swiglu (order not given) */
+    int m;              /* tokens of the last quantization */
+    int rows;           /* allocated rows: see Q_ACT_ROW_ALIGN */
+    int8_t *values;     /* rows x layout.act_row_bytes */
+    float *scales;      /* max_m x n_groups */
+    int32_t *sums;      /* max_m x n_groups: sum of the group's quantized values */
+    uint64_t perm_hash; /* channel order of the last quantization */
+    bool perm_known;    /* false after q_act_quantize_swiglu (order not given) */
 };
 
 /* ---------------------------------------------------------------- weights */
@@ -119,11 +137,11 @@ struct q_linear {
     struct q_format format;
     struct q_layout layout;
     int n, k;
-    int n_blocks;        /* ceil(n / Q_BLOCK_ROWS) */
-    int *perm;           /* k entries, or NULL for the identity; owned */
+    int n_blocks; /* ceil(n / Q_BLOCK_ROWS) */
+    int *perm;    /* k entries, or NULL for the identity; owned */
     uint64_t perm_hash;
-    uint8_t *packed;     /* n_blocks x layout.block_bytes, 64-byte aligned */
-    float *scales;       /* n_blocks x n_groups x Q_BLOCK_ROWS */
+    uint8_t *packed; /* n_blocks x layout.block_bytes, 64-byte aligned */
+    float *scales;   /* n_blocks x n_groups x Q_BLOCK_ROWS */
 };
 
 /* True when perm holds each of 0..k-1 once. */
@@ -147,8 +165,8 @@ static inline const float *q_linear_scales(const struct q_linear *layer, int blo
 static inline int q_linear_value(const struct q_linear *layer, int row, int g, int c)
 {
     const struct q_group *grp = &layer->layout.groups[g];
-    const uint8_t *blk = layer->packed + (size_t)(row / Q_BLOCK_ROWS) * layer->layout.block_bytes +
-                         grp->w_offset;
+    const uint8_t *blk =
+        layer->packed + (size_t)(row / Q_BLOCK_ROWS) * layer->layout.block_bytes + grp->w_offset;
     int r = row % Q_BLOCK_ROWS, quad = c / 4, i = 4 * r + c % 4;
     if (grp->bits == 8) return (int)blk[(size_t)quad * Q_QUAD_BYTES + i] - Q_INT8_BIAS;
     uint8_t byte = blk[(size_t)(quad / 2) * Q_QUAD_BYTES + i];
@@ -185,22 +203,22 @@ q_kernel_fn q_gemm_scalar, q_gemm_avx2, q_gemm_avx512, q_gemm_amx;
 /* The SIMD kernels walk the channels in chunks of at most this many; the
  * int4 groups of a chunk are unpacked to one byte a weight first (8 KB a
  * column block, in L1 with the panel's others), then reused by every token. */
-#define Q_CHUNK_CHANNELS 512
-#define Q_CHUNK_MAX_SEGS (Q_CHUNK_CHANNELS / Q_CHANNEL_ALIGN)
+#define Q_CHUNK_CHANNELS    512
+#define Q_CHUNK_MAX_SEGS    (Q_CHUNK_CHANNELS / Q_CHANNEL_ALIGN)
 #define Q_CHUNK_BLOCK_BYTES (Q_CHUNK_CHANNELS * Q_BLOCK_ROWS) /* unpacked bytes per block */
 
 /* A run of channels of one group inside a chunk. */
 struct q_seg {
-    int g;         /* its group */
-    int bits;      /* the group's bits */
-    bool first;    /* starts the group: the group's bias correction goes here */
-    int a_offset;  /* byte offset of its first channel in an activation row */
-    int quads;     /* channels / 4 */
+    int g;        /* its group */
+    int bits;     /* the group's bits */
+    bool first;   /* starts the group: the group's bias correction goes here */
+    int a_offset; /* byte offset of its first channel in an activation row */
+    int quads;    /* channels / 4 */
     /* True: w points at packed int4 (two quads in 64 bytes, see above).
      * False: quads are Q_QUAD_BYTES apart, one biased unsigned byte a weight
      * (int8 groups, or int4 after q_chunk_unpack). */
     bool packed;
-    const uint8_t *w[Q_MAX_PANEL]; /* first quad of each column block of the panel */
+    const uint8_t *w[Q_MAX_PANEL];     /* first quad of each column block of the panel */
     const float *w_scale[Q_MAX_PANEL]; /* the blocks' 16 row scales of group g */
 };
 

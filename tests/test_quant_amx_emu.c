@@ -8,12 +8,12 @@
  * tilestored row by row, TDPBSSD C[m][n] += sum_k,i A[m][4k+i] * B[k][4n+i].
  */
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq")
+#include "quant/quant.h"
+#include "tests/test_quant_helpers.h"
+
 #include <criterion/criterion.h>
 #include <float.h>
 #include <string.h>
-
-#include "quant/quant.h"
-#include "tests/test_quant_helpers.h"
 
 struct emu_tile {
     int rows, colsb;
@@ -78,16 +78,19 @@ static void emu_dpbssd(int c, int a, int b)
         }
 }
 
-static void emu_release(void) { emu_configured = false; }
+static void emu_release(void)
+{
+    emu_configured = false;
+}
 
 #define Q_AMX_EMULATE
-#define AMX_LOAD_CONFIG(cfg) emu_load_config(cfg)
-#define AMX_RELEASE() emu_release()
-#define AMX_ZERO(t) emu_zero(t)
-#define AMX_LOAD(t, base, stride) emu_load(t, base, stride)
+#define AMX_LOAD_CONFIG(cfg)       emu_load_config(cfg)
+#define AMX_RELEASE()              emu_release()
+#define AMX_ZERO(t)                emu_zero(t)
+#define AMX_LOAD(t, base, stride)  emu_load(t, base, stride)
 #define AMX_STORE(t, base, stride) emu_store(t, base, stride)
-#define AMX_DPBSSD(c, a, b) emu_dpbssd(c, a, b)
-#define q_gemm_amx q_gemm_amx_emulated
+#define AMX_DPBSSD(c, a, b)        emu_dpbssd(c, a, b)
+#define q_gemm_amx                 q_gemm_amx_emulated
 #include "quant/gemm_amx.c"
 
 #define KERNEL_REL_TOL 1e-5 /* as in test_quant_gemm.c */
@@ -105,7 +108,8 @@ static void check(const struct q_format *f, int m, int n, int k, int t_begin)
     float *junk = tq_matrix(33, m, k, NULL, 0, 100.0f);
     q_act_quantize(act, junk, m, perm);
     q_act_quantize(act, x, m, perm);
-    float *ref = util_xcalloc((size_t)m * n, sizeof *ref), *y = util_xcalloc((size_t)m * n + 16, sizeof *y);
+    float *ref = util_xcalloc((size_t)m * n, sizeof *ref),
+          *y = util_xcalloc((size_t)m * n + 16, sizeof *y);
     for (int i = 0; i < m * n + 16; i++) y[i] = -7.0f;
     q_gemm_scalar(layer, act, t_begin, m, ref, 0, layer->n_blocks);
     /* Two calls splitting the blocks, as two threads would. */

@@ -3,20 +3,20 @@
  * dequantized definition, and every SIMD kernel the CPU has against the
  * scalar reference, on awkward shapes.
  */
+#include "quant/quant.h"
+#include "tests/test_quant_helpers.h"
+
 #include <criterion/criterion.h>
 #include <float.h>
 #include <signal.h>
 #include <string.h>
-
-#include "quant/quant.h"
-#include "tests/test_quant_helpers.h"
 
 /* Kernels differ from the reference only in fp32 rounding of at most ~40
  * terms of 3 roundings each: 1e-5 of the sum of the terms' magnitudes is
  * ~40x that. Anything wrong in the integer part is off by a whole step. */
 #define KERNEL_REL_TOL 1e-5
 /* Guard floats after y: a kernel must not write past (m, n). */
-#define GUARD 64
+#define GUARD       64
 #define GUARD_VALUE 12345.0f
 
 /* A deterministic shuffle of 0..k-1, so that channel order matters. */
@@ -64,10 +64,11 @@ static void check_shape(const struct q_format *f, int m, int n, int k, bool perm
         for (size_t i = 0; i < (size_t)m * n; i++)
             cr_assert_leq(fabsf(y[i] - ref[i]), KERNEL_REL_TOL * scale[i] + FLT_MIN,
                           "%s: m=%d n=%d k=%d outliers=%d at (%zu, %zu): %g vs %g",
-                          q_kernel_name((enum q_kernel)kernel), m, n, k, f->n_outlier, i / n,
-                          i % n, y[i], ref[i]);
+                          q_kernel_name((enum q_kernel)kernel), m, n, k, f->n_outlier, i / n, i % n,
+                          y[i], ref[i]);
         for (size_t i = (size_t)m * n; i < (size_t)m * n + GUARD; i++)
-            cr_assert_eq(y[i], GUARD_VALUE, "%s wrote past y", q_kernel_name((enum q_kernel)kernel));
+            cr_assert_eq(y[i], GUARD_VALUE, "%s wrote past y",
+                         q_kernel_name((enum q_kernel)kernel));
     }
     free(x), free(w), free(perm), free(exact), free(scale);
     free(ref), free(y);
@@ -81,7 +82,8 @@ static const int ns[] = {1, 31, 33, 129};
 static void check_all_shapes(const struct q_format *f, int k, bool permute)
 {
     for (size_t i = 0; i < sizeof ms / sizeof *ms; i++)
-        for (size_t j = 0; j < sizeof ns / sizeof *ns; j++) check_shape(f, ms[i], ns[j], k, permute);
+        for (size_t j = 0; j < sizeof ns / sizeof *ns; j++)
+            check_shape(f, ms[i], ns[j], k, permute);
 }
 
 Test(quant_gemm, w4a4_kernels_match_reference_for_k_128_256_384_and_0_16_32_outliers)
@@ -122,7 +124,7 @@ Test(quant_gemm, large_product_splits_over_threads_and_matches_reference)
     check_shape(&f, 70, 300, 4096, true);
     struct q_format f8 = q_format_default(Q_W8A8);
     check_shape(&f8, 40, 17, 2048, false); /* one panel: the tokens are split */
-    check_shape(&f, 300, 129, 144, true);   /* more tokens than a kernel pass takes */
+    check_shape(&f, 300, 129, 144, true);  /* more tokens than a kernel pass takes */
 }
 
 Test(quant_gemm, selected_kernel_is_available_and_named)
