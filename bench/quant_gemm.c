@@ -7,8 +7,15 @@
  * quantized ones on activations quantized beforehand (that step is timed
  * apart, "act"). Medians of REPS runs. Prints a table and headline ratios.
  *
- *   build/bench/quant_gemm [--quick] [--kernel scalar|avx2|avx512|amx]
+ *   build/bench/quant_gemm [--quick] [--kernel scalar|avx2|avx512|amx] [--single]
+ *
+ * --single runs everything on one thread and times it in that thread's CPU
+ * time: on a machine shared with other work, the figures (and the ratios)
+ * then depend on the code, not on who else got the cores.
  */
+#include "quant/quant.h"
+#include "util/util.h"
+
 #include <cblas.h>
 #include <omp.h>
 #include <stdio.h>
@@ -16,17 +23,24 @@
 #include <string.h>
 #include <time.h>
 
-#include "quant/quant.h"
-#include "util/util.h"
-
 #define MIN_SECONDS 0.05 /* per measurement: repeat the call until this long */
 /* After a library's calls its idle threads keep spinning for a while
  * (OpenBLAS ~2^28 cycles, libgomp ~300000 pauses) and would steal one of
  * the two cores from the next measurement: wait them out. */
 #define OPENBLAS_SPIN_SECONDS 0.15
-#define GOMP_SPIN_SECONDS 0.03
+#define GOMP_SPIN_SECONDS     0.03
 
 static int reps = 7;
+static bool single; /* one thread, timed in thread CPU time */
+
+/* Seconds on the clock the figures use. */
+static double now(void)
+{
+    if (!single) return util_now();
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
 
 struct shape {
     const char *name;
@@ -76,15 +90,15 @@ static double time_path(struct run *r, int path)
 {
     const struct shape *s = r->s;
     int calls = 0;
-    double t0 = util_now(), t;
+    double t0 = now(), t;
     do {
         if (path == FP32)
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, s->m, s->n, s->k, 1.0f, r->x,
-                        s->k, r->w, s->k, 0.0f, r->y, s->n);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, s->m, s->n, s->k, 1.0f, r->x, s->k,
+                        r->w, s->k, 0.0f, r->y, s->n);
         else
             q_gemm_with(r->kernel, r->layer[path], r->act[path], s->m, r->y);
         calls++;
-        t = util_now() - t0;
+        t = now() - t0;
     } while (t < MIN_SECONDS);
     return t / calls;
 }
@@ -92,11 +106,11 @@ static double time_path(struct run *r, int path)
 static double time_act(struct run *r)
 {
     int calls = 0;
-    double t0 = util_now(), t;
+    double t0 = now(), t;
     do {
         q_act_quantize(r->act[ATOM], r->x, r->s->m, r->perm);
         calls++;
-        t = util_now() - t0;
+        t = now() - t0;
     } while (t < MIN_SECONDS);
     return t / calls;
 }
@@ -111,8 +125,8 @@ static void bench_shape(const struct shape *s, enum q_kernel kernel, double out[
     r.y = util_xmalloc((size_t)s->m * s->n * sizeof *r.y);
     r.perm = util_xmalloc((size_t)s->k * sizeof *r.perm);
     for (int j = 0; j < s->k; j++) r.perm[j] = (j + s->n_outlier) % s->k; /* any order will do */
-    struct q_format f[N_PATHS] = {{0}, q_format_default(Q_W8A8), q_format_default(Q_W4A4),
-                                  q_format_default(Q_W4A4)};
+    struct q_format f[N_PATHS] = {
+        {0}, q_format_default(Q_W8A8), q_format_default(Q_W4A4), q_format_default(Q_W4A4)};
     f[ATOM].n_outlier = s->n_outlier;
     for (int p = W8A8; p < N_PATHS; p++) {
         const int *perm = p == ATOM ? r.perm : NULL;
@@ -144,12 +158,17 @@ int main(int argc, char **argv)
         if (strcmp(argv[i], "--quick") == 0) {
             quick = true;
             reps = 3;
+        } else if (strcmp(argv[i], "--single") == 0) {
+            single = true;
+            omp_set_num_threads(1);
+            openblas_set_num_threads(1);
         } else if (strcmp(argv[i], "--kernel") == 0 && i + 1 < argc) {
             const char *want = argv[++i];
             for (int k = 0; k < Q_KERNEL_COUNT; k++)
                 if (strcmp(want, q_kernel_name((enum q_kernel)k)) == 0) kernel = (enum q_kernel)k;
         } else {
-            fprintf(stderr, "usage: %s [--quick] [--kernel scalar|avx2|avx512|amx]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--quick] [--kernel scalar|avx2|avx512|amx] [--single]\n",
+                    argv[0]);
             return 2;
         }
     }
@@ -177,8 +196,13 @@ int main(int argc, char **argv)
 
     printf("quant_gemm: y (M, N) = x (M, K) W^T; medians of %d runs; GOPS = 2MNK / time\n", reps);
     printf("cpu: %s\nflags: %s\n", util_cpu_model_name(), util_cpu_flags_string());
-    printf("threads: %d (OpenMP), OpenBLAS %s with %d threads; quantized kernel: %s\n\n",
-           omp_get_max_threads(), util_blas_corename(), util_blas_threads(), q_kernel_name(kernel));
+    printf("threads: %d (OpenMP), OpenBLAS %s with %d threads; quantized kernel: %s; timed in %s\n",
+           omp_get_max_threads(), util_blas_corename(), util_blas_threads(), q_kernel_name(kernel),
+           single ? "thread CPU time" : "wall time");
+    double load[3];
+    if (getloadavg(load, 3) == 3)
+        printf("load average at start: %.2f %.2f %.2f\n", load[0], load[1], load[2]);
+    printf("\n");
     printf("%-17s %4s | %9s %9s %9s %9s | %8s %8s %8s | %7s %7s %7s | %8s\n", "shape NxK", "M",
            "fp32 us", "w8a8 us", "w4a4 us", "atom us", "fp32 GOP", "w8a8 GOP", "w4a4 GOP",
            "w4/fp32", "w8/fp32", "w4/w8", "act us");
@@ -188,10 +212,11 @@ int main(int argc, char **argv)
         double t[N_PATHS + 1];
         bench_shape(s, kernel, t);
         double ops = 2.0 * s->m * s->n * s->k;
-        printf("%-17s %4d | %9.1f %9.1f %9.1f %9.1f | %8.1f %8.1f %8.1f | %7.2f %7.2f %7.2f | %8.1f\n",
-               s->name, s->m, 1e6 * t[FP32], 1e6 * t[W8A8], 1e6 * t[W4A4], 1e6 * t[ATOM],
-               ops / t[FP32] * 1e-9, ops / t[W8A8] * 1e-9, ops / t[W4A4] * 1e-9,
-               t[FP32] / t[W4A4], t[FP32] / t[W8A8], t[W8A8] / t[W4A4], 1e6 * t[N_PATHS]);
+        printf(
+            "%-17s %4d | %9.1f %9.1f %9.1f %9.1f | %8.1f %8.1f %8.1f | %7.2f %7.2f %7.2f | %8.1f\n",
+            s->name, s->m, 1e6 * t[FP32], 1e6 * t[W8A8], 1e6 * t[W4A4], 1e6 * t[ATOM],
+            ops / t[FP32] * 1e-9, ops / t[W8A8] * 1e-9, ops / t[W4A4] * 1e-9, t[FP32] / t[W4A4],
+            t[FP32] / t[W8A8], t[W8A8] / t[W4A4], 1e6 * t[N_PATHS]);
         fflush(stdout);
         if (s->n == 4096 && s->m == 256) {
             head_w4_fp32_256 = t[FP32] / t[W4A4];

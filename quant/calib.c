@@ -60,11 +60,20 @@ void atom_calib_add(atom_calib *calib, const float *x, int m)
         for (int j = i + 1; j < k; j++) h[(size_t)j * k + i] = h[(size_t)i * k + j];
 }
 
-const float *atom_calib_mean_square(const atom_calib *calib) { return calib->mean_square; }
+const float *atom_calib_mean_square(const atom_calib *calib)
+{
+    return calib->mean_square;
+}
 
-const float *atom_calib_hessian(const atom_calib *calib) { return calib->hessian; }
+const float *atom_calib_hessian(const atom_calib *calib)
+{
+    return calib->hessian;
+}
 
-long long atom_calib_tokens(const atom_calib *calib) { return calib->tokens; }
+long long atom_calib_tokens(const atom_calib *calib)
+{
+    return calib->tokens;
+}
 
 /* ------------------------------------------------------------- outliers */
 

@@ -5,6 +5,7 @@
 #include "quant/quant_internal.h"
 #include "util/util.h"
 
+#include <immintrin.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -43,11 +44,16 @@ bool q_kernel_available(enum q_kernel kernel)
     const struct util_cpu *cpu = util_cpu();
     bool vnni = util_cpu_has_avx512() && cpu->avx512vnni;
     switch (kernel) {
-    case Q_KERNEL_SCALAR: return true;
-    case Q_KERNEL_AVX2: return cpu->avx2 && cpu->fma;
-    case Q_KERNEL_AVX512_VNNI: return vnni;
-    case Q_KERNEL_AMX: return vnni && cpu->amx_usable; /* rescales with AVX-512 */
-    default: return false;
+    case Q_KERNEL_SCALAR:
+        return true;
+    case Q_KERNEL_AVX2:
+        return cpu->avx2 && cpu->fma;
+    case Q_KERNEL_AVX512_VNNI:
+        return vnni;
+    case Q_KERNEL_AMX:
+        return vnni && cpu->amx_usable; /* rescales with AVX-512 */
+    default:
+        return false;
     }
 }
 
@@ -166,25 +172,30 @@ void q_gemm_scalar(const struct q_linear *layer, const struct q_act *act, int t_
 
 /* ---------------------------------------------------------------- chunks */
 
-/* Unpacks `quads` quads of int4 (pairs sharing 64 bytes) to one byte each. */
-static void unpack_int4(const uint8_t *restrict src, int quads, uint8_t *restrict dst)
+/* Asks for the packed bytes of the chunk after *cur in each block: a
+ * chunk's bytes sit in pages of their own block, read one chunk at a time,
+ * which the hardware prefetchers do not run ahead of. */
+static void prefetch_next_chunk(const struct q_linear *layer, int block, int nv,
+                                const struct q_cursor *cur)
 {
-    for (int p = 0; p < quads / 2; p++) {
-        const uint8_t *s = src + (size_t)p * Q_QUAD_BYTES;
-        uint8_t *lo = dst + (size_t)p * 2 * Q_QUAD_BYTES, *hi = lo + Q_QUAD_BYTES;
-#pragma omp simd
-        for (int i = 0; i < Q_QUAD_BYTES; i++) {
-            lo[i] = s[i] & 0x0f;
-            hi[i] = s[i] >> 4;
-        }
+    const struct q_layout *lay = &layer->layout;
+    if (cur->g >= lay->n_groups) return;
+    const struct q_group *grp = &lay->groups[cur->g];
+    size_t start = grp->w_offset + (size_t)cur->c * Q_BLOCK_ROWS * (size_t)grp->bits / 8;
+    size_t bytes = (size_t)Q_CHUNK_CHANNELS * Q_BLOCK_ROWS * (size_t)grp->bits / 8;
+    if (bytes > lay->block_bytes - start) bytes = lay->block_bytes - start;
+    for (int j = 0; j < nv; j++) {
+        const char *p =
+            (const char *)layer->packed + (size_t)(block + j) * lay->block_bytes + start;
+        for (size_t off = 0; off < bytes; off += 64) _mm_prefetch(p + off, _MM_HINT_T1);
     }
 }
 
 int q_chunk_plan(const struct q_linear *layer, int block, int nv, struct q_cursor *cur,
-                 uint8_t *buf, struct q_seg *segs)
+                 struct q_seg *segs)
 {
     const struct q_layout *lay = &layer->layout;
-    int n_segs = 0, channels = 0, unpacked = 0;
+    int n_segs = 0, channels = 0;
     while (cur->g < lay->n_groups && channels < Q_CHUNK_CHANNELS) {
         const struct q_group *grp = &lay->groups[cur->g];
         int len = grp->len - cur->c;
@@ -198,20 +209,13 @@ int q_chunk_plan(const struct q_linear *layer, int block, int nv, struct q_curso
         seg->first = cur->c == 0;
         seg->a_offset = grp->act_offset + cur->c;
         seg->quads = len / 4;
+        seg->packed = grp->bits == 4;
         for (int j = 0; j < nv; j++) {
-            const uint8_t *blk = layer->packed + (size_t)(block + j) * lay->block_bytes +
-                                 grp->w_offset;
-            if (grp->bits == 8) {
-                seg->w[j] = blk + (size_t)(cur->c / 4) * Q_QUAD_BYTES;
-            } else {
-                uint8_t *dst = buf + (size_t)j * Q_CHUNK_BLOCK_BYTES +
-                               (size_t)(unpacked / 4) * Q_QUAD_BYTES;
-                unpack_int4(blk, seg->quads, dst);
-                seg->w[j] = dst;
-            }
+            const uint8_t *blk =
+                layer->packed + (size_t)(block + j) * lay->block_bytes + grp->w_offset;
+            seg->w[j] = grp->bits == 8 ? blk + (size_t)(cur->c / 4) * Q_QUAD_BYTES : blk;
             seg->w_scale[j] = q_linear_scales(layer, block + j, cur->g);
         }
-        if (grp->bits == 4) unpacked += len;
         channels += len;
         cur->c += len;
         if (cur->c == grp->len) {
@@ -219,5 +223,22 @@ int q_chunk_plan(const struct q_linear *layer, int block, int nv, struct q_curso
             cur->c = 0;
         }
     }
+    prefetch_next_chunk(layer, block, nv, cur);
     return n_segs;
+}
+
+void q_chunk_unpack(struct q_seg *segs, int n_segs, int nv, uint8_t *buf, q_unpack_fn *unpack)
+{
+    size_t offset = 0;
+    for (int s = 0; s < n_segs; s++) {
+        struct q_seg *seg = &segs[s];
+        if (!seg->packed) continue;
+        for (int j = 0; j < nv; j++) {
+            uint8_t *dst = buf + (size_t)j * Q_CHUNK_BLOCK_BYTES + offset;
+            unpack(seg->w[j], seg->quads, dst);
+            seg->w[j] = dst;
+        }
+        seg->packed = false;
+        offset += (size_t)seg->quads * Q_QUAD_BYTES;
+    }
 }

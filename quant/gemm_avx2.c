@@ -22,9 +22,9 @@ _Static_assert(Q_MAX_GROUP / 4 * 2 * 15 * Q_INT4_MAX <= 32767, "int16 group sums
 struct tile_args {
     const struct q_act *act;
     int t0;
-    float *y;              /* y row t0, first column of the block */
-    int n;                 /* y row stride */
-    __m256i mask[2];       /* lanes inside n, for the two halves of the block */
+    float *y;        /* y row t0, first column of the block */
+    int n;           /* y row stride */
+    __m256i mask[2]; /* lanes inside n, for the two halves of the block */
     bool fresh;
 };
 
@@ -52,7 +52,8 @@ static inline __attribute__((always_inline)) void tile(const int MR, const struc
         if (seg->bits == 4) {
             for (int q = 0; q < seg->quads; q++) {
                 __m256i w0 = _mm256_load_si256((const __m256i *)(w + (size_t)q * Q_QUAD_BYTES));
-                __m256i w1 = _mm256_load_si256((const __m256i *)(w + (size_t)q * Q_QUAD_BYTES + 32));
+                __m256i w1 =
+                    _mm256_load_si256((const __m256i *)(w + (size_t)q * Q_QUAD_BYTES + 32));
 #pragma GCC unroll 8
                 for (int t = 0; t < MR; t++) {
                     __m256i av = _mm256_set1_epi32(load_i32(a + t * stride + 4 * q));
@@ -92,7 +93,8 @@ static inline __attribute__((always_inline)) void tile(const int MR, const struc
 #pragma GCC unroll 8
             for (int t = 0; t < MR; t++) {
                 float *yp = ta->y + (size_t)t * ta->n + 8 * h;
-                __m256 a_scale = _mm256_set1_ps(act->scales[(size_t)(ta->t0 + t) * n_groups + seg->g]);
+                __m256 a_scale =
+                    _mm256_set1_ps(act->scales[(size_t)(ta->t0 + t) * n_groups + seg->g]);
                 __m256 prod = _mm256_mul_ps(_mm256_cvtepi32_ps(acc[t][h]), w_scale);
                 __m256 prev = store ? _mm256_setzero_ps() : _mm256_maskload_ps(yp, ta->mask[h]);
                 _mm256_maskstore_ps(yp, ta->mask[h], _mm256_fmadd_ps(prod, a_scale, prev));
@@ -101,15 +103,27 @@ static inline __attribute__((always_inline)) void tile(const int MR, const struc
     }
 }
 
+static void unpack_int4(const uint8_t *restrict src, int quads, uint8_t *restrict dst)
+{
+    const __m256i low = _mm256_set1_epi8(0x0f);
+    for (int h = 0; h < quads; h++) { /* h: 32-byte half h % 2 of pair h / 2 */
+        __m256i v = _mm256_load_si256((const __m256i *)(src + (size_t)h * 32));
+        uint8_t *lo = dst + (size_t)(h / 2) * 2 * Q_QUAD_BYTES + (size_t)(h % 2) * 32;
+        _mm256_store_si256((__m256i *)lo, _mm256_and_si256(v, low));
+        _mm256_store_si256((__m256i *)(lo + Q_QUAD_BYTES),
+                           _mm256_and_si256(_mm256_srli_epi16(v, 4), low));
+    }
+}
+
 typedef void tile_fn(const struct tile_args *ta, const struct q_seg *segs, int n_segs);
 
-#define TILE(MR)                                                                         \
-    static void tile_##MR(const struct tile_args *ta, const struct q_seg *segs, int n) \
-    {                                                                                    \
-        tile(MR, ta, segs, n);                                                           \
+#define TILE(MR)                                                                                   \
+    static void tile_##MR(const struct tile_args *ta, const struct q_seg *segs, int n)             \
+    {                                                                                              \
+        tile(MR, ta, segs, n);                                                                     \
     }
-TILE(1) TILE(2) TILE(3) TILE(4)
-static tile_fn *const tiles[GEMM_MR] = {tile_1, tile_2, tile_3, tile_4};
+TILE(1)
+TILE(2) TILE(3) TILE(4) static tile_fn *const tiles[GEMM_MR] = {tile_1, tile_2, tile_3, tile_4};
 
 void q_gemm_avx2(const struct q_linear *layer, const struct q_act *act, int t_begin, int t_end,
                  float *y, int block_begin, int block_end)
@@ -126,7 +140,8 @@ void q_gemm_avx2(const struct q_linear *layer, const struct q_act *act, int t_be
         }
         struct q_cursor cur = {0, 0};
         int n_segs;
-        while ((n_segs = q_chunk_plan(layer, block, 1, &cur, buf, segs)) > 0) {
+        while ((n_segs = q_chunk_plan(layer, block, 1, &cur, segs)) > 0) {
+            q_chunk_unpack(segs, n_segs, 1, buf, unpack_int4);
             for (int t = t_begin; t < t_end; t += GEMM_MR) {
                 int mr = t_end - t < GEMM_MR ? t_end - t : GEMM_MR;
                 ta.t0 = t;

@@ -89,7 +89,8 @@ q_linear *q_linear_quantize_gptq(const float *w, int n, int k, const struct q_fo
     float *h = util_xmalloc((size_t)k * k * sizeof *h);
     for (int i = 0; i < k; i++) {
         int pi = perm ? perm[i] : i;
-        for (int j = 0; j < k; j++) h[(size_t)i * k + j] = hessian[(size_t)pi * k + (perm ? perm[j] : j)];
+        for (int j = 0; j < k; j++)
+            h[(size_t)i * k + j] = hessian[(size_t)pi * k + (perm ? perm[j] : j)];
     }
     for (int r = 0; r < n; r++)
         for (int j = 0; j < k; j++) wp[(size_t)r * k + j] = w[(size_t)r * k + (perm ? perm[j] : j)];
@@ -123,8 +124,9 @@ q_linear *q_linear_quantize_gptq(const float *w, int n, int k, const struct q_fo
         int g = block_at(lay, i1, &i2), width = i2 - i1;
 #pragma omp parallel for schedule(static)
         for (int r = 0; r < n; r++)
-            gptq_row_block(lay, format->weight_clip, u, g, i1, i2, wp + (size_t)r * k, q + (size_t)r * k,
-                           scales + (size_t)r * lay->n_groups, err + (size_t)r * width);
+            gptq_row_block(lay, format->weight_clip, u, g, i1, i2, wp + (size_t)r * k,
+                           q + (size_t)r * k, scales + (size_t)r * lay->n_groups,
+                           err + (size_t)r * width);
         if (i2 < k)
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, k - i2, width, -1.0f, err,
                         width, u + (size_t)i1 * k + i2, k, 1.0f, wp + i2, k);

@@ -73,8 +73,8 @@ void q_linear_set_row(struct q_linear *layer, int row, const int8_t *q, const fl
             *byte = quad % 2 ? (uint8_t)((*byte & 0x0f) | nibble << 4)
                              : (uint8_t)((*byte & 0xf0) | nibble);
         }
-        float *s = layer->scales + ((size_t)(row / Q_BLOCK_ROWS) * layer->layout.n_groups + g) *
-                                       Q_BLOCK_ROWS;
+        float *s = layer->scales +
+                   ((size_t)(row / Q_BLOCK_ROWS) * layer->layout.n_groups + g) * Q_BLOCK_ROWS;
         s[r] = scales[g];
     }
 }
@@ -135,13 +135,25 @@ void q_linear_free(q_linear *layer)
     free(layer);
 }
 
-int q_linear_rows(const q_linear *layer) { return layer->n; }
+int q_linear_rows(const q_linear *layer)
+{
+    return layer->n;
+}
 
-int q_linear_cols(const q_linear *layer) { return layer->k; }
+int q_linear_cols(const q_linear *layer)
+{
+    return layer->k;
+}
 
-const struct q_format *q_linear_format(const q_linear *layer) { return &layer->format; }
+const struct q_format *q_linear_format(const q_linear *layer)
+{
+    return &layer->format;
+}
 
-const int *q_linear_perm(const q_linear *layer) { return layer->perm; }
+const int *q_linear_perm(const q_linear *layer)
+{
+    return layer->perm;
+}
 
 size_t q_linear_bytes(const q_linear *layer)
 {
@@ -162,7 +174,8 @@ void q_linear_dequantize(const q_linear *layer, float *w)
             for (int c = 0; c < grp->len; c++) {
                 int j = grp->start + c;
                 int channel = layer->perm ? layer->perm[j] : j;
-                w[(size_t)row * layer->k + channel] = (float)q_linear_value(layer, row, g, c) * scale;
+                w[(size_t)row * layer->k + channel] =
+                    (float)q_linear_value(layer, row, g, c) * scale;
             }
         }
     }

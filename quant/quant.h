@@ -13,6 +13,8 @@
  *             token per group; the last n_outlier channels int8, one scale
  *             per row / per token. n_outlier = 0 and no permutation is the
  *             plain round-to-nearest W4A4 baseline.
+ * Symmetric means scale = clip * absmax / 7 (int4, values -7..7) or
+ * absmax / 127 (int8, -127..127), fp32 scales, round to nearest even.
  * Products accumulate in int32 and are rescaled per group in fp32.
  *
  * Kernels: a scalar reference plus AVX2, AVX-512 VNNI and AMX-INT8
@@ -32,10 +34,10 @@ enum q_method { Q_W8A8, Q_W4A4 };
 
 struct q_format {
     enum q_method method;
-    int group_size;     /* W4A4: channels per group; 128 by default */
-    int n_outlier;      /* W4A4: trailing channels kept int8; 0 = none */
-    float act_clip;     /* activation clipping: scale from clip * absmax (1 = none) */
-    float weight_clip;  /* weight clipping, likewise */
+    int group_size;    /* W4A4: channels per group; 128 by default */
+    int n_outlier;     /* W4A4: trailing channels kept int8; 0 = none */
+    float act_clip;    /* activation clipping: scale from clip * absmax (1 = none) */
+    float weight_clip; /* weight clipping, likewise */
 };
 
 /* The defaults: W4A4 with groups of 128, no outliers, clipping 0.9
@@ -56,7 +58,9 @@ int q_format_check(const struct q_format *format, int k);
 
 /* Activations of up to `max_m` tokens, quantized for one format and width k.
  * Reused step after step; shared by every layer that reads the same input
- * (Q, K and V; gate and up). */
+ * (Q, K and V; gate and up). Quantizing uses every core (OpenMP) for 4
+ * tokens or more, unless called from a parallel region. An act may be read
+ * by several q_gemm at once, but not while it is being quantized. */
 typedef struct q_act q_act;
 
 q_act *q_act_create(const struct q_format *format, int k, int max_m);
@@ -65,9 +69,11 @@ void q_act_free(q_act *act);
 /* Quantizes x (m, k) into act, reading channel perm[j] as channel j (perm
  * may be NULL for the identity). */
 void q_act_quantize(q_act *act, const float *x, int m, const int *perm);
-/* The same, fused with RMSNorm: quantizes rmsnorm(x) * norm_weight. */
-void q_act_quantize_rmsnorm(q_act *act, const float *x, const float *norm_weight, float eps,
-                            int m, const int *perm);
+/* The same, fused with RMSNorm: quantizes x / sqrt(mean(x^2) + eps) *
+ * norm_weight, norm_weight (k) in x's channel order like x (it is read
+ * through perm too). */
+void q_act_quantize_rmsnorm(q_act *act, const float *x, const float *norm_weight, float eps, int m,
+                            const int *perm);
 /* The same, fused with SwiGLU: quantizes silu(gate) * up; gate and up are
  * (m, k) and already in the layer's channel order. */
 void q_act_quantize_swiglu(q_act *act, const float *gate, const float *up, int m);
@@ -118,7 +124,13 @@ q_linear *q_linear_load(const void *buf, size_t size);
 void q_gemm(const q_linear *layer, const q_act *act, int m, float *y);
 
 /* The kernel implementations, for tests and benchmarks that compare them. */
-enum q_kernel { Q_KERNEL_SCALAR, Q_KERNEL_AVX2, Q_KERNEL_AVX512_VNNI, Q_KERNEL_AMX, Q_KERNEL_COUNT };
+enum q_kernel {
+    Q_KERNEL_SCALAR,
+    Q_KERNEL_AVX2,
+    Q_KERNEL_AVX512_VNNI,
+    Q_KERNEL_AMX,
+    Q_KERNEL_COUNT
+};
 /* True when the CPU (and OS) can run it. */
 bool q_kernel_available(enum q_kernel kernel);
 /* The one chosen at start-up (LLMD_QKERNEL=scalar|avx2|avx512|amx overrides). */

@@ -19,8 +19,9 @@
  *
  * Quantized activations. One row per token, int8 (int4 values stored one a
  * byte), each group starting at a multiple of 64 bytes and zero-padded up to
- * the next one (AMX reads whole 64-byte tile rows); the number of rows is
- * rounded up to Q_ACT_ROW_ALIGN so that tile loads never leave the buffer.
+ * the next one (AMX reads whole 64-byte tile rows); Q_ACT_ROW_ALIGN spare
+ * rows follow the last token so that 32-row tile loads never leave the
+ * buffer (what they read past the last token is never stored).
  */
 #ifndef LLMD_QUANT_INTERNAL_H
 #define LLMD_QUANT_INTERNAL_H
@@ -33,32 +34,44 @@
 #ifdef _OPENMP
 #include <omp.h>
 #else
-static inline int omp_in_parallel(void) { return 0; }
-static inline int omp_get_max_threads(void) { return 1; }
-static inline int omp_get_num_threads(void) { return 1; }
-static inline int omp_get_thread_num(void) { return 0; }
+static inline int omp_in_parallel(void)
+{
+    return 0;
+}
+static inline int omp_get_max_threads(void)
+{
+    return 1;
+}
+static inline int omp_get_num_threads(void)
+{
+    return 1;
+}
+static inline int omp_get_thread_num(void)
+{
+    return 0;
+}
 #endif
 
-#define Q_BLOCK_ROWS     16    /* output rows per packed column block */
-#define Q_QUAD_BYTES     64    /* one quad of a block: 16 rows x 4 channels */
-#define Q_CHANNEL_ALIGN  16    /* k, group_size and n_outlier are multiples of it */
-#define Q_MAX_K          65536 /* keeps every int32 partial sum in range */
-#define Q_MAX_GROUP      512   /* keeps the AVX2 int16 partial sums in range */
-#define Q_ACT_GROUP_ALIGN 64   /* activation groups start on a 64-byte boundary */
-#define Q_ACT_ROW_ALIGN  32    /* activation rows are allocated in multiples of it */
-#define Q_INT4_MAX       7     /* symmetric int4: -7..7 */
-#define Q_INT8_MAX       127   /* symmetric int8: -127..127 */
-#define Q_INT4_BIAS      8
-#define Q_INT8_BIAS      128
+#define Q_BLOCK_ROWS      16    /* output rows per packed column block */
+#define Q_QUAD_BYTES      64    /* one quad of a block: 16 rows x 4 channels */
+#define Q_CHANNEL_ALIGN   16    /* k, group_size and n_outlier are multiples of it */
+#define Q_MAX_K           65536 /* keeps every int32 partial sum in range */
+#define Q_MAX_GROUP       512   /* keeps the AVX2 int16 partial sums in range */
+#define Q_ACT_GROUP_ALIGN 64    /* activation groups start on a 64-byte boundary */
+#define Q_ACT_ROW_ALIGN   32    /* activation rows: a multiple of it, and as many spare */
+#define Q_INT4_MAX        7     /* symmetric int4: -7..7 */
+#define Q_INT8_MAX        127   /* symmetric int8: -127..127 */
+#define Q_INT4_BIAS       8
+#define Q_INT8_BIAS       128
 
 _Static_assert(Q_QUAD_BYTES == Q_BLOCK_ROWS * 4, "a quad is 4 channels of every row of a block");
 
 struct q_group {
-    int start;         /* first channel, in the layer's channel order */
-    int len;           /* channels, a multiple of Q_CHANNEL_ALIGN */
-    int bits;          /* 4 or 8 */
-    int act_offset;    /* byte offset in an activation row */
-    size_t w_offset;   /* byte offset in a packed column block */
+    int start;       /* first channel, in the layer's channel order */
+    int len;         /* channels, a multiple of Q_CHANNEL_ALIGN */
+    int bits;        /* 4 or 8 */
+    int act_offset;  /* byte offset in an activation row */
+    size_t w_offset; /* byte offset in a packed column block */
 };
 
 struct q_layout {
@@ -74,7 +87,10 @@ struct q_layout {
 void q_layout_init(struct q_layout *lay, const struct q_format *format, int k);
 void q_layout_free(struct q_layout *lay);
 
-static inline int q_round_up(int x, int to) { return (x + to - 1) / to * to; }
+static inline int q_round_up(int x, int to)
+{
+    return (x + to - 1) / to * to;
+}
 
 /* The scale of a group from its largest magnitude: int4 groups clip, int8
  * ones keep the full range. Zero when the group is all zero. */
@@ -92,7 +108,10 @@ static inline int q_round_clamp(float v, int qmax)
     return (int)rintf(v);
 }
 
-static inline int q_group_qmax(int bits) { return bits == 4 ? Q_INT4_MAX : Q_INT8_MAX; }
+static inline int q_group_qmax(int bits)
+{
+    return bits == 4 ? Q_INT4_MAX : Q_INT8_MAX;
+}
 
 /* FNV-1a of a channel order; the identity (NULL) hashes like 0,1,2,... */
 uint64_t q_perm_hash(const int *perm, int k);
@@ -103,13 +122,13 @@ struct q_act {
     struct q_format format;
     struct q_layout layout;
     int k, max_m;
-    int m;               /* tokens of the last quantization */
-    int rows;            /* allocated rows: max_m rounded up to Q_ACT_ROW_ALIGN */
-    int8_t *values;      /* rows x layout.act_row_bytes */
-    float *scales;       /* max_m x n_groups */
-    int32_t *sums;       /* max_m x n_groups: sum of the group's quantized values */
-    uint64_t perm_hash;  /* channel order of the last quantization */
-    bool perm_known;     /* false after q_act_quantize_swiglu (order not given) */
+    int m;              /* tokens of the last quantization */
+    int rows;           /* allocated rows: see Q_ACT_ROW_ALIGN */
+    int8_t *values;     /* rows x layout.act_row_bytes */
+    float *scales;      /* max_m x n_groups */
+    int32_t *sums;      /* max_m x n_groups: sum of the group's quantized values */
+    uint64_t perm_hash; /* channel order of the last quantization */
+    bool perm_known;    /* false after q_act_quantize_swiglu (order not given) */
 };
 
 /* ---------------------------------------------------------------- weights */
@@ -118,11 +137,11 @@ struct q_linear {
     struct q_format format;
     struct q_layout layout;
     int n, k;
-    int n_blocks;        /* ceil(n / Q_BLOCK_ROWS) */
-    int *perm;           /* k entries, or NULL for the identity; owned */
+    int n_blocks; /* ceil(n / Q_BLOCK_ROWS) */
+    int *perm;    /* k entries, or NULL for the identity; owned */
     uint64_t perm_hash;
-    uint8_t *packed;     /* n_blocks x layout.block_bytes, 64-byte aligned */
-    float *scales;       /* n_blocks x n_groups x Q_BLOCK_ROWS */
+    uint8_t *packed; /* n_blocks x layout.block_bytes, 64-byte aligned */
+    float *scales;   /* n_blocks x n_groups x Q_BLOCK_ROWS */
 };
 
 /* True when perm holds each of 0..k-1 once. */
@@ -146,8 +165,8 @@ static inline const float *q_linear_scales(const struct q_linear *layer, int blo
 static inline int q_linear_value(const struct q_linear *layer, int row, int g, int c)
 {
     const struct q_group *grp = &layer->layout.groups[g];
-    const uint8_t *blk = layer->packed + (size_t)(row / Q_BLOCK_ROWS) * layer->layout.block_bytes +
-                         grp->w_offset;
+    const uint8_t *blk =
+        layer->packed + (size_t)(row / Q_BLOCK_ROWS) * layer->layout.block_bytes + grp->w_offset;
     int r = row % Q_BLOCK_ROWS, quad = c / 4, i = 4 * r + c % 4;
     if (grp->bits == 8) return (int)blk[(size_t)quad * Q_QUAD_BYTES + i] - Q_INT8_BIAS;
     uint8_t byte = blk[(size_t)(quad / 2) * Q_QUAD_BYTES + i];
@@ -184,20 +203,22 @@ q_kernel_fn q_gemm_scalar, q_gemm_avx2, q_gemm_avx512, q_gemm_amx;
 /* The SIMD kernels walk the channels in chunks of at most this many; the
  * int4 groups of a chunk are unpacked to one byte a weight first (8 KB a
  * column block, in L1 with the panel's others), then reused by every token. */
-#define Q_CHUNK_CHANNELS 512
-#define Q_CHUNK_MAX_SEGS (Q_CHUNK_CHANNELS / Q_CHANNEL_ALIGN)
+#define Q_CHUNK_CHANNELS    512
+#define Q_CHUNK_MAX_SEGS    (Q_CHUNK_CHANNELS / Q_CHANNEL_ALIGN)
 #define Q_CHUNK_BLOCK_BYTES (Q_CHUNK_CHANNELS * Q_BLOCK_ROWS) /* unpacked bytes per block */
 
 /* A run of channels of one group inside a chunk. */
 struct q_seg {
-    int g;         /* its group */
-    int bits;      /* the group's bits */
-    bool first;    /* starts the group: the group's bias correction goes here */
-    int a_offset;  /* byte offset of its first channel in an activation row */
-    int quads;     /* channels / 4 */
-    /* First quad of each column block of the panel; quads are Q_QUAD_BYTES
-     * apart, one biased unsigned byte a weight. */
-    const uint8_t *w[Q_MAX_PANEL];
+    int g;        /* its group */
+    int bits;     /* the group's bits */
+    bool first;   /* starts the group: the group's bias correction goes here */
+    int a_offset; /* byte offset of its first channel in an activation row */
+    int quads;    /* channels / 4 */
+    /* True: w points at packed int4 (two quads in 64 bytes, see above).
+     * False: quads are Q_QUAD_BYTES apart, one biased unsigned byte a weight
+     * (int8 groups, or int4 after q_chunk_unpack). */
+    bool packed;
+    const uint8_t *w[Q_MAX_PANEL];     /* first quad of each column block of the panel */
     const float *w_scale[Q_MAX_PANEL]; /* the blocks' 16 row scales of group g */
 };
 
@@ -207,11 +228,21 @@ struct q_cursor {
 };
 
 /* Plans the chunk of column blocks [block, block + nv) that starts at *cur
- * and advances it: segments covering at most Q_CHUNK_CHANNELS channels, int4
- * groups unpacked into buf (nv x Q_CHUNK_BLOCK_BYTES, 64-byte aligned),
- * int8 ones read in place. Returns the number of segments, 0 at the end. */
+ * and advances it: segments covering at most Q_CHUNK_CHANNELS channels, all
+ * pointing at the packed weights (int4 groups stay packed). Asks the memory
+ * for the next chunk meanwhile. Returns the number of segments, 0 at the
+ * end. */
 int q_chunk_plan(const struct q_linear *layer, int block, int nv, struct q_cursor *cur,
-                 uint8_t *buf, struct q_seg *segs);
+                 struct q_seg *segs);
+
+/* Unpacks `quads` quads of packed int4 (pairs sharing 64 bytes) to one
+ * biased byte a weight; each kernel brings its own, in its own ISA. */
+typedef void q_unpack_fn(const uint8_t *restrict src, int quads, uint8_t *restrict dst);
+
+/* Unpacks the int4 segments of a planned chunk into buf (nv x
+ * Q_CHUNK_BLOCK_BYTES, 64-byte aligned) and points them there: worth it when
+ * many tokens reuse the weights. */
+void q_chunk_unpack(struct q_seg *segs, int n_segs, int nv, uint8_t *buf, q_unpack_fn *unpack);
 
 /* Lane masks (one bit a column) of the nv blocks of a panel starting at
  * `block`: all 16 columns except past n. */

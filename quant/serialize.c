@@ -28,15 +28,18 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define BLOB_MAGIC "LLMDQLIN"
-#define BLOB_VERSION 1u
+#define BLOB_MAGIC        "LLMDQLIN"
+#define BLOB_VERSION      1u
 #define BLOB_HEADER_BYTES 48
-#define BLOB_FLAG_PERM 1u
-#define BLOB_MAX_ROWS (1 << 24)
+#define BLOB_FLAG_PERM    1u
+#define BLOB_MAX_ROWS     (1 << 24)
 
 _Static_assert(sizeof(float) == 4 && sizeof(int) == 4, "the blob stores 4-byte fields");
 
-static void put_u32(uint8_t *p, uint32_t v) { memcpy(p, &v, 4); }
+static void put_u32(uint8_t *p, uint32_t v)
+{
+    memcpy(p, &v, 4);
+}
 
 static uint32_t get_u32(const uint8_t *p)
 {

@@ -1,9 +1,9 @@
 /* Tests for Atom's calibration statistics and the outlier channel order. */
-#include <criterion/criterion.h>
-#include <string.h>
-
 #include "quant/quant.h"
 #include "tests/test_quant_helpers.h"
+
+#include <criterion/criterion.h>
+#include <string.h>
 
 /* Running float means against a double computation of the same sums. */
 #define STAT_REL_TOL 1e-5

@@ -1,9 +1,9 @@
 /* Tests for quant's formats: which are legal, and that illegal ones are refused. */
+#include "quant/quant.h"
+
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <signal.h>
-
-#include "quant/quant.h"
 
 Test(quant_format, defaults_are_atom_and_w8a8)
 {

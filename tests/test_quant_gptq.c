@@ -4,18 +4,18 @@
  * the layer's output error against round-to-nearest, with and without
  * Atom's int8 outlier channels; and it refuses a Hessian it cannot factor.
  */
-#include <criterion/criterion.h>
-#include <string.h>
-
 #include "quant/quant.h"
 #include "tests/test_quant_helpers.h"
+
+#include <criterion/criterion.h>
+#include <string.h>
 
 /* GPTQ's output error as a fraction of RTN's at most. Weight-only (what
  * GPTQ minimises) it measures ~0.2 here. Through the W4A4 product the
  * activations' own rounding dominates and the gain shrinks (~0.8 with
  * outlier channels, ~0.93 without, where loud activations swamp it). */
 #define GPTQ_OVER_RTN_MAX_WEIGHT_ONLY 0.5
-#define GPTQ_OVER_RTN_MAX_W4A4 0.97
+#define GPTQ_OVER_RTN_MAX_W4A4        0.97
 
 enum { K = 384, N = 96, CALIB_TOKENS = 4096, TEST_TOKENS = 1024, FACTORS = 12, N_LOUD = 16 };
 
@@ -166,7 +166,8 @@ Test(quant_gptq, with_an_identity_hessian_equals_round_to_nearest)
     struct q_format f = tq_w4a4(64, 32);
     q_linear *gptq = q_linear_quantize_gptq(w, n, k, &f, NULL, h, 0.0f);
     q_linear *rtn = q_linear_quantize(w, n, k, &f, NULL);
-    float *a = util_xmalloc((size_t)n * k * sizeof *a), *b = util_xmalloc((size_t)n * k * sizeof *b);
+    float *a = util_xmalloc((size_t)n * k * sizeof *a),
+          *b = util_xmalloc((size_t)n * k * sizeof *b);
     q_linear_dequantize(gptq, a);
     q_linear_dequantize(rtn, b);
     for (int i = 0; i < n * k; i++) cr_assert_eq(a[i], b[i], "weight %d: %g vs %g", i, a[i], b[i]);

@@ -2,11 +2,11 @@
 #ifndef LLMD_TEST_QUANT_HELPERS_H
 #define LLMD_TEST_QUANT_HELPERS_H
 
-#include <math.h>
-#include <stdlib.h>
-
 #include "quant/quant.h"
 #include "util/util.h"
+
+#include <math.h>
+#include <stdlib.h>
 
 /* Gaussian (rows, cols) matrix; channels listed in `loud` (n_loud of them)
  * are scaled by `loud_gain`, like the outlier channels of LLM activations. */
@@ -47,6 +47,27 @@ static inline double tq_rel_error(const float *a, const float *b, size_t n)
         den += (double)b[i] * b[i];
     }
     return sqrt(num / (den > 0 ? den : 1));
+}
+
+/* The product by its definition, from the dequantized activations and
+ * weights (both in the layer's channel order): exact (m, n), and scale
+ * (m, n) = |x| |w|^T, the size of the terms, for rounding tolerances. */
+static inline void tq_product_definition(const q_linear *layer, const q_act *act, int m,
+                                         float *exact, float *scale)
+{
+    int n = q_linear_rows(layer), k = q_linear_cols(layer);
+    const int *perm = q_linear_perm(layer);
+    float *xd = util_xmalloc((size_t)m * k * sizeof *xd);
+    float *wd = util_xmalloc((size_t)n * k * sizeof *wd),
+          *wdp = util_xmalloc((size_t)n * k * sizeof *wdp);
+    q_act_dequantize(act, m, xd);
+    q_linear_dequantize(layer, wd);
+    for (int r = 0; r < n; r++)
+        for (int j = 0; j < k; j++)
+            wdp[(size_t)r * k + j] = wd[(size_t)r * k + (perm ? perm[j] : j)];
+    tq_matmul(xd, wdp, m, n, k, false, exact);
+    tq_matmul(xd, wdp, m, n, k, true, scale);
+    free(xd), free(wd), free(wdp);
 }
 
 /* A W4A4 format with the given group size and outliers, default clipping. */

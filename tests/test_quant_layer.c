@@ -3,10 +3,10 @@
  * within what the formats' rounding predicts, and Atom's int8 outlier
  * channels remove the error that outlier activations cause in plain RTN.
  */
-#include <criterion/criterion.h>
-
 #include "quant/quant.h"
 #include "tests/test_quant_helpers.h"
+
+#include <criterion/criterion.h>
 
 /* Relative (Frobenius) output error for Gaussian x and w. Predicted: int4
  * with scale clip*absmax/7, absmax of 128 normals ~2.9 sigma, rounding
@@ -18,14 +18,15 @@
 /* With 16 activation channels 20x louder: Atom keeps them int8 and stays
  * well within the Gaussian bound; RTN's groups are scaled by them. */
 #define ATOM_OUTLIER_MAX_REL_ERROR 0.10
-#define RTN_OVER_ATOM_MIN_RATIO 3.0
+#define RTN_OVER_ATOM_MIN_RATIO    3.0
 
 enum { M = 64, N = 256, K = 1024, N_LOUD = 16 };
 
 /* The layer's relative output error for x (M, K) against x w^T. */
 static double layer_error(const struct q_format *f, const float *x, const float *w, const int *perm)
 {
-    float *y = util_xmalloc((size_t)M * N * sizeof *y), *yq = util_xmalloc((size_t)M * N * sizeof *yq);
+    float *y = util_xmalloc((size_t)M * N * sizeof *y),
+          *yq = util_xmalloc((size_t)M * N * sizeof *yq);
     tq_matmul(x, w, M, N, K, false, y);
     q_linear *layer = q_linear_quantize(w, N, K, f, perm);
     q_act *act = q_act_create(f, K, M);

@@ -4,12 +4,12 @@
  * per group), and the fused RMSNorm and SwiGLU variants against the plain
  * computation.
  */
+#include "quant/quant.h"
+#include "tests/test_quant_helpers.h"
+
 #include <criterion/criterion.h>
 #include <float.h>
 #include <string.h>
-
-#include "quant/quant.h"
-#include "tests/test_quant_helpers.h"
 
 /* Round to nearest: |x - dq| <= scale / 2, up to the rounding of x / scale
  * in fp32 (a few ulps, far below this slack). */

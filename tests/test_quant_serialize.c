@@ -1,9 +1,9 @@
 /* Tests for the quantized layer blob: round trips, and malformed blobs refused. */
-#include <criterion/criterion.h>
-#include <string.h>
-
 #include "quant/quant.h"
 #include "tests/test_quant_helpers.h"
+
+#include <criterion/criterion.h>
+#include <string.h>
 
 /* A layer and its blob; the caller frees both. */
 static q_linear *sample_layer(const struct q_format *f, int n, int k, bool permute)
@@ -42,7 +42,8 @@ static void check_round_trip(const struct q_format *f, int n, int k, bool permut
 
     /* And the product is the same, bit for bit. */
     float *x = tq_matrix(22, 3, k, NULL, 0, 1.0f);
-    float *y1 = util_xmalloc((size_t)3 * n * sizeof *y1), *y2 = util_xmalloc((size_t)3 * n * sizeof *y2);
+    float *y1 = util_xmalloc((size_t)3 * n * sizeof *y1),
+          *y2 = util_xmalloc((size_t)3 * n * sizeof *y2);
     q_act *act = q_act_create(f, k, 3);
     q_act_quantize(act, x, 3, q_linear_perm(layer));
     q_gemm(layer, act, 3, y1);
