@@ -106,9 +106,10 @@ double util_rng_normal(struct util_rng *rng);
 /* --------------------------------------------------------------- OpenBLAS */
 
 /* The name of the kernel set OpenBLAS runs ("SkylakeX", "Haswell", ...).
- * At start-up (a constructor in blas.c) llmd re-executes itself with
+ * At start-up (a constructor in startup.c) llmd re-executes itself with
  * OPENBLAS_CORETYPE set when OpenBLAS misdetected this CPU and would run
- * slow SSE3 kernels; see blas.c. */
+ * slow SSE3 kernels, and with a short OpenMP spin (GOMP_SPINCOUNT); see
+ * startup.c. */
 const char *util_blas_corename(void);
 int util_blas_threads(void);
 
