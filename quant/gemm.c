@@ -140,9 +140,16 @@ void q_gemm_with(enum q_kernel kernel, const q_linear *layer, const q_act *act, 
     }
 }
 
+/* Below a tile's 16 rows AMX computes mostly padding: on an AMX Xeon the
+ * VNNI kernel was 1.9-2.7x faster at M = 1 and AMX 1.1-1.3x faster at M = 32
+ * (BENCHMARKS.md, Quantized GEMM). */
+#define AMX_MIN_ROWS 16
+
 void q_gemm(const q_linear *layer, const q_act *act, int m, float *y)
 {
-    q_gemm_with(q_kernel_selected(), layer, act, m, y);
+    enum q_kernel kernel = q_kernel_selected();
+    if (kernel == Q_KERNEL_AMX && m < AMX_MIN_ROWS) kernel = Q_KERNEL_AVX512_VNNI;
+    q_gemm_with(kernel, layer, act, m, y);
 }
 
 /* ------------------------------------------------------- scalar reference */
