@@ -408,13 +408,14 @@ static int score_window(llm_model *model, llm_workspace *ws, int chunk, const in
 
 static const char perplexity_help[] =
     "Usage: llmd perplexity [--model FILE] --file TEXT [--ctx N] [--max-tokens N]\n"
-    "Perplexity over non-overlapping windows of the first N tokens of a text file.\n"
-    "Each window is BOS + ctx-1 tokens of the text; every text token of the window\n"
-    "is scored. With --quest-budget, tokens past the budget are fed one at a time\n"
-    "so that decode attention (and Quest) applies to them.\n\n"
+    "Perplexity of a text file: the token stream BOS + tokenize(TEXT) (its first N\n"
+    "tokens with --max-tokens) is cut into non-overlapping windows of ctx tokens\n"
+    "(full windows only); each window runs on its own and its tokens 1..ctx-1 are\n"
+    "scored given the tokens before them in the window. With --quest-budget, tokens\n"
+    "past the budget are fed one at a time so that decode attention (Quest) applies.\n\n"
     "  --file TEXT        the text (e.g. models/heldout.txt)\n"
     "  --ctx N            window length in tokens (default: the model's context)\n"
-    "  --max-tokens N     use the first N text tokens (default: all)\n"
+    "  --max-tokens N     use the first N tokens of the stream (default: all)\n"
     "  --batch N          prefill chunk in tokens (default 512)\n\n";
 
 int cmd_perplexity(int argc, char **argv)
@@ -462,28 +463,25 @@ int cmd_perplexity(int argc, char **argv)
     const struct llm_config *c = llm_model_config(model);
     const llm_tokenizer *tok = llm_model_tokenizer(model);
     int32_t *ids;
-    int n = tokenize_all(tok, text, len, false, &ids);
+    int n = tokenize_all(tok, text, len, true, &ids); /* the stream starts with BOS */
     free(text);
     if (ctx == 0 || ctx > c->ctx_len) ctx = c->ctx_len;
     if (max_tokens > 0 && n > max_tokens) n = max_tokens;
-    int per_window = ctx - 1, windows = n / per_window;
+    int per_window = ctx - 1, windows = n / ctx;
     if (windows == 0) {
-        fprintf(stderr, "llmd perplexity: the text has %d tokens, fewer than one window of %d\n", n, per_window);
+        fprintf(stderr, "llmd perplexity: the text has %d tokens, fewer than one window of %d\n", n, ctx);
         llm_model_free(model);
         free(ids);
         return 2;
     }
     if (batch > ctx) batch = ctx;
     llm_workspace *ws = llm_workspace_create(model, batch);
-    int32_t *window = util_xmalloc(sizeof(int32_t) * (size_t)ctx);
     double nll = 0, t0 = util_now();
     struct attn_stats stats = {0, 0};
     int dense_prefix = mf.quest_budget > 0 ? mf.quest_budget : ctx;
     rc = 0;
     for (int w = 0; w < windows && rc == 0; w++) {
-        window[0] = llm_tokenizer_bos(tok);
-        memcpy(window + 1, ids + (size_t)w * per_window, sizeof(int32_t) * (size_t)per_window);
-        rc = score_window(model, ws, batch, window, ctx, dense_prefix, mf.quest_budget, &nll, &stats);
+        rc = score_window(model, ws, batch, ids + (size_t)w * ctx, ctx, dense_prefix, mf.quest_budget, &nll, &stats);
         double scored = (double)(w + 1) * per_window;
         fprintf(stderr, "\rwindow %d/%d: perplexity %.4f", w + 1, windows, exp(nll / scored));
     }
@@ -497,7 +495,6 @@ int cmd_perplexity(int argc, char **argv)
         if (stats.pages_total > 0)
             printf("kv pages read: %.4f of dense\n", (double)stats.pages_read / (double)stats.pages_total);
     }
-    free(window);
     free(ids);
     llm_workspace_free(ws);
     llm_model_free(model);
