@@ -20,7 +20,7 @@ PKGS        := libmicrohttpd jansson libuv openblas lapacke
 DEB_PACKAGES := build-essential pkg-config libmicrohttpd-dev libjansson-dev libuv1-dev \
                 libopenblas-dev liblapacke-dev libcriterion-dev clang libclang-rt-14-dev \
                 curl wrk libcurl4-openssl-dev
-MODEL       ?= models/llmd-tiny-en.gguf
+MODEL       ?= models/llmd-20m.gguf
 FUZZ_SECONDS ?= 60
 
 # `make V=1` shows the full commands.

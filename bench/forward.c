@@ -100,7 +100,7 @@ static struct result run_once(llm_model *m, int B, int N, int steps, struct util
 
 int main(int argc, char **argv)
 {
-    const char *model_path = "models/llmd-tiny-en.gguf", *precisions = "fp32,w8a8,atom", *kv = "f32";
+    const char *model_path = "models/llmd-20m.gguf", *precisions = "fp32,w8a8,atom", *kv = "f32";
     int batches[MAX_LIST] = {1, 8, 32}, n_batches = 3, N = 128, steps = 32, repeat = 3;
     double tpot_target = 50.0;
     for (int i = 1; i + 1 < argc; i += 2) {

@@ -8,7 +8,7 @@
  * runs `wrk -t2 -c32 -d10s` on /health.
  *
  * Without --url it starts `build/llmd serve` itself on a free port with
- * --model (default models/llmd-tiny-en.gguf, else the test model) and stops
+ * --model (default models/llmd-20m.gguf, else the test model) and stops
  * it with SIGTERM at the end.
  *
  *   build/bench/loadgen [--url URL] [--model PATH] [--concurrency 1,4,8,16,64]
@@ -326,7 +326,7 @@ static void usage(void)
 
 static int parse_args(int argc, char **argv, struct options *o)
 {
-    o->model = access("models/llmd-tiny-en.gguf", R_OK) == 0 ? "models/llmd-tiny-en.gguf"
+    o->model = access("models/llmd-20m.gguf", R_OK) == 0 ? "models/llmd-20m.gguf"
                                                              : "tests/data/tiny-random.gguf";
     o->max_tokens = 32;
     o->prompt = "The history of the city begins in the year when the first settlers arrived";

@@ -260,7 +260,7 @@ int llm_model_load(const char *path, const struct llm_model_options *options, ll
     char gerr[256] = "";
     int rc = llm_gguf_open(path, &g, gerr, sizeof gerr);
     if (rc) {
-        fail(err, err_len, rc, "%s: %s", path, gerr[0] ? gerr : util_strerror(rc));
+        fail(err, err_len, rc, "%s", gerr[0] ? gerr : util_strerror(rc)); /* names the path */
     } else {
         char lerr[256] = "";
         rc = load_from_gguf(m, g, path, lerr, sizeof lerr);

@@ -19,7 +19,7 @@
 #include "core/llm.h"
 #include "util/util.h"
 
-#define DEFAULT_MODEL "models/llmd-tiny-en.gguf"
+#define DEFAULT_MODEL "models/llmd-20m.gguf"
 
 /* ------------------------------------------------------------ model flags */
 

@@ -45,7 +45,7 @@ static const struct opt opts[] = {
      "address to listen on (IPv4 or IPv6 literal, or a host name)"},
     {"port", OPT_INT, OFF(port), 0, "8080", 0, 65535, NULL, false, S, "N",
      "TCP port; 0 picks a free one and prints it"},
-    {"model", OPT_STRING, OFF(model), 0, "models/llmd-tiny-en.gguf", 0, 0, NULL, false, M, "PATH",
+    {"model", OPT_STRING, OFF(model), 0, "models/llmd-20m.gguf", 0, 0, NULL, false, M, "PATH",
      "GGUF model file"},
     {"served_model_name", OPT_STRING, OFF(served_model_name), 0, "", 0, 0, NULL, false, S, "NAME",
      "model name in the API; empty = the model's own name"},

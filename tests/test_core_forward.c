@@ -15,8 +15,8 @@
 
 #define MODEL_PATH "tests/data/tiny-random.gguf"
 #define REF_PATH "tests/data/tiny-random.logits.bin"
-#define TRAINED_MODEL_PATH "models/llmd-tiny-en.gguf"
-#define TRAINED_REF_PATH "tests/data/llmd-tiny-en.logits.bin"
+#define TRAINED_MODEL_PATH "models/llmd-20m.gguf"
+#define TRAINED_REF_PATH "tests/data/llmd-20m.logits.bin"
 /* float32 both sides; the differences are summation order only */
 #define MAX_REL_ERROR 1e-4
 

@@ -70,7 +70,7 @@ Test(server_config, defaults_are_the_documented_ones)
     srv_config_init(&c);
     cr_assert_str_eq(c.host, "127.0.0.1");
     cr_assert_eq(c.port, 8080);
-    cr_assert_str_eq(c.model, "models/llmd-tiny-en.gguf");
+    cr_assert_str_eq(c.model, "models/llmd-20m.gguf");
     cr_assert_eq(c.n_api_keys, 0);
     cr_assert_eq(c.n_cors_origins, 0);
     cr_assert_not(c.auth_health_metrics);
