@@ -508,21 +508,24 @@ static const char tokenize_help[] =
     "Reads lines on stdin and prints each line's token ids, space-separated, one\n"
     "line per input line. Works on a vocabulary-only GGUF (no tensors needed).\n\n"
     "  --model FILE   GGUF file with a llama tokenizer (default " DEFAULT_MODEL ")\n"
-    "  --bos          prepend the BOS token\n";
+    "  --bos          prepend the BOS token\n"
+    "  --threads N    accepted like every command's; tokenizing runs on one thread\n";
 
 int cmd_tokenize(int argc, char **argv)
 {
     static const struct option options[] = {
         {"model", required_argument, 0, OPT_MODEL}, {"bos", no_argument, 0, OPT_BOS},
-        {"help", no_argument, 0, OPT_HELP}, {0, 0, 0, 0},
+        {"threads", required_argument, 0, OPT_THREADS}, {"help", no_argument, 0, OPT_HELP}, {0, 0, 0, 0},
     };
     const char *path = DEFAULT_MODEL;
     bool bos = false;
     int opt;
     optind = 1;
     while ((opt = getopt_long(argc, argv, "", options, NULL)) != -1) {
+        int threads;
         if (opt == OPT_MODEL) path = optarg;
         else if (opt == OPT_BOS) bos = true;
+        else if (opt == OPT_THREADS && parse_int(optarg, 1, 1024, &threads)) continue;
         else if (opt == OPT_HELP) {
             fputs(tokenize_help, stdout);
             return 0;
