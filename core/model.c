@@ -44,6 +44,7 @@ void llm_model_options_default(struct llm_model_options *o)
     o->precision = LLM_FP32;
     o->kv_type = ATTN_KV_F32;
     o->page_size = 16;
+    o->kv_sequences = 8;
     o->sparse_mode = ATTN_QUEST;
     o->dense_layers = 2;
     o->quant.group_size = 128;
@@ -239,8 +240,9 @@ static int create_kv_cache(llm_model *m, char *err, size_t err_len)
         .page_size = m->options.page_size > 0 ? m->options.page_size : 16,
         .kv_type = m->options.kv_type,
     };
+    int sequences = m->options.kv_sequences > 0 ? m->options.kv_sequences : 8;
     kc.n_pages = m->options.kv_pages > 0 ? m->options.kv_pages
-                                         : 8 * ((c->ctx_len + kc.page_size - 1) / kc.page_size);
+                                         : sequences * ((c->ctx_len + kc.page_size - 1) / kc.page_size);
     int rc = attn_cache_create(&kc, &m->kv);
     if (rc) return fail(err, err_len, rc, "KV cache of %d pages: %s", kc.n_pages, util_strerror(rc));
     return 0;

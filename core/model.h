@@ -54,7 +54,8 @@ typedef void (*llm_progress_fn)(const char *what, double fraction, void *ctx);
 struct llm_model_options {
     enum llm_precision precision;
     enum attn_kv_type kv_type;
-    int kv_pages;             /* KV page pool size; 0 = enough for ctx_len x 8 sequences */
+    int kv_pages;             /* KV page pool size; 0 = ctx_len x kv_sequences tokens */
+    int kv_sequences;         /* full-context sequences the default pool holds (8) */
     int page_size;            /* tokens per KV page (16) */
     enum attn_mode sparse_mode; /* what a non-zero token budget means: ATTN_QUEST, or the
                                    query-agnostic ATTN_WINDOW baseline */

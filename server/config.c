@@ -56,7 +56,7 @@ static const struct opt opts[] = {
     {"kv_type", OPT_STRING, OFF(kv_type), 0, "int4", 0, 0, "f32|f16|int8|int4", false, M, "T",
      "KV cache element type"},
     {"kv_pages", OPT_INT, OFF(kv_pages), 0, "0", 0, INT_MAX, NULL, false, M, "N",
-     "KV cache pages; 0 = enough for the context x 8 sequences"},
+     "KV cache pages; 0 = the context x max_running sequences"},
     {"page_size", OPT_INT, OFF(page_size), 0, "16", 1, 4096, NULL, false, M, "N",
      "tokens per KV page"},
     {"quest_budget", OPT_INT, OFF(quest_budget), 0, "0", 0, INT_MAX, NULL, false, M, "N",

@@ -204,6 +204,9 @@ static void model_options(const struct srv_config *c, struct llm_model_options *
     UTIL_CHECK(llm_precision_parse(c->precision, &o->precision) == 0);
     UTIL_CHECK(attn_kv_type_parse(c->kv_type, &o->kv_type) == 0);
     o->kv_pages = c->kv_pages;
+    /* The engine admits a request only when the pool can hold it at full
+     * length, so by default the pool holds max_running full contexts. */
+    o->kv_sequences = c->max_running;
     o->page_size = c->page_size;
     o->threads = c->threads;
 }
