@@ -40,7 +40,7 @@ struct srv_config {
     int threads;             /* compute threads; 0 = all cores */
     char *precision;         /* fp32 | w8a8 | w4a4-rtn | atom */
     char *kv_type;           /* f32 | f16 | int8 | int4 */
-    int kv_pages;            /* 0 = enough for the context x 8 sequences */
+    int kv_pages;            /* 0 = the context x max_running sequences */
     int page_size;           /* tokens per KV page */
     int quest_budget;        /* default Quest token budget; 0 = dense */
     /* the engine */
