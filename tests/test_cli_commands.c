@@ -62,7 +62,9 @@ static void run_llmd(const char *const *args, const char *input, struct output *
     out->status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 
-Test(cli, tokenize_on_a_vocabulary_only_file_prints_sentencepieces_ids, .timeout = 60)
+/* Every test here has the same timeout: Criterion 2.4.1 leaks 48 bytes under
+ * LeakSanitizer when tests of one binary use different timeouts. */
+Test(cli, tokenize_on_a_vocabulary_only_file_prints_sentencepieces_ids, .timeout = 120)
 {
     /* ids from tests/data/tokenizer-cases.tsv (made by sentencepiece) */
     FILE *f = fopen("tests/data/tokenizer-cases.tsv", "r");
@@ -171,7 +173,7 @@ Test(cli, perplexity_equals_the_forward_pass_computed_here, .timeout = 120)
     llm_model_free(m);
 }
 
-Test(cli, bad_input_gives_a_message_and_a_non_zero_status, .timeout = 60)
+Test(cli, bad_input_gives_a_message_and_a_non_zero_status, .timeout = 120)
 {
     struct output out;
     const char *missing[] = {"generate", "--model", "/no/such/model.gguf", "--prompt", "x", NULL};
