@@ -18,7 +18,7 @@ CC          ?= gcc
 MODULES     := util core quant attention pim server
 PKGS        := libmicrohttpd jansson libuv openblas lapacke
 DEB_PACKAGES := build-essential pkg-config libmicrohttpd-dev libjansson-dev libuv1-dev \
-                libopenblas-dev liblapacke-dev libcriterion-dev clang libclang-rt-14-dev \
+                libopenblas-dev liblapacke-dev libcriterion-dev clang libclang-rt-14-dev libomp-dev \
                 curl wrk libcurl4-openssl-dev
 MODEL       ?= models/llmd-20m.gguf
 FUZZ_SECONDS ?= 60
@@ -98,10 +98,9 @@ $(1)/obj/%_amx.o: %_amx.c
 	$(Q)$(2) $$(CFLAGS) $(3) $$(AMX_FLAGS) -c $$< -o $$@
 endef
 
-# libFuzzer builds use clang; OpenMP pragmas are left out there.
-FUZZ_FLAGS := -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=all -fno-openmp \
-              -Wno-unknown-pragmas \
-              -Wno-unused-command-line-argument
+# libFuzzer builds use clang with LLVM's OpenMP runtime (libomp-dev).
+FUZZ_FLAGS := -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=all \
+              -Wno-pass-failed -Wno-unused-command-line-argument
 $(eval $(call flavour,$(BUILD),$(CC),))
 $(eval $(call flavour,$(BUILD)/asan,$(CC),$(SAN_FLAGS)))
 $(eval $(call flavour,$(BUILD)/fuzz,clang,$(FUZZ_FLAGS)))
@@ -140,7 +139,7 @@ FUZZ_LIB_OBJ := $(call objs,$(BUILD)/fuzz,$(LIB_SRC))
 $(BUILD)/fuzz/%: $(BUILD)/fuzz/obj/tests/fuzz/%.o $(FUZZ_LIB_OBJ)
 	@mkdir -p $(@D)
 	@echo "  LINK  $@"
-	$(Q)clang -fsanitize=fuzzer,address,undefined $^ -o $@ $(PKG_LIBS) -lm -lpthread
+	$(Q)clang -fsanitize=fuzzer,address,undefined -fopenmp $^ -o $@ $(PKG_LIBS) -lm -lpthread
 
 # ----------------------------------------------------------------- running
 run: deps

@@ -40,7 +40,7 @@ static inline vec vec_fmadd(vec a, vec b, vec c)
 {
     return _mm256_fmadd_ps(a, b, c);
 }
-static inline vec vec_abs(vec a)
+static inline __attribute__((unused)) vec vec_abs(vec a)
 {
     return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), a);
 }

@@ -41,7 +41,7 @@ static inline vec vec_fmadd(vec a, vec b, vec c)
 {
     return _mm512_fmadd_ps(a, b, c);
 }
-static inline vec vec_abs(vec a)
+static inline __attribute__((unused)) vec vec_abs(vec a)
 {
     return _mm512_abs_ps(a);
 }
