@@ -76,6 +76,36 @@ static void mhd_log(void *cls, const char *fmt, va_list ap)
     LOG_DEBUG("http: %s", msg);
 }
 
+static int hex_value(char c)
+{
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+/* Decodes %XX in the URL in place, as MHD does, except %00: MHD's decoder
+ * would cut the path there ("/health%00x" served as /health), so it stays
+ * as written and such a path matches no route. */
+static size_t unescape_url(void *cls, struct MHD_Connection *conn, char *uri)
+{
+    (void)cls;
+    (void)conn;
+    char *out = uri;
+    for (const char *in = uri; *in; out++) {
+        int hi = in[0] == '%' ? hex_value(in[1]) : -1;
+        int lo = hi >= 0 ? hex_value(in[2]) : -1;
+        if (lo >= 0 && (hi | lo) != 0) {
+            *out = (char)(hi * 16 + lo);
+            in += 3;
+        } else {
+            *out = *in++;
+        }
+    }
+    *out = '\0';
+    return (size_t)(out - uri);
+}
+
 /* Binds the address and starts MHD; d->port gets the port bound. */
 static int start_http(struct srv_daemon *d)
 {
@@ -105,7 +135,7 @@ static int start_http(struct srv_daemon *d)
         (size_t)c->max_header_bytes, MHD_OPTION_CONNECTION_LIMIT, (unsigned)c->max_connections,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)(c->idle_timeout_s + 0.5),
         MHD_OPTION_LISTENING_ADDRESS_REUSE, 1, MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024,
-        MHD_OPTION_END);
+        MHD_OPTION_UNESCAPE_CALLBACK, unescape_url, d, MHD_OPTION_END);
     if (!d->mhd) {
         LOG_ERROR("cannot listen on %s:%d (address in use, or not ours?)", c->host, c->port);
         return -EADDRINUSE;
