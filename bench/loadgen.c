@@ -195,7 +195,9 @@ static void run_level(const struct options *o, const char *base, int concurrency
             curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&s);
             curl_easy_getinfo(msg->easy_handle, CURLINFO_RESPONSE_CODE, &s->status);
             s->end = util_now();
-            if (msg->data.result != CURLE_OK || s->status != 200 || s->chunks == 0)
+            /* With ignore_eos an answer short of max_tokens did not complete. */
+            if (msg->data.result != CURLE_OK || s->status != 200 || s->chunks == 0 ||
+                s->tokens != o->max_tokens)
                 s->failed = true;
             if (s->failed) {
                 res->failed++;
@@ -432,6 +434,9 @@ int main(int argc, char **argv)
     if (o.wrk) printf("health_requests_per_s: %.0f\n", health_rps);
     int failed = 0;
     for (int l = 0; l < o.n_levels; l++) failed += results[l].failed;
+    int total = 0;
+    for (int l = 0; l < o.n_levels; l++) total += results[l].requests;
+    printf("completed_requests: %d\n", total - failed);
     printf("failed_requests: %d\n", failed);
 
     if (server_pid > 0) {
