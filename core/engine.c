@@ -487,7 +487,7 @@ int llm_engine_create(llm_model *model, const struct llm_engine_config *config, 
     e->page_size = attn_cache_config(kv)->page_size;
     e->pages_total = attn_cache_pages_total(kv);
     if (e->pages_total * e->page_size < c->ctx_len)
-        LOG_WARN("KV pool holds %d tokens, less than the context (%d): long requests will wait forever",
+        LOG_WARN("KV pool holds %d tokens, less than the context (%d): longer prompts are refused and max_tokens is cut to fit",
                  e->pages_total * e->page_size, c->ctx_len);
     e->waiting = util_xcalloc((size_t)config->max_waiting, sizeof *e->waiting);
     e->running = util_xcalloc((size_t)config->max_running, sizeof *e->running);

@@ -192,6 +192,10 @@ void srv_generate_start(struct srv_request *r, enum srv_api api, json_t *body)
                 else if (rc == -ESHUTDOWN)
                     srv_error_set(&e, 503, "server_error", "shutting_down", NULL,
                                   "The server is shutting down");
+                else if (rc == -EINVAL) /* the rest was validated: the KV pool is too small */
+                    srv_bad_param(&e, "prompt",
+                                  "the prompt does not fit this server's KV cache (kv_pages x "
+                                  "page_size tokens)");
                 else
                     srv_bad_param(&e, NULL, "the request cannot be served: %s", util_strerror(rc));
             }

@@ -92,6 +92,36 @@ Test(server_faults, a_full_kv_pool_queues_new_requests_and_all_complete, .timeou
     cr_assert_eq(daemon_stop(&d), 0, "log %s:\n%s", d.log, daemon_log_tail(&d));
 }
 
+/* 4 pages of 16 tokens, less than the context (512): a prompt longer than
+ * the pool is refused with a 400 naming the prompt; a short one gets
+ * max_tokens cut to what the pool holds, and the pool drains. */
+Test(server_faults, a_pool_smaller_than_the_context_refuses_long_prompts_and_cuts_max_tokens,
+     .timeout = TIMEOUT)
+{
+    struct daemon d;
+    daemon_start(&d, (const char *[]){"--kv-pages", "4", "--page-size", "16", NULL});
+    char body[1024] = "{\"prompt\": [1";
+    for (int i = 1; i < 100; i++) strcat(body, ",7");
+    strcat(body, "], \"max_tokens\": 4}");
+    long status;
+    json_t *j = http_json(&d, "POST", "/v1/completions", body, &status);
+    cr_assert_eq(status, 400);
+    json_t *e = json_object_get(j, "error");
+    cr_assert_str_eq(json_string_value(json_object_get(e, "param")), "prompt");
+    cr_assert(strstr(json_string_value(json_object_get(e, "message")), "KV cache"));
+    json_decref(j);
+    j = http_json(&d, "POST", "/v1/completions",
+                  "{\"prompt\": [1, 7, 7, 7, 7, 7, 7, 7, 7, 7], \"max_tokens\": 200, "
+                  "\"ignore_eos\": true}",
+                  &status);
+    cr_assert_eq(status, 200);
+    cr_assert_eq(usage_of(j, "completion_tokens"), 64 - 10);
+    cr_assert_str_eq(finish_reason(j, 0), "length");
+    json_decref(j);
+    cr_assert(wait_metric(&d, "llmd_kv_pages_used", 0, 5));
+    cr_assert_eq(daemon_stop(&d), 0, "log %s:\n%s", d.log, daemon_log_tail(&d));
+}
+
 /* -------------------------------------------------- SIGTERM under load */
 
 struct drain_watch {
