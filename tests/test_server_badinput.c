@@ -394,6 +394,29 @@ Test(server_badinput, truncated_bodies_and_garbage_requests_leave_the_daemon_ser
     cr_assert(strncmp(buf, "HTTP/1.1 4", 10) == 0, "a negative length got: %.100s", buf);
     close(fd);
 
+    /* A huge body announced with Expect: 100-continue: 413 before any of
+     * it is sent; a Content-Length past 2^64; a chunk size that is not hex. */
+    const struct {
+        const char *request, *want;
+    } announced[] = {
+        {"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000\r\n"
+         "Expect: 100-continue\r\n\r\n",
+         "HTTP/1.1 413"},
+        {"POST /v1/completions HTTP/1.1\r\nHost: x\r\n"
+         "Content-Length: 184467440737095516160\r\n\r\n{}",
+         "HTTP/1.1 413"},
+        {"POST /tokenize HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n",
+         "HTTP/1.1 400"},
+    };
+    for (size_t i = 0; i < sizeof announced / sizeof announced[0]; i++) {
+        fd = connect_to(&d);
+        send_all(fd, announced[i].request, strlen(announced[i].request));
+        read_for(fd, buf, sizeof buf, 5.0, &closed);
+        cr_assert(strncmp(buf, announced[i].want, strlen(announced[i].want)) == 0,
+                  "case %zu got: %.100s", i, buf);
+        close(fd);
+    }
+
     /* HTTP/1.1 pipelining: two requests in one write, two answers. */
     fd = connect_to(&d);
     const char *two = "GET /health HTTP/1.1\r\nHost: x\r\n\r\nGET /health HTTP/1.1\r\nHost: x\r\n"
