@@ -5,6 +5,7 @@
 #   make test       unit tests, then the same tests under ASan + UBSan
 #   make bench      build and run the benchmarks in bench/
 #   make fuzz       run each libFuzzer target for FUZZ_SECONDS
+#   make soak       bench/soak.sh: SOAK_SECONDS of mixed load on 127.0.0.1
 #   make deps       install the Debian packages llmd needs (apt-get, as root)
 #   make format     clang-format every C file
 #
@@ -22,6 +23,7 @@ DEB_PACKAGES := build-essential pkg-config libmicrohttpd-dev libjansson-dev libu
                 curl wrk libcurl4-openssl-dev
 MODEL       ?= models/llmd-20m.gguf
 FUZZ_SECONDS ?= 60
+SOAK_SECONDS ?= 60
 
 # `make V=1` shows the full commands.
 Q := $(if $(V),,@)
@@ -61,7 +63,7 @@ FUZZ_REPLAY  := $(patsubst tests/fuzz/%.c,$(BUILD)/asan/fuzz-replay/%,$(FUZZ_SRC
 FUZZERS      := $(patsubst tests/fuzz/%.c,$(BUILD)/fuzz/%,$(FUZZ_SRC))
 
 .SECONDARY:
-.PHONY: all deps run test test-build unit-tests asan-tests fuzz-replay bench fuzz format clean
+.PHONY: all deps run test test-build unit-tests asan-tests fuzz-replay bench fuzz soak format clean
 .DEFAULT_GOAL := all
 
 all: $(BUILD)/llmd
@@ -171,6 +173,9 @@ fuzz: $(FUZZERS)
 	@set -e; for f in $(FUZZERS); do n=$$(basename $$f); d=tests/fuzz/corpus/$${n#fuzz_}; \
 	  mkdir -p $(BUILD)/fuzz/new-$$n; echo "== $$n for $(FUZZ_SECONDS)s"; \
 	  $$f -max_total_time=$(FUZZ_SECONDS) -max_len=65536 $(BUILD)/fuzz/new-$$n $$d; done
+
+soak: $(BUILD)/llmd $(BUILD)/bench/loadgen
+	bench/soak.sh $(SOAK_SECONDS) $(MODEL)
 
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h')
