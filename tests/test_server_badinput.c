@@ -42,7 +42,7 @@ static char over_context_text[16384]; /* text of far more tokens than the contex
 static char over_context_ids[8192];   /* 600 token ids; the context is 512 */
 static char over_body_limit[BODY_LIMIT + 512];
 static char over_header_limit[HEAD_LIMIT + 512];
-static char deep_nesting[4096];
+static char deep_nesting[6001];
 
 static void fill_big_inputs(void)
 {
@@ -62,9 +62,13 @@ static void fill_big_inputs(void)
     memset(over_header_limit + 10, 'h', HEAD_LIMIT + 100);
     over_header_limit[10 + HEAD_LIMIT + 100] = '\0';
 
-    /* 2000 nested arrays: jansson's depth limit refuses it as bad JSON. */
-    for (int i = 0; i < 2000; i++) deep_nesting[i] = '[';
-    deep_nesting[2000] = '\0';
+    /* 3000 nested arrays, closed: past jansson's depth limit (2048), so
+     * refused as bad JSON rather than parsed by deep recursion. */
+    for (int i = 0; i < 3000; i++) {
+        deep_nesting[i] = '[';
+        deep_nesting[3000 + i] = ']';
+    }
+    deep_nesting[6000] = '\0';
 }
 
 #define IR "invalid_request_error"
