@@ -19,9 +19,8 @@
 
 /* The daemon every test of this file starts: small limits so the rows reach
  * them cheaply, and a short idle timeout for the slow clients. */
-static const char *const daemon_args[] = {"--max-body-bytes", "8192",       "--max-header-bytes",
-                                          "8192",             "--idle-timeout-s", IDLE_S,
-                                          NULL};
+static const char *const daemon_args[] = {
+    "--max-body-bytes", "8192", "--max-header-bytes", "8192", "--idle-timeout-s", IDLE_S, NULL};
 
 /* ------------------------------------------------------------ the table */
 
@@ -71,9 +70,9 @@ static void fill_big_inputs(void)
     deep_nesting[6000] = '\0';
 }
 
-#define IR "invalid_request_error"
-#define P  "POST"
-#define CMP "/v1/completions"
+#define IR   "invalid_request_error"
+#define P    "POST"
+#define CMP  "/v1/completions"
 #define CHAT "/v1/chat/completions"
 static const struct row rows[] = {
     /* malformed and truncated JSON */
@@ -93,8 +92,8 @@ static const struct row rows[] = {
     {"prompt an object", P, CMP, NULL, "{\"prompt\": {}}", 400, IR, "prompt", NULL},
     {"max_tokens a string", P, CMP, NULL, "{\"prompt\": \"a\", \"max_tokens\": \"9\"}", 400, IR,
      "max_tokens", NULL},
-    {"temperature a string", P, CMP, NULL, "{\"prompt\": \"a\", \"temperature\": \"hot\"}", 400,
-     IR, "temperature", NULL},
+    {"temperature a string", P, CMP, NULL, "{\"prompt\": \"a\", \"temperature\": \"hot\"}", 400, IR,
+     "temperature", NULL},
     {"stream a string", P, CMP, NULL, "{\"prompt\": \"a\", \"stream\": \"yes\"}", 400, IR, "stream",
      NULL},
     {"stop a number", P, CMP, NULL, "{\"prompt\": \"a\", \"stop\": 5}", 400, IR, "stop", NULL},
@@ -110,8 +109,8 @@ static const struct row rows[] = {
     /* missing fields */
     {"completion without prompt", P, CMP, NULL, "{\"max_tokens\": 4}", 400, IR, "prompt", NULL},
     {"chat without messages", P, CHAT, NULL, "{\"max_tokens\": 4}", 400, IR, "messages", NULL},
-    {"chat message without role", P, CHAT, NULL, "{\"messages\": [{\"content\": \"hi\"}]}", 400,
-     IR, "messages[0].role", NULL},
+    {"chat message without role", P, CHAT, NULL, "{\"messages\": [{\"content\": \"hi\"}]}", 400, IR,
+     "messages[0].role", NULL},
     {"tokenize without prompt", P, "/tokenize", NULL, "{}", 400, IR, "prompt", NULL},
     {"detokenize without tokens", P, "/detokenize", NULL, "{}", 400, IR, "tokens", NULL},
     /* negative and huge numbers */
@@ -134,8 +133,8 @@ static const struct row rows[] = {
     {"huge seed", P, CMP, NULL, "{\"prompt\": \"a\", \"seed\": 1e300}", 400, IR, "seed", NULL},
     {"detokenize negative id", P, "/detokenize", NULL, "{\"tokens\": [-3]}", 400, IR, "tokens",
      NULL},
-    {"detokenize id past the vocabulary", P, "/detokenize", NULL, "{\"tokens\": [2147483647]}",
-     400, IR, "tokens", NULL},
+    {"detokenize id past the vocabulary", P, "/detokenize", NULL, "{\"tokens\": [2147483647]}", 400,
+     IR, "tokens", NULL},
     /* NaN and Infinity are not JSON */
     {"NaN temperature", P, CMP, NULL, "{\"prompt\": \"a\", \"temperature\": NaN}", 400, IR, NULL,
      NULL},
@@ -222,8 +221,7 @@ static void check_row(const struct daemon *d, const struct row *t)
                       json_string_value(param));
         cr_assert(json_object_get(e, "code"), "%s: no code", t->name);
         if (t->code)
-            cr_assert_str_eq(json_string_value(json_object_get(e, "code")), t->code, "%s",
-                             t->name);
+            cr_assert_str_eq(json_string_value(json_object_get(e, "code")), t->code, "%s", t->name);
         cr_assert(json_is_object(json_object_get(j, "error")) && json_object_size(j) == 1,
                   "%s: more than the error", t->name);
         json_decref(j);
@@ -241,8 +239,8 @@ Test(server_badinput, every_row_gets_its_status_and_error_and_the_daemon_stays_c
     for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) check_row(&d, &rows[i]);
     char *after = good_answer(&d);
     cr_assert_str_eq(after, before, "the same greedy answer after the matrix");
-    static const char *const paths[] = {"/v1/completions", "/v1/chat/completions", "/tokenize",
-                                        "/detokenize", "/health", "other"};
+    static const char *const paths[] = {
+        "/v1/completions", "/v1/chat/completions", "/tokenize", "/detokenize", "/health", "other"};
     for (size_t i = 0; i < sizeof paths / sizeof paths[0]; i++) {
         char sample[128];
         snprintf(sample, sizeof sample, "llmd_http_requests_total{path=\"%s\",status=\"500\"}",
@@ -311,8 +309,7 @@ static void assert_serves_others(const struct daemon *d)
 /* Sends `head`, then `drip` a byte every `gap_s` (longer than the idle
  * timeout): the daemon must close the connection without answering 2xx,
  * and serve others meanwhile. Returns the seconds until the close. */
-static double slow_client(const struct daemon *d, const char *head, const char *drip,
-                          double gap_s)
+static double slow_client(const struct daemon *d, const char *head, const char *drip, double gap_s)
 {
     int fd = connect_to(d);
     double t0 = now_s();
@@ -344,7 +341,8 @@ Test(server_badinput, slowloris_bodies_and_headers_are_cut_off_at_the_idle_timeo
                                 "{\"prompt\": \"slow and steady\", \"n\": 1}  ", 1.6);
     cr_assert(body_s < 6, "the slow body was cut off after %.1f s", body_s);
     /* The headers, a byte at a time. */
-    double head_s = slow_client(&d, "GET /health HTTP/1.1\r\nHo", "st: x\r\nX-Slow: yes\r\n\r\n", 1.6);
+    double head_s =
+        slow_client(&d, "GET /health HTTP/1.1\r\nHo", "st: x\r\nX-Slow: yes\r\n\r\n", 1.6);
     cr_assert(head_s < 6, "the slow headers were cut off after %.1f s", head_s);
     char *text = good_answer(&d);
     cr_assert(strlen(text) > 0);
@@ -446,17 +444,17 @@ Test(server_badinput, a_client_leaving_mid_stream_frees_every_kv_page, .timeout 
     cr_assert_eq(metric(&d, "llmd_kv_pages_used"), 0);
     for (int round = 0; round < 3; round++) {
         int fd = connect_to(&d);
-        const char *body =
-            round == 1 ? "{\"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}], "
-                         "\"max_tokens\": 400, \"ignore_eos\": true, \"stream\": true}"
-                       : "{\"prompt\": \"Call me Ishmael.\", \"max_tokens\": 400, "
-                         "\"ignore_eos\": true, \"stream\": true}";
+        const char *body = round == 1
+                               ? "{\"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}], "
+                                 "\"max_tokens\": 400, \"ignore_eos\": true, \"stream\": true}"
+                               : "{\"prompt\": \"Call me Ishmael.\", \"max_tokens\": 400, "
+                                 "\"ignore_eos\": true, \"stream\": true}";
         char req[512];
-        int n = snprintf(req, sizeof req,
-                         "POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                         "Content-Length: %zu\r\n\r\n%s",
-                         round == 1 ? "/v1/chat/completions" : "/v1/completions", strlen(body),
-                         body);
+        int n =
+            snprintf(req, sizeof req,
+                     "POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     "Content-Length: %zu\r\n\r\n%s",
+                     round == 1 ? "/v1/chat/completions" : "/v1/completions", strlen(body), body);
         send_all(fd, req, (size_t)n);
         char buf[4096] = "";
         bool closed;

@@ -67,16 +67,16 @@ static bool watch_pool(int running, void *ctx)
 Test(server_faults, a_full_kv_pool_queues_new_requests_and_all_complete, .timeout = TIMEOUT)
 {
     struct daemon d;
-    daemon_start(&d, (const char *[]){"--kv-pages", "32", "--page-size", "16", "--max-running",
-                                      "16", NULL});
+    daemon_start(
+        &d, (const char *[]){"--kv-pages", "32", "--page-size", "16", "--max-running", "16", NULL});
     cr_assert_eq(metric(&d, "llmd_kv_pages_total"), 32);
     enum { N = 10, TOKENS = 110 };
     struct http_job jobs[N];
     memset(jobs, 0, sizeof jobs);
     for (int i = 0; i < N; i++) {
         jobs[i].path = "/v1/completions";
-        jobs[i].body = body_of(i % 2 ? "In a hole in the ground" : "Call me Ishmael.", TOKENS,
-                               i % 3 == 0);
+        jobs[i].body =
+            body_of(i % 2 ? "In a hole in the ground" : "Call me Ishmael.", TOKENS, i % 3 == 0);
     }
     struct pool_watch w = {&d, 0, 0};
     http_run_jobs(&d, jobs, N, watch_pool, &w);
@@ -135,8 +135,8 @@ static bool terminate_when_all_accepted(int running, void *ctx)
 {
     (void)running;
     struct drain_watch *s = ctx;
-    double accepted = metric(s->d, "llmd_num_requests_running") +
-                      metric(s->d, "llmd_num_requests_waiting");
+    double accepted =
+        metric(s->d, "llmd_num_requests_running") + metric(s->d, "llmd_num_requests_waiting");
     if (accepted < s->n) return true;
     kill(s->d->pid, SIGTERM);
     s->signalled = true;
@@ -198,8 +198,7 @@ static bool log_has(const struct daemon *d, const char *what)
  * requests and a client that leaves mid-stream, twice, then SIGTERM. With
  * build/asan/llmd (LeakSanitizer on; used by both test flavours when it is
  * built) the exit status is 0 and stderr holds no sanitizer report. */
-Test(server_faults, a_whole_daemon_run_under_mixed_load_exits_0_without_leaks,
-     .timeout = TIMEOUT)
+Test(server_faults, a_whole_daemon_run_under_mixed_load_exits_0_without_leaks, .timeout = TIMEOUT)
 {
     /* The sanitized daemon in both test flavours, where it is built. */
     if (!getenv("LLMD_TEST_BINARY") && access("build/asan/llmd", X_OK) == 0)
@@ -216,7 +215,8 @@ Test(server_faults, a_whole_daemon_run_under_mixed_load_exits_0_without_leaks,
     char chat_plain[256], chat_stream[256];
     snprintf(chat_plain, sizeof chat_plain, chat, "false");
     snprintf(chat_stream, sizeof chat_stream, chat, "true");
-    char *bodies[4] = {body_of("Once upon a time", 16, false), body_of("Once upon a time", 16, true),
+    char *bodies[4] = {body_of("Once upon a time", 16, false),
+                       body_of("Once upon a time", 16, true),
                        body_of("Call me Ishmael.", 400, true), NULL};
     struct {
         const char *method, *path, *body;
@@ -339,10 +339,12 @@ Test(server_faults, keys_guard_every_route_but_the_public_ones_and_are_never_ech
 {
     struct daemon d;
     daemon_start(&d, (const char *[]){"--api-keys", "sk-right-0123456789", NULL});
-    const char *wrong[] = {NULL, "Authorization: Bearer sk-wrong-secret-XYZ",
+    const char *wrong[] = {NULL,
+                           "Authorization: Bearer sk-wrong-secret-XYZ",
                            "Authorization: Bearer sk-right-012345678", /* a prefix */
                            "Authorization: Bearer sk-right-01234567890",
-                           "Authorization: Basic c2stcmlnaHQ=", "Authorization: Bearer "};
+                           "Authorization: Basic c2stcmlnaHQ=",
+                           "Authorization: Bearer "};
     for (size_t i = 0; i < sizeof guarded / sizeof guarded[0]; i++) {
         struct http_response r;
         for (size_t k = 0; k < sizeof wrong / sizeof wrong[0]; k++) {
