@@ -240,20 +240,12 @@ static bool query_wait(struct srv_request *r, double *seconds)
     return true;
 }
 
-/* Takes "wait" out of the body and names the default preset when the body
+/* Takes "wait" out of a job object and names the default preset when it
  * names no device, so that pim_json (which refuses unknown fields and
- * defaults to isaac) sees a plain job. Returns the body to parse (new,
- * or NULL to parse the original), or sets *bad and answers 400. */
-static char *prepare_body(struct srv_request *r, double *wait_s, bool *bad)
+ * defaults to isaac) sees a plain job. False after answering 400. */
+static bool take_server_fields(struct srv_request *r, json_t *root, double *wait_s)
 {
-    *bad = false;
-    json_error_t jerr;
-    json_t *root = json_loadb(r->body.data ? r->body.data : "", r->body.len,
-                              JSON_REJECT_DUPLICATES, &jerr);
-    if (!json_is_object(root)) { /* pim_json says what is wrong */
-        json_decref(root);
-        return NULL;
-    }
+    if (!json_is_object(root)) return true; /* pim_json says what is wrong */
     json_t *wait = json_object_get(root, "wait");
     if (wait) {
         double v = json_is_number(wait) ? json_number_value(wait) : -1;
@@ -262,9 +254,7 @@ static char *prepare_body(struct srv_request *r, double *wait_s, bool *bad)
             struct srv_error e;
             srv_bad_param(&e, "wait", "'wait' must be a number of seconds from 0 to %g", max);
             srv_respond_error(r, &e);
-            json_decref(root);
-            *bad = true;
-            return NULL;
+            return false;
         }
         *wait_s = v;
         json_object_del(root, "wait");
@@ -275,10 +265,7 @@ static char *prepare_body(struct srv_request *r, double *wait_s, bool *bad)
         json_object_set_new(root, "device", json_string(preset));
     else if (json_is_object(device) && !json_object_get(device, "preset"))
         json_object_set_new(device, "preset", json_string(preset));
-    char *text = json_dumps(root, JSON_COMPACT);
-    UTIL_CHECK(text);
-    json_decref(root);
-    return text;
+    return true;
 }
 
 /* ------------------------------------------------------------ endpoints */
@@ -288,18 +275,18 @@ void srv_pim_handle_submit(struct srv_request *r, const char *url)
     (void)url;
     struct srv_pim *p = r->d->pim;
     double wait_s = 0;
-    bool bad;
-    char *prepared = prepare_body(r, &wait_s, &bad);
-    if (bad || !query_wait(r, &wait_s)) {
-        free(prepared);
+    const char *text = r->body.data ? r->body.data : "";
+    json_error_t parse_err;
+    json_t *root = json_loadb(text, r->body.len, JSON_REJECT_DUPLICATES, &parse_err);
+    if ((root && !take_server_fields(r, root, &wait_s)) || !query_wait(r, &wait_s)) {
+        json_decref(root);
         return;
     }
     struct pim_job job;
     struct pim_json_error jerr = {0};
-    const char *text = prepared ? prepared : (r->body.data ? r->body.data : "");
-    size_t len = prepared ? strlen(prepared) : r->body.len;
-    int rc = pim_json_parse_job(text, len, &p->lim, p->presets, &job, &jerr);
-    free(prepared);
+    int rc = root ? pim_json_parse_job_object(root, &p->lim, p->presets, &job, &jerr)
+                  : pim_json_parse_job(text, r->body.len, &p->lim, p->presets, &job, &jerr);
+    json_decref(root);
     if (rc) {
         respond_pim_error(r, rc == -E2BIG ? 413 : 400, &jerr);
         return;
