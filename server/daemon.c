@@ -350,6 +350,7 @@ static void begin_shutdown(struct srv_daemon *d, const char *why)
 {
     if (!d->draining) {
         d->draining = true;
+        srv_pim_answer_waiters(d);
         LOG_INFO("shutting down (%s): no new requests; up to %.0f s for running ones", why,
                  d->cfg->grace_s);
         if (d->mhd) {

@@ -221,6 +221,8 @@ json_t *srv_parse_body(struct srv_request *r);
 struct srv_pim;
 int srv_pim_create(struct srv_daemon *d, char *err, size_t err_len);
 void srv_pim_stop(struct srv_daemon *d);
+/* Answers the requests waiting for PIM jobs now (draining). */
+void srv_pim_answer_waiters(struct srv_daemon *d);
 void srv_pim_free(struct srv_daemon *d);
 void srv_pim_handle_submit(struct srv_request *r, const char *url);
 void srv_pim_handle_job(struct srv_request *r, const char *url);

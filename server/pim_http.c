@@ -472,6 +472,20 @@ int srv_pim_create(struct srv_daemon *d, char *err, size_t err_len)
     return 0;
 }
 
+/* Loop thread, when draining starts: every waiter is answered now with its
+ * job as it is, rather than holding the shutdown up. */
+void srv_pim_answer_waiters(struct srv_daemon *d)
+{
+    if (!d->pim || !d->pim->pool) return;
+    for (struct srv_request *r = d->requests; r; r = r->next)
+        if (r->pim_wait_id) answer_waiter(r);
+    uv_timer_stop(&d->pim->timer);
+    if (d->mhd_run_wanted) {
+        d->mhd_run_wanted = false;
+        srv_daemon_run_mhd(d);
+    }
+}
+
 /* Loop thread, at shutdown: stops the workers (running jobs are
  * cancelled), then closes the handles. */
 void srv_pim_stop(struct srv_daemon *d)

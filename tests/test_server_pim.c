@@ -779,3 +779,50 @@ Test(server_pim, metrics_count_jobs_energy_and_conversions, .timeout = TIMEOUT)
     cr_assert_eq(metric(&d, "llmd_http_requests_total{path=\"/v1/pim/jobs\",status=\"200\"}"), 4);
     cr_assert_eq(daemon_stop(&d), 0, "log %s:\n%s", d.log, daemon_log_tail(&d));
 }
+
+/* ------------------------------------------------------------- shutdown */
+
+struct stopper {
+    struct daemon *d;
+    double start;
+    bool sent;
+};
+
+static bool send_sigterm(int running, void *ctx)
+{
+    struct stopper *s = ctx;
+    if (!s->sent && running > 0 && now_s() - s->start > 0.3) {
+        kill(s->d->pid, SIGTERM);
+        s->sent = true;
+        return false;
+    }
+    return true;
+}
+
+Test(server_pim, sigterm_answers_the_waiters_at_once, .timeout = TIMEOUT)
+{
+    struct daemon d;
+    daemon_start(&d, (const char *[]){"--pim-devices", "1", "--max-body-bytes", "8388608", NULL});
+    long status;
+    json_t *job = post_job(&d, slow_job(SLOW_N), &status);
+    cr_assert_eq(status, 202);
+    char path[96];
+    snprintf(path, sizeof path, "/v1/pim/jobs/%s?wait=120", str(job, "id"));
+    json_decref(job);
+    struct http_job waits[1] = {{.method = "GET", .path = path}};
+    struct stopper s = {.d = &d, .start = now_s()};
+    http_run_jobs(&d, waits, 1, send_sigterm, &s);
+    double took = now_s() - s.start;
+    cr_assert(s.sent);
+    cr_assert_eq(waits[0].resp.status, 200);
+    json_t *j = json_loadb(waits[0].resp.body.data, waits[0].resp.body.len, 0, NULL);
+    cr_assert(j);
+    cr_assert_str_neq(str(j, "status"), "done", "the slow job finished within 0.3 s?");
+    json_decref(j);
+    http_response_free(&waits[0].resp);
+    cr_assert(took < 3.0, "the waiter was answered after %g s", took);
+    /* one SIGTERM was sent: the daemon stops on its own (a second would
+     * make it exit at once with 1) */
+    cr_assert(daemon_wait_exit(&d, STOP_TIMEOUT_S));
+    cr_assert_eq(d.status, 0, "log %s:\n%s", d.log, daemon_log_tail(&d));
+}
