@@ -83,10 +83,22 @@ static int start_server(int devices, char *base, size_t len)
     if (pipe(out)) return -errno;
     char dev[16];
     snprintf(dev, sizeof dev, "%d", devices);
-    const char *argv[] = {"build/llmd",  "serve",         "--model",    "tests/data/tiny-random.gguf",
-                          "--port",      "0",             "--precision", "fp32",
-                          "--kv-type",   "f32",           "--pim-devices", dev,
-                          "--pim-queue", "1024",          "--access-log=false", NULL};
+    const char *argv[] = {"build/llmd",
+                          "serve",
+                          "--model",
+                          "tests/data/tiny-random.gguf",
+                          "--port",
+                          "0",
+                          "--precision",
+                          "fp32",
+                          "--kv-type",
+                          "f32",
+                          "--pim-devices",
+                          dev,
+                          "--pim-queue",
+                          "1024",
+                          "--access-log=false",
+                          NULL};
     server_pid = fork();
     if (server_pid < 0) return -errno;
     if (server_pid == 0) {
@@ -221,8 +233,7 @@ struct result {
     int failures;
 };
 
-static struct result drive(const char *url, const char *body, pim_pool *pool, int clients,
-                           int jobs)
+static struct result drive(const char *url, const char *body, pim_pool *pool, int clients, int jobs)
 {
     struct run r = {.url = url, .body = body, .pool = pool, .jobs = jobs};
     r.latency = util_xcalloc((size_t)jobs, sizeof *r.latency);
@@ -284,8 +295,7 @@ int main(int argc, char **argv)
                 if (*s == ',') s++;
             }
         } else {
-            fprintf(stderr, "usage: %s [--devices D] [--concurrency 1,4,16] [--jobs N]\n",
-                    argv[0]);
+            fprintf(stderr, "usage: %s [--devices D] [--concurrency 1,4,16] [--jobs N]\n", argv[0]);
             return 2;
         }
     }

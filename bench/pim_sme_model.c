@@ -100,7 +100,8 @@ int main(int argc, char **argv)
             if (llm_forward(m, ws, &item, 1, logits, NULL)) util_die("forward");
             attn_seq_free(seq);
             llm_model_set_linear_hook(m, NULL, NULL);
-            printf("### %s, %d-bit cells\n\n", g ? "Gaussian weights of the same shapes" : "the model's weights", cb);
+            printf("### %s, %d-bit cells\n\n",
+                   g ? "Gaussian weights of the same shapes" : "the model's weights", cb);
             printf("| linears | bit density | plain bit-sliced | offset (ISAAC) | SME | saving vs "
                    "plain | vs offset |\n|---|---:|---:|---:|---:|---:|---:|\n");
             struct tally all = {0};

@@ -389,8 +389,7 @@ static void collect(struct srv_buf *out, void *ctx)
             snprintf(labels, sizeof labels, "type=\"%s\",status=\"%s\"",
                      pim_job_type_name((enum pim_job_type)t),
                      pim_job_status_name((enum pim_job_status)s));
-            srv_metrics_write_sample(out, "llmd_pim_jobs_total", labels,
-                                     (double)p->finished[t][s]);
+            srv_metrics_write_sample(out, "llmd_pim_jobs_total", labels, (double)p->finished[t][s]);
         }
     srv_metrics_write_counter(out, "llmd_pim_jobs_rejected_total",
                               "PIM jobs refused with 429 because the queue was full.",

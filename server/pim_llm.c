@@ -14,8 +14,8 @@
 struct srv_pim_llm {
     llm_model *model;
     int n_layers;
-    bool *sel;          /* n_layers x LLM_LINEAR_COUNT */
-    pim_matrix **mats;  /* likewise; programmed on first use */
+    bool *sel;         /* n_layers x LLM_LINEAR_COUNT */
+    pim_matrix **mats; /* likewise; programmed on first use */
     struct pim_device dev;
     const struct pim_dataflow *df;
     struct pim_ctx ctx;
@@ -121,8 +121,8 @@ static pim_matrix *matrix_for(srv_pim_llm *p, int slot, const float *w, int n, i
     return mat;
 }
 
-static bool on_linear(void *ctx, int layer, enum llm_linear_kind kind, const float *w, int n,
-                      int k, const float *x, int T, float *y)
+static bool on_linear(void *ctx, int layer, enum llm_linear_kind kind, const float *w, int n, int k,
+                      const float *x, int T, float *y)
 {
     srv_pim_llm *p = ctx;
     if (layer < 0 || layer >= p->n_layers || (int)kind < 0 || kind >= LLM_LINEAR_COUNT)

@@ -28,9 +28,9 @@ typedef struct srv_pim_llm srv_pim_llm;
 
 /* What the hooked layers cost so far. */
 struct srv_pim_llm_report {
-    int matrices;           /* programmed */
-    uint64_t products;      /* hook calls that ran on the device */
-    uint64_t vectors;       /* token rows through them */
+    int matrices;            /* programmed */
+    uint64_t products;       /* hook calls that ran on the device */
+    uint64_t vectors;        /* token rows through them */
     struct pim_cost program; /* programming the matrices */
     struct pim_cost run;     /* the products */
 };

@@ -345,12 +345,12 @@ Test(server_pim, kfac_sme_admm_and_dataflow_round_trip, .timeout = TIMEOUT)
     double want[24];
     for (int i = 0; i < dout; i++)
         for (int j = 0; j < din; j++) want[i * din + j] = pt[j * dout + i];
-    json_t *job = post_job(
-        &d,
-        json_pack("{s:s, s:o, s:o, s:o, s:f, s:i}", "type", "kfac_step", "activations",
-                  matrix_json(act, batch, din), "output_grads", matrix_json(og, batch, dout),
-                  "grad", matrix_json(grad, dout, din), "damping", damping, "wait", 60),
-        &status);
+    json_t *job = post_job(&d,
+                           json_pack("{s:s, s:o, s:o, s:o, s:f, s:i}", "type", "kfac_step",
+                                     "activations", matrix_json(act, batch, din), "output_grads",
+                                     matrix_json(og, batch, dout), "grad",
+                                     matrix_json(grad, dout, din), "damping", damping, "wait", 60),
+                           &status);
     cr_assert_eq(status, 200);
     json_t *res = done_result(job);
     double *got = numbers(json_object_get(res, "output"), dout * din);
@@ -401,13 +401,13 @@ Test(server_pim, kfac_sme_admm_and_dataflow_round_trip, .timeout = TIMEOUT)
     for (int s = 0; s < samples; s++)
         for (int o = 0; o < rows; o++)
             for (int k = 0; k < cols; k++) y[s * rows + o] += x[s * cols + k] * w[o * cols + k];
-    job = post_job(&d,
-                   json_pack("{s:s, s:o, s:o, s:o, s:[i,i], s:f, s:i, s:i}", "type",
-                             "admm_compress", "matrix", matrix_json(w, rows, cols), "inputs",
-                             matrix_json(x, samples, cols), "targets",
-                             matrix_json(y, samples, rows), "block", 4, 4, "keep_ratio", 0.5,
-                             "levels", 16, "wait", 60),
-                   &status);
+    job =
+        post_job(&d,
+                 json_pack("{s:s, s:o, s:o, s:o, s:[i,i], s:f, s:i, s:i}", "type", "admm_compress",
+                           "matrix", matrix_json(w, rows, cols), "inputs",
+                           matrix_json(x, samples, cols), "targets", matrix_json(y, samples, rows),
+                           "block", 4, 4, "keep_ratio", 0.5, "levels", 16, "wait", 60),
+                 &status);
     cr_assert_eq(status, 200);
     res = done_result(job);
     got = numbers(json_object_get(res, "output"), rows * cols);
@@ -648,8 +648,8 @@ Test(server_pim, bad_jobs_get_4xx_with_the_param, .timeout = TIMEOUT)
         {"POST", "/v1/pim/jobs",
          "{\"type\": \"vmm\", \"matrix\": [[1]], \"input\": [1], \"device\": {\"adc_bits\": 99}}",
          400, "device.adc_bits", NULL},
-        {"POST", "/v1/pim/jobs", "{\"type\": \"vmm\", \"matrix\": [[1]], \"input\": [1], \"wait\": -1}",
-         400, "wait", NULL},
+        {"POST", "/v1/pim/jobs",
+         "{\"type\": \"vmm\", \"matrix\": [[1]], \"input\": [1], \"wait\": -1}", 400, "wait", NULL},
         {"POST", "/v1/pim/jobs?wait=abc", "{\"type\": \"vmm\", \"matrix\": [[1]], \"input\": [1]}",
          400, "wait", NULL},
         {"POST", "/v1/pim/jobs",
@@ -678,8 +678,8 @@ Test(server_pim, bad_jobs_get_4xx_with_the_param, .timeout = TIMEOUT)
             cr_assert(json_is_string(param), "%s: param null", c->body ? c->body : c->path);
             /* the offending element may be named below the parameter */
             cr_assert(strncmp(json_string_value(param), c->param, strlen(c->param)) == 0,
-                      "%s: param %s, not %s", c->body ? c->body : c->path,
-                      json_string_value(param), c->param);
+                      "%s: param %s, not %s", c->body ? c->body : c->path, json_string_value(param),
+                      c->param);
         }
         if (c->code) cr_assert_str_eq(str(e, "code"), c->code, "%s", c->body ? c->body : c->path);
         json_decref(j);
@@ -761,9 +761,9 @@ Test(server_pim, metrics_count_jobs_energy_and_conversions, .timeout = TIMEOUT)
         json_decref(j);
     }
     long status;
-    json_t *j = http_json(&d, "POST", "/v1/pim/jobs",
-                          "{\"type\": \"invert\", \"matrix\": [[0, 0], [0, 0]], \"wait\": 30}",
-                          &status);
+    json_t *j =
+        http_json(&d, "POST", "/v1/pim/jobs",
+                  "{\"type\": \"invert\", \"matrix\": [[0, 0], [0, 0]], \"wait\": 30}", &status);
     cr_assert_str_eq(str(j, "status"), "failed");
     json_decref(j);
     /* the completions reach the metrics through the loop: poll briefly */
