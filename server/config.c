@@ -96,7 +96,7 @@ static const struct opt opts[] = {
     {"pim_result_ttl_s", OPT_DOUBLE, OFF(pim_result_ttl_s), 0, "600", 0, 1e9, NULL, false, S,
      "SEC", "a finished PIM job stays readable this long"},
     {"pim_max_tensor_elements", OPT_INT, OFF(pim_max_tensor_elements), 0, "16777216", 1, INT_MAX,
-     NULL, false, S, "N", "elements of one PIM job tensor at most; more gets 400"},
+     NULL, false, S, "N", "elements of one PIM job tensor at most; more gets 413"},
     {"pim_max_wait_s", OPT_DOUBLE, OFF(pim_max_wait_s), 0, "300", 0, 1e6, NULL, false, S, "SEC",
      "the longest \"wait\" a PIM job request may ask for"},
     {"pim_preset", OPT_STRING, OFF(pim_preset), 0, "isaac", 0, 0, NULL, false, S, "NAME",
