@@ -159,10 +159,14 @@ static void input_rmsnorm(llm_workspace *ws, int layer, enum llm_calib_point poi
     }
 }
 
-static void linear(const llm_workspace *ws, const struct llm_linear *l, const float *x, const q_act *act,
-                   int T, float *y)
+static void linear(const llm_workspace *ws, int layer, enum llm_linear_kind kind, const struct llm_linear *l,
+                   const float *x, const q_act *act, int T, float *y)
 {
-    if (ws->model->precision == LLM_FP32) sgemm_xwt(x, l->w, y, T, l->n, l->k);
+    const llm_model *m = ws->model;
+    if (m->linear_hook && m->precision == LLM_FP32 &&
+        m->linear_hook(m->linear_hook_ctx, layer, kind, l->w, l->n, l->k, x, T, y))
+        return;
+    if (m->precision == LLM_FP32) sgemm_xwt(x, l->w, y, T, l->n, l->k);
     else q_gemm(l->q, act, T, y);
 }
 
@@ -178,9 +182,9 @@ static void attention_layer(llm_workspace *ws, int layer, struct llm_batch_item 
     int q_dim = c->n_heads * c->head_dim, kv_dim = c->n_kv_heads * c->head_dim;
 
     input_rmsnorm(ws, layer, LLM_CALIB_QKV, b->attn_norm, b->perm_attn_in, T);
-    linear(ws, &b->wq, ws->h, ws->act_dim, T, ws->q);
-    linear(ws, &b->wk, ws->h, ws->act_dim, T, ws->k);
-    linear(ws, &b->wv, ws->h, ws->act_dim, T, ws->v);
+    linear(ws, layer, LLM_LINEAR_Q, &b->wq, ws->h, ws->act_dim, T, ws->q);
+    linear(ws, layer, LLM_LINEAR_K, &b->wk, ws->h, ws->act_dim, T, ws->k);
+    linear(ws, layer, LLM_LINEAR_V, &b->wv, ws->h, ws->act_dim, T, ws->v);
 
 #pragma omp parallel for if (T > 4)
     for (int t = 0; t < T; t++) {
@@ -220,7 +224,7 @@ static void attention_layer(llm_workspace *ws, int layer, struct llm_batch_item 
 
     if (ws->calib) ws->calib(layer, LLM_CALIB_O, ws->att, T, q_dim, ws->calib_ctx);
     else if (m->precision != LLM_FP32) q_act_quantize(ws->act_attn_out, ws->att, T, b->perm_attn_out);
-    linear(ws, &b->wo, ws->att, ws->act_attn_out, T, ws->out);
+    linear(ws, layer, LLM_LINEAR_O, &b->wo, ws->att, ws->act_attn_out, T, ws->out);
     size_t n = (size_t)T * c->dim;
     for (size_t j = 0; j < n; j++) ws->x[j] += ws->out[j];
 }
@@ -232,8 +236,8 @@ static void mlp_layer(llm_workspace *ws, int layer, int T)
     const struct llm_block *b = &m->blocks[layer];
 
     input_rmsnorm(ws, layer, LLM_CALIB_GATE_UP, b->ffn_norm, b->perm_ffn_in, T);
-    linear(ws, &b->w_gate, ws->h, ws->act_dim, T, ws->gate);
-    linear(ws, &b->w_up, ws->h, ws->act_dim, T, ws->up);
+    linear(ws, layer, LLM_LINEAR_GATE, &b->w_gate, ws->h, ws->act_dim, T, ws->gate);
+    linear(ws, layer, LLM_LINEAR_UP, &b->w_up, ws->h, ws->act_dim, T, ws->up);
 
     size_t n = (size_t)T * c->ffn_dim;
     if (m->precision == LLM_FP32) {
@@ -242,7 +246,7 @@ static void mlp_layer(llm_workspace *ws, int layer, int T)
     } else {
         q_act_quantize_swiglu(ws->act_ffn, ws->gate, ws->up, T);
     }
-    linear(ws, &b->w_down, ws->gate, ws->act_ffn, T, ws->out);
+    linear(ws, layer, LLM_LINEAR_DOWN, &b->w_down, ws->gate, ws->act_ffn, T, ws->out);
     size_t nd = (size_t)T * c->dim;
     for (size_t j = 0; j < nd; j++) ws->x[j] += ws->out[j];
 }

@@ -317,3 +317,17 @@ const llm_tokenizer *llm_model_tokenizer(const llm_model *m) { return m->tokeniz
 attn_cache *llm_model_kv_cache(llm_model *m) { return m->kv; }
 const char *llm_model_name(const llm_model *m) { return m->name; }
 const char *llm_model_chat_template(const llm_model *m) { return m->chat_template; }
+
+const char *llm_linear_kind_name(enum llm_linear_kind kind)
+{
+    static const char *const names[LLM_LINEAR_COUNT] = {"q", "k", "v", "o", "gate", "up", "down"};
+    return (int)kind >= 0 && kind < LLM_LINEAR_COUNT ? names[kind] : NULL;
+}
+
+int llm_model_set_linear_hook(llm_model *m, llm_linear_hook_fn fn, void *ctx)
+{
+    if (fn && m->precision != LLM_FP32) return -ENOTSUP;
+    m->linear_hook = fn;
+    m->linear_hook_ctx = ctx;
+    return 0;
+}

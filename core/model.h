@@ -83,6 +83,38 @@ const char *llm_model_name(const llm_model *model);
 /* The chat template stored in the GGUF, or NULL. */
 const char *llm_model_chat_template(const llm_model *model);
 
+/* ------------------------------------------------------ linear-layer hook */
+
+/* The linear layers of a block. */
+enum llm_linear_kind {
+    LLM_LINEAR_Q,
+    LLM_LINEAR_K,
+    LLM_LINEAR_V,
+    LLM_LINEAR_O,
+    LLM_LINEAR_GATE,
+    LLM_LINEAR_UP,
+    LLM_LINEAR_DOWN,
+    LLM_LINEAR_COUNT
+};
+
+/* "q", "k", "v", "o", "gate", "up", "down"; NULL when out of range. */
+const char *llm_linear_kind_name(enum llm_linear_kind kind);
+
+/* Computes y (T x n) = x (T x k) W^T for linear `kind` of block `layer`, W
+ * (n x k, row-major) being the model's float weights, in place of the
+ * model; returns false to let the model compute it. Called on the thread
+ * running the forward pass, for every linear of every step, so a hook that
+ * keeps state must not share a model between threads. */
+typedef bool (*llm_linear_hook_fn)(void *ctx, int layer, enum llm_linear_kind kind,
+                                   const float *w, int n, int k, const float *x, int T,
+                                   float *y);
+
+/* Routes the linear layers of an fp32 model through fn (NULL removes it).
+ * Returns 0, or -ENOTSUP when the model is quantized (its float weights
+ * are gone). For running chosen layers on other hardware, simulated or not
+ * (the PIM crossbars: server/pim_llm.c). */
+int llm_model_set_linear_hook(llm_model *model, llm_linear_hook_fn fn, void *ctx);
+
 /* ---------------------------------------------------------- forward pass */
 
 /* One sequence's part of a batched step: n_tokens new tokens that go at

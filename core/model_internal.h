@@ -49,6 +49,8 @@ struct llm_model {
                                    comes from llm_model_qformat */
     attn_cache *kv;
     float *rope_freq;           /* (head_dim / 2) */
+    llm_linear_hook_fn linear_hook; /* fp32 only; NULL = none */
+    void *linear_hook_ctx;
 };
 
 /* The quantized format of a linear layer with k input channels. */

@@ -17,6 +17,8 @@
 #include <unistd.h>
 
 #include "core/llm.h"
+#include "server/pim_json.h"
+#include "server/pim_llm.h"
 #include "util/util.h"
 
 #define DEFAULT_MODEL "models/llmd-20m.gguf"
@@ -30,7 +32,8 @@ enum {
     /* per command */
     OPT_PROMPT, OPT_N, OPT_TEMPERATURE, OPT_TOP_K, OPT_TOP_P, OPT_MIN_P, OPT_SEED, OPT_REPEAT_PENALTY,
     OPT_PRESENCE_PENALTY, OPT_FREQUENCY_PENALTY, OPT_STOP, OPT_IDS, OPT_NO_BOS, OPT_FILE, OPT_CTX,
-    OPT_MAX_TOKENS, OPT_BATCH, OPT_TRIALS, OPT_BOS, OPT_OUTPUT, OPT_DEPTH,
+    OPT_MAX_TOKENS, OPT_BATCH, OPT_TRIALS, OPT_BOS, OPT_OUTPUT, OPT_DEPTH, OPT_PIM_LAYERS,
+    OPT_PIM_DEVICE, OPT_PIM_DATAFLOW,
 };
 
 struct model_flags {
@@ -406,6 +409,49 @@ static int score_window(llm_model *model, llm_workspace *ws, int chunk, const in
     return rc;
 }
 
+/* Hooks the --pim-layers onto the model; 0, or -errno after a message. */
+static int pim_attach(llm_model *model, const char *layers, const char *device, const char *dataflow,
+                      srv_pim_llm **out)
+{
+    pim_presets *presets = NULL;
+    struct pim_json_error jerr = {0};
+    int rc = pim_presets_load_dir("conf/pim", &presets, &jerr);
+    if (rc == -ENOENT) presets = pim_presets_builtin();
+    else if (rc) {
+        fprintf(stderr, "llmd perplexity: PIM presets: %s\n", jerr.message);
+        return rc;
+    }
+    const struct pim_device *dev = pim_presets_find(presets, device);
+    char err[256];
+    if (!dev) {
+        fprintf(stderr, "llmd perplexity: --pim-device: no preset '%s' in conf/pim\n", device);
+        rc = -EINVAL;
+    } else {
+        rc = srv_pim_llm_attach(model, layers, dev, dataflow, 0, out, err, sizeof err);
+        if (rc) fprintf(stderr, "llmd perplexity: --pim-layers: %s\n", err);
+    }
+    pim_presets_free(presets);
+    return rc;
+}
+
+static void pim_print(const srv_pim_llm *pim, const char *layers, const char *device, const char *dataflow)
+{
+    struct srv_pim_llm_report r;
+    srv_pim_llm_report(pim, &r);
+    if (srv_pim_llm_error(pim))
+        printf("pim: some products fell back to float: %s\n", util_strerror(srv_pim_llm_error(pim)));
+    printf("pim: layers %s on %s (%s): %d matrices, %llu products, %llu token rows\n", layers, device, dataflow,
+           r.matrices, (unsigned long long)r.products, (unsigned long long)r.vectors);
+    printf("pim run cost: energy %.6g J (adc %.6g J), adc conversions %llu, latency %.6g s, crossbars %llu\n",
+           pim_cost_energy(&r.run), r.run.energy[PIM_E_ADC], (unsigned long long)r.run.adc_conversions,
+           r.run.latency, (unsigned long long)r.program.crossbars);
+    printf("pim program cost: energy %.6g J, cell writes %llu, latency %.6g s\n", pim_cost_energy(&r.program),
+           (unsigned long long)r.program.cell_writes, r.program.latency);
+    if (r.vectors)
+        printf("pim per token row: energy %.6g J, adc conversions %.0f\n", pim_cost_energy(&r.run) / (double)r.vectors,
+               (double)r.run.adc_conversions / (double)r.vectors);
+}
+
 static const char perplexity_help[] =
     "Usage: llmd perplexity [--model FILE] --file TEXT [--ctx N] [--max-tokens N]\n"
     "Perplexity of a text file: the token stream BOS + tokenize(TEXT) (its first N\n"
@@ -416,18 +462,26 @@ static const char perplexity_help[] =
     "  --file TEXT        the text (e.g. models/heldout.txt)\n"
     "  --ctx N            window length in tokens (default: the model's context)\n"
     "  --max-tokens N     use the first N tokens of the stream (default: all)\n"
-    "  --batch N          prefill chunk in tokens (default 512)\n\n";
+    "  --batch N          prefill chunk in tokens (default 512)\n"
+    "  --pim-layers SPEC  run these linear layers on the simulated ReRAM crossbars and\n"
+    "                     report the simulated cost (fp32 only). SPEC: comma-separated\n"
+    "                     kinds (q,k,v,o,gate,up,down, attn, ffn, all) and layers (N or\n"
+    "                     N-M); e.g. ffn, all, 0-1, ffn,3\n"
+    "  --pim-device NAME  device preset from conf/pim (default isaac)\n"
+    "  --pim-dataflow D   isaac | cascade | neural_pim (default isaac)\n\n";
 
 int cmd_perplexity(int argc, char **argv)
 {
     static const struct option own[] = {
         {"file", required_argument, 0, OPT_FILE}, {"ctx", required_argument, 0, OPT_CTX},
         {"max-tokens", required_argument, 0, OPT_MAX_TOKENS}, {"batch", required_argument, 0, OPT_BATCH},
+        {"pim-layers", required_argument, 0, OPT_PIM_LAYERS}, {"pim-device", required_argument, 0, OPT_PIM_DEVICE},
+        {"pim-dataflow", required_argument, 0, OPT_PIM_DATAFLOW},
     };
     struct option *options = join_options(own, sizeof own / sizeof own[0]);
     struct model_flags mf;
     model_flags_init(&mf);
-    const char *file = NULL;
+    const char *file = NULL, *pim_layers = NULL, *pim_device = "isaac", *pim_dataflow = "isaac";
     int ctx = 0, max_tokens = 0, batch = 512, opt, rc = 2;
     bool ok = true;
     optind = 1;
@@ -437,6 +491,9 @@ int cmd_perplexity(int argc, char **argv)
         case OPT_CTX: ok = parse_int(optarg, 2, 1 << 24, &ctx); break;
         case OPT_MAX_TOKENS: ok = parse_int(optarg, 2, 1 << 30, &max_tokens); break;
         case OPT_BATCH: ok = parse_int(optarg, 1, 1 << 16, &batch); break;
+        case OPT_PIM_LAYERS: pim_layers = optarg; break;
+        case OPT_PIM_DEVICE: pim_device = optarg; break;
+        case OPT_PIM_DATAFLOW: pim_dataflow = optarg; break;
         case OPT_HELP:
             printf("%s%s", perplexity_help, model_help);
             free(options);
@@ -475,6 +532,12 @@ int cmd_perplexity(int argc, char **argv)
         return 2;
     }
     if (batch > ctx) batch = ctx;
+    srv_pim_llm *pim = NULL;
+    if (pim_layers && pim_attach(model, pim_layers, pim_device, pim_dataflow, &pim) != 0) {
+        llm_model_free(model);
+        free(ids);
+        return 2;
+    }
     llm_workspace *ws = llm_workspace_create(model, batch);
     double nll = 0, t0 = util_now();
     struct attn_stats stats = {0, 0};
@@ -494,9 +557,11 @@ int cmd_perplexity(int argc, char **argv)
         printf("tokens scored: %.0f in %d windows of %d (%.1f tokens/s)\n", scored, windows, ctx, scored / secs);
         if (stats.pages_total > 0)
             printf("kv pages read: %.4f of dense\n", (double)stats.pages_read / (double)stats.pages_total);
+        if (pim) pim_print(pim, pim_layers, pim_device, pim_dataflow);
     }
     free(ids);
     llm_workspace_free(ws);
+    srv_pim_llm_detach(pim);
     llm_model_free(model);
     return rc ? 1 : 0;
 }

@@ -322,6 +322,7 @@ static void close_handle(uv_handle_t *h)
 static void finish_shutdown(struct srv_daemon *d)
 {
     uv_timer_stop(&d->drain_timer);
+    srv_pim_stop(d);
     for (struct srv_request *r = d->requests; r; r = r->next)
         if (r->suspended) {
             r->client_gone = true; /* nothing more will be sent */
@@ -379,6 +380,7 @@ static void begin_shutdown(struct srv_daemon *d, const char *why)
 {
     if (!d->draining) {
         d->draining = true;
+        srv_pim_answer_waiters(d);
         LOG_INFO("shutting down (%s): no new requests; up to %.0f s for running ones", why,
                  d->cfg->grace_s);
         if (d->mhd) {
@@ -413,7 +415,8 @@ static void print_usage(void)
     printf("usage: llmd serve [options]\n\n"
            "Serves the model over HTTP: OpenAI-compatible /v1/completions and\n"
            "/v1/chat/completions (SSE with \"stream\": true), /v1/models, /tokenize,\n"
-           "/detokenize, /health and Prometheus /metrics.\n\n"
+           "/detokenize, /health and Prometheus /metrics; and the simulated ReRAM PIM\n"
+           "accelerator pool: /v1/pim/jobs, /v1/pim/jobs/{id}, /v1/pim/devices.\n\n"
            "Settings come from %s (or --config FILE, or LLMD_CONFIG), then\n"
            "LLMD_* environment variables, then these flags:\n\n"
            "  --config FILE                      JSON settings file\n"
@@ -473,7 +476,12 @@ int srv_serve_main(int argc, char **argv)
     init_loop(d);
     if (cfg.config_path) LOG_INFO("settings from %s", cfg.config_path);
 
-    if (start_http(d)) {
+    if (srv_pim_create(d, err, sizeof err)) {
+        fprintf(stderr, "llmd serve: %s\n", err);
+        d->exit_code = 2;
+        atomic_store(&d->load_state, SRV_LOAD_FAILED);
+        begin_shutdown(d, "no PIM pool");
+    } else if (start_http(d)) {
         d->exit_code = 1;
         atomic_store(&d->load_state, SRV_LOAD_FAILED);
         begin_shutdown(d, "cannot listen");
@@ -491,6 +499,7 @@ int srv_serve_main(int argc, char **argv)
 
     int exit_code = d->exit_code;
     if (d->model) llm_model_free(d->model);
+    srv_pim_free(d);
     srv_metrics_free(&d->metrics);
     pthread_mutex_destroy(&d->events_lock);
     free(d);

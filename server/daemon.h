@@ -37,7 +37,7 @@ struct srv_request;
 
 /* ---------------------------------------------------------------- routes */
 
-enum { SRV_GET = 1, SRV_POST = 2 };
+enum { SRV_GET = 1, SRV_POST = 2, SRV_DELETE = 4 };
 
 struct srv_route {
     const char *path; /* also the metrics label */
@@ -104,6 +104,11 @@ struct srv_request {
     bool failed;          /* answered with an error; engine events are dropped */
     struct srv_buf sse;   /* SSE bytes not yet handed to MHD */
     bool stream_finished; /* [DONE] is in sse */
+
+    /* a PIM job request waiting for its job (pim_http.c) */
+    uint64_t pim_wait_id; /* 0 = not waiting */
+    double pim_deadline;  /* util_now() clock */
+    int pim_wait_status;  /* the status if the job is still going at the deadline */
 };
 
 /* --------------------------------------------------------------- daemon */
@@ -161,6 +166,8 @@ struct srv_daemon {
     int exit_code;
     struct srv_engine_gauges last_gauges;
 
+    struct srv_pim *pim; /* the PIM accelerator pool (pim_http.c) */
+
     struct srv_request *requests; /* live HTTP requests */
     int n_requests;
     struct srv_metrics metrics;
@@ -206,6 +213,20 @@ int srv_tokenize(const llm_tokenizer *tok, const char *text, size_t len, bool ad
                  int32_t **ids);
 /* Parses the body as JSON or answers 400. New reference or NULL. */
 json_t *srv_parse_body(struct srv_request *r);
+
+/* pim_http.c: the PIM job endpoints. srv_pim_create starts the pool (on
+ * failure d->pim may still be set: srv_pim_stop and srv_pim_free clean up);
+ * srv_pim_stop, on the loop thread at shutdown, stops it and closes its
+ * handles; srv_pim_free, after the loop ended, frees the rest. */
+struct srv_pim;
+int srv_pim_create(struct srv_daemon *d, char *err, size_t err_len);
+void srv_pim_stop(struct srv_daemon *d);
+/* Answers the requests waiting for PIM jobs now (draining). */
+void srv_pim_answer_waiters(struct srv_daemon *d);
+void srv_pim_free(struct srv_daemon *d);
+void srv_pim_handle_submit(struct srv_request *r, const char *url);
+void srv_pim_handle_job(struct srv_request *r, const char *url);
+void srv_pim_handle_devices(struct srv_request *r, const char *url);
 
 /* generate.c */
 void srv_generate_start(struct srv_request *r, enum srv_api api, json_t *body);

@@ -830,8 +830,9 @@ static int parse_field(struct parse_ctx *pc, const char *key, const json_t *v)
     return set_error(pc->err, -EINVAL, "unknown_parameter", key, "unknown parameter '%s'", key);
 }
 
-int pim_json_parse_job(const char *body, size_t len, const struct pim_json_limits *lim,
-                       const pim_presets *presets, struct pim_job *job, struct pim_json_error *err)
+int pim_json_parse_job_object(const json_t *root, const struct pim_json_limits *lim,
+                              const pim_presets *presets, struct pim_job *job,
+                              struct pim_json_error *err)
 {
     struct pim_json_limits defaults;
     if (!lim) {
@@ -841,12 +842,6 @@ int pim_json_parse_job(const char *body, size_t len, const struct pim_json_limit
     pim_job_init(job, PIM_JOB_VMM);
     const struct pim_device *isaac = presets ? pim_presets_find(presets, "isaac") : NULL;
     if (isaac) job->device = *isaac;
-    json_error_t jerr;
-    json_t *root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
-    if (!root)
-        return set_error(err, -EINVAL, "invalid_json", NULL,
-                         "invalid JSON at line %d column %d: %s", jerr.line, jerr.column,
-                         jerr.text);
     struct parse_ctx pc = {.job = job, .lim = lim, .presets = presets, .err = err};
     int rc = 0;
     if (!json_is_object(root)) {
@@ -860,13 +855,12 @@ int pim_json_parse_job(const char *body, size_t len, const struct pim_json_limit
             rc = p_type(&pc, "type", type);
         const char *key;
         json_t *v;
-        json_object_foreach(root, key, v)
+        json_object_foreach((json_t *)root, key, v)
         {
             if (rc) break;
             if (strcmp(key, "type") != 0) rc = parse_field(&pc, key, v);
         }
     }
-    json_decref(root);
     if (rc == 0) {
         struct pim_error perr = {0};
         if (pim_job_validate(job, &perr) != 0) {
@@ -876,6 +870,22 @@ int pim_json_parse_job(const char *body, size_t len, const struct pim_json_limit
         }
     }
     if (rc) pim_job_free(job);
+    return rc;
+}
+
+int pim_json_parse_job(const char *body, size_t len, const struct pim_json_limits *lim,
+                       const pim_presets *presets, struct pim_job *job, struct pim_json_error *err)
+{
+    json_error_t jerr;
+    json_t *root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!root) {
+        pim_job_init(job, PIM_JOB_VMM);
+        return set_error(err, -EINVAL, "invalid_json", NULL,
+                         "invalid JSON at line %d column %d: %s", jerr.line, jerr.column,
+                         jerr.text);
+    }
+    int rc = pim_json_parse_job_object(root, lim, presets, job, err);
+    json_decref(root);
     return rc;
 }
 

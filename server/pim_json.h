@@ -97,6 +97,12 @@ int pim_json_device_apply(const json_t *obj, struct pim_device *dev, const char 
 int pim_json_parse_job(const char *body, size_t len, const struct pim_json_limits *lim,
                        const pim_presets *presets, struct pim_job *job, struct pim_json_error *err);
 
+/* The same for a parsed body (the server takes its own members, "wait",
+ * out first). root is not modified. */
+int pim_json_parse_job_object(const json_t *root, const struct pim_json_limits *lim,
+                              const pim_presets *presets, struct pim_job *job,
+                              struct pim_json_error *err);
+
 /* Job ids are rendered "pim-<n>". */
 void pim_json_format_job_id(uint64_t id, char buf[32]);
 /* Returns 0 and the id, or -EINVAL. */

@@ -32,6 +32,9 @@ static const struct srv_route routes[] = {
     {"/detokenize", SRV_POST, false, false, handle_detokenize},
     {"/health", SRV_GET, false, true, handle_health},
     {"/metrics", SRV_GET, false, true, handle_metrics},
+    {"/v1/pim/jobs", SRV_POST, false, false, srv_pim_handle_submit},
+    {"/v1/pim/jobs/", SRV_GET | SRV_DELETE, true, false, srv_pim_handle_job},
+    {"/v1/pim/devices", SRV_GET, false, false, srv_pim_handle_devices},
 };
 
 /* The metrics label of paths that are not routes. */
@@ -52,11 +55,13 @@ static unsigned method_bit(const char *method)
 {
     if (strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0) return SRV_GET;
     if (strcmp(method, "POST") == 0) return SRV_POST;
+    if (strcmp(method, "DELETE") == 0) return SRV_DELETE;
     return 0;
 }
 
 static const char *allow_header(unsigned methods)
 {
+    if (methods == (SRV_GET | SRV_DELETE)) return "GET, HEAD, DELETE, OPTIONS";
     return methods == SRV_GET ? "GET, HEAD, OPTIONS" : "POST, OPTIONS";
 }
 

@@ -61,6 +61,15 @@ struct srv_config {
     bool auth_health_metrics; /* /health and /metrics need a key too */
     char **cors_origins;      /* "*" allows any origin */
     int n_cors_origins;
+    /* the PIM accelerator pool (/v1/pim/...) */
+    int pim_devices;             /* simulated devices = worker threads */
+    int pim_threads_per_job;     /* 0 = cores / devices */
+    int pim_queue;               /* queued jobs before 429 */
+    double pim_result_ttl_s;     /* finished jobs stay readable this long */
+    int pim_max_tensor_elements; /* one tensor of a job */
+    double pim_max_wait_s;       /* the longest "wait" a request may ask */
+    char *pim_preset;            /* device of jobs that name none */
+    char *pim_presets_dir;       /* conf/pim */
     /* logs */
     char *log_level;
     bool log_json;
