@@ -17,7 +17,7 @@
  * for every configuration.
  *
  *   build/bench/quest_quality [--model FILE] [--ctx 4096] [--trials 20]
- *       [--budgets 32,64,128,256,512,1024] [--ppl-windows 4] [--ppl-tail 128]
+ *       [--budgets 32,64,128,256,512,1024] [--ppl-windows 2] [--ppl-tail 128]
  *       [--seed 1] [--text models/heldout.txt] [--tsv FILE] [--threads N]
  *       [--no-passkey] [--no-ppl]
  *
@@ -81,7 +81,7 @@ static void parse_options(int argc, char **argv, struct options *o)
 {
     *o = (struct options){.model = "models/llmd-20m.gguf", .text = "models/heldout.txt",
                           .tsv = "build/bench/quest_quality.tsv", .ctx = 4096, .trials = 20,
-                          .ppl_windows = 4, .ppl_tail = 128, .seed = 1, .n_budgets = 6,
+                          .ppl_windows = 2, .ppl_tail = 128, .seed = 1, .n_budgets = 6,
                           .budgets = {32, 64, 128, 256, 512, 1024}, .passkey = true, .ppl = true};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
