@@ -19,7 +19,7 @@
  *   build/bench/quest_quality [--model FILE] [--ctx 4096] [--trials 20]
  *       [--budgets 32,64,128,256,512,1024] [--ppl-windows 2] [--ppl-tail 128]
  *       [--seed 1] [--text models/heldout.txt] [--tsv FILE] [--threads N]
- *       [--no-passkey] [--no-ppl]
+ *       [--dense-layers 2] [--no-passkey] [--no-ppl]
  *
  * Prints a table and writes a TSV (test, mode, budget, value, n, read
  * fraction) that tools/plot_quest.py plots.
@@ -40,7 +40,7 @@
 
 struct options {
     const char *model, *text, *tsv;
-    int ctx, trials, ppl_windows, ppl_tail, seed, threads, n_budgets;
+    int ctx, trials, ppl_windows, ppl_tail, seed, threads, dense_layers, n_budgets;
     int budgets[MAX_LIST];
     bool passkey, ppl;
 };
@@ -73,7 +73,7 @@ static void usage(void)
 {
     fprintf(stderr, "usage: quest_quality [--model FILE] [--ctx N] [--trials N] [--budgets 32,64,...]\n"
                     "  [--ppl-windows N] [--ppl-tail N] [--seed N] [--text FILE] [--tsv FILE]\n"
-                    "  [--threads N] [--no-passkey] [--no-ppl]\n");
+                    "  [--threads N] [--dense-layers N] [--no-passkey] [--no-ppl]\n");
     exit(2);
 }
 
@@ -81,7 +81,7 @@ static void parse_options(int argc, char **argv, struct options *o)
 {
     *o = (struct options){.model = "models/llmd-20m.gguf", .text = "models/heldout.txt",
                           .tsv = "build/bench/quest_quality.tsv", .ctx = 4096, .trials = 20,
-                          .ppl_windows = 2, .ppl_tail = 128, .seed = 1, .n_budgets = 6,
+                          .ppl_windows = 2, .ppl_tail = 128, .seed = 1, .dense_layers = 2, .n_budgets = 6,
                           .budgets = {32, 64, 128, 256, 512, 1024}, .passkey = true, .ppl = true};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -97,11 +97,12 @@ static void parse_options(int argc, char **argv, struct options *o)
         else if (strcmp(a, "--ppl-tail") == 0) o->ppl_tail = atoi(v), i++;
         else if (strcmp(a, "--seed") == 0) o->seed = atoi(v), i++;
         else if (strcmp(a, "--threads") == 0) o->threads = atoi(v), i++;
+        else if (strcmp(a, "--dense-layers") == 0) o->dense_layers = atoi(v), i++;
         else if (strcmp(a, "--budgets") == 0) o->n_budgets = parse_list(v, o->budgets), i++;
         else usage();
     }
     if (o->ctx < 256 || o->trials < 0 || o->ppl_windows < 0 || o->ppl_tail < 2 || o->ppl_tail >= o->ctx ||
-        o->n_budgets < 1)
+        o->n_budgets < 1 || o->dense_layers < 0)
         usage();
 }
 
@@ -320,6 +321,7 @@ int main(int argc, char **argv)
     struct llm_model_options mo;
     llm_model_options_default(&mo);
     mo.threads = o.threads;
+    mo.dense_layers = o.dense_layers;
     mo.kv_sequences = 1;
     char err[512];
     llm_model *m;
