@@ -25,16 +25,16 @@
  * the figures mean the same on a shared machine; with --threads N > 1 they
  * are wall time.
  */
+#include "core/llm.h"
+#include "tests/gguf_builder.h"
+#include "util/util.h"
+
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
-
-#include "core/llm.h"
-#include "tests/gguf_builder.h"
-#include "util/util.h"
 
 #define MAX_LIST 8
 
@@ -57,7 +57,8 @@ static bool use_wall_time; /* --threads N > 1 */
 static int parse_list(const char *s, int *out)
 {
     int n = 0;
-    for (char *end; *s && n < MAX_LIST; s = *end ? end + 1 : end) out[n++] = (int)strtol(s, &end, 10);
+    for (char *end; *s && n < MAX_LIST; s = *end ? end + 1 : end)
+        out[n++] = (int)strtol(s, &end, 10);
     return n;
 }
 
@@ -74,40 +75,65 @@ static int parse_names(const char *s, void *out, size_t elem, int (*parse)(const
     char buf[256];
     snprintf(buf, sizeof buf, "%s", s);
     int n = 0;
-    for (char *save = NULL, *t = strtok_r(buf, ",", &save); t && n < 4; t = strtok_r(NULL, ",", &save))
+    for (char *save = NULL, *t = strtok_r(buf, ",", &save); t && n < 4;
+         t = strtok_r(NULL, ",", &save))
         if (parse(t, (char *)out + elem * (size_t)n++) != 0) usage();
     return n;
 }
 
-static int parse_kv(const char *s, void *out) { return attn_kv_type_parse(s, out); }
-static int parse_precision(const char *s, void *out) { return llm_precision_parse(s, out); }
+static int parse_kv(const char *s, void *out)
+{
+    return attn_kv_type_parse(s, out);
+}
+static int parse_precision(const char *s, void *out)
+{
+    return llm_precision_parse(s, out);
+}
 
 static void parse_options(int argc, char **argv, struct options *o)
 {
-    *o = (struct options){.contexts = {4096, 8192, 16384, 32768}, .n_contexts = 4, .budget = 2048,
-                          .dense_layers = 2, .reps = 7, .threads = 1, .kv = {ATTN_KV_F32, ATTN_KV_INT4}, .n_kv = 2,
-                          .precisions = {LLM_FP32, LLM_ATOM}, .n_precisions = 2};
+    *o = (struct options){.contexts = {4096, 8192, 16384, 32768},
+                          .n_contexts = 4,
+                          .budget = 2048,
+                          .dense_layers = 2,
+                          .reps = 7,
+                          .threads = 1,
+                          .kv = {ATTN_KV_F32, ATTN_KV_INT4},
+                          .n_kv = 2,
+                          .precisions = {LLM_FP32, LLM_ATOM},
+                          .n_precisions = 2};
     for (int i = 1; i < argc; i += 2) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!v) usage();
-        if (strcmp(a, "--contexts") == 0) o->n_contexts = parse_list(v, o->contexts);
-        else if (strcmp(a, "--budget") == 0) o->budget = atoi(v);
-        else if (strcmp(a, "--dense-layers") == 0) o->dense_layers = atoi(v);
-        else if (strcmp(a, "--reps") == 0) o->reps = atoi(v);
-        else if (strcmp(a, "--threads") == 0) o->threads = atoi(v), use_wall_time = o->threads != 1;
-        else if (strcmp(a, "--kv") == 0) o->n_kv = parse_names(v, o->kv, sizeof o->kv[0], parse_kv);
+        if (strcmp(a, "--contexts") == 0)
+            o->n_contexts = parse_list(v, o->contexts);
+        else if (strcmp(a, "--budget") == 0)
+            o->budget = atoi(v);
+        else if (strcmp(a, "--dense-layers") == 0)
+            o->dense_layers = atoi(v);
+        else if (strcmp(a, "--reps") == 0)
+            o->reps = atoi(v);
+        else if (strcmp(a, "--threads") == 0)
+            o->threads = atoi(v), use_wall_time = o->threads != 1;
+        else if (strcmp(a, "--kv") == 0)
+            o->n_kv = parse_names(v, o->kv, sizeof o->kv[0], parse_kv);
         else if (strcmp(a, "--precisions") == 0)
-            o->n_precisions = parse_names(v, o->precisions, sizeof o->precisions[0], parse_precision);
-        else usage();
+            o->n_precisions =
+                parse_names(v, o->precisions, sizeof o->precisions[0], parse_precision);
+        else
+            usage();
     }
-    if (o->n_contexts < 1 || o->budget < 16 || o->reps < 1 || o->threads < 1 || o->n_kv < 1 || o->n_precisions < 1) usage();
+    if (o->n_contexts < 1 || o->budget < 16 || o->reps < 1 || o->threads < 1 || o->n_kv < 1 ||
+        o->n_precisions < 1)
+        usage();
     for (int i = 1; i < o->n_contexts; i++)
         if (o->contexts[i] <= o->contexts[i - 1]) usage(); /* the sequence only grows */
 }
 
 /* ------------------------------------------------------- the model file */
 
-static void tensor_info(struct gguf_builder *b, const char *name, int rows, int cols, uint64_t *offset)
+static void tensor_info(struct gguf_builder *b, const char *name, int rows, int cols,
+                        uint64_t *offset)
 {
     uint64_t dims[2] = {(uint64_t)cols, (uint64_t)rows};
     bool vector = rows == 0;
@@ -127,8 +153,8 @@ static int model_tensors(struct tensor_shape *t)
     t[n++] = (struct tensor_shape){"token_embd.weight", VOCAB, DIM};
     t[n++] = (struct tensor_shape){"output_norm.weight", 0, DIM};
     t[n++] = (struct tensor_shape){"output.weight", VOCAB, DIM};
-    const char *names[] = {"attn_norm", "attn_q", "attn_k", "attn_v", "attn_output",
-                           "ffn_norm", "ffn_gate", "ffn_up", "ffn_down"};
+    const char *names[] = {"attn_norm", "attn_q",   "attn_k", "attn_v",  "attn_output",
+                           "ffn_norm",  "ffn_gate", "ffn_up", "ffn_down"};
     int rows[] = {0, DIM, KV_HEADS * DIM / HEADS, KV_HEADS * DIM / HEADS, DIM, 0, FFN, FFN, DIM};
     int cols[] = {DIM, DIM, DIM, DIM, DIM, DIM, DIM, DIM, FFN};
     for (int l = 0; l < LAYERS; l++)
@@ -141,7 +167,8 @@ static int model_tensors(struct tensor_shape *t)
 }
 
 /* Writes the synthetic model to `path`: a llama tokenizer of VOCAB made-up
- * pieces (byte pieces, so that Atom's calibration text tokenizes) and uniform weights of std 1/sqrt(fan-in). */
+ * pieces (byte pieces, so that Atom's calibration text tokenizes) and uniform weights of std
+ * 1/sqrt(fan-in). */
 static void write_model(const char *path, int ctx_len)
 {
     struct tensor_shape t[3 + 9 * LAYERS];
@@ -163,9 +190,12 @@ static void write_model(const char *path, int ctx_len)
     gb_kv_array(&b, "tokenizer.ggml.tokens", GGUF_TYPE_STRING, VOCAB);
     for (int i = 0; i < VOCAB; i++) { /* <unk> <s> </s>, the 256 byte pieces, made-up words */
         char piece[16];
-        if (i < 3) snprintf(piece, sizeof piece, "%s", (const char *[]){"<unk>", "<s>", "</s>"}[i]);
-        else if (i < 259) snprintf(piece, sizeof piece, "<0x%02X>", i - 3);
-        else snprintf(piece, sizeof piece, "w%d", i);
+        if (i < 3)
+            snprintf(piece, sizeof piece, "%s", (const char *[]){"<unk>", "<s>", "</s>"}[i]);
+        else if (i < 259)
+            snprintf(piece, sizeof piece, "<0x%02X>", i - 3);
+        else
+            snprintf(piece, sizeof piece, "w%d", i);
         gb_str(&b, piece);
     }
     gb_kv_array(&b, "tokenizer.ggml.token_type", GGUF_TYPE_INT32, VOCAB);
@@ -187,7 +217,8 @@ static void write_model(const char *path, int ctx_len)
         size_t n = (size_t)t[i].rows * t[i].cols;
         float amp = 1.7320508f / sqrtf((float)t[i].cols); /* uniform [-a, a] has std a/sqrt(3) */
         for (size_t j = 0; j < n; j++)
-            ((uint16_t *)dst)[j] = util_f32_to_f16(amp * (float)(2.0 * util_rng_uniform(&rng) - 1.0));
+            ((uint16_t *)dst)[j] =
+                util_f32_to_f16(amp * (float)(2.0 * util_rng_uniform(&rng) - 1.0));
         at += ((uint64_t)2 * n + 31) / 32 * 32;
     }
     FILE *f = fopen(path, "wb");
@@ -203,12 +234,14 @@ static void synthetic_fill(attn_seq *seq, int len, struct util_rng *rng)
 {
     enum { CHUNK = 256 };
     int width = KV_HEADS * (DIM / HEADS);
-    float *k = util_xmalloc(sizeof(float) * CHUNK * width), *v = util_xmalloc(sizeof(float) * CHUNK * width);
+    float *k = util_xmalloc(sizeof(float) * CHUNK * width),
+          *v = util_xmalloc(sizeof(float) * CHUNK * width);
     for (int at = attn_seq_len(seq); at < len; at += CHUNK) {
         int n = len - at < CHUNK ? len - at : CHUNK;
         UTIL_CHECK(attn_seq_reserve(seq, n) == 0);
         for (int l = 0; l < LAYERS; l++) {
-            for (int i = 0; i < n * width; i++) { /* uniform [-2, 2): cheap, and spread like N(0,1) */
+            for (int i = 0; i < n * width;
+                 i++) { /* uniform [-2, 2): cheap, and spread like N(0,1) */
                 uint64_t r = util_rng_next(rng);
                 k[i] = (float)(int32_t)(r >> 32) * 0x1p-30f;
                 v[i] = (float)(int32_t)r * 0x1p-30f;
@@ -249,7 +282,8 @@ static double timed_step(llm_model *m, llm_workspace *ws, attn_seq *seq, int bud
 {
     int len = attn_seq_len(seq);
     int32_t token = 3 + len % (VOCAB - 3);
-    struct llm_batch_item item = {.kv = seq, .tokens = &token, .n_tokens = 1, .quest_budget = budget};
+    struct llm_batch_item item = {
+        .kv = seq, .tokens = &token, .n_tokens = 1, .quest_budget = budget};
     double t0 = use_wall_time ? util_now() : thread_cpu_now();
     UTIL_CHECK(llm_forward(m, ws, &item, 1, logits, stats) == 0);
     double dt = (use_wall_time ? util_now() : thread_cpu_now()) - t0;
@@ -299,8 +333,10 @@ static void run_model(const char *path, const struct options *o, enum llm_precis
         }
         double d = median(dense, o->reps) * 1e3, q = median(quest, o->reps) * 1e3;
         printf("| %-8s | %-4s | %6d | %9.2f | %7.1f | %9.2f | %7.1f | %5.2fx | %5.1f%% | %5.1f |\n",
-               llm_precision_name(precision), attn_kv_type_name(kv), o->contexts[c], d, 1e3 / d, q, 1e3 / q, d / q,
-               100.0 * (double)stats.sparse_pages_read / (double)(stats.sparse_pages_total ? stats.sparse_pages_total : 1),
+               llm_precision_name(precision), attn_kv_type_name(kv), o->contexts[c], d, 1e3 / d, q,
+               1e3 / q, d / q,
+               100.0 * (double)stats.sparse_pages_read /
+                   (double)(stats.sparse_pages_total ? stats.sparse_pages_total : 1),
                t_fill);
         fflush(stdout);
         free(dense);
@@ -326,15 +362,18 @@ int main(int argc, char **argv)
     double t0 = util_now();
     write_model(path, o.contexts[o.n_contexts - 1] + 64);
     printf("decode_long: synthetic LLaMA, width %d, %d layers, %d/%d heads, FFN %d, vocabulary %d "
-           "(written in %.1f s); Quest budget %d, %d dense layers; medians of %d steps; %d thread(s), %s time\n\n",
-           DIM, LAYERS, HEADS, KV_HEADS, FFN, VOCAB, util_now() - t0, o.budget, o.dense_layers, o.reps, o.threads,
-           use_wall_time ? "wall" : "thread CPU");
-    printf("| weights | kv | ctx | dense ms | dense tok/s | quest ms | quest tok/s | quest/dense | read | fill s |\n");
+           "(written in %.1f s); Quest budget %d, %d dense layers; medians of %d steps; %d "
+           "thread(s), %s time\n\n",
+           DIM, LAYERS, HEADS, KV_HEADS, FFN, VOCAB, util_now() - t0, o.budget, o.dense_layers,
+           o.reps, o.threads, use_wall_time ? "wall" : "thread CPU");
+    printf("| weights | kv | ctx | dense ms | dense tok/s | quest ms | quest tok/s | quest/dense | "
+           "read | fill s |\n");
     printf("|---|---|---|---|---|---|---|---|---|---|\n");
     for (int p = 0; p < o.n_precisions; p++)
         for (int k = 0; k < o.n_kv; k++) run_model(path, &o, o.precisions[p], o.kv[k]);
     unlink(path);
-    printf("\n(read: pages read over dense in the sparse layers. llama.cpp, same shape, Q4_0 weights,\n"
+    printf("\n(read: pages read over dense in the sparse layers. llama.cpp, same shape, Q4_0 "
+           "weights,\n"
            "F16 cache, on this machine (issue 6): 60 tok/s at 4K, 13 at 16K, 8.8 at 32K.)\n");
     return 0;
 }

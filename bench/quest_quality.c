@@ -24,18 +24,18 @@
  * Prints a table and writes a TSV (test, mode, budget, value, n, read
  * fraction) that tools/plot_quest.py plots.
  */
+#include "core/llm.h"
+#include "server/passkey.h"
+#include "util/util.h"
+
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "core/llm.h"
-#include "server/passkey.h"
-#include "util/util.h"
-
-#define MAX_LIST 16
-#define MAX_CONFIGS (1 + 2 * MAX_LIST)
+#define MAX_LIST      16
+#define MAX_CONFIGS   (1 + 2 * MAX_LIST)
 #define PREFILL_CHUNK 512
 
 struct options {
@@ -50,8 +50,8 @@ struct config {
     enum attn_mode mode;
     int budget;
     struct attn_stats stats;
-    int correct;    /* passkey */
-    double nll;     /* perplexity */
+    int correct; /* passkey */
+    double nll;  /* perplexity */
     int64_t scored;
 };
 
@@ -65,44 +65,70 @@ static const char *mode_name(enum attn_mode m)
 static int parse_list(const char *s, int *out)
 {
     int n = 0;
-    for (char *end; *s && n < MAX_LIST; s = *end ? end + 1 : end) out[n++] = (int)strtol(s, &end, 10);
+    for (char *end; *s && n < MAX_LIST; s = *end ? end + 1 : end)
+        out[n++] = (int)strtol(s, &end, 10);
     return n;
 }
 
 static void usage(void)
 {
-    fprintf(stderr, "usage: quest_quality [--model FILE] [--ctx N] [--trials N] [--budgets 32,64,...]\n"
-                    "  [--ppl-windows N] [--ppl-tail N] [--seed N] [--text FILE] [--tsv FILE]\n"
-                    "  [--threads N] [--dense-layers N] [--no-passkey] [--no-ppl]\n");
+    fprintf(stderr,
+            "usage: quest_quality [--model FILE] [--ctx N] [--trials N] [--budgets 32,64,...]\n"
+            "  [--ppl-windows N] [--ppl-tail N] [--seed N] [--text FILE] [--tsv FILE]\n"
+            "  [--threads N] [--dense-layers N] [--no-passkey] [--no-ppl]\n");
     exit(2);
 }
 
 static void parse_options(int argc, char **argv, struct options *o)
 {
-    *o = (struct options){.model = "models/llmd-20m.gguf", .text = "models/heldout.txt",
-                          .tsv = "build/bench/quest_quality.tsv", .ctx = 4096, .trials = 20,
-                          .ppl_windows = 2, .ppl_tail = 128, .seed = 1, .dense_layers = 2, .n_budgets = 6,
-                          .budgets = {32, 64, 128, 256, 512, 1024}, .passkey = true, .ppl = true};
+    *o = (struct options){.model = "models/llmd-20m.gguf",
+                          .text = "models/heldout.txt",
+                          .tsv = "build/bench/quest_quality.tsv",
+                          .ctx = 4096,
+                          .trials = 20,
+                          .ppl_windows = 2,
+                          .ppl_tail = 128,
+                          .seed = 1,
+                          .dense_layers = 2,
+                          .n_budgets = 6,
+                          .budgets = {32, 64, 128, 256, 512, 1024},
+                          .passkey = true,
+                          .ppl = true};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (strcmp(a, "--no-passkey") == 0) o->passkey = false;
-        else if (strcmp(a, "--no-ppl") == 0) o->ppl = false;
-        else if (!v) usage();
-        else if (strcmp(a, "--model") == 0) o->model = v, i++;
-        else if (strcmp(a, "--text") == 0) o->text = v, i++;
-        else if (strcmp(a, "--tsv") == 0) o->tsv = v, i++;
-        else if (strcmp(a, "--ctx") == 0) o->ctx = atoi(v), i++;
-        else if (strcmp(a, "--trials") == 0) o->trials = atoi(v), i++;
-        else if (strcmp(a, "--ppl-windows") == 0) o->ppl_windows = atoi(v), i++;
-        else if (strcmp(a, "--ppl-tail") == 0) o->ppl_tail = atoi(v), i++;
-        else if (strcmp(a, "--seed") == 0) o->seed = atoi(v), i++;
-        else if (strcmp(a, "--threads") == 0) o->threads = atoi(v), i++;
-        else if (strcmp(a, "--dense-layers") == 0) o->dense_layers = atoi(v), i++;
-        else if (strcmp(a, "--budgets") == 0) o->n_budgets = parse_list(v, o->budgets), i++;
-        else usage();
+        if (strcmp(a, "--no-passkey") == 0)
+            o->passkey = false;
+        else if (strcmp(a, "--no-ppl") == 0)
+            o->ppl = false;
+        else if (!v)
+            usage();
+        else if (strcmp(a, "--model") == 0)
+            o->model = v, i++;
+        else if (strcmp(a, "--text") == 0)
+            o->text = v, i++;
+        else if (strcmp(a, "--tsv") == 0)
+            o->tsv = v, i++;
+        else if (strcmp(a, "--ctx") == 0)
+            o->ctx = atoi(v), i++;
+        else if (strcmp(a, "--trials") == 0)
+            o->trials = atoi(v), i++;
+        else if (strcmp(a, "--ppl-windows") == 0)
+            o->ppl_windows = atoi(v), i++;
+        else if (strcmp(a, "--ppl-tail") == 0)
+            o->ppl_tail = atoi(v), i++;
+        else if (strcmp(a, "--seed") == 0)
+            o->seed = atoi(v), i++;
+        else if (strcmp(a, "--threads") == 0)
+            o->threads = atoi(v), i++;
+        else if (strcmp(a, "--dense-layers") == 0)
+            o->dense_layers = atoi(v), i++;
+        else if (strcmp(a, "--budgets") == 0)
+            o->n_budgets = parse_list(v, o->budgets), i++;
+        else
+            usage();
     }
-    if (o->ctx < 256 || o->trials < 0 || o->ppl_windows < 0 || o->ppl_tail < 2 || o->ppl_tail >= o->ctx ||
-        o->n_budgets < 1 || o->dense_layers < 0)
+    if (o->ctx < 256 || o->trials < 0 || o->ppl_windows < 0 || o->ppl_tail < 2 ||
+        o->ppl_tail >= o->ctx || o->n_budgets < 1 || o->dense_layers < 0)
         usage();
 }
 
@@ -163,9 +189,13 @@ static attn_seq *prefill(llm_model *m, llm_workspace *ws, const int32_t *tokens,
 }
 
 /* One decode step of `token` under configuration c. */
-static void decode(llm_model *m, llm_workspace *ws, attn_seq *seq, int32_t token, struct config *c, float *logits)
+static void decode(llm_model *m, llm_workspace *ws, attn_seq *seq, int32_t token, struct config *c,
+                   float *logits)
 {
-    struct llm_batch_item item = {.kv = seq, .tokens = &token, .n_tokens = 1, .quest_budget = c->budget,
+    struct llm_batch_item item = {.kv = seq,
+                                  .tokens = &token,
+                                  .n_tokens = 1,
+                                  .quest_budget = c->budget,
                                   .sparse_mode = c->mode == ATTN_DENSE ? ATTN_QUEST : c->mode};
     UTIL_CHECK(llm_forward(m, ws, &item, 1, logits, &c->stats) == 0);
 }
@@ -174,8 +204,8 @@ static void decode(llm_model *m, llm_workspace *ws, attn_seq *seq, int32_t token
 
 /* Greedy answer of configuration c from a prefilled prompt: the first token
  * from the prefill, then up to PASSKEY_ANSWER_BUDGET - 1 decode steps. */
-static bool passkey_answer(llm_model *m, llm_workspace *ws, attn_seq *seq, const float *prefill_logits,
-                           struct config *c, int key, float *logits)
+static bool passkey_answer(llm_model *m, llm_workspace *ws, attn_seq *seq,
+                           const float *prefill_logits, struct config *c, int key, float *logits)
 {
     const llm_tokenizer *tok = llm_model_tokenizer(m);
     int vocab = llm_model_config(m)->vocab_size;
@@ -285,7 +315,8 @@ static void run_perplexity(llm_model *m, const struct options *o, struct config 
 static double read_fraction(const struct config *c)
 {
     const struct attn_stats *s = &c->stats;
-    return s->sparse_pages_total ? (double)s->sparse_pages_read / (double)s->sparse_pages_total : 1.0;
+    return s->sparse_pages_total ? (double)s->sparse_pages_read / (double)s->sparse_pages_total
+                                 : 1.0;
 }
 
 static double read_fraction_all(const struct config *c)
@@ -296,21 +327,24 @@ static double read_fraction_all(const struct config *c)
 
 static void report(const struct options *o, const struct config *cs, int n_configs, FILE *tsv)
 {
-    printf("\n%-7s %7s  %-17s  %-10s  %-12s  %s\n", "mode", "budget", "passkey", "perplexity", "read sparse",
-           "read all");
+    printf("\n%-7s %7s  %-17s  %-10s  %-12s  %s\n", "mode", "budget", "passkey", "perplexity",
+           "read sparse", "read all");
     for (int c = 0; c < n_configs; c++) {
         char pk[32] = "-", ppl[32] = "-";
         if (o->passkey && o->trials > 0)
-            snprintf(pk, sizeof pk, "%.3f (%d/%d)", (double)cs[c].correct / o->trials, cs[c].correct, o->trials);
-        if (o->ppl && cs[c].scored > 0) snprintf(ppl, sizeof ppl, "%.3f", exp(cs[c].nll / (double)cs[c].scored));
-        printf("%-7s %7d  %-17s  %-10s  %-12.3f  %.3f\n", mode_name(cs[c].mode), cs[c].budget, pk, ppl,
-               read_fraction(&cs[c]), read_fraction_all(&cs[c]));
+            snprintf(pk, sizeof pk, "%.3f (%d/%d)", (double)cs[c].correct / o->trials,
+                     cs[c].correct, o->trials);
+        if (o->ppl && cs[c].scored > 0)
+            snprintf(ppl, sizeof ppl, "%.3f", exp(cs[c].nll / (double)cs[c].scored));
+        printf("%-7s %7d  %-17s  %-10s  %-12.3f  %.3f\n", mode_name(cs[c].mode), cs[c].budget, pk,
+               ppl, read_fraction(&cs[c]), read_fraction_all(&cs[c]));
         if (o->passkey && o->trials > 0)
             fprintf(tsv, "passkey\t%s\t%d\t%.4f\t%d\t%.4f\n", mode_name(cs[c].mode), cs[c].budget,
                     (double)cs[c].correct / o->trials, o->trials, read_fraction(&cs[c]));
         if (o->ppl && cs[c].scored > 0)
-            fprintf(tsv, "perplexity\t%s\t%d\t%.4f\t%lld\t%.4f\n", mode_name(cs[c].mode), cs[c].budget,
-                    exp(cs[c].nll / (double)cs[c].scored), (long long)cs[c].scored, read_fraction(&cs[c]));
+            fprintf(tsv, "perplexity\t%s\t%d\t%.4f\t%lld\t%.4f\n", mode_name(cs[c].mode),
+                    cs[c].budget, exp(cs[c].nll / (double)cs[c].scored), (long long)cs[c].scored,
+                    read_fraction(&cs[c]));
     }
 }
 
@@ -338,10 +372,11 @@ int main(int argc, char **argv)
         cs[n_configs++] = (struct config){.mode = ATTN_WINDOW, .budget = o.budgets[b]};
     }
     const struct llm_config *c = llm_model_config(m);
-    printf("quest_quality: %s (%d layers, %d dense), ctx %d, page %d; passkey %d trials; perplexity "
-           "%d windows x last %d tokens of %s\n",
-           o.model, c->n_layers, mo.dense_layers, o.ctx, mo.page_size, o.passkey ? o.trials : 0,
-           o.ppl ? o.ppl_windows : 0, o.ppl_tail, o.text);
+    printf(
+        "quest_quality: %s (%d layers, %d dense), ctx %d, page %d; passkey %d trials; perplexity "
+        "%d windows x last %d tokens of %s\n",
+        o.model, c->n_layers, mo.dense_layers, o.ctx, mo.page_size, o.passkey ? o.trials : 0,
+        o.ppl ? o.ppl_windows : 0, o.ppl_tail, o.text);
     double t0 = util_now();
     if (o.passkey && o.trials > 0) run_passkey(m, &o, cs, n_configs);
     if (o.ppl && o.ppl_windows > 0) run_perplexity(m, &o, cs, n_configs);

@@ -20,7 +20,7 @@
     "There is an important pass key hidden inside a lot of irrelevant text. Find it and memorize " \
     "it. I will quiz you about the pass key.\n\n"
 #define PASSKEY_KEY_SENTENCE " The pass key is %d. Remember it. %d is the pass key. "
-#define PASSKEY_QUESTION "\n\nWhat is the pass key? The pass key is"
+#define PASSKEY_QUESTION     "\n\nWhat is the pass key? The pass key is"
 
 struct passkey_sentences passkey_split_sentences(char *text)
 {
@@ -42,7 +42,8 @@ struct passkey_sentences passkey_split_sentences(char *text)
         bool end = (*p == '.' || *p == '!' || *p == '?') && p[1] == ' ';
         if (!end && p[1]) continue;
         if (end) p[1] = 0;
-        if (out.n == cap) out.s = util_xrealloc(out.s, sizeof(char *) * (size_t)(cap = cap ? 2 * cap : 1024));
+        if (out.n == cap)
+            out.s = util_xrealloc(out.s, sizeof(char *) * (size_t)(cap = cap ? 2 * cap : 1024));
         out.s[out.n++] = start;
         if (!end) break;
         start = p + 2;
@@ -57,7 +58,8 @@ static int count_tokens(const llm_tokenizer *tok, const char *text)
 }
 
 /* Appends printf-formatted text to a growing string. */
-static void append(char **buf, size_t *len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void append(char **buf, size_t *len, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 static void append(char **buf, size_t *len, const char *fmt, ...)
 {
     va_list ap;
@@ -82,8 +84,8 @@ char *passkey_prompt(const llm_tokenizer *tok, const struct passkey_sentences *f
         s0 = (int)(util_rng_next(rng) % (uint64_t)f->n);
         char *probe = NULL;
         size_t len = 0;
-        append(&probe, &len, "%s%s%s%s%s", PASSKEY_HEADER, f->s[s0], key_sentence, f->s[(s0 + 1) % f->n],
-               PASSKEY_QUESTION);
+        append(&probe, &len, "%s%s%s%s%s", PASSKEY_HEADER, f->s[s0], key_sentence,
+               f->s[(s0 + 1) % f->n], PASSKEY_QUESTION);
         total = 1 + count_tokens(tok, probe);
         free(probe);
         fits = total <= budget;
@@ -102,12 +104,12 @@ char *passkey_prompt(const llm_tokenizer *tok, const struct passkey_sentences *f
     append(&text, &len, "%s", PASSKEY_HEADER);
     for (int i = 0; i < j; i++) append(&text, &len, "%s%s", i ? " " : "", f->s[(s0 + i) % f->n]);
     append(&text, &len, "%s", key_sentence);
-    for (int i = j; i < n; i++) append(&text, &len, "%s%s", i > j ? " " : "", f->s[(s0 + i) % f->n]);
+    for (int i = j; i < n; i++)
+        append(&text, &len, "%s%s", i > j ? " " : "", f->s[(s0 + i) % f->n]);
     append(&text, &len, "%s", PASSKEY_QUESTION);
     *depth = (double)j / n;
     return text;
 }
-
 
 bool passkey_correct(const char *text, int key)
 {

@@ -6,10 +6,10 @@
 #ifndef LLMD_SERVER_PASSKEY_H
 #define LLMD_SERVER_PASSKEY_H
 
-#include <stdbool.h>
-
 #include "core/tokenizer.h"
 #include "util/util.h"
+
+#include <stdbool.h>
 
 /* Tokens left for the answer: a prompt is at most ctx - this long. */
 #define PASSKEY_ANSWER_BUDGET 8

@@ -7,6 +7,8 @@
  * exactly the pages the selection chose; page metadata survives page reuse
  * and rollback.
  */
+#include "core/llm.h"
+
 #include <criterion/criterion.h>
 #include <math.h>
 #include <pthread.h>
@@ -14,11 +16,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "core/llm.h"
-
 #define MODEL_PATH "tests/data/tiny-random.gguf"
-#define PAGE 16
-#define MAX_GEN 64
+#define PAGE       16
+#define MAX_GEN    64
 
 TestSuite(core_quest, .timeout = 120);
 
@@ -51,13 +51,14 @@ static int32_t *random_tokens(const llm_model *m, int seed, int n)
 /* Feeds tokens [from, n) one at a time (decode steps, where Quest applies)
  * to seq with `budget` and writes each step's logits row into
  * logits + (i - from) * vocab. */
-static void decode_steps(llm_model *m, llm_workspace *ws, attn_seq *seq, const int32_t *tokens, int from,
-                         int n, int budget, float *logits)
+static void decode_steps(llm_model *m, llm_workspace *ws, attn_seq *seq, const int32_t *tokens,
+                         int from, int n, int budget, float *logits)
 {
     int vocab = llm_model_config(m)->vocab_size;
     for (int i = from; i < n; i++) {
         cr_assert_eq(attn_seq_len(seq), i);
-        struct llm_batch_item item = {.kv = seq, .tokens = tokens + i, .n_tokens = 1, .quest_budget = budget};
+        struct llm_batch_item item = {
+            .kv = seq, .tokens = tokens + i, .n_tokens = 1, .quest_budget = budget};
         cr_assert_eq(llm_forward(m, ws, &item, 1, logits + (size_t)(i - from) * vocab, NULL), 0);
     }
 }
@@ -141,8 +142,8 @@ static llm_engine *engine_start(llm_model *m, struct run *r, int prefill_chunk)
 
 /* Submits a greedy request (prompt copied) in `slot` and waits until the
  * engine has finished it and published the step's counters. */
-static void engine_generate(llm_engine *e, struct run *r, int slot, const int32_t *prompt, int n_prompt,
-                            int max_tokens, int budget)
+static void engine_generate(llm_engine *e, struct run *r, int slot, const int32_t *prompt,
+                            int n_prompt, int max_tokens, int budget)
 {
     struct llm_request req;
     llm_request_init(&req);
@@ -184,7 +185,7 @@ static void engine_stop(llm_engine *e, struct run *r)
 
 Test(core_quest, a_budget_covering_the_sequence_is_dense_attention_exactly)
 {
-    enum { N = 300 };                  /* 19 pages */
+    enum { N = 300 };                 /* 19 pages */
     int budgets[] = {512, 19 * PAGE}; /* the context; exactly the sequence's pages */
     enum attn_mode modes[] = {ATTN_QUEST, ATTN_WINDOW};
     for (int mi = 0; mi < 2; mi++) {
@@ -196,7 +197,8 @@ Test(core_quest, a_budget_covering_the_sequence_is_dense_attention_exactly)
             float *sparse = teacher_forced_logits(m, tokens, N, budgets[b]);
             for (int i = 0; i < N; i++)
                 cr_assert(rows_equal(dense + (size_t)i * vocab, sparse + (size_t)i * vocab, vocab),
-                          "mode %d budget %d: logits of position %d differ", modes[mi], budgets[b], i);
+                          "mode %d budget %d: logits of position %d differ", modes[mi], budgets[b],
+                          i);
             free(sparse);
         }
         /* Generation through the engine: the same tokens. */
@@ -217,7 +219,7 @@ Test(core_quest, a_budget_covering_the_sequence_is_dense_attention_exactly)
 
 Test(core_quest, a_budget_changes_the_output_only_past_its_pages_and_nears_dense_as_it_grows)
 {
-    enum { N = 400 }; /* the sequence grows to 25 pages */
+    enum { N = 400 };              /* the sequence grows to 25 pages */
     int budgets[] = {16, 64, 128}; /* 1, 4 and 8 pages */
     llm_model *m = load(ATTN_KV_F32, ATTN_QUEST, 0);
     int vocab = llm_model_config(m)->vocab_size;
@@ -234,16 +236,17 @@ Test(core_quest, a_budget_changes_the_output_only_past_its_pages_and_nears_dense
                 cr_assert(rows_equal(d, q, vocab), "budget %d: position %d differs", budgets[b], i);
                 continue;
             }
-            for (int v = 0; v < vocab; v++) cr_assert(isfinite(q[v]), "position %d: logit %d", i, v);
+            for (int v = 0; v < vocab; v++)
+                cr_assert(isfinite(q[v]), "position %d: logit %d", i, v);
             sparse_positions++;
             differ += !rows_equal(d, q, vocab);
             if (i >= 128) kl_sum += kl_of_logits(d, q, vocab); /* sparse for every budget */
         }
-        cr_assert_gt(differ, sparse_positions / 2, "budget %d: only %d of %d positions changed", budgets[b],
-                     differ, sparse_positions);
+        cr_assert_gt(differ, sparse_positions / 2, "budget %d: only %d of %d positions changed",
+                     budgets[b], differ, sparse_positions);
         kl_mean[b] = kl_sum / (N - 128);
-        cr_log_info("budget %d: %d/%d positions changed, mean KL(dense || quest) %.4f nats", budgets[b],
-                    differ, sparse_positions, kl_mean[b]);
+        cr_log_info("budget %d: %d/%d positions changed, mean KL(dense || quest) %.4f nats",
+                    budgets[b], differ, sparse_positions, kl_mean[b]);
         free(quest);
     }
     /* Sane: more pages bring the output closer to dense. (Random weights
@@ -261,8 +264,8 @@ Test(core_quest, a_budget_changes_the_output_only_past_its_pages_and_nears_dense
  * from prefill). A step is sparse, in each layer past the dense ones, when
  * the sequence has more pages than the budget; the selection then reads
  * budget / PAGE pages (top-K plus the current one) of each KV head. */
-static void expected_sparse_pages(int n_prompt, int max_tokens, int budget, int sparse_layers, int n_kv,
-                                  int64_t *read, int64_t *total)
+static void expected_sparse_pages(int n_prompt, int max_tokens, int budget, int sparse_layers,
+                                  int n_kv, int64_t *read, int64_t *total)
 {
     int budget_pages = budget / PAGE > 1 ? budget / PAGE : 1;
     for (int pos = n_prompt; pos <= n_prompt + max_tokens - 2; pos++) {
