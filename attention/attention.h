@@ -104,8 +104,14 @@ struct attn_params {
 void attn_params_default(struct attn_params *params, int n_heads, int head_dim);
 
 struct attn_stats {
-    int64_t pages_read;  /* page reads (per layer and KV head) */
+    int64_t pages_read;  /* page reads (per layer and KV head), every call */
     int64_t pages_total; /* page reads dense attention would have made */
+    /* The same counts for sparse calls only (Quest/window decode steps past
+     * the dense layers, on sequences longer than the budget): what the page
+     * selection chose, not diluted by prefill, dense layers or short
+     * sequences. */
+    int64_t sparse_pages_read;
+    int64_t sparse_pages_total;
 };
 
 /* Attention of `n_q` queries of one sequence at `layer`.

@@ -113,11 +113,14 @@ static int threads_available(void)
     return omp_in_parallel() ? 1 : omp_get_max_threads();
 }
 
-static void add_stats(struct attn_stats *stats, int64_t read, int64_t total)
+static void add_stats(struct attn_stats *stats, int64_t read, int64_t total, bool sparse)
 {
     if (!stats) return;
     __atomic_fetch_add(&stats->pages_read, read, __ATOMIC_RELAXED);
     __atomic_fetch_add(&stats->pages_total, total, __ATOMIC_RELAXED);
+    if (!sparse) return;
+    __atomic_fetch_add(&stats->sparse_pages_read, read, __ATOMIC_RELAXED);
+    __atomic_fetch_add(&stats->sparse_pages_total, total, __ATOMIC_RELAXED);
 }
 
 /* ------------------------------------------------------------------ calls */
@@ -197,7 +200,7 @@ void attn_forward_kernels(const struct attn_kernels *kernels, const attn_seq *se
         int64_t pages = 0;
         for (int i = 0; i < n_q; i++) pages += pos[i] / ps + 1;
         forward_dense(&call, n_q);
-        add_stats(stats, pages * n_kv, pages * n_kv);
+        add_stats(stats, pages * n_kv, pages * n_kv, false);
         return;
     }
 
@@ -222,7 +225,7 @@ void attn_forward_kernels(const struct attn_kernels *kernels, const attn_seq *se
     attn_forward_pages(kernels, seq, layer, q, pos[0], params, pages, counts, out);
     int64_t read = 0;
     for (int kv = 0; kv < n_kv; kv++) read += counts[kv];
-    add_stats(stats, read, (int64_t)seen * n_kv);
+    add_stats(stats, read, (int64_t)seen * n_kv, true);
     free(counts);
     free(pages);
     free(lists);

@@ -366,8 +366,10 @@ static int build_batch(llm_engine *e)
         int chunk = s->req.n_prompt - s->n_fed;
         if (chunk > e->config.prefill_chunk) chunk = e->config.prefill_chunk;
         if (chunk > budget) chunk = budget;
+        /* Prefill is dense (Quest is a decode method), also for a chunk of
+         * one token, which attention could not tell from a decode step. */
         e->items[n] = (struct llm_batch_item){.kv = s->kv, .tokens = s->req.prompt + s->n_fed,
-                                              .n_tokens = chunk, .quest_budget = s->req.quest_budget};
+                                              .n_tokens = chunk, .quest_budget = 0};
         e->item_seq[n++] = s;
         budget -= chunk;
     }
@@ -419,8 +421,10 @@ static void publish_stats_locked(llm_engine *e, const struct attn_stats *quest)
     e->stats.waiting = e->wait_count;
     e->stats.kv_pages_total = attn_cache_pages_total(kv);
     e->stats.kv_pages_used = e->stats.kv_pages_total - attn_cache_pages_free(kv);
-    e->stats.quest_pages_read += quest->pages_read;
-    e->stats.quest_pages_total += quest->pages_total;
+    /* Only sparse decode steps: prefill, dense layers and sequences within
+     * their budget would dilute the fraction the page selection reads. */
+    e->stats.quest_pages_read += quest->sparse_pages_read;
+    e->stats.quest_pages_total += quest->sparse_pages_total;
 }
 
 static void *engine_main(void *arg)
@@ -454,7 +458,7 @@ static void *engine_main(void *arg)
         }
         if (done) break;
 
-        struct attn_stats quest = {0, 0};
+        struct attn_stats quest = {0};
         run_step(e, &quest);
         retire_finished(e);
 

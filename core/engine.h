@@ -94,7 +94,10 @@ struct llm_engine_stats {
     int kv_pages_used;
     int kv_pages_total;
     int64_t steps;
-    int64_t quest_pages_read;    /* Quest: page reads made / dense would have made */
+    /* Sparse decode steps only (Quest or window, past the dense layers, on
+     * sequences with more pages than their budget): page reads made, and
+     * the reads dense attention would have made in those same steps. */
+    int64_t quest_pages_read;
     int64_t quest_pages_total;
 };
 

@@ -204,22 +204,28 @@ static void attention_layer(llm_workspace *ws, int layer, struct llm_batch_item 
         .mode = m->options.sparse_mode,
         .dense_layers = m->options.dense_layers,
     };
-    int64_t pages_read = 0, pages_total = 0;
-#pragma omp parallel for schedule(dynamic) if (n_items > 1) reduction(+ : pages_read, pages_total)
+    int64_t pages_read = 0, pages_total = 0, sparse_read = 0, sparse_total = 0;
+#pragma omp parallel for schedule(dynamic) if (n_items > 1) \
+    reduction(+ : pages_read, pages_total, sparse_read, sparse_total)
     for (int i = 0; i < n_items; i++) {
         int r = row_start[i];
         struct attn_params p = params;
         p.token_budget = items[i].quest_budget;
+        if (items[i].sparse_mode != ATTN_DENSE) p.mode = items[i].sparse_mode;
         if (p.token_budget <= 0) p.mode = ATTN_DENSE;
-        struct attn_stats s = {0, 0};
+        struct attn_stats s = {0};
         attn_forward(items[i].kv, layer, ws->q + (size_t)r * q_dim, ws->pos + r, items[i].n_tokens, &p,
                      ws->att + (size_t)r * q_dim, &s);
         pages_read += s.pages_read;
         pages_total += s.pages_total;
+        sparse_read += s.sparse_pages_read;
+        sparse_total += s.sparse_pages_total;
     }
     if (stats) {
         stats->pages_read += pages_read;
         stats->pages_total += pages_total;
+        stats->sparse_pages_read += sparse_read;
+        stats->sparse_pages_total += sparse_total;
     }
 
     if (ws->calib) ws->calib(layer, LLM_CALIB_O, ws->att, T, q_dim, ws->calib_ctx);

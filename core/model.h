@@ -126,6 +126,7 @@ struct llm_batch_item {
     int n_tokens;
     bool all_logits;
     int quest_budget; /* 0 = dense */
+    enum attn_mode sparse_mode; /* what the budget means; ATTN_DENSE (0) = the model's option */
 };
 
 /* Scratch for forward passes of up to max_tokens tokens a step. One per

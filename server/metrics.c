@@ -340,14 +340,14 @@ static void render_engine(const struct srv_engine_gauges *g, struct srv_buf *out
     srv_metrics_write_counter(out, "llmd_engine_steps_total", "Forward steps the engine ran.",
                               (double)s->steps);
     srv_metrics_write_counter(out, "llmd_quest_pages_read_total",
-                              "KV page reads made by attention (per layer and KV head).",
+                              "KV page reads made by sparse (Quest) decode steps (per layer and KV head).",
                               (double)s->quest_pages_read);
     srv_metrics_write_counter(out, "llmd_quest_pages_dense_total",
-                              "KV page reads dense attention would have made.",
+                              "KV page reads dense attention would have made in those steps.",
                               (double)s->quest_pages_total);
     srv_metrics_write_gauge(
         out, "llmd_quest_pages_read_fraction",
-        "Fraction of KV pages read by Quest since start (1 = dense).",
+        "Fraction of KV pages read in sparse decode steps since start (1 = none yet).",
         s->quest_pages_total ? (double)s->quest_pages_read / (double)s->quest_pages_total : 1.0);
 }
 
