@@ -12,6 +12,12 @@
 #   1/4  wrk GET /health, 1/8 wrk GET /v1/models
 #   the rest: /metrics scrapes, bad requests (each with its expected 4xx),
 #   and clients that hang up mid-stream and mid-wait.
+#   SOAK_PIM_CLIENTS (default 2) PIM clients, each looping over: a small vmm
+#   waited on in the POST, a small SPD solve polled by id, every 3rd round a
+#   slow invert (SOAK_PIM_SLOW_N, default 192) cancelled by DELETE, every 5th
+#   a singular solve that must fail. 429 is allowed; every accepted job must
+#   reach done (vmm, solve), failed (singular) or cancelled/done (the
+#   cancelled ones), and the server's PIM counters must agree.
 # Every 10 s it samples /metrics. It reports requests served, errors by kind
 # (client side and server side), resident memory at start and end, and
 # requires: no error but 429 (and the bad requests' own 4xx), every
@@ -36,6 +42,8 @@ command -v wrk >/dev/null || { echo "soak: wrk is not installed (make deps)"; ex
 [ "$CONNS" -ge 16 ] || { echo "soak: SOAK_CONNECTIONS must be at least 16"; exit 2; }
 C4=$((CONNS / 4))
 C8=$((CONNS / 8))
+PIM_CLIENTS=${SOAK_PIM_CLIENTS:-2}
+PIM_SLOW_N=${SOAK_PIM_SLOW_N:-192}
 
 # shellcheck disable=SC2086 # SOAK_SERVER_ARGS is a list of flags
 "$BIN" serve --model "$MODEL" --host 127.0.0.1 --port 0 --no-access-log \
@@ -69,6 +77,66 @@ expect() {
     if [ "$got" = "$want" ]; then tally "bad_$want"; else tally "unexpected_$got"; fi
 }
 
+# --- PIM jobs: bodies written once, a client loop, a final check by id
+# An n x n diagonally dominant symmetric matrix as nested JSON (SPD).
+spd_json() {
+    awk -v n="$1" 'BEGIN { srand(7); printf "["
+        for (i = 0; i < n; i++) for (j = 0; j <= i; j++) a[i, j] = a[j, i] = (i == j ? n + 1 : rand() - 0.5)
+        for (i = 0; i < n; i++) { printf "%s[", i ? "," : ""
+            for (j = 0; j < n; j++) printf "%s%.4f", j ? "," : "", a[i, j]
+            printf "]" }
+        printf "]" }'
+}
+printf '{"type":"vmm","matrix":[[1,2,3,4],[5,6,7,8],[-1,0.5,2,-3]],"input":[1,-1,2,0.5],"seed":1,"wait":30}' >"$TMP/pim_vmm"
+printf '{"type":"solve","matrix":%s,"rhs":[1,2,3,4,5,6,7,8]}' "$(spd_json 8)" >"$TMP/pim_solve"
+printf '{"type":"invert","matrix":%s}' "$(spd_json "$PIM_SLOW_N")" >"$TMP/pim_slow"
+printf '{"type":"solve","matrix":[[1,2],[2,4]],"rhs":[1,1]}' >"$TMP/pim_singular"
+
+# pim_call METHOD PATH [BODY_FILE]: prints the status code, then the body.
+pim_call() {
+    if [ $# -ge 3 ]; then
+        curl -s -m 60 -X "$1" "$URL$2" --data-binary @"$3" -w '\n%{http_code}' 2>/dev/null || echo 000
+    else
+        curl -s -m 60 -X "$1" "$URL$2" -w '\n%{http_code}' 2>/dev/null || echo 000
+    fi
+}
+code_of() { printf '%s\n' "$1" | tail -n 1; }
+id_of() { printf '%s' "$1" | grep -o '"id": *"pim-[0-9]*"' | head -n 1 | sed 's/.*"\(pim-[0-9]*\)"/\1/'; }
+state_of() { printf '%s' "$1" | grep -o '"status": *"[a-z]*"' | head -n 1 | sed 's/.*"\([a-z]*\)"/\1/'; }
+
+# pim_submit CLIENT KIND BODY_FILE [QUERY]: submits; records "ID KIND" when
+# accepted; prints the answer.
+pim_submit() {
+    ans=$(pim_call POST "/v1/pim/jobs${4:-}" "$3")
+    code=$(code_of "$ans")
+    case $code in
+    200 | 202) echo "$(id_of "$ans") $2" >>"$TMP/pim_ids_$1" ;;
+    429) tally pim_429 ;;
+    *) tally "pim_unexpected_$code" ;;
+    esac
+    printf '%s' "$ans"
+}
+
+pim_client() {
+    round=0
+    while [ "$(date +%s)" -lt "$DEADLINE" ]; do
+        round=$((round + 1))
+        pim_submit "$1" vmm "$TMP/pim_vmm" >/dev/null
+        ans=$(pim_submit "$1" solve "$TMP/pim_solve")
+        id=$(id_of "$ans")
+        [ -n "$id" ] && pim_call GET "/v1/pim/jobs/$id?wait=30" >/dev/null
+        if [ $((round % 3)) = 0 ]; then
+            id=$(id_of "$(pim_submit "$1" cancelled "$TMP/pim_slow")")
+            if [ -n "$id" ]; then
+                sleep 0.05
+                code=$(code_of "$(pim_call DELETE "/v1/pim/jobs/$id")")
+                case $code in 200) tally pim_cancel_200 ;; 409) tally pim_cancel_409 ;; *) tally "pim_unexpected_$code" ;; esac
+            fi
+        fi
+        [ $((round % 5)) = 0 ] && pim_submit "$1" failed "$TMP/pim_singular" "?wait=30" >/dev/null
+    done
+}
+
 PROMPT='It was a bright cold day in April, and the clocks were striking'
 POST_BODY="{\"prompt\": \"$PROMPT\", \"max_tokens\": $MAX_TOKENS, \"temperature\": 0}"
 START=$(date +%s)
@@ -93,6 +161,11 @@ W3=$!
     done
 ) >"$TMP/loadgen" &
 LG=$!
+PIM_PIDS=""
+for c in $(seq 1 "$PIM_CLIENTS"); do
+    pim_client "$c" &
+    PIM_PIDS="$PIM_PIDS $!"
+done
 
 # --- the foreground: scrapes, bad requests, hang-ups, samples every 10 s
 printf '%8s %10s %8s %9s %10s\n' "seconds" "rss_MB" "fds" "kv_pages" "requests"
@@ -128,6 +201,28 @@ while [ "$(date +%s)" -lt "$DEADLINE" ]; do
 done
 wait $W1 $W2 $W3 || true
 wait $LG || true
+for p in $PIM_PIDS; do wait "$p" || true; done
+
+# Every accepted PIM job in a final state, and the one its kind must reach.
+cat "$TMP"/pim_ids_* 2>/dev/null >"$TMP/pim_ids" || true
+while read -r id kind; do
+    [ -n "$id" ] || { tally pim_no_id; continue; }
+    state=$(state_of "$(pim_call GET "/v1/pim/jobs/$id?wait=30")")
+    tally "pim_final_${state:-none}"
+    case "$kind:$state" in
+    vmm:done | solve:done | failed:failed | cancelled:cancelled | cancelled:done) ;;
+    *) tally pim_wrong; echo "soak: PIM job $id ($kind) ended $state" ;;
+    esac
+done <"$TMP/pim_ids"
+PIM_ACCEPTED=$(wc -l <"$TMP/pim_ids" | tr -d ' ')
+pim_metric_sum() { curl -s "$URL/metrics" | awk -v n="$1" 'index($1, n) == 1 { s += $2 } END { print s + 0 }'; }
+PIM_SUBMITTED=$(pim_metric_sum 'llmd_pim_jobs_submitted_total')
+PIM_FINISHED=$(pim_metric_sum 'llmd_pim_jobs_total{')
+PIM_REJECTED=$(metric llmd_pim_jobs_rejected_total)
+PIM_QUEUE=$(metric llmd_pim_queue_length)
+PIM_BUSY=$(metric llmd_pim_busy_devices)
+PIM_UNEXPECTED=$(cat "$TMP"/pim_unexpected_* 2>/dev/null | wc -l | tr -d ' ')
+PIM_BAD=$(($(count pim_wrong) + $(count pim_no_id) + PIM_UNEXPECTED))
 
 # --- the end: let what is in flight finish, then read the figures
 for _ in $(seq 1 100); do
@@ -187,6 +282,7 @@ printf '%-28s %10d %8d\n' "wrk GET /v1/models" "$(status_of wrk_models 200)" "$(
 printf '%-28s %10d %8d\n' "/metrics scrapes" "$(count scrapes)" 0
 printf '%-28s %10d %8d\n' "bad requests (their 4xx)" "$BAD" "$UNEXPECTED"
 printf '%-28s %10d %8s\n' "hang-ups mid-stream/wait" "$(count hangups)" "-"
+printf '%-28s %10d %8d\n' "PIM jobs accepted" "$PIM_ACCEPTED" "$PIM_BAD"
 echo
 echo "soak_seconds: $DURATION"
 echo "soak_connections: $CONNS"
@@ -200,6 +296,11 @@ echo "soak_socket_errors: post $(sockerr wrk_post) health $(sockerr wrk_health) 
 echo "soak_wrk_post_latency_ms: p50 $(awk '$1 == "latency_p50_ms" { print $2 }' "$TMP/wrk_post") p99 $(awk '$1 == "latency_p99_ms" { print $2 }' "$TMP/wrk_post")"
 echo "soak_generation_accepted: $ACCEPTED"
 echo "soak_generation_finished: stop $F_STOP length $F_LENGTH cancelled $F_CANCELLED timeout $F_TIMEOUT error $F_ERROR"
+echo "soak_pim_jobs_accepted: $PIM_ACCEPTED (server: submitted $PIM_SUBMITTED finished $PIM_FINISHED)"
+echo "soak_pim_jobs_final: done $(count pim_final_done) failed $(count pim_final_failed) cancelled $(count pim_final_cancelled) other $(($(count pim_final_queued) + $(count pim_final_running) + $(count pim_final_none)))"
+echo "soak_pim_cancels: answered $(count pim_cancel_200) already_finished_409 $(count pim_cancel_409)"
+echo "soak_pim_429: client $(count pim_429) server_rejected ${PIM_REJECTED:-0}"
+echo "soak_pim_errors: wrong_final_state $(count pim_wrong) unexpected_status $PIM_UNEXPECTED"
 echo "soak_rss_MB_start_end: $(awk -v a="$RSS0" -v b="$RSS" 'BEGIN { printf "%.1f %.1f", a / 1048576, b / 1048576 }')"
 echo "soak_rss_growth_percent_after_warmup: $GROWTH"
 echo "soak_fds_start_end: $FDS0 $FDS"
@@ -213,6 +314,10 @@ FAIL=0
 [ "$F_TIMEOUT" = 0 ] && [ "$F_ERROR" = 0 ] || { echo "soak: FAIL: requests ended by timeout or error"; FAIL=1; }
 [ $((F_STOP + F_LENGTH + F_CANCELLED)) = "$ACCEPTED" ] ||
     { echo "soak: FAIL: $ACCEPTED generation requests accepted, $((F_STOP + F_LENGTH + F_CANCELLED)) finished"; FAIL=1; }
+[ "$PIM_BAD" = 0 ] || { echo "soak: FAIL: $PIM_BAD PIM jobs with an unexpected status or end"; FAIL=1; }
+[ "$PIM_SUBMITTED" = "$PIM_ACCEPTED" ] && [ "$PIM_FINISHED" = "$PIM_ACCEPTED" ] ||
+    { echo "soak: FAIL: $PIM_ACCEPTED PIM jobs accepted, server submitted $PIM_SUBMITTED finished $PIM_FINISHED"; FAIL=1; }
+[ "${PIM_QUEUE:-0}" = 0 ] && [ "${PIM_BUSY:-0}" = 0 ] || { echo "soak: FAIL: PIM queue $PIM_QUEUE busy $PIM_BUSY"; FAIL=1; }
 [ $((FDS - FDS0)) -le 8 ] || { echo "soak: FAIL: open fds grew from $FDS0 to $FDS"; FAIL=1; }
 awk -v g="$GROWTH" 'BEGIN { exit !(g > 20) }' && { echo "soak: FAIL: RSS grew $GROWTH %"; FAIL=1; }
 [ "$STATUS" = 0 ] || { echo "soak: FAIL: exit status $STATUS (log $LOG)"; FAIL=1; }

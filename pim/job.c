@@ -4,6 +4,7 @@
 #include "util/util.h"
 
 #include <errno.h>
+#include <float.h>
 #include <lapacke.h>
 #include <limits.h>
 #include <math.h>
@@ -342,6 +343,24 @@ static bool reference_solve(const double *a, int n, const double *b, int k, doub
     return info == 0;
 }
 
+/* Why a solve failed, in words a client can act on. */
+static int solve_failure(struct pim_error *err, int rc, const char *param, const char *what,
+                         double rcond)
+{
+    char msg[sizeof err->message];
+    if (rc == -EDOM && rcond < DBL_EPSILON)
+        snprintf(msg, sizeof msg,
+                 "%s is singular to working precision (reciprocal condition number %.3g)", what,
+                 rcond);
+    else if (rc == -EDOM)
+        snprintf(msg, sizeof msg, "%s is singular on the INV circuit once quantised", what);
+    else if (rc == -ERANGE)
+        snprintf(msg, sizeof msg, "%s overflows: the solution is not finite", what);
+    else
+        return rc;
+    return fail(err, rc, param, msg);
+}
+
 static int run_solve(const struct pim_job *job, struct pim_ctx *ctx, struct pim_result *res,
                      struct pim_error *err)
 {
@@ -365,8 +384,7 @@ static int run_solve(const struct pim_job *job, struct pim_ctx *ctx, struct pim_
         struct pim_ctx plain_ctx = *ctx;
         struct pim_solve_options plain = job->solve;
         plain.refine = false;
-        struct pim_solve_stats st;
-        rc = pim_solve(&job->device, &plain_ctx, a, n, b, k, &plain, x, &st, NULL);
+        rc = pim_solve(&job->device, &plain_ctx, a, n, b, k, &plain, x, &res->solve, NULL);
         if (rc == 0) res->plain_rel_l2 = pim_rel_l2(x, want, (size_t)n * k);
     }
     if (rc == 0)
@@ -380,8 +398,8 @@ static int run_solve(const struct pim_job *job, struct pim_ctx *ctx, struct pim_
         else
             output_like(res, 1, n, 0);
         for (size_t i = 0; i < (size_t)n * k; i++) res->output.data[i] = (float)x[i];
-    } else if (rc == -EDOM) {
-        fail(err, rc, "matrix", "the matrix is singular on the INV circuit");
+    } else {
+        solve_failure(err, rc, "matrix", "the matrix", res->solve.rcond);
     }
     free(a), free(b), free(x), free(want);
     return rc;
@@ -396,9 +414,7 @@ static int run_kfac(const struct pim_job *job, struct pim_ctx *ctx, struct pim_r
     int rc = pim_kfac_step(&job->device, ctx, job->activations.data, job->output_grads.data, batch,
                            d_in, d_out, job->grad.data, job->damping, &job->solve, res->output.data,
                            &res->solve, &res->cost, &res->digital);
-    if (rc == -EDOM)
-        return fail(err, rc, "activations", "a damped factor is singular on the INV circuit");
-    if (rc) return rc;
+    if (rc) return solve_failure(err, rc, "damping", "a damped K-FAC factor", res->solve.rcond);
     res->iterations = res->solve.iterations;
     /* float64: G^-1 grad A^-1 by LU solves. */
     double sd = sqrt(job->damping);

@@ -343,7 +343,8 @@ struct pim_solve_stats {
     int inv_solves;   /* INV circuit solves */
     int vmm_products; /* residual/Krylov products on VMM crossbars */
     double residual;  /* final ||b - A x|| / ||b|| in float64 */
-    bool converged;
+    double rcond;     /* A's reciprocal condition number (1-norm, float64) */
+    bool converged;   /* refined, and residual <= tolerance */
 };
 
 /* The largest system pim_solve takes (its INV circuit is simulated by a
@@ -352,8 +353,11 @@ struct pim_solve_stats {
 
 /* Solves A X = B for A (n x n, float64, row-major, n <= PIM_SOLVE_MAX_N)
  * and k right-hand sides B (n x k, row-major); X (n x k). Right-hand sides
- * are refined 64 at a time. Returns 0, -EINVAL, -ECANCELED, or -EDOM when
- * A's INV mapping is singular. */
+ * are refined 64 at a time. Returns 0, -EINVAL, -ECANCELED, -EDOM when A
+ * is singular to working precision (stats->rcond < DBL_EPSILON) or its INV
+ * mapping is singular, or -ERANGE when the result is not finite. A solve
+ * whose refinement stalls above the tolerance returns 0 with
+ * stats->converged false. */
 int pim_solve(const struct pim_device *dev, struct pim_ctx *ctx, const double *a, int n,
               const double *b, int k, const struct pim_solve_options *opt, double *x,
               struct pim_solve_stats *stats, struct pim_cost *cost);

@@ -19,6 +19,7 @@
 #include "util/util.h"
 
 #include <errno.h>
+#include <float.h>
 #include <lapacke.h>
 #include <math.h>
 #include <stdlib.h>
@@ -338,6 +339,24 @@ static bool finite_all(const double *x, size_t n)
     return true;
 }
 
+/* The reciprocal condition number (1-norm) of A in float64: 0 when an LU
+ * pivot is exactly zero. The host checks A before programming it: no
+ * refinement recovers x from a singular system, it only shuffles noise. */
+static double reciprocal_condition(const double *a, int n)
+{
+    double *f = util_xmalloc((size_t)n * n * sizeof(double));
+    lapack_int *piv = util_xmalloc((size_t)n * sizeof(lapack_int));
+    memcpy(f, a, (size_t)n * n * sizeof(double));
+    double anorm = LAPACKE_dlange(LAPACK_ROW_MAJOR, '1', n, n, f, n), rcond = 0;
+    lapack_int info = LAPACKE_dgetrf(LAPACK_ROW_MAJOR, n, n, f, n, piv);
+    if (info == 0 && anorm > 0 &&
+        LAPACKE_dgecon(LAPACK_ROW_MAJOR, '1', n, f, n, anorm, &rcond) != 0)
+        rcond = 0;
+    free(f);
+    free(piv);
+    return isfinite(rcond) ? rcond : 0;
+}
+
 /* max over columns of ||b - A x|| / ||b|| in float64 (reporting only). */
 static double true_residual(const double *a, int n, const double *b, const double *x, int k)
 {
@@ -438,6 +457,9 @@ int pim_solve(const struct pim_device *dev, struct pim_ctx *ctx, const double *a
         opt->inner_max < 1 || opt->inner_max > 1000 || opt->residual_bits < 8 ||
         opt->residual_bits > 32 || !(opt->tolerance >= 0))
         return -EINVAL;
+    /* Singular to working precision (LAPACK's xGESVX test). */
+    stats->rcond = reciprocal_condition(a, n);
+    if (stats->rcond < DBL_EPSILON) return -EDOM;
 
     struct inv_circuit inv = {0};
     struct hp_vmm hp = {0};
@@ -471,7 +493,8 @@ int pim_solve(const struct pim_device *dev, struct pim_ctx *ctx, const double *a
             inv_solve(&inv, bc + (size_t)c * n, xc + (size_t)c * n, scratch, cost);
         inv_time(&inv, (uint64_t)kc, cost);
         stats->inv_solves += kc;
-        if (opt->refine)
+        if (!finite_all(xc, (size_t)n * kc)) rc = -ERANGE; /* overflowed past float64 */
+        if (rc == 0 && opt->refine)
             rc = refine_columns(dev, ctx, &inv, &hp, &fg, bc, xc, n, kc, opt, &w, stats, cost);
         if (rc == 0 && pim_ctx_cancelled(ctx)) rc = -ECANCELED;
     }
@@ -479,7 +502,12 @@ int pim_solve(const struct pim_device *dev, struct pim_ctx *ctx, const double *a
         for (int i = 0; i < n; i++)
             for (int c = 0; c < k; c++) x[(size_t)i * k + c] = xt[(size_t)c * n + i];
         stats->residual = true_residual(a, n, bt, xt, k);
-    } else {
+        if (!finite_all(xt, (size_t)n * k) || !isfinite(stats->residual)) rc = -ERANGE;
+        /* Converged only where the refined residual meets the tolerance. */
+        stats->converged =
+            rc == 0 && opt->refine && stats->converged && stats->residual <= opt->tolerance;
+    }
+    if (rc != 0) {
         stats->converged = false;
     }
     inv_free(&inv);
@@ -546,12 +574,16 @@ int pim_kfac_step(const struct pim_device *dev, struct pim_ctx *ctx, const float
     pim_cost_add_digital(dev, stats_flops, cost);
 
     /* X1 = G^-1 grad (d_in right-hand sides), then P^T = A^-1 X1^T. */
-    struct pim_solve_stats s1, s2;
-    int rc = pim_solve(dev, ctx, fg, d_out, g, d_in, opt, x1, &s1, cost);
+    struct pim_solve_stats s1 = {0}, s2 = {0};
+    /* Huge statistics overflow float64 in the factor products. */
+    bool finite = finite_all(fa, (size_t)d_in * d_in) && finite_all(fg, (size_t)d_out * d_out);
+    int rc = finite ? pim_solve(dev, ctx, fg, d_out, g, d_in, opt, x1, &s1, cost) : -ERANGE;
+    stats->rcond = s1.rcond;
     if (rc == 0) {
         for (int i = 0; i < d_out; i++)
             for (int j = 0; j < d_in; j++) x1t[(size_t)j * d_out + i] = x1[(size_t)i * d_in + j];
         rc = pim_solve(dev, ctx, fa, d_in, x1t, d_out, opt, pt, &s2, cost);
+        stats->rcond = rc == 0 ? fmin(s1.rcond, s2.rcond) : s2.rcond;
     }
     if (rc == 0) {
         for (int i = 0; i < d_out; i++)

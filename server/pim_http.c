@@ -222,15 +222,24 @@ static void on_completions(uv_async_t *a)
 
 /* --------------------------------------------------------------- helpers */
 
+/* A plain decimal number: strtod alone also takes hex, "inf", "nan" and
+ * leading spaces, which a seconds value has no business being. */
+static bool parse_decimal(const char *q, double *v)
+{
+    if (!((*q >= '0' && *q <= '9') || *q == '.') || q[strspn(q, "0123456789.eE+-")]) return false;
+    char *end;
+    *v = strtod(q, &end);
+    return end != q && !*end;
+}
+
 /* Reads ?wait= into *seconds (unchanged when absent). False after a 400. */
 static bool query_wait(struct srv_request *r, double *seconds)
 {
     const char *q = MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, "wait");
     if (!q) return true;
-    char *end;
-    double v = strtod(q, &end);
+    double v = -1;
     double max = r->d->cfg->pim_max_wait_s;
-    if (end == q || *end || !(v >= 0) || v > max) {
+    if (!parse_decimal(q, &v) || !(v >= 0) || v > max) {
         struct srv_error e;
         srv_bad_param(&e, "wait", "'wait' must be a number of seconds from 0 to %g", max);
         srv_respond_error(r, &e);

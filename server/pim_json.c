@@ -1080,6 +1080,7 @@ json_t *pim_json_job(const struct pim_job_view *view, const struct pim_json_limi
     } else if (view->status == PIM_STATUS_FAILED) {
         struct pim_json_error e = {0};
         const char *code = view->error_code == -EDOM     ? "singular_matrix"
+                           : view->error_code == -ERANGE ? "non_finite_result"
                            : view->error_code == -EINVAL ? "invalid_value"
                                                          : "job_failed";
         set_error(&e, 0, code, view->error && view->error->param[0] ? view->error->param : NULL,

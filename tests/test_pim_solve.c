@@ -6,11 +6,15 @@
 
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <float.h>
 #include <lapacke.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
+/* One timeout for every test of the binary (Criterion 2.4.1 leaks under
+ * LeakSanitizer with mixed ones). */
+#define TIMEOUT 120
 /* The contract: refined solves within 2^-16 of float64. */
 #define REFINED_REL_ERROR 0x1p-16
 /* "A handful" of refinement steps. */
@@ -89,7 +93,7 @@ static void solve_errors(const struct pim_device *dev, int n, double cond, int k
     free(a), free(b), free(want), free(x);
 }
 
-Test(pim_solve, refined_reaches_16_bits_up_to_condition_1e3, .timeout = 120)
+Test(pim_solve, refined_reaches_16_bits_up_to_condition_1e3, .timeout = TIMEOUT)
 {
     struct pim_device dev = test_device();
     const double conds[] = {10, 100, 1000};
@@ -107,12 +111,13 @@ Test(pim_solve, refined_reaches_16_bits_up_to_condition_1e3, .timeout = 120)
             cr_assert_leq(st.iterations, MAX_REFINEMENT_STEPS, "n=%d cond=%g: %d steps", sizes[s],
                           conds[c], st.iterations);
             cr_assert(st.converged);
+            cr_assert_leq(st.residual, 0x1p-18, "converged means the residual met the tolerance");
             cr_assert_gt(plain, PLAIN_BEST, "plain INV must stay near 8-bit: %g", plain);
             if (c == 0) cr_assert_lt(plain, PLAIN_WORST, "plain INV at cond 10: %g", plain);
         }
 }
 
-Test(pim_solve, well_conditioned_refinement_is_one_inv_solve_per_step)
+Test(pim_solve, well_conditioned_refinement_is_one_inv_solve_per_step, .timeout = TIMEOUT)
 {
     /* RePAST's iteration x += INV(r): when the INV circuit contracts, each
      * step's inner solve is one INV solve. */
@@ -126,7 +131,7 @@ Test(pim_solve, well_conditioned_refinement_is_one_inv_solve_per_step)
                  st.iterations);
 }
 
-Test(pim_solve, programming_noise_hurts_the_plain_solve_not_the_refined, .timeout = 60)
+Test(pim_solve, programming_noise_hurts_the_plain_solve_not_the_refined, .timeout = TIMEOUT)
 {
     struct pim_device dev = test_device();
     double plain0, refined0, plain1, refined1;
@@ -138,7 +143,7 @@ Test(pim_solve, programming_noise_hurts_the_plain_solve_not_the_refined, .timeou
     cr_assert_leq(refined1, REFINED_REL_ERROR);
 }
 
-Test(pim_solve, invert_reaches_16_bits)
+Test(pim_solve, invert_reaches_16_bits, .timeout = TIMEOUT)
 {
     int n = 24;
     double *a = util_xmalloc((size_t)n * n * 8), *inv = util_xmalloc((size_t)n * n * 8);
@@ -158,7 +163,7 @@ Test(pim_solve, invert_reaches_16_bits)
     free(a), free(inv), free(want), free(eye);
 }
 
-Test(pim_solve, many_right_hand_sides_are_refined_in_chunks)
+Test(pim_solve, many_right_hand_sides_are_refined_in_chunks, .timeout = TIMEOUT)
 {
     struct pim_device dev = test_device();
     double plain, refined;
@@ -169,7 +174,7 @@ Test(pim_solve, many_right_hand_sides_are_refined_in_chunks)
     cr_assert_geq(st.inv_solves, 70);
 }
 
-Test(pim_solve, singular_and_invalid_inputs_are_errors)
+Test(pim_solve, singular_and_invalid_inputs_are_errors, .timeout = TIMEOUT)
 {
     struct pim_device dev = test_device();
     struct pim_solve_options opt;
@@ -188,7 +193,74 @@ Test(pim_solve, singular_and_invalid_inputs_are_errors)
     cr_assert_eq(pim_solve(&dev, &ctx, a, PIM_SOLVE_MAX_N + 1, b, 1, &opt, x, &st, NULL), -EINVAL);
 }
 
-Test(pim_solve, cancellation_stops_a_solve)
+Test(pim_solve, singular_matrices_fail_instead_of_converging, .timeout = TIMEOUT)
+{
+    /* [[1,2],[2,4]] is exactly singular; its 8-bit INV mapping is not, so
+     * without the check the refinement stalled at a residual of ~1.5 and
+     * called it converged. */
+    struct pim_device dev = test_device();
+    struct pim_solve_options opt;
+    pim_solve_options_default(&opt);
+    struct pim_ctx ctx;
+    pim_ctx_init(&ctx, 1);
+    struct pim_solve_stats st;
+    double a[4] = {1, 2, 2, 4}, b[2] = {1, 1}, x[2], inv[4];
+    cr_assert_eq(pim_solve(&dev, &ctx, a, 2, b, 1, &opt, x, &st, NULL), -EDOM);
+    cr_assert_lt(st.rcond, DBL_EPSILON);
+    cr_assert_not(st.converged);
+    cr_assert_eq(pim_invert(&dev, &ctx, a, 2, &opt, inv, &st, NULL), -EDOM);
+    opt.refine = false; /* the plain solve too */
+    cr_assert_eq(pim_solve(&dev, &ctx, a, 2, b, 1, &opt, x, &st, NULL), -EDOM);
+    /* Numerically singular: a perturbation below float64's precision. */
+    a[3] = 4 + 0x1p-50;
+    pim_solve_options_default(&opt);
+    cr_assert_eq(pim_solve(&dev, &ctx, a, 2, b, 1, &opt, x, &st, NULL), -EDOM);
+    cr_assert_lt(st.rcond, DBL_EPSILON);
+    cr_assert_gt(st.rcond, 0);
+    /* A regular 2 x 2 system still solves. */
+    a[3] = 5;
+    cr_assert_eq(pim_solve(&dev, &ctx, a, 2, b, 1, &opt, x, &st, NULL), 0);
+    cr_assert(st.converged);
+    cr_assert_float_eq(x[0], 3.0, 1e-4);
+    cr_assert_float_eq(x[1], -1.0, 1e-4);
+}
+
+Test(pim_solve, a_stalled_refinement_is_not_converged, .timeout = TIMEOUT)
+{
+    /* Condition 1e12: regular in float64, far past what 32-bit residuals
+     * refine; the solve returns, but says it did not converge. */
+    struct pim_device dev = test_device();
+    int n = 16;
+    double *a = util_xmalloc((size_t)n * n * 8), b[16], x[16];
+    spd_matrix(n, 1e12, 4, a);
+    for (int i = 0; i < n; i++) b[i] = 1;
+    struct pim_solve_options opt;
+    pim_solve_options_default(&opt);
+    struct pim_ctx ctx;
+    pim_ctx_init(&ctx, 1);
+    struct pim_solve_stats st;
+    cr_assert_eq(pim_solve(&dev, &ctx, a, n, b, 1, &opt, x, &st, NULL), 0);
+    cr_log_info("cond 1e12: residual %g after %d steps", st.residual, st.iterations);
+    cr_assert_gt(st.rcond, DBL_EPSILON);
+    cr_assert_gt(st.residual, opt.tolerance);
+    cr_assert_not(st.converged);
+    free(a);
+}
+
+Test(pim_solve, an_overflowing_solution_is_an_error, .timeout = TIMEOUT)
+{
+    struct pim_device dev = test_device();
+    struct pim_solve_options opt;
+    pim_solve_options_default(&opt);
+    struct pim_ctx ctx;
+    pim_ctx_init(&ctx, 1);
+    struct pim_solve_stats st;
+    double a[4] = {1e-300, 0, 0, 1e-300}, b[2] = {1e300, 1e300}, x[2];
+    cr_assert_eq(pim_solve(&dev, &ctx, a, 2, b, 1, &opt, x, &st, NULL), -ERANGE);
+    cr_assert_not(st.converged);
+}
+
+Test(pim_solve, cancellation_stops_a_solve, .timeout = TIMEOUT)
 {
     struct pim_device dev = test_device();
     int n = 16;
@@ -208,7 +280,7 @@ Test(pim_solve, cancellation_stops_a_solve)
 
 /* ---------------------------------------------------------------- K-FAC */
 
-Test(pim_kfac, preconditioned_gradient_matches_float64)
+Test(pim_kfac, preconditioned_gradient_matches_float64, .timeout = TIMEOUT)
 {
     int batch = 64, d_in = 20, d_out = 12;
     double damping = 1e-3;
@@ -264,4 +336,30 @@ Test(pim_kfac, preconditioned_gradient_matches_float64)
     cr_assert_gt(cost.inv_solves, 0);
     free(act), free(og), free(grad), free(p), free(fa), free(fg), free(g), free(x1), free(x1t),
         free(pt), free(want);
+}
+
+Test(pim_kfac, a_singular_damped_factor_is_an_error, .timeout = TIMEOUT)
+{
+    /* Rank-one activation statistics and a damping far below float64's
+     * precision: the damped factor is singular to working precision. */
+    int batch = 4, d_in = 4, d_out = 2;
+    float act[16], og[8], grad[8], p[8];
+    for (int i = 0; i < 16; i++) act[i] = 1;
+    for (int i = 0; i < 8; i++) og[i] = (float)(i % 3) - 1, grad[i] = 1;
+    struct pim_device dev = test_device();
+    struct pim_solve_options opt;
+    pim_solve_options_default(&opt);
+    struct pim_ctx ctx;
+    pim_ctx_init(&ctx, 1);
+    struct pim_solve_stats st;
+    struct pim_cost cost = {0};
+    cr_assert_eq(pim_kfac_step(&dev, &ctx, act, og, batch, d_in, d_out, grad, 1e-300, &opt, p, &st,
+                               &cost, NULL),
+                 -EDOM);
+    cr_assert_lt(st.rcond, DBL_EPSILON);
+    cr_assert_not(st.converged);
+    cr_assert_eq(pim_kfac_step(&dev, &ctx, act, og, batch, d_in, d_out, grad, 1e-2, &opt, p, &st,
+                               &cost, NULL),
+                 0);
+    cr_assert(st.converged);
 }

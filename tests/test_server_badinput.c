@@ -11,16 +11,24 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 
-#define TIMEOUT     300 /* one .timeout for every test of this file (Criterion quirk) */
-#define BODY_LIMIT  8192
-#define HEAD_LIMIT  8192
-#define IDLE_S      "1"
-#define GOOD_PROMPT "{\"prompt\": \"The quick brown fox\", \"temperature\": 0, \"max_tokens\": 16}"
+#define TIMEOUT          300 /* one .timeout for every test of this file (Criterion quirk) */
+#define BODY_LIMIT       8192
+#define HEAD_LIMIT       8192
+#define IDLE_S           "1"
+#define PIM_TENSOR_LIMIT "64" /* elements: a 9 x 9 matrix is over it */
+#define GOOD_PROMPT      "{\"prompt\": \"The quick brown fox\", \"temperature\": 0, \"max_tokens\": 16}"
 
 /* The daemon every test of this file starts: small limits so the rows reach
  * them cheaply, and a short idle timeout for the slow clients. */
-static const char *const daemon_args[] = {
-    "--max-body-bytes", "8192", "--max-header-bytes", "8192", "--idle-timeout-s", IDLE_S, NULL};
+static const char *const daemon_args[] = {"--max-body-bytes",
+                                          "8192",
+                                          "--max-header-bytes",
+                                          "8192",
+                                          "--idle-timeout-s",
+                                          IDLE_S,
+                                          "--pim-max-tensor-elements",
+                                          PIM_TENSOR_LIMIT,
+                                          NULL};
 
 /* ------------------------------------------------------------ the table */
 
@@ -42,6 +50,7 @@ static char over_context_ids[8192];   /* 600 token ids; the context is 512 */
 static char over_body_limit[BODY_LIMIT + 512];
 static char over_header_limit[HEAD_LIMIT + 512];
 static char deep_nesting[6001];
+static char over_pim_limit_nested[512]; /* a 9 x 9 vmm matrix: 81 elements */
 
 static void fill_big_inputs(void)
 {
@@ -68,12 +77,18 @@ static void fill_big_inputs(void)
         deep_nesting[3000 + i] = ']';
     }
     deep_nesting[6000] = '\0';
+
+    strcpy(over_pim_limit_nested, "{\"type\": \"vmm\", \"matrix\": [");
+    for (int i = 0; i < 9; i++)
+        strcat(over_pim_limit_nested, i ? ", [1,1,1,1,1,1,1,1,1]" : "[1,1,1,1,1,1,1,1,1]");
+    strcat(over_pim_limit_nested, "], \"input\": [1,1,1,1,1,1,1,1,1]}");
 }
 
 #define IR   "invalid_request_error"
 #define P    "POST"
 #define CMP  "/v1/completions"
 #define CHAT "/v1/chat/completions"
+#define JOBS "/v1/pim/jobs"
 static const struct row rows[] = {
     /* malformed and truncated JSON */
     {"truncated object", P, CMP, NULL, "{\"prompt\": ", 400, IR, NULL, NULL},
@@ -181,11 +196,189 @@ static const struct row rows[] = {
     /* A wrong Content-Type does not matter: the body is JSON. */
     {"form content type, bad body", P, CMP, "Content-Type: application/x-www-form-urlencoded",
      "prompt=a", 400, IR, NULL, NULL},
+    /* PIM jobs: malformed JSON, unknown types */
+    {"pim: truncated job", P, JOBS, NULL, "{\"type\": \"vmm\",", 400, IR, NULL, "invalid_json"},
+    {"pim: empty body", P, JOBS, NULL, "", 400, IR, NULL, NULL},
+    {"pim: job an array", P, JOBS, NULL, "[{\"type\": \"vmm\"}]", 400, IR, NULL, NULL},
+    {"pim: job without type", P, JOBS, NULL, "{\"matrix\": [[1]], \"input\": [1]}", 400, IR, "type",
+     "missing_parameter"},
+    {"pim: unknown type", P, JOBS, NULL, "{\"type\": \"fft\"}", 400, IR, "type", NULL},
+    {"pim: type a number", P, JOBS, NULL, "{\"type\": 3}", 400, IR, "type", NULL},
+    {"pim: unknown field", P, JOBS, NULL,
+     "{\"type\": \"vmm\", \"matrix\": [[1]], \"input\": [1], \"bogus\": 1}", 400, IR, "bogus",
+     "unknown_parameter"},
+    {"pim: seed a string", P, JOBS, NULL,
+     "{\"type\": \"vmm\", \"matrix\": [[1]], \"input\": [1], \"seed\": \"x\"}", 400, IR, "seed",
+     NULL},
+    {"pim: unknown device field", P, JOBS, NULL,
+     "{\"type\": \"vmm\", \"matrix\": [[1]], \"input\": [1], \"device\": {\"warp\": 9}}", 400, IR,
+     "device.warp", NULL},
+    /* PIM tensors: wrong shapes */
+    {"pim: vmm without matrix", P, JOBS, NULL, "{\"type\": \"vmm\", \"input\": [1]}", 400, IR,
+     "matrix", NULL},
+    {"pim: matrix and input mismatch", P, JOBS, NULL,
+     "{\"type\": \"vmm\", \"matrix\": [[1, 2]], \"input\": [1, 2, 3]}", 400, IR, "input", NULL},
+    {"pim: batched input mismatch", P, JOBS, NULL,
+     "{\"type\": \"vmm\", \"matrix\": [[1, 2]], \"input\": [[1, 2], [3, 4, 5]]}", 400, IR, "input",
+     NULL},
+    {"pim: ragged matrix", P, JOBS, NULL,
+     "{\"type\": \"vmm\", \"matrix\": [[1, 2], [3]], \"input\": [1, 2]}", 400, IR, "matrix", NULL},
+    {"pim: ragged depth", P, JOBS, NULL,
+     "{\"type\": \"vmm\", \"matrix\": [[1, 2], 3], \"input\": [1, 2]}", 400, IR, "matrix", NULL},
+    {"pim: three-dimensional matrix", P, JOBS, NULL,
+     "{\"type\": \"vmm\", \"matrix\": [[[1]]], \"input\": [1]}", 400, IR, "matrix", NULL},
+    {"pim: empty matrix", P, JOBS, NULL, "{\"type\": \"vmm\", \"matrix\": [], \"input\": []}", 400,
+     IR, "matrix", NULL},
+    {"pim: empty rows", P, JOBS, NULL, "{\"type\": \"vmm\", \"matrix\": [[], []], \"input\": []}",
+     400, IR, "matrix", NULL},
+    {"pim: string element", P, JOBS, NULL,
+     "{\"type\": \"vmm\", \"matrix\": [[1, \"2\"]], \"input\": [1, 2]}", 400, IR, "matrix", NULL},
+    {"pim: solve not square", P, JOBS, NULL,
+     "{\"type\": \"solve\", \"matrix\": [[1, 2, 3], [4, 5, 6]], \"rhs\": [1, 2]}", 400, IR,
+     "matrix", NULL},
+    {"pim: solve rhs mismatch", P, JOBS, NULL,
+     "{\"type\": \"solve\", \"matrix\": [[2, 0], [0, 2]], \"rhs\": [1, 2, 3]}", 400, IR, "rhs",
+     NULL},
+    {"pim: kfac grad mismatch", P, JOBS, NULL,
+     "{\"type\": \"kfac_step\", \"activations\": [[1, 2]], \"output_grads\": [[1]], "
+     "\"grad\": [[1, 2, 3]]}",
+     400, IR, "grad", NULL},
+    {"pim: base64 shorter than its shape", P, JOBS, NULL,
+     "{\"type\": \"vmm\", \"matrix\": {\"shape\": [2, 2], \"dtype\": \"f32\", \"data\": "
+     "\"AACAPwAAAEA=\"}, \"input\": [1, 2]}",
+     400, IR, "matrix", NULL},
+    {"pim: base64 longer than its shape", P, JOBS, NULL,
+     "{\"type\": \"vmm\", \"matrix\": {\"shape\": [1, 1], \"dtype\": \"f32\", \"data\": "
+     "\"AACAPwAAAEA=\"}, \"input\": [1]}",
+     400, IR, "matrix", NULL},
+    {"pim: base64 not a multiple of 4 bytes", P, JOBS, NULL,
+     "{\"type\": \"vmm\", \"matrix\": {\"shape\": [1, 1], \"dtype\": \"f32\", \"data\": "
+     "\"AACA\"}, \"input\": [1]}",
+     400, IR, "matrix", NULL},
+    {"pim: base64 with bad characters", P, JOBS, NULL,
+     "{\"type\": \"vmm\", \"matrix\": {\"shape\": [1, 1], \"dtype\": \"f32\", \"data\": "
+     "\"AA*A\"}, \"input\": [1]}",
+     400, IR, "matrix", NULL},
+    {"pim: unknown dtype", P, JOBS, NULL,
+     "{\"type\": \"vmm\", \"matrix\": {\"shape\": [1, 1], \"dtype\": \"f64\", \"data\": "
+     "\"AAAAAAAA8D8=\"}, \"input\": [1]}",
+     400, IR, "matrix", NULL},
+    {"pim: negative shape", P, JOBS, NULL,
+     "{\"type\": \"vmm\", \"matrix\": {\"shape\": [-1, 1], \"dtype\": \"f32\", \"data\": "
+     "\"\"}, \"input\": [1]}",
+     400, IR, "matrix", NULL},
+    {"pim: shape product past int64", P, JOBS, NULL,
+     "{\"type\": \"vmm\", \"matrix\": {\"shape\": [4294967296, 4294967296], \"dtype\": "
+     "\"f32\", \"data\": \"\"}, \"input\": [1]}",
+     413, IR, "matrix", NULL},
+    {"pim: three-dimensional shape", P, JOBS, NULL,
+     "{\"type\": \"vmm\", \"matrix\": {\"shape\": [1, 1, 1], \"dtype\": \"f32\", \"data\": "
+     "\"AACAPw==\"}, \"input\": [1]}",
+     400, IR, "matrix", NULL},
+    {"pim: shape a string", P, JOBS, NULL,
+     "{\"type\": \"vmm\", \"matrix\": {\"shape\": \"1x1\", \"dtype\": \"f32\", \"data\": "
+     "\"AACAPw==\"}, \"input\": [1]}",
+     400, IR, "matrix", NULL},
+    {"pim: tensor object without data", P, JOBS, NULL,
+     "{\"type\": \"vmm\", \"matrix\": {\"shape\": [1, 1], \"dtype\": \"f32\"}, \"input\": "
+     "[1]}",
+     400, IR, "matrix", NULL},
+    {"pim: matrix null", P, JOBS, NULL, "{\"type\": \"vmm\", \"matrix\": null, \"input\": [1]}",
+     400, IR, "matrix", NULL},
+    {"pim: boolean element", P, JOBS, NULL,
+     "{\"type\": \"vmm\", \"matrix\": [[true]], \"input\": [1]}", 400, IR, "matrix", NULL},
+    {"pim: real overflow in a tensor", P, JOBS, NULL,
+     "{\"type\": \"vmm\", \"matrix\": [[1e400]], \"input\": [1]}", 400, IR, NULL, NULL},
+    {"pim: negative max_iterations", P, JOBS, NULL,
+     "{\"type\": \"solve\", \"matrix\": [[2]], \"rhs\": [1], \"max_iterations\": -1}", 400, IR,
+     "max_iterations", NULL},
+    {"pim: huge max_iterations", P, JOBS, NULL,
+     "{\"type\": \"solve\", \"matrix\": [[2]], \"rhs\": [1], \"max_iterations\": 1e12}", 400, IR,
+     "max_iterations", NULL},
+    {"pim: zero damping", P, JOBS, NULL,
+     "{\"type\": \"kfac_step\", \"activations\": [[1]], \"output_grads\": [[1]], \"grad\": "
+     "[[1]], \"damping\": 0}",
+     400, IR, "damping", NULL},
+    {"pim: keep_ratio past 1", P, JOBS, NULL,
+     "{\"type\": \"admm_compress\", \"matrix\": [[1]], \"inputs\": [[1]], \"targets\": "
+     "[[1]], \"keep_ratio\": 2}",
+     400, IR, "keep_ratio", NULL},
+    {"pim: weight_bits zero", P, JOBS, NULL,
+     "{\"type\": \"sme_map\", \"matrix\": [[1]], \"weight_bits\": 0}", 400, IR, "weight_bits",
+     NULL},
+    {"pim: unknown dataflow", P, JOBS, NULL,
+     "{\"type\": \"dataflow_eval\", \"layers\": [{\"in\": 4, \"out\": 4}], \"dataflows\": "
+     "[\"warp\"]}",
+     400, IR, "dataflows", NULL},
+    {"pim: huge layer count", P, JOBS, NULL,
+     "{\"type\": \"dataflow_eval\", \"layers\": [{\"in\": 4, \"out\": 4, \"count\": "
+     "1e300}]}",
+     400, IR, "layers[0].count", NULL},
+    /* PIM tensors: NaN and Infinity */
+    {"pim: NaN literal in a tensor", P, JOBS, NULL,
+     "{\"type\": \"vmm\", \"matrix\": [[NaN]], \"input\": [1]}", 400, IR, NULL, NULL},
+    {"pim: f32 overflow in a tensor", P, JOBS, NULL,
+     "{\"type\": \"vmm\", \"matrix\": [[1, 1e39]], \"input\": [1, 1]}", 400, IR, "matrix",
+     "invalid_value"},
+    {"pim: base64 NaN", P, JOBS, NULL,
+     "{\"type\": \"vmm\", \"matrix\": {\"shape\": [1, 1], \"dtype\": \"f32\", \"data\": "
+     "\"AADAfw==\"}, \"input\": [1]}",
+     400, IR, "matrix", "invalid_value"},
+    {"pim: base64 Infinity", P, JOBS, NULL,
+     "{\"type\": \"vmm\", \"matrix\": [[1]], \"input\": {\"shape\": [1], \"dtype\": \"f32\", "
+     "\"data\": \"AACAfw==\"}}",
+     400, IR, "input", "invalid_value"},
+    {"pim: base64 -Infinity in rhs", P, JOBS, NULL,
+     "{\"type\": \"solve\", \"matrix\": [[1]], \"rhs\": {\"shape\": [1], \"dtype\": \"f32\", "
+     "\"data\": \"AACA/w==\"}}",
+     400, IR, "rhs", "invalid_value"},
+    /* PIM tensors over the size limit */
+    {"pim: nested tensor over the limit", P, JOBS, NULL, over_pim_limit_nested, 413, IR, "matrix",
+     NULL},
+    {"pim: base64 shape over the limit", P, JOBS, NULL,
+     "{\"type\": \"vmm\", \"matrix\": {\"shape\": [1000, 1000], \"dtype\": \"f32\", "
+     "\"data\": \"\"}, \"input\": [1]}",
+     413, IR, "matrix", NULL},
+    /* PIM ids, methods and waits */
+    {"pim: GET an unknown id", "GET", JOBS "/pim-424242", NULL, NULL, 404, IR, "id",
+     "job_not_found"},
+    {"pim: GET a malformed id", "GET", JOBS "/banana", NULL, NULL, 404, IR, "id", "job_not_found"},
+    {"pim: DELETE an unknown id", "DELETE", JOBS "/pim-424242", NULL, NULL, 404, IR, "id",
+     "job_not_found"},
+    {"pim: DELETE a malformed id", "DELETE", JOBS "/pim-1x", NULL, NULL, 404, IR, "id",
+     "job_not_found"},
+    {"pim: POST to a job", P, JOBS "/pim-1", NULL, "{}", 405, IR, NULL, "method_not_allowed"},
+    {"pim: GET the job list", "GET", JOBS, NULL, NULL, 405, IR, NULL, "method_not_allowed"},
+    {"pim: PUT the job list", "PUT", JOBS, NULL, "{}", 405, IR, NULL, "method_not_allowed"},
+    {"pim: DELETE the job list", "DELETE", JOBS, NULL, NULL, 405, IR, NULL, "method_not_allowed"},
+    {"pim: POST the devices", P, "/v1/pim/devices", NULL, "{}", 405, IR, NULL,
+     "method_not_allowed"},
+    {"pim: wait not a number", P, JOBS "?wait=abc", NULL,
+     "{\"type\": \"vmm\", \"matrix\": [[1]], \"input\": [1]}", 400, IR, "wait", NULL},
+    {"pim: wait negative", "GET", JOBS "/pim-424242?wait=-1", NULL, NULL, 400, IR, "wait", NULL},
+    {"pim: wait huge", "GET", JOBS "/pim-424242?wait=1e9", NULL, NULL, 400, IR, "wait", NULL},
+    {"pim: wait NaN", "GET", JOBS "/pim-424242?wait=nan", NULL, NULL, 400, IR, "wait", NULL},
+    {"pim: wait empty", "GET", JOBS "/pim-424242?wait=", NULL, NULL, 400, IR, "wait", NULL},
+    {"pim: wait with trailing junk", P, JOBS "?wait=5s", NULL,
+     "{\"type\": \"vmm\", \"matrix\": [[1]], \"input\": [1]}", 400, IR, "wait", NULL},
+    {"pim: wait infinite", "GET", JOBS "/pim-424242?wait=inf", NULL, NULL, 400, IR, "wait", NULL},
+    {"pim: wait in hex", "GET", JOBS "/pim-424242?wait=0x10", NULL, NULL, 400, IR, "wait", NULL},
+    {"pim: wait with a leading space", "GET", JOBS "/pim-424242?wait=%205", NULL, NULL, 400, IR,
+     "wait", NULL},
+    {"pim: id past uint64", "GET", JOBS "/pim-99999999999999999999999", NULL, NULL, 404, IR, "id",
+     "job_not_found"},
+    {"pim: id with a NUL escape", "GET", JOBS "/pim-1%00", NULL, NULL, 404, IR, "id",
+     "job_not_found"},
+    {"pim: id negative", "DELETE", JOBS "/pim--1", NULL, NULL, 404, IR, "id", "job_not_found"},
+    {"pim: wait a string in the body", P, JOBS, NULL,
+     "{\"type\": \"vmm\", \"matrix\": [[1]], \"input\": [1], \"wait\": \"5\"}", 400, IR, "wait",
+     NULL},
 };
 #undef IR
 #undef P
 #undef CMP
 #undef CHAT
+#undef JOBS
 
 /* A greedy completion's text (a new string). */
 static char *good_answer(const struct daemon *d)
@@ -196,6 +389,44 @@ static char *good_answer(const struct daemon *d)
     char *text = strdup(choice_text(r, 0));
     json_decref(r);
     return text;
+}
+
+/* [[1, 2], [3, 4]] [5, 6] = [17, 39], to the default device's 8 bits. */
+static void check_vmm_output(json_t *job)
+{
+    cr_assert_str_eq(json_string_value(json_object_get(job, "status")), "done", "%s",
+                     json_dumps(job, 0));
+    json_t *out = json_object_get(json_object_get(job, "result"), "output");
+    cr_assert_eq(json_array_size(out), 2, "%s", json_dumps(job, 0));
+    cr_assert(fabs(json_number_value(json_array_get(out, 0)) - 17) < 0.2, "%s", json_dumps(out, 0));
+    cr_assert(fabs(json_number_value(json_array_get(out, 1)) - 39) < 0.4, "%s", json_dumps(out, 0));
+}
+
+/* After the matrix a PIM vmm job still comes back right, waited on in the
+ * POST and polled by id. */
+static void check_pim_still_serves(const struct daemon *d)
+{
+    static const char vmm[] =
+        "{\"type\": \"vmm\", \"matrix\": [[1, 2], [3, 4]], \"input\": [5, 6]%s}";
+    char body[256];
+    long status;
+    snprintf(body, sizeof body, vmm, ", \"wait\": 30");
+    json_t *j = http_json(d, "POST", "/v1/pim/jobs", body, &status);
+    cr_assert_eq(status, 200, "%ld %s", status, json_dumps(j, 0));
+    check_vmm_output(j);
+    json_decref(j);
+
+    snprintf(body, sizeof body, vmm, "");
+    j = http_json(d, "POST", "/v1/pim/jobs", body, &status);
+    cr_assert(status == 202 || status == 200, "%ld", status);
+    char path[96];
+    snprintf(path, sizeof path, "/v1/pim/jobs/%s?wait=30",
+             json_string_value(json_object_get(j, "id")));
+    json_decref(j);
+    j = http_json(d, "GET", path, NULL, &status);
+    cr_assert_eq(status, 200, "%ld", status);
+    check_vmm_output(j);
+    json_decref(j);
 }
 
 static void check_row(const struct daemon *d, const struct row *t)
@@ -239,8 +470,10 @@ Test(server_badinput, every_row_gets_its_status_and_error_and_the_daemon_stays_c
     for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) check_row(&d, &rows[i]);
     char *after = good_answer(&d);
     cr_assert_str_eq(after, before, "the same greedy answer after the matrix");
+    check_pim_still_serves(&d);
     static const char *const paths[] = {
-        "/v1/completions", "/v1/chat/completions", "/tokenize", "/detokenize", "/health", "other"};
+        "/v1/completions", "/v1/chat/completions", "/tokenize",       "/detokenize", "/health",
+        "/v1/pim/jobs",    "/v1/pim/jobs/",        "/v1/pim/devices", "other"};
     for (size_t i = 0; i < sizeof paths / sizeof paths[0]; i++) {
         char sample[128];
         snprintf(sample, sizeof sample, "llmd_http_requests_total{path=\"%s\",status=\"500\"}",

@@ -704,6 +704,30 @@ Test(server_pim, bad_jobs_get_4xx_with_the_param, .timeout = TIMEOUT)
     cr_assert_str_eq(str(j, "status"), "failed", "%s", json_dumps(j, 0));
     cr_assert(json_is_string(json_object_get(json_object_get(j, "error"), "message")));
     json_decref(j);
+    /* Singular to working precision, though regular once quantised to 8
+     * bits: failed with the reason, never "converged" garbage. */
+    static const struct {
+        const char *body, *param;
+    } singular[] = {
+        {"{\"type\": \"solve\", \"matrix\": [[1, 2], [2, 4]], \"rhs\": [1, 1], \"wait\": 30}",
+         "matrix"},
+        {"{\"type\": \"invert\", \"matrix\": [[1, 2], [2, 4]], \"wait\": 30}", "matrix"},
+        {"{\"type\": \"kfac_step\", \"activations\": [[1, 1], [1, 1]], \"output_grads\": [[1], "
+         "[2]], \"grad\": [[1, 1]], \"damping\": 1e-300, \"wait\": 30}",
+         "damping"},
+    };
+    for (size_t i = 0; i < sizeof singular / sizeof singular[0]; i++) {
+        j = http_json(&d, "POST", "/v1/pim/jobs", singular[i].body, &status);
+        cr_assert_eq(status, 200, "%s -> %ld", singular[i].body, status);
+        cr_assert_str_eq(str(j, "status"), "failed", "%s", json_dumps(j, 0));
+        cr_assert_null(json_object_get(j, "result"));
+        json_t *e = json_object_get(j, "error");
+        cr_assert_str_eq(str(e, "code"), "singular_matrix", "%s", json_dumps(j, 0));
+        cr_assert_str_eq(str(e, "param"), singular[i].param, "%s", json_dumps(j, 0));
+        cr_assert(strstr(str(e, "message"), "singular to working precision"), "%s",
+                  str(e, "message"));
+        json_decref(j);
+    }
     /* still serving */
     j = http_json(&d, "POST", "/v1/pim/jobs",
                   "{\"type\": \"vmm\", \"matrix\": [[1, 2]], \"input\": [3, 4], \"wait\": 30}",
