@@ -168,7 +168,8 @@ Test(server_faults, sigterm_under_load_completes_every_accepted_request, .timeou
         if (i % 4 == 3) {
             cr_assert_eq(jobs[i].resp.status, 200, "chat %d: %ld", i, jobs[i].resp.status);
             json_t *r = json_loadb(jobs[i].resp.body.data, jobs[i].resp.body.len, 0, NULL);
-            cr_assert_eq(usage_of(r, "completion_tokens"), TOKENS);
+            cr_assert_eq(usage_of(r, "completion_tokens"), TOKENS, "chat %d finished short: %.*s", i,
+                         (int)jobs[i].resp.body.len, jobs[i].resp.body.data);
             json_decref(r);
         } else {
             cr_assert_eq(job_tokens(&jobs[i], i % 2), TOKENS, "request %d finished in full", i);
