@@ -34,15 +34,16 @@ struct q_format llm_model_qformat(const llm_model *m, int k)
     case LLM_W8A8:
         f.method = Q_W8A8;
         break;
-    case LLM_W4A4_RTN:
-        f.group_size = k;
+    case LLM_W4A4_RTN: /* per row, in groups of at most Q_GROUP_SIZE_MAX (the kernels' limit) */
+        f.group_size = k < Q_GROUP_SIZE_MAX ? k : Q_GROUP_SIZE_MAX;
         break;
     case LLM_ATOM:
     default:
         /* width/32 by default, rounded up to the kernels' multiple of 16 */
         f.n_outlier = o->n_outlier < 0 ? (k / 32 + 15) / 16 * 16 : o->n_outlier;
         if (f.n_outlier >= k) f.n_outlier = 0;
-        f.group_size = o->group_size > 0 ? o->group_size : k - f.n_outlier;
+        f.group_size = o->group_size > 0 ? o->group_size : k - f.n_outlier; /* 0: per row */
+        if (f.group_size > Q_GROUP_SIZE_MAX && o->group_size <= 0) f.group_size = Q_GROUP_SIZE_MAX;
         f.act_clip = o->act_clip;
         f.weight_clip = o->weight_clip;
         break;
@@ -175,11 +176,31 @@ static int quantize_linear(llm_model *m, struct llm_linear *l, const int *perm, 
     return 0;
 }
 
+/* The options give a legal format for each of the model's input widths. */
+static int check_formats(const llm_model *m, char *err, size_t err_len)
+{
+    const struct llm_config *c = &m->config;
+    int widths[3] = {c->dim, c->n_heads * c->head_dim, c->ffn_dim};
+    for (int i = 0; i < 3; i++) {
+        struct q_format f = llm_model_qformat(m, widths[i]);
+        if (q_format_check(&f, widths[i]) == 0) continue;
+        snprintf(err, err_len,
+                 "%s cannot quantize width %d with groups of %d and %d outliers (both multiples of "
+                 "16, groups 16..%d, outliers below the width)",
+                 llm_precision_name(m->precision), widths[i], f.group_size, f.n_outlier,
+                 Q_GROUP_SIZE_MAX);
+        return -EINVAL;
+    }
+    return 0;
+}
+
 int llm_model_quantize(llm_model *m, char *err, size_t err_len)
 {
     const struct llm_config *c = &m->config;
     bool atom = m->precision == LLM_ATOM;
     m->qformat = llm_model_qformat(m, c->dim);
+    int check = check_formats(m, err, err_len);
+    if (check) return check;
     struct calibration cal = {0};
     int rc = 0;
     if (atom && (rc = calibrate(m, &cal, err, err_len))) {

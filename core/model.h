@@ -39,8 +39,9 @@ const char *llm_precision_name(enum llm_precision p);
 /* Atom's recipe and its ablation switches (precision LLM_ATOM; LLM_W4A4_RTN
  * is the same with every switch off). */
 struct llm_quant_options {
-    int group_size;          /* channels per int4 group; 0 = one group per row */
-    int n_outlier;           /* int8 outlier channels; -1 = width / 32 */
+    int group_size;          /* channels per int4 group; 0 = one group per row (groups of
+                                Q_GROUP_SIZE_MAX where a row is wider: the kernels' limit) */
+    int n_outlier;           /* int8 outlier channels; -1 = width / 32, 0 = none */
     float act_clip;          /* 0.9 */
     float weight_clip;       /* 0.85 */
     bool gptq;               /* GPTQ for the weights (else round to nearest) */

@@ -69,10 +69,11 @@ static const char model_help[] =
     "  --sparse-mode M       quest | window (query-agnostic sinks + recent baseline)\n"
     "  --dense-layers N      layers that always attend densely (default 2)\n"
     "  --kv-pages N          KV page pool size (default: 8 full contexts)\n"
-    "  --group-size N        Atom: channels per int4 group, 0 = per row (default 128)\n"
-    "  --outliers N          Atom: int8 outlier channels, -1 = width/32 (default -1)\n"
-    "  --act-clip F          Atom: activation clipping ratio (default 0.9)\n"
-    "  --weight-clip F       Atom: weight clipping ratio (default 0.85)\n"
+    "  --group-size N        Atom: channels per int4 group, a multiple of 16 up to 512;\n"
+    "                        0 = per row (in groups of 512 where a row is wider) (default 128)\n"
+    "  --outliers N          Atom: int8 outlier channels, 0 = none, -1 = width/32 (default -1)\n"
+    "  --act-clip F          Atom: activation clipping ratio, 1 = none (default 0.9)\n"
+    "  --weight-clip F       Atom: weight clipping ratio, 1 = none (default 0.85)\n"
     "  --no-gptq             Atom: round weights to nearest instead of GPTQ\n"
     "  --calib-file FILE     Atom: calibration text (default models/calibration.txt)\n"
     "  --calib-tokens N      Atom: calibration tokens (default 16384)\n"
@@ -124,8 +125,13 @@ static int parse_model_flag(int opt, const char *arg, struct model_flags *f)
         else ok = false;
         break;
     case OPT_KV_PAGES: ok = parse_int(arg, 1, 1 << 24, &o->kv_pages); break;
-    case OPT_GROUP_SIZE: ok = parse_int(arg, 0, 1 << 16, &o->quant.group_size); break;
-    case OPT_OUTLIERS: ok = parse_int(arg, -1, 1 << 16, &o->quant.n_outlier); break;
+    case OPT_GROUP_SIZE:
+        ok = parse_int(arg, 0, 512, &o->quant.group_size) && o->quant.group_size % 16 == 0;
+        break;
+    case OPT_OUTLIERS:
+        ok = parse_int(arg, -1, 1 << 16, &o->quant.n_outlier) &&
+             (o->quant.n_outlier == -1 || o->quant.n_outlier % 16 == 0);
+        break;
     case OPT_ACT_CLIP: ok = parse_float(arg, 0.01f, 1.0f, &o->quant.act_clip); break;
     case OPT_WEIGHT_CLIP: ok = parse_float(arg, 0.01f, 1.0f, &o->quant.weight_clip); break;
     case OPT_NO_GPTQ: o->quant.gptq = false; break;

@@ -209,6 +209,13 @@ static void model_options(const struct srv_config *c, struct llm_model_options *
     o->kv_sequences = c->max_running;
     o->page_size = c->page_size;
     o->threads = c->threads;
+    o->quant.group_size = c->group_size;
+    o->quant.n_outlier = c->outliers;
+    o->quant.act_clip = (float)c->act_clip;
+    o->quant.weight_clip = (float)c->weight_clip;
+    o->quant.gptq = c->gptq;
+    o->quant.calib_file = c->calib_file;
+    o->quant.calib_tokens = c->calib_tokens;
 }
 
 static void loader_main(void *arg)
