@@ -126,9 +126,11 @@ static int calibrate(llm_model *m, struct calibration *cal, char *err, size_t er
         struct llm_batch_item item = {.kv = seq, .tokens = chunk, .n_tokens = take + 1};
         rc = llm_forward(m, ws, &item, 1, logits, NULL);
         attn_seq_free(seq);
-        if (m->options.progress) m->options.progress("calibrating", (double)(at + take) / n, m->options.progress_ctx);
+        if (m->options.progress && at + take < n)
+            m->options.progress("calibrating", (double)(at + take) / n, m->options.progress_ctx);
     }
     m->precision = saved;
+    if (rc == 0 && m->options.progress) m->options.progress("calibrating", 1.0, m->options.progress_ctx);
     free(chunk);
     util_aligned_free(logits);
     llm_workspace_free(ws);

@@ -145,33 +145,35 @@ static int load_tensor(const llm_gguf *g, const char *name, int rows, int cols, 
     return 0;
 }
 
-static int load_linear(const llm_gguf *g, const char *name, int n, int k, struct llm_linear *lin,
-                       char *err, size_t err_len)
+static int load_linear(const llm_model *m, const llm_gguf *g, const char *name, int n, int k,
+                       struct llm_linear *lin, char *err, size_t err_len)
 {
+    if (m->prequantized) return llm_model_load_quantized_linear(m, g, name, n, k, lin, err, err_len);
     lin->n = n;
     lin->k = k;
     return load_tensor(g, name, n, k, &lin->w, err, err_len);
 }
 
-static int load_block(const llm_gguf *g, int i, const struct llm_config *c, struct llm_block *b,
-                      char *err, size_t err_len)
+static int load_block(llm_model *m, const llm_gguf *g, int i, struct llm_block *b, char *err,
+                      size_t err_len)
 {
+    const struct llm_config *c = &m->config;
     char name[64];
     int q_dim = c->n_heads * c->head_dim, kv_dim = c->n_kv_heads * c->head_dim;
 #define NAME(suffix) (snprintf(name, sizeof name, "blk.%d.%s", i, suffix), name)
     int rc;
     if ((rc = load_tensor(g, NAME("attn_norm.weight"), 0, c->dim, &b->attn_norm, err, err_len)) ||
-        (rc = load_linear(g, NAME("attn_q.weight"), q_dim, c->dim, &b->wq, err, err_len)) ||
-        (rc = load_linear(g, NAME("attn_k.weight"), kv_dim, c->dim, &b->wk, err, err_len)) ||
-        (rc = load_linear(g, NAME("attn_v.weight"), kv_dim, c->dim, &b->wv, err, err_len)) ||
-        (rc = load_linear(g, NAME("attn_output.weight"), c->dim, q_dim, &b->wo, err, err_len)) ||
+        (rc = load_linear(m, g, NAME("attn_q.weight"), q_dim, c->dim, &b->wq, err, err_len)) ||
+        (rc = load_linear(m, g, NAME("attn_k.weight"), kv_dim, c->dim, &b->wk, err, err_len)) ||
+        (rc = load_linear(m, g, NAME("attn_v.weight"), kv_dim, c->dim, &b->wv, err, err_len)) ||
+        (rc = load_linear(m, g, NAME("attn_output.weight"), c->dim, q_dim, &b->wo, err, err_len)) ||
         (rc = load_tensor(g, NAME("ffn_norm.weight"), 0, c->dim, &b->ffn_norm, err, err_len)) ||
-        (rc = load_linear(g, NAME("ffn_gate.weight"), c->ffn_dim, c->dim, &b->w_gate, err, err_len)) ||
-        (rc = load_linear(g, NAME("ffn_up.weight"), c->ffn_dim, c->dim, &b->w_up, err, err_len)) ||
-        (rc = load_linear(g, NAME("ffn_down.weight"), c->dim, c->ffn_dim, &b->w_down, err, err_len)))
+        (rc = load_linear(m, g, NAME("ffn_gate.weight"), c->ffn_dim, c->dim, &b->w_gate, err, err_len)) ||
+        (rc = load_linear(m, g, NAME("ffn_up.weight"), c->ffn_dim, c->dim, &b->w_up, err, err_len)) ||
+        (rc = load_linear(m, g, NAME("ffn_down.weight"), c->dim, c->ffn_dim, &b->w_down, err, err_len)))
         return rc;
 #undef NAME
-    return 0;
+    return m->prequantized ? llm_model_link_quantized_block(m, b, i, err, err_len) : 0;
 }
 
 static char *base_name_without_ext(const char *path)
@@ -205,6 +207,8 @@ static int load_from_gguf(llm_model *m, const llm_gguf *g, const char *path, cha
     if (rc) return rc;
     if ((rc = llm_tokenizer_load(g, &m->tokenizer, err, err_len))) return rc;
     c->vocab_size = llm_tokenizer_vocab_size(m->tokenizer);
+    if ((rc = llm_model_read_quant_metadata(m, g, err, err_len))) return rc;
+    if (m->prequantized) m->qformat = llm_model_qformat(m, c->dim);
 
     if ((rc = load_tensor(g, "token_embd.weight", c->vocab_size, c->dim, &m->token_embd, err, err_len)) ||
         (rc = load_tensor(g, "output_norm.weight", 0, c->dim, &m->output_norm, err, err_len)))
@@ -216,7 +220,7 @@ static int load_from_gguf(llm_model *m, const llm_gguf *g, const char *path, cha
 
     m->blocks = util_xcalloc((size_t)c->n_layers, sizeof *m->blocks);
     for (int i = 0; i < c->n_layers; i++) {
-        if ((rc = load_block(g, i, c, &m->blocks[i], err, err_len))) return rc;
+        if ((rc = load_block(m, g, i, &m->blocks[i], err, err_len))) return rc;
         progress(m, "loading weights", (double)(i + 1) / c->n_layers);
     }
 
@@ -270,7 +274,7 @@ int llm_model_load(const char *path, const struct llm_model_options *options, ll
         llm_gguf_close(g);
     }
     if (!rc) rc = create_kv_cache(m, err, err_len);
-    if (!rc && m->precision != LLM_FP32) rc = llm_model_quantize(m, err, err_len);
+    if (!rc && m->precision != LLM_FP32 && !m->prequantized) rc = llm_model_quantize(m, err, err_len);
     if (rc) {
         llm_model_free(m);
         return rc;
@@ -317,3 +321,5 @@ const llm_tokenizer *llm_model_tokenizer(const llm_model *m) { return m->tokeniz
 attn_cache *llm_model_kv_cache(llm_model *m) { return m->kv; }
 const char *llm_model_name(const llm_model *m) { return m->name; }
 const char *llm_model_chat_template(const llm_model *m) { return m->chat_template; }
+enum llm_precision llm_model_precision(const llm_model *m) { return m->precision; }
+bool llm_model_prequantized(const llm_model *m) { return m->prequantized; }

@@ -81,6 +81,17 @@ attn_cache *llm_model_kv_cache(llm_model *model);
 /* The name under which the model is served (general.name, else the file's
  * base name without .gguf). */
 const char *llm_model_name(const llm_model *model);
+/* How the linear layers compute: the requested precision, or the one a
+ * quantized file was made with (which wins over the request). */
+enum llm_precision llm_model_precision(const llm_model *model);
+/* True when the model came from a quantized file (no calibration at load). */
+bool llm_model_prequantized(const llm_model *model);
+/* Writes the quantized model to `path` as a GGUF that loads without
+ * recalibration: `source_path` (the file the model was loaded from) with
+ * each linear layer replaced by its quantized form and llmd.quant.*
+ * metadata added (see core/model_file.c). -EINVAL for an fp32 model. */
+int llm_model_save_quantized(const llm_model *model, const char *source_path, const char *path,
+                             char *err, size_t err_len);
 /* The chat template stored in the GGUF, or NULL. */
 const char *llm_model_chat_template(const llm_model *model);
 

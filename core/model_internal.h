@@ -49,6 +49,7 @@ struct llm_model {
                                    comes from llm_model_qformat */
     attn_cache *kv;
     float *rope_freq;           /* (head_dim / 2) */
+    bool prequantized;          /* loaded from a quantized file (llmd quantize) */
 };
 
 /* The quantized format of a linear layer with k input channels. */
@@ -64,5 +65,18 @@ void llm_workspace_set_calib(llm_workspace *ws, llm_calib_fn fn, void *ctx);
 /* Quantizes the model's linear layers for its precision (model->precision),
  * calibrating on options->quant.calib_file for Atom. Called by load. */
 int llm_model_quantize(llm_model *model, char *err, size_t err_len);
+
+/* Quantized files (model_file.c). Metadata keys start with this. */
+#define LLM_QUANT_KEY_PREFIX "llmd.quant."
+/* Reads llmd.quant.* when present: sets the precision, the quantization
+ * options and m->prequantized. 0 also when absent (an fp32 file). */
+int llm_model_read_quant_metadata(llm_model *m, const llm_gguf *g, char *err, size_t err_len);
+/* Loads one quantized layer (n, k) from its I8 blob, checking it against
+ * the metadata's format. */
+int llm_model_load_quantized_linear(const llm_model *m, const llm_gguf *g, const char *name, int n, int k,
+                                    struct llm_linear *lin, char *err, size_t err_len);
+/* Derives a loaded block's channel orders from its layers (and checks that
+ * the layers sharing an input agree). */
+int llm_model_link_quantized_block(llm_model *m, struct llm_block *b, int layer, char *err, size_t err_len);
 
 #endif

@@ -30,7 +30,7 @@ enum {
     /* per command */
     OPT_PROMPT, OPT_N, OPT_TEMPERATURE, OPT_TOP_K, OPT_TOP_P, OPT_MIN_P, OPT_SEED, OPT_REPEAT_PENALTY,
     OPT_PRESENCE_PENALTY, OPT_FREQUENCY_PENALTY, OPT_STOP, OPT_IDS, OPT_NO_BOS, OPT_FILE, OPT_CTX,
-    OPT_MAX_TOKENS, OPT_BATCH, OPT_TRIALS, OPT_BOS, OPT_OUTPUT, OPT_DEPTH,
+    OPT_MAX_TOKENS, OPT_BATCH, OPT_TRIALS, OPT_BOS, OPT_OUTPUT, OPT_DEPTH, OPT_OUT,
 };
 
 struct model_flags {
@@ -175,8 +175,11 @@ static llm_model *load_model(struct model_flags *f)
     const struct llm_config *c = llm_model_config(model);
     fprintf(stderr, "llmd: %s: %d layers, width %d, %d/%d heads, FFN %d, vocab %d, context %d; %s, KV %s\n",
             llm_model_name(model), c->n_layers, c->dim, c->n_heads, c->n_kv_heads, c->ffn_dim,
-            c->vocab_size, c->ctx_len, llm_precision_name(f->options.precision),
+            c->vocab_size, c->ctx_len, llm_precision_name(llm_model_precision(model)),
             attn_kv_type_name(f->options.kv_type));
+    if (llm_model_prequantized(model) && llm_model_precision(model) != f->options.precision)
+        fprintf(stderr, "llmd: %s is quantized (%s): --precision %s does not apply\n", f->path,
+                llm_precision_name(llm_model_precision(model)), llm_precision_name(f->options.precision));
     fprintf(stderr, "llmd: cpu %s [%s]; OpenBLAS %s kernels\n", util_cpu_model_name(),
             util_cpu_flags_string(), util_blas_corename());
     return model;
@@ -503,6 +506,57 @@ int cmd_perplexity(int argc, char **argv)
     }
     free(ids);
     llm_workspace_free(ws);
+    llm_model_free(model);
+    return rc ? 1 : 0;
+}
+
+/* --------------------------------------------------------------- quantize */
+
+static const char quantize_help[] =
+    "Usage: llmd quantize [--model IN] [--precision atom] [Atom options] --out OUT.gguf\n"
+    "Quantizes a model (calibrating it for atom) and writes the result as a GGUF that\n"
+    "generate, perplexity, passkey and serve load as it is, without recalibrating: the\n"
+    "file's precision and formats then win over --precision and the Atom options.\n\n"
+    "  --out FILE         the quantized model to write\n"
+    "  --precision P      w8a8 | w4a4-rtn | atom (default atom)\n\n";
+
+int cmd_quantize(int argc, char **argv)
+{
+    static const struct option own[] = {{"out", required_argument, 0, OPT_OUT}};
+    struct option *options = join_options(own, sizeof own / sizeof own[0]);
+    struct model_flags mf;
+    model_flags_init(&mf);
+    mf.options.precision = LLM_ATOM;
+    mf.options.kv_sequences = 1; /* the KV cache only serves calibration */
+    const char *out = NULL;
+    int opt;
+    bool ok = true;
+    optind = 1;
+    while (ok && (opt = getopt_long(argc, argv, "", options, NULL)) != -1) {
+        if (opt == OPT_OUT) out = optarg;
+        else if (opt == OPT_HELP) {
+            printf("%s%s", quantize_help, model_help);
+            free(options);
+            return 0;
+        } else ok = parse_model_flag(opt, optarg, &mf) > 0;
+    }
+    free(options);
+    if (!ok || !out || optind != argc || mf.options.precision == LLM_FP32) {
+        fprintf(stderr, "llmd quantize: %s; see --help\n",
+                !ok || optind != argc ? "bad arguments"
+                : !out                ? "--out is required"
+                                      : "--precision fp32 has nothing to quantize");
+        return 2;
+    }
+    double t0 = util_now();
+    llm_model *model = load_model(&mf);
+    if (!model) return 1;
+    char err[512];
+    int rc = llm_model_save_quantized(model, mf.path, out, err, sizeof err);
+    if (rc) fprintf(stderr, "llmd quantize: %s\n", err);
+    else
+        fprintf(stderr, "llmd: wrote %s (%s) in %.1f s\n", out, llm_precision_name(llm_model_precision(model)),
+                util_now() - t0);
     llm_model_free(model);
     return rc ? 1 : 0;
 }

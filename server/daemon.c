@@ -282,7 +282,8 @@ static void on_loaded(uv_async_t *a)
     }
     atomic_store(&d->load_state, SRV_READY);
     LOG_INFO("model '%s' ready: %d layers, dim %d, context %d, vocab %d, %s, kv %s, chat %s",
-             d->model_name, mc->n_layers, mc->dim, d->ctx_len, d->vocab_size, d->cfg->precision,
+             d->model_name, mc->n_layers, mc->dim, d->ctx_len, d->vocab_size,
+             llm_precision_name(llm_model_precision(d->model)),
              d->cfg->kv_type, srv_chat_format_name(d->chat_format));
 }
 
