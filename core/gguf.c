@@ -894,6 +894,11 @@ static void gguf_q8_0_to_f32_avx2(const uint8_t *src, uint64_t n, float *out)
 
 typedef void (*gguf_convert_fn)(const uint8_t *src, uint64_t n, float *out);
 
+static void gguf_i8_to_f32(const uint8_t *src, uint64_t n, float *out)
+{
+    for (uint64_t i = 0; i < n; i++) out[i] = (float)(int8_t)src[i];
+}
+
 static void gguf_f32_copy(const uint8_t *src, uint64_t n, float *out)
 {
     memcpy(out, src, n * sizeof(float));
@@ -917,6 +922,9 @@ static int gguf_rows_to_f32(const struct llm_gguf_tensor *t, uint64_t row, uint6
         break;
     case GGML_TYPE_Q8_0:
         convert = simd ? gguf_q8_0_to_f32_avx2 : gguf_q8_0_to_f32_scalar;
+        break;
+    case GGML_TYPE_I8:
+        convert = gguf_i8_to_f32;
         break;
     default:
         return -EINVAL;

@@ -9,9 +9,9 @@
  *
  * Refused at open: versions other than 3, nested arrays, duplicate keys or
  * tensor names, a `general.alignment` that is not a power of two, more than
- * 4 dims, and tensor types other than F32, F16, BF16, Q8_0 and I8 (I8
- * tensors are not converted to float: llmd stores its quantized layers in
- * them as opaque blobs, see core/model_file.c).
+ * 4 dims, and tensor types other than F32, F16, BF16, Q8_0 and I8 (plain
+ * int8 values; llmd also stores its quantized layers in 1-D I8 tensors as
+ * opaque blobs, see core/model_file.c).
  */
 #ifndef LLMD_CORE_GGUF_H
 #define LLMD_CORE_GGUF_H
