@@ -5,6 +5,11 @@
  *   build/bench/forward [--model FILE | --synthetic-58m] [--precisions fp32,w8a8,atom]
  *                       [--batches 1,8,32] [--prompt N] [--decode N]
  *                       [--kv f32] [--tpot-ms 50] [--repeat 3] [--calib-tokens N]
+ *                       [--head-f16]
+ *
+ * A precision written P+h16 (e.g. atom+h16) runs P with the output head in
+ * f16, so that both heads are measured in one run; --head-f16 sets it for
+ * all.
  *
  * --synthetic-58m writes (once) /tmp/llmd-synthetic-58m.gguf: the LLaMA shape
  * llama.cpp's figures in issue 5 were measured on (width 512, 8 layers, 8
@@ -195,6 +200,7 @@ int main(int argc, char **argv)
 {
     const char *model_path = "models/llmd-20m.gguf", *precisions = "fp32,w8a8,atom", *kv = "f32";
     int batches[MAX_LIST] = {1, 8, 32}, n_batches = 3, N = 128, steps = 32, repeat = 3, calib_tokens = 0;
+    bool head_f16 = false;
     double tpot_target = 50.0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--synthetic-58m")) {
@@ -202,6 +208,10 @@ int main(int argc, char **argv)
             FILE *f = fopen(model_path, "rb");
             if (f) fclose(f);
             else if (write_synthetic_58m(model_path)) return 1;
+            continue;
+        }
+        if (!strcmp(argv[i], "--head-f16")) {
+            head_f16 = true;
             continue;
         }
         if (i + 1 >= argc) {
@@ -224,46 +234,64 @@ int main(int argc, char **argv)
         i++;
     }
     if (N < 1 || steps < 1 || repeat < 1 || n_batches < 1) return 2;
-    printf("# forward pass of %s: prefill %d tokens, decode %d steps, KV %s, median of %d\n", model_path, N, steps, kv, repeat);
+    printf("# forward pass of %s: prefill %d tokens, decode %d steps, KV %s, head %s, median of %d\n", model_path, N,
+           steps, kv, head_f16 ? "f16" : "f32", repeat);
     printf("# cpu: %s [%s]; OpenBLAS %s\n", util_cpu_model_name(), util_cpu_flags_string(), util_blas_corename());
     printf("%-10s %6s %14s %14s %10s\n", "precision", "batch", "prefill tok/s", "decode tok/s", "tpot ms");
 
+    /* Every precision is loaded first, then the runs interleave (batch by
+     * batch, repeat by repeat, one precision after the other), so that a
+     * change in the machine's load hits all of them alike. */
     char list[256];
     snprintf(list, sizeof list, "%s", precisions);
-    double fp32_decode[MAX_LIST] = {0};
-    char summary[4096] = "";
-    size_t used = 0;
-    for (char *save, *p = strtok_r(list, ",", &save); p; p = strtok_r(NULL, ",", &save)) {
+    char *names[MAX_LIST];
+    llm_model *models[MAX_LIST];
+    int n_models = 0;
+    int max_b = 0;
+    for (int i = 0; i < n_batches; i++) max_b = batches[i] > max_b ? batches[i] : max_b;
+    for (char *save, *p = strtok_r(list, ",", &save); p && n_models < MAX_LIST; p = strtok_r(NULL, ",", &save)) {
         struct llm_model_options o;
         llm_model_options_default(&o);
-        if (llm_precision_parse(p, &o.precision) || attn_kv_type_parse(kv, &o.kv_type)) {
+        /* "atom+h16": that precision with the f16 head, side by side with "atom" */
+        char base[32];
+        snprintf(base, sizeof base, "%s", p);
+        char *suffix = strstr(base, "+h16");
+        o.head_f16 = head_f16 || suffix;
+        if (suffix) *suffix = 0;
+        if (llm_precision_parse(base, &o.precision) || attn_kv_type_parse(kv, &o.kv_type)) {
             fprintf(stderr, "bad precision %s or kv %s\n", p, kv);
             return 2;
         }
-        int max_b = 0;
-        for (int i = 0; i < n_batches; i++) max_b = batches[i] > max_b ? batches[i] : max_b;
         o.kv_pages = max_b * ((N + steps) / 16 + 2);
         if (o.kv_pages < 40) o.kv_pages = 40; /* calibration runs windows of 512 tokens */
         if (calib_tokens > 0) o.quant.calib_tokens = calib_tokens;
-        llm_model *m;
         char err[512];
-        if (llm_model_load(model_path, &o, &m, err, sizeof err)) {
+        if (llm_model_load(model_path, &o, &models[n_models], err, sizeof err)) {
             fprintf(stderr, "cannot load %s: %s\n", model_path, err);
             return 1;
         }
-        struct util_rng rng;
-        util_rng_seed(&rng, 1);
-        run_once(m, 1, N < 16 ? N : 16, 2, &rng); /* warm-up: threads, caches */
+        names[n_models++] = p;
+    }
+    struct util_rng rng;
+    util_rng_seed(&rng, 1);
+    for (int k = 0; k < n_models; k++) run_once(models[k], 1, N < 16 ? N : 16, 2, &rng); /* warm-up */
+    static double pf[MAX_LIST][MAX_LIST][32], dc[MAX_LIST][MAX_LIST][32], tp[MAX_LIST][MAX_LIST][32];
+    int reps = repeat < 32 ? repeat : 32;
+    for (int i = 0; i < n_batches; i++)
+        for (int r = 0; r < reps; r++)
+            for (int k = 0; k < n_models; k++) {
+                struct result res = run_once(models[k], batches[i], N, steps, &rng);
+                pf[k][i][r] = res.prefill_tps, dc[k][i][r] = res.decode_tps, tp[k][i][r] = res.tpot_ms;
+            }
+    double fp32_decode[MAX_LIST] = {0};
+    char summary[4096] = "";
+    size_t used = 0;
+    for (int k = 0; k < n_models; k++) {
+        const char *p = names[k];
         int best_batch = 0;
         double best_tps = 0;
         for (int i = 0; i < n_batches; i++) {
-            double pf[32], dc[32], tp[32];
-            for (int r = 0; r < repeat && r < 32; r++) {
-                struct result res = run_once(m, batches[i], N, steps, &rng);
-                pf[r] = res.prefill_tps, dc[r] = res.decode_tps, tp[r] = res.tpot_ms;
-            }
-            int n = repeat < 32 ? repeat : 32;
-            double pfm = median(pf, n), dcm = median(dc, n), tpm = median(tp, n);
+            double pfm = median(pf[k][i], reps), dcm = median(dc[k][i], reps), tpm = median(tp[k][i], reps);
             printf("%-10s %6d %14.1f %14.1f %10.2f\n", p, batches[i], pfm, dcm, tpm);
             if (!strcmp(p, "fp32")) fp32_decode[i] = dcm;
             else if (fp32_decode[i] > 0)
@@ -273,7 +301,7 @@ int main(int argc, char **argv)
         }
         used += (size_t)snprintf(summary + used, sizeof summary - used,
                                  "largest_batch_within_%.0fms_%s: %d (%.1f tok/s)\n", tpot_target, p, best_batch, best_tps);
-        llm_model_free(m);
+        llm_model_free(models[k]);
     }
     fputs(summary, stdout);
     return 0;

@@ -312,7 +312,8 @@ int llm_forward(llm_model *model, llm_workspace *ws, struct llm_batch_item *item
             rmsnorm(ws->h + (size_t)R * c->dim, ws->x + (size_t)r * c->dim, model->output_norm, c->dim, c->rms_eps);
         attn_seq_commit(items[i].kv, attn_seq_len(items[i].kv) + items[i].n_tokens);
     }
-    sgemm_xwt(ws->h, model->output, logits, R, c->vocab_size, c->dim);
+    if (model->output_f16) llm_head_f16(ws->h, model->output_f16, logits, R, c->vocab_size, c->dim);
+    else sgemm_xwt(ws->h, model->output, logits, R, c->vocab_size, c->dim);
     if (row_start != row_start_small) free(row_start);
     return 0;
 }

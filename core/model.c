@@ -200,6 +200,18 @@ static void progress(const llm_model *m, const char *what, double fraction)
     if (m->options.progress) m->options.progress(what, fraction, m->options.progress_ctx);
 }
 
+/* The head in half precision; the f32 copy goes unless the embeddings use it. */
+static void make_head_f16(llm_model *m)
+{
+    size_t n = (size_t)m->config.vocab_size * (size_t)m->config.dim;
+    m->output_f16 = util_aligned_alloc(n * sizeof(uint16_t));
+    for (size_t i = 0; i < n; i++) m->output_f16[i] = util_f32_to_f16(m->output[i]);
+    if (!m->config.tied_output) {
+        util_aligned_free(m->output);
+        m->output = NULL;
+    }
+}
+
 static int load_from_gguf(llm_model *m, const llm_gguf *g, const char *path, char *err, size_t err_len)
 {
     struct llm_config *c = &m->config;
@@ -218,6 +230,7 @@ static int load_from_gguf(llm_model *m, const llm_gguf *g, const char *path, cha
     else if ((rc = load_tensor(g, "output.weight", c->vocab_size, c->dim, &m->output, err, err_len)))
         return rc;
 
+    if (m->options.head_f16) make_head_f16(m);
     m->blocks = util_xcalloc((size_t)c->n_layers, sizeof *m->blocks);
     for (int i = 0; i < c->n_layers; i++) {
         if ((rc = load_block(m, g, i, &m->blocks[i], err, err_len))) return rc;
@@ -306,6 +319,7 @@ void llm_model_free(llm_model *m)
         free(m->blocks);
     }
     if (m->output != m->token_embd) util_aligned_free(m->output);
+    util_aligned_free(m->output_f16);
     util_aligned_free(m->token_embd);
     util_aligned_free(m->output_norm);
     attn_cache_free(m->kv);

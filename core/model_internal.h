@@ -43,7 +43,9 @@ struct llm_model {
     llm_tokenizer *tokenizer;
     float *token_embd;          /* (vocab, dim) */
     float *output_norm;         /* (dim) */
-    float *output;              /* (vocab, dim); == token_embd when tied */
+    float *output;              /* (vocab, dim); == token_embd when tied; NULL when untied and
+                                   output_f16 replaces it */
+    uint16_t *output_f16;       /* (vocab, dim) the head in half precision (options.head_f16), or NULL */
     struct llm_block *blocks;   /* (n_layers) */
     struct q_format qformat;    /* quantized paths: the base format; n_outlier per input width
                                    comes from llm_model_qformat */
@@ -51,6 +53,11 @@ struct llm_model {
     float *rope_freq;           /* (head_dim / 2) */
     bool prequantized;          /* loaded from a quantized file (llmd quantize) */
 };
+
+/* The output head with f16 weights: y (R, V) = x (R, D) W^T (head.c);
+ * D a multiple of 8. The scalar one is the reference for tests. */
+void llm_head_f16(const float *x, const uint16_t *w, float *y, int R, int V, int D);
+void llm_head_f16_scalar(const float *x, const uint16_t *w, float *y, int R, int V, int D);
 
 /* The quantized format of a linear layer with k input channels. */
 struct q_format llm_model_qformat(const llm_model *model, int k);

@@ -69,6 +69,8 @@ static const struct opt opts[] = {
      "FILE", "Atom: calibration text"},
     {"calib_tokens", OPT_INT, OFF(calib_tokens), 0, "16384", 16, 1 << 24, NULL, false, M, "N",
      "Atom: calibration tokens"},
+    {"head_f16", OPT_BOOL, OFF(head_f16), 0, "false", 0, 0, NULL, false, M, NULL,
+     "output head (lm_head) in f16: half the bytes a decode step reads"},
     {"kv_pages", OPT_INT, OFF(kv_pages), 0, "0", 0, INT_MAX, NULL, false, M, "N",
      "KV cache pages; 0 = the context x max_running sequences"},
     {"page_size", OPT_INT, OFF(page_size), 0, "16", 1, 4096, NULL, false, M, "N",

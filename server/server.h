@@ -51,6 +51,7 @@ struct srv_config {
     bool gptq;               /* GPTQ (else round to nearest) */
     char *calib_file;        /* calibration text */
     int calib_tokens;        /* calibration tokens used */
+    bool head_f16;           /* output head in f16 */
     /* the engine */
     int max_running;
     int max_waiting;
