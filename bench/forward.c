@@ -14,9 +14,9 @@
  * --synthetic-58m writes (once) /tmp/llmd-synthetic-58m.gguf: the LLaMA shape
  * llama.cpp's figures in issue 5 were measured on (width 512, 8 layers, 8
  * heads, FFN 1408, 32000-token vocabulary, untied output head, 58M
- * parameters), with random f16 weights and a placeholder vocabulary; Atom
- * calibrates on models/calibration.txt through that vocabulary (mostly
- * unknown tokens: the activations are still real ones of this network).
+ * parameters), with random f16 weights and a placeholder vocabulary (256
+ * byte pieces, the rest never produced by the tokenizer); Atom calibrates on
+ * models/calibration.txt as bytes.
  *
  * For each precision and batch size B: B sequences prefill N prompt tokens
  * in one step per sequence chunk, then decode together for --decode steps.
@@ -48,12 +48,30 @@ static void *vocab_array(int n, size_t *len)
     for (int i = 0; i < n; i++) {
         char piece[16];
         uint64_t l = (uint64_t)snprintf(piece, sizeof piece, "%s", i == 0 ? "<unk>" : i == 1 ? "<s>" : i == 2 ? "</s>" : "");
-        if (i > 2) l = (uint64_t)snprintf(piece, sizeof piece, "t%d", i);
+        if (i >= 3 && i < 259) l = (uint64_t)snprintf(piece, sizeof piece, "<0x%02X>", i - 3);
+        else if (i >= 259) l = (uint64_t)snprintf(piece, sizeof piece, "t%d", i);
         memcpy(buf + at, &l, 8);
         memcpy(buf + at + 8, piece, l);
         at += 8 + l;
     }
     *len = at;
+    return buf;
+}
+
+/* Token types: unknown, control, control, 256 byte pieces (byte fallback
+ * gives calibration real tokens), then normal pieces. */
+static void *vocab_types(int n, size_t *len)
+{
+    uint8_t *buf = util_xmalloc(12 + 4 * (size_t)n);
+    uint32_t type = GGUF_TYPE_INT32;
+    uint64_t count = (uint64_t)n;
+    memcpy(buf, &type, 4);
+    memcpy(buf + 4, &count, 8);
+    for (int i = 0; i < n; i++) {
+        int32_t t = i == 0 ? 2 : i < 3 ? 3 : i < 259 ? 6 : 1;
+        memcpy(buf + 12 + 4 * (size_t)i, &t, 4);
+    }
+    *len = 12 + 4 * (size_t)n;
     return buf;
 }
 
@@ -81,6 +99,9 @@ static int write_synthetic_58m(const char *path)
     size_t vlen;
     void *vocab = vocab_array(VOCAB, &vlen);
     llm_gguf_writer_kv_raw(w, "tokenizer.ggml.tokens", 21, GGUF_TYPE_ARRAY, vocab, vlen);
+    size_t tlen;
+    void *types = vocab_types(VOCAB, &tlen);
+    llm_gguf_writer_kv_raw(w, "tokenizer.ggml.token_type", 25, GGUF_TYPE_ARRAY, types, tlen);
     llm_gguf_writer_kv_u32(w, "tokenizer.ggml.unknown_token_id", 0);
     llm_gguf_writer_kv_u32(w, "tokenizer.ggml.bos_token_id", 1);
     llm_gguf_writer_kv_u32(w, "tokenizer.ggml.eos_token_id", 2);
@@ -116,6 +137,7 @@ static int write_synthetic_58m(const char *path)
     if (rc) fprintf(stderr, "cannot write %s: %s\n", path, err);
     for (int i = 0; i < n_data; i++) free(data[i]);
     free(vocab);
+    free(types);
     llm_gguf_writer_free(w);
     return rc;
 }
