@@ -4,6 +4,7 @@
  *
  *   build/bench/atom_ladder [--model FILE] [--file TEXT] [--ctx 1024]
  *                           [--windows 4 | --all] [--calib-tokens N]
+ *                           [--rungs 0,7]  (only these rungs; 0 = fp32 is the reference)
  *
  * Rungs: fp32; w8a8; w4a4-rtn (int4 per row, round to nearest); then Atom
  * built up one step at a time: + int8 outlier channels (reordered), + int4
@@ -107,6 +108,8 @@ int main(int argc, char **argv)
 {
     const char *model_path = "models/llmd-20m.gguf", *text_path = "models/heldout.txt";
     int ctx = 1024, windows = 4, calib_tokens = 0, chunk = 512;
+    bool run_rung[N_RUNGS];
+    for (int r = 0; r < N_RUNGS; r++) run_rung[r] = true;
     for (int i = 1; i < argc; i++) {
         bool has = i + 1 < argc;
         if (!strcmp(argv[i], "--all")) windows = 0;
@@ -115,6 +118,12 @@ int main(int argc, char **argv)
         else if (has && !strcmp(argv[i], "--ctx")) ctx = atoi(argv[++i]);
         else if (has && !strcmp(argv[i], "--windows")) windows = atoi(argv[++i]);
         else if (has && !strcmp(argv[i], "--calib-tokens")) calib_tokens = atoi(argv[++i]);
+        else if (has && !strcmp(argv[i], "--rungs")) {
+            for (int r = 0; r < N_RUNGS; r++) run_rung[r] = false;
+            for (const char *p = argv[++i]; p; p = strchr(p, ',') ? strchr(p, ',') + 1 : NULL)
+                if (atoi(p) >= 0 && atoi(p) < N_RUNGS) run_rung[atoi(p)] = true;
+            run_rung[0] = true;
+        }
         else {
             fprintf(stderr, "unknown option %s (see the comment at the top of bench/atom_ladder.c)\n", argv[i]);
             return 2;
@@ -133,6 +142,7 @@ int main(int argc, char **argv)
     printf("# Atom ladder: %s on %s\n", model_path, text_path);
     printf("# cpu: %s [%s]; OpenBLAS %s\n", util_cpu_model_name(), util_cpu_flags_string(), util_blas_corename());
     for (int r = 0; r < N_RUNGS; r++) {
+        if (!run_rung[r]) continue;
         double t0 = util_now();
         llm_model *m = load_rung(model_path, &ladder[r], calib_tokens);
         if (!m) return 1;

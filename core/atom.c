@@ -110,14 +110,26 @@ static int calibrate(llm_model *m, struct calibration *cal, char *err, size_t er
     cal->points = util_xcalloc((size_t)c->n_layers * 4, sizeof *cal->points);
     for (int i = 0; i < c->n_layers * 4; i++) cal->points[i] = atom_calib_create(widths[i % 4], o->gptq);
 
+    /* The fp32 model with an f32 KV cache of its own: the statistics do not
+     * depend on --kv or on the size of the serving pool. */
     enum llm_precision saved = m->precision;
     m->precision = LLM_FP32;
     int window = c->ctx_len < 512 ? c->ctx_len : 512;
+    struct attn_cache_config kc = *attn_cache_config(m->kv);
+    kc.kv_type = ATTN_KV_F32;
+    kc.n_pages = (window + kc.page_size - 1) / kc.page_size;
+    attn_cache *serving_kv = m->kv;
+    int rc = attn_cache_create(&kc, &m->kv);
+    if (rc) {
+        m->kv = serving_kv;
+        free(ids);
+        snprintf(err, err_len, "calibration KV cache: %s", util_strerror(rc));
+        return rc;
+    }
     llm_workspace *ws = llm_workspace_create(m, window);
     llm_workspace_set_calib(ws, calib_collect, cal);
     float *logits = util_aligned_alloc(sizeof(float) * (size_t)c->vocab_size);
     int32_t *chunk = util_xmalloc(sizeof(int32_t) * (size_t)window);
-    int rc = 0;
     for (int at = 0; at + 1 < n && rc == 0; at += window - 1) {
         int take = n - at < window - 1 ? n - at : window - 1;
         chunk[0] = llm_tokenizer_bos(m->tokenizer);
@@ -130,6 +142,8 @@ static int calibrate(llm_model *m, struct calibration *cal, char *err, size_t er
             m->options.progress("calibrating", (double)(at + take) / n, m->options.progress_ctx);
     }
     m->precision = saved;
+    attn_cache_free(m->kv);
+    m->kv = serving_kv;
     if (rc == 0 && m->options.progress) m->options.progress("calibrating", 1.0, m->options.progress_ctx);
     free(chunk);
     util_aligned_free(logits);

@@ -37,6 +37,7 @@ struct model_flags {
     const char *path;
     struct llm_model_options options;
     int quest_budget;
+    bool precision_given; /* --precision was on the command line */
 };
 
 static const struct option model_options[] = {
@@ -86,6 +87,7 @@ static void model_flags_init(struct model_flags *f)
     f->path = DEFAULT_MODEL;
     llm_model_options_default(&f->options);
     f->quest_budget = 0;
+    f->precision_given = false;
 }
 
 static bool parse_int(const char *s, long lo, long hi, int *out)
@@ -117,7 +119,10 @@ static int parse_model_flag(int opt, const char *arg, struct model_flags *f)
     switch (opt) {
     case OPT_MODEL: f->path = arg; break;
     case OPT_THREADS: ok = parse_int(arg, 1, 1024, &o->threads); break;
-    case OPT_PRECISION: ok = llm_precision_parse(arg, &o->precision) == 0; break;
+    case OPT_PRECISION:
+        ok = llm_precision_parse(arg, &o->precision) == 0;
+        f->precision_given = true;
+        break;
     case OPT_KV: ok = attn_kv_type_parse(arg, &o->kv_type) == 0; break;
     case OPT_QUEST_BUDGET: ok = parse_int(arg, 0, 1 << 24, &f->quest_budget); break;
     case OPT_DENSE_LAYERS: ok = parse_int(arg, 0, 1 << 16, &o->dense_layers); break;
@@ -180,7 +185,7 @@ static llm_model *load_model(struct model_flags *f)
             llm_model_name(model), c->n_layers, c->dim, c->n_heads, c->n_kv_heads, c->ffn_dim,
             c->vocab_size, c->ctx_len, llm_precision_name(llm_model_precision(model)),
             attn_kv_type_name(f->options.kv_type));
-    if (llm_model_prequantized(model) && llm_model_precision(model) != f->options.precision)
+    if (llm_model_prequantized(model) && f->precision_given && llm_model_precision(model) != f->options.precision)
         fprintf(stderr, "llmd: %s is quantized (%s): --precision %s does not apply\n", f->path,
                 llm_precision_name(llm_model_precision(model)), llm_precision_name(f->options.precision));
     fprintf(stderr, "llmd: cpu %s [%s]; OpenBLAS %s kernels\n", util_cpu_model_name(),

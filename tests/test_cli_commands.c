@@ -210,7 +210,8 @@ static llm_model *load_for_test(const char *path, enum llm_precision precision)
     struct llm_model_options o;
     llm_model_options_default(&o);
     o.precision = precision;
-    o.kv_pages = 64; /* calibration runs windows of 512 tokens */
+    o.kv_pages = 8;              /* calibration has a cache of its own */
+    o.kv_type = ATTN_KV_INT4; /* and an f32 one: `quantize` (--kv f32) agrees */
     o.quant.calib_tokens = atoi(QUANT_CALIB);
     llm_model *m;
     char err[512];
