@@ -8,8 +8,8 @@
  *                       [--head-f16]
  *
  * A precision written P+h16 (e.g. atom+h16) runs P with the output head in
- * f16, so that both heads are measured in one run; --head-f16 sets it for
- * all.
+ * f16, P+h8 with it W8A8, so that the heads are measured in one run;
+ * --head-f16 sets f16 for all.
  *
  * --synthetic-58m writes (once) /tmp/llmd-synthetic-58m.gguf: the LLaMA shape
  * llama.cpp's figures in issue 5 were measured on (width 512, 8 layers, 8
@@ -277,9 +277,11 @@ int main(int argc, char **argv)
         /* "atom+h16": that precision with the f16 head, side by side with "atom" */
         char base[32];
         snprintf(base, sizeof base, "%s", p);
-        char *suffix = strstr(base, "+h16");
+        char *suffix = strstr(base, "+h16"), *suffix8 = strstr(base, "+h8");
         o.head_f16 = head_f16 || suffix;
+        o.head_int8 = suffix8 != NULL;
         if (suffix) *suffix = 0;
+        if (suffix8) *suffix8 = 0;
         if (llm_precision_parse(base, &o.precision) || attn_kv_type_parse(kv, &o.kv_type)) {
             fprintf(stderr, "bad precision %s or kv %s\n", p, kv);
             return 2;

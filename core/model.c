@@ -212,6 +212,18 @@ static void make_head_f16(llm_model *m)
     }
 }
 
+/* The head W8A8 (int8 per vocabulary row, activations int8 per token); the
+ * f32 copy goes unless the embeddings use it. */
+static void make_head_int8(llm_model *m)
+{
+    struct q_format f = q_format_default(Q_W8A8);
+    m->output_q = q_linear_quantize(m->output, m->config.vocab_size, m->config.dim, &f, NULL);
+    if (!m->config.tied_output) {
+        util_aligned_free(m->output);
+        m->output = NULL;
+    }
+}
+
 static int load_from_gguf(llm_model *m, const llm_gguf *g, const char *path, char *err, size_t err_len)
 {
     struct llm_config *c = &m->config;
@@ -230,7 +242,7 @@ static int load_from_gguf(llm_model *m, const llm_gguf *g, const char *path, cha
     else if ((rc = load_tensor(g, "output.weight", c->vocab_size, c->dim, &m->output, err, err_len)))
         return rc;
 
-    if (m->options.head_f16) make_head_f16(m);
+    if (m->options.head_f16 && !m->options.head_int8) make_head_f16(m);
     m->blocks = util_xcalloc((size_t)c->n_layers, sizeof *m->blocks);
     for (int i = 0; i < c->n_layers; i++) {
         if ((rc = load_block(m, g, i, &m->blocks[i], err, err_len))) return rc;
@@ -288,6 +300,7 @@ int llm_model_load(const char *path, const struct llm_model_options *options, ll
     }
     if (!rc) rc = create_kv_cache(m, err, err_len);
     if (!rc && m->precision != LLM_FP32 && !m->prequantized) rc = llm_model_quantize(m, err, err_len);
+    if (!rc && m->options.head_int8) make_head_int8(m);
     if (rc) {
         llm_model_free(m);
         return rc;
@@ -320,6 +333,7 @@ void llm_model_free(llm_model *m)
     }
     if (m->output != m->token_embd) util_aligned_free(m->output);
     util_aligned_free(m->output_f16);
+    q_linear_free(m->output_q);
     util_aligned_free(m->token_embd);
     util_aligned_free(m->output_norm);
     attn_cache_free(m->kv);

@@ -63,6 +63,7 @@ struct llm_model_options {
     int dense_layers;         /* layers that always attend densely (Quest: 2) */
     struct llm_quant_options quant;
     bool head_f16;            /* output head in f16 (half its bytes; exact for f16 files) */
+    bool head_int8;           /* output head W8A8 (a quarter of its bytes; wins over head_f16) */
     int threads;              /* 0 = all cores */
     llm_progress_fn progress; /* may be NULL */
     void *progress_ctx;

@@ -46,6 +46,7 @@ struct llm_model {
     float *output;              /* (vocab, dim); == token_embd when tied; NULL when untied and
                                    output_f16 replaces it */
     uint16_t *output_f16;       /* (vocab, dim) the head in half precision (options.head_f16), or NULL */
+    q_linear *output_q;         /* the head W8A8 (options.head_int8), or NULL */
     struct llm_block *blocks;   /* (n_layers) */
     struct q_format qformat;    /* quantized paths: the base format; n_outlier per input width
                                    comes from llm_model_qformat */

@@ -26,7 +26,7 @@
 enum {
     OPT_MODEL = 256, OPT_THREADS, OPT_PRECISION, OPT_KV, OPT_QUEST_BUDGET, OPT_DENSE_LAYERS,
     OPT_SPARSE_MODE, OPT_KV_PAGES, OPT_GROUP_SIZE, OPT_OUTLIERS, OPT_ACT_CLIP, OPT_WEIGHT_CLIP,
-    OPT_NO_GPTQ, OPT_CALIB_FILE, OPT_CALIB_TOKENS, OPT_HEAD_F16, OPT_HELP,
+    OPT_NO_GPTQ, OPT_CALIB_FILE, OPT_CALIB_TOKENS, OPT_HEAD_F16, OPT_HEAD_INT8, OPT_HELP,
     /* per command */
     OPT_PROMPT, OPT_N, OPT_TEMPERATURE, OPT_TOP_K, OPT_TOP_P, OPT_MIN_P, OPT_SEED, OPT_REPEAT_PENALTY,
     OPT_PRESENCE_PENALTY, OPT_FREQUENCY_PENALTY, OPT_STOP, OPT_IDS, OPT_NO_BOS, OPT_FILE, OPT_CTX,
@@ -57,6 +57,7 @@ static const struct option model_options[] = {
     {"calib-file", required_argument, 0, OPT_CALIB_FILE},
     {"calib-tokens", required_argument, 0, OPT_CALIB_TOKENS},
     {"head-f16", no_argument, 0, OPT_HEAD_F16},
+    {"head-int8", no_argument, 0, OPT_HEAD_INT8},
     {"help", no_argument, 0, OPT_HELP},
 };
 #define N_MODEL_OPTIONS (sizeof model_options / sizeof model_options[0])
@@ -80,6 +81,8 @@ static const char model_help[] =
     "  --calib-file FILE     Atom: calibration text (default models/calibration.txt)\n"
     "  --calib-tokens N      Atom: calibration tokens (default 16384)\n"
     "  --head-f16            output head (lm_head) in f16: half the bytes a decode step reads\n"
+    "  --head-int8           output head W8A8 (int8 per row and per token): a quarter\n"
+    "                        of the bytes; wins over --head-f16\n"
     "  --help                this text\n";
 
 static void model_flags_init(struct model_flags *f)
@@ -143,6 +146,7 @@ static int parse_model_flag(int opt, const char *arg, struct model_flags *f)
     case OPT_WEIGHT_CLIP: ok = parse_float(arg, 0.01f, 1.0f, &o->quant.weight_clip); break;
     case OPT_NO_GPTQ: o->quant.gptq = false; break;
     case OPT_HEAD_F16: o->head_f16 = true; break;
+    case OPT_HEAD_INT8: o->head_int8 = true; break;
     case OPT_CALIB_FILE: o->quant.calib_file = arg; break;
     case OPT_CALIB_TOKENS: ok = parse_int(arg, 16, 1 << 24, &o->quant.calib_tokens); break;
     default: return 0;

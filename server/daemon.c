@@ -217,6 +217,7 @@ static void model_options(const struct srv_config *c, struct llm_model_options *
     o->quant.calib_file = c->calib_file;
     o->quant.calib_tokens = c->calib_tokens;
     o->head_f16 = c->head_f16;
+    o->head_int8 = c->head_int8;
 }
 
 static void loader_main(void *arg)

@@ -52,6 +52,7 @@ struct srv_config {
     char *calib_file;        /* calibration text */
     int calib_tokens;        /* calibration tokens used */
     bool head_f16;           /* output head in f16 */
+    bool head_int8;          /* output head W8A8 */
     /* the engine */
     int max_running;
     int max_waiting;

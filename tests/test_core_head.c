@@ -83,3 +83,41 @@ Test(core_head, a_model_with_an_f16_head_gives_the_f32_heads_logits, .timeout = 
     llm_model_free(m32);
     llm_model_free(m16);
 }
+
+Test(core_head, a_model_with_an_int8_head_stays_close_to_the_f32_head, .timeout = 60)
+{
+    struct llm_model_options o;
+    llm_model_options_default(&o);
+    o.kv_pages = 8;
+    llm_model *m32, *m8;
+    char err[256];
+    cr_assert_eq(llm_model_load("tests/data/tiny-random.gguf", &o, &m32, err, sizeof err), 0, "%s", err);
+    o.head_int8 = true;
+    o.head_f16 = true; /* int8 wins */
+    cr_assert_eq(llm_model_load("tests/data/tiny-random.gguf", &o, &m8, err, sizeof err), 0, "%s", err);
+    cr_assert_not_null(m8->output_q);
+    cr_assert_null(m8->output_f16);
+    int vocab = m32->config.vocab_size;
+    int32_t ids[20];
+    for (int i = 0; i < 20; i++) ids[i] = 1 + i * 97;
+    float *a = malloc(sizeof(float) * 20 * (size_t)vocab), *b = malloc(sizeof(float) * 20 * (size_t)vocab);
+    llm_model *models[2] = {m32, m8};
+    float *outs[2] = {a, b};
+    for (int k = 0; k < 2; k++) {
+        llm_workspace *ws = llm_workspace_create(models[k], 20);
+        attn_seq *seq = attn_seq_create(llm_model_kv_cache(models[k]));
+        struct llm_batch_item item = {.kv = seq, .tokens = ids, .n_tokens = 20, .all_logits = true};
+        cr_assert_eq(llm_forward(models[k], ws, &item, 1, outs[k], NULL), 0);
+        attn_seq_free(seq);
+        llm_workspace_free(ws);
+    }
+    /* int8 on both sides: relative error of a logit vector ~1% */
+    double num = 0, den = 0;
+    for (size_t i = 0; i < 20 * (size_t)vocab; i++) num += (a[i] - b[i]) * (a[i] - b[i]), den += a[i] * a[i];
+    cr_assert_lt(sqrt(num / den), 0.03, "relative logit error %g", sqrt(num / den));
+    cr_assert_gt(num, 0.0, "the int8 head computes something else than the f32 one");
+    free(a);
+    free(b);
+    llm_model_free(m32);
+    llm_model_free(m8);
+}
