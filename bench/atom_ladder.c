@@ -14,13 +14,13 @@
  * Perplexity is computed like `llmd perplexity`: the stream BOS +
  * tokenize(TEXT) cut into full windows of ctx tokens, each scored on its own.
  */
+#include "core/llm.h"
+#include "util/util.h"
+
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-#include "core/llm.h"
-#include "util/util.h"
 
 struct rung {
     const char *name;
@@ -66,7 +66,8 @@ static double window_nll(llm_model *m, llm_workspace *ws, int chunk, const int32
     double nll = 0;
     for (int at = 0; at < n - 1;) {
         int step = n - 1 - at < chunk ? n - 1 - at : chunk;
-        struct llm_batch_item item = {.kv = seq, .tokens = tokens + at, .n_tokens = step, .all_logits = true};
+        struct llm_batch_item item = {
+            .kv = seq, .tokens = tokens + at, .n_tokens = step, .all_logits = true};
         UTIL_CHECK(llm_forward(m, ws, &item, 1, logits, NULL) == 0);
         for (int j = 0; j < step; j++) {
             const float *row = logits + (size_t)j * vocab;
@@ -112,20 +113,27 @@ int main(int argc, char **argv)
     for (int r = 0; r < N_RUNGS; r++) run_rung[r] = true;
     for (int i = 1; i < argc; i++) {
         bool has = i + 1 < argc;
-        if (!strcmp(argv[i], "--all")) windows = 0;
-        else if (has && !strcmp(argv[i], "--model")) model_path = argv[++i];
-        else if (has && !strcmp(argv[i], "--file")) text_path = argv[++i];
-        else if (has && !strcmp(argv[i], "--ctx")) ctx = atoi(argv[++i]);
-        else if (has && !strcmp(argv[i], "--windows")) windows = atoi(argv[++i]);
-        else if (has && !strcmp(argv[i], "--calib-tokens")) calib_tokens = atoi(argv[++i]);
+        if (!strcmp(argv[i], "--all"))
+            windows = 0;
+        else if (has && !strcmp(argv[i], "--model"))
+            model_path = argv[++i];
+        else if (has && !strcmp(argv[i], "--file"))
+            text_path = argv[++i];
+        else if (has && !strcmp(argv[i], "--ctx"))
+            ctx = atoi(argv[++i]);
+        else if (has && !strcmp(argv[i], "--windows"))
+            windows = atoi(argv[++i]);
+        else if (has && !strcmp(argv[i], "--calib-tokens"))
+            calib_tokens = atoi(argv[++i]);
         else if (has && !strcmp(argv[i], "--rungs")) {
             for (int r = 0; r < N_RUNGS; r++) run_rung[r] = false;
             for (const char *p = argv[++i]; p; p = strchr(p, ',') ? strchr(p, ',') + 1 : NULL)
                 if (atoi(p) >= 0 && atoi(p) < N_RUNGS) run_rung[atoi(p)] = true;
             run_rung[0] = true;
-        }
-        else {
-            fprintf(stderr, "unknown option %s (see the comment at the top of bench/atom_ladder.c)\n", argv[i]);
+        } else {
+            fprintf(stderr,
+                    "unknown option %s (see the comment at the top of bench/atom_ladder.c)\n",
+                    argv[i]);
             return 2;
         }
     }
@@ -140,7 +148,8 @@ int main(int argc, char **argv)
     int n = 0;
     double fp32_ppl = 0;
     printf("# Atom ladder: %s on %s\n", model_path, text_path);
-    printf("# cpu: %s [%s]; OpenBLAS %s\n", util_cpu_model_name(), util_cpu_flags_string(), util_blas_corename());
+    printf("# cpu: %s [%s]; OpenBLAS %s\n", util_cpu_model_name(), util_cpu_flags_string(),
+           util_blas_corename());
     for (int r = 0; r < N_RUNGS; r++) {
         if (!run_rung[r]) continue;
         double t0 = util_now();
@@ -160,17 +169,19 @@ int main(int argc, char **argv)
             }
             printf("# %d windows of %d tokens (%d scored) of %d in the text\n", windows, ctx,
                    windows * (ctx - 1), n);
-            printf("%-18s %10s %10s %9s %9s\n", "rung", "perplexity", "vs fp32", "load s", "score s");
+            printf("%-18s %10s %10s %9s %9s\n", "rung", "perplexity", "vs fp32", "load s",
+                   "score s");
         }
         int step = chunk < ctx ? chunk : ctx;
         llm_workspace *ws = llm_workspace_create(m, step);
         float *logits = util_aligned_alloc(sizeof(float) * (size_t)step * c->vocab_size);
         double nll = 0, t1 = util_now();
-        for (int w = 0; w < windows; w++) nll += window_nll(m, ws, step, ids + (size_t)w * ctx, ctx, logits);
+        for (int w = 0; w < windows; w++)
+            nll += window_nll(m, ws, step, ids + (size_t)w * ctx, ctx, logits);
         double ppl = exp(nll / ((double)windows * (ctx - 1)));
         if (r == 0) fp32_ppl = ppl;
-        printf("%-18s %10.4f %+9.2f%% %9.1f %9.1f\n", ladder[r].name, ppl, 100.0 * (ppl / fp32_ppl - 1.0),
-               t_load, util_now() - t1);
+        printf("%-18s %10.4f %+9.2f%% %9.1f %9.1f\n", ladder[r].name, ppl,
+               100.0 * (ppl / fp32_ppl - 1.0), t_load, util_now() - t1);
         fflush(stdout);
         util_aligned_free(logits);
         llm_workspace_free(ws);

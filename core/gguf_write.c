@@ -5,7 +5,6 @@
  * tensor's data at its offset.
  */
 #include "core/gguf.h"
-
 #include "util/util.h"
 
 #include <errno.h>
@@ -43,8 +42,14 @@ static void put(struct bytes *b, const void *p, size_t n)
     b->len += n;
 }
 
-static void put_u32(struct bytes *b, uint32_t v) { put(b, &v, 4); }
-static void put_u64(struct bytes *b, uint64_t v) { put(b, &v, 8); }
+static void put_u32(struct bytes *b, uint32_t v)
+{
+    put(b, &v, 4);
+}
+static void put_u64(struct bytes *b, uint64_t v)
+{
+    put(b, &v, 8);
+}
 
 static void put_string(struct bytes *b, const char *s, size_t len)
 {

@@ -10,24 +10,25 @@
  * (prefill with every logit): each thread widens a panel of weight rows to
  * f32 and hands it to OpenBLAS.
  */
+#include "core/model_internal.h"
+#include "util/util.h"
+
 #include <cblas.h>
 #include <immintrin.h>
 #include <omp.h>
 #include <stdlib.h>
 
-#include "core/model_internal.h"
-#include "util/util.h"
-
-#define HEAD_MR        4   /* rows of x per pass of the dot kernel */
-#define HEAD_DOT_ROWS  16  /* up to this many rows of x: the dot kernel */
-#define HEAD_PANEL     128 /* weight rows widened at once for sgemm */
+#define HEAD_MR       4   /* rows of x per pass of the dot kernel */
+#define HEAD_DOT_ROWS 16  /* up to this many rows of x: the dot kernel */
+#define HEAD_PANEL    128 /* weight rows widened at once for sgemm */
 
 void llm_head_f16_scalar(const float *x, const uint16_t *w, float *y, int R, int V, int D)
 {
     for (int r = 0; r < R; r++)
         for (int v = 0; v < V; v++) {
             float acc = 0.0f;
-            for (int d = 0; d < D; d++) acc += x[(size_t)r * D + d] * util_f16_to_f32(w[(size_t)v * D + d]);
+            for (int d = 0; d < D; d++)
+                acc += x[(size_t)r * D + d] * util_f16_to_f32(w[(size_t)v * D + d]);
             y[(size_t)r * V + v] = acc;
         }
 }
@@ -41,7 +42,8 @@ static inline float hsum(__m256 v)
 }
 
 /* Rows [r0, r0 + mr) of x against weight row v; D a multiple of 8. */
-static inline void dot_rows(const float *x, const uint16_t *wv, float *y, int r0, int mr, int v, int V, int D)
+static inline void dot_rows(const float *x, const uint16_t *wv, float *y, int r0, int mr, int v,
+                            int V, int D)
 {
     __m256 acc[HEAD_MR];
     for (int i = 0; i < HEAD_MR; i++) acc[i] = _mm256_setzero_ps();
@@ -72,8 +74,10 @@ static void head_panels(const float *x, const uint16_t *w, float *y, int R, int 
             int v0 = p * HEAD_PANEL, n = V - v0 < HEAD_PANEL ? V - v0 : HEAD_PANEL;
             const uint16_t *src = w + (size_t)v0 * D;
             for (size_t i = 0; i < (size_t)n * D; i += 8)
-                _mm256_store_ps(wide + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + i))));
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, R, n, D, 1.0f, x, D, wide, D, 0.0f, y + v0, V);
+                _mm256_store_ps(wide + i,
+                                _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + i))));
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, R, n, D, 1.0f, x, D, wide, D, 0.0f,
+                        y + v0, V);
         }
         util_aligned_free(wide);
     }
@@ -82,6 +86,8 @@ static void head_panels(const float *x, const uint16_t *w, float *y, int R, int 
 void llm_head_f16(const float *x, const uint16_t *w, float *y, int R, int V, int D)
 {
     UTIL_CHECK(D % 8 == 0 && R >= 0 && V >= 1);
-    if (R <= HEAD_DOT_ROWS) head_dot(x, w, y, R, V, D);
-    else head_panels(x, w, y, R, V, D);
+    if (R <= HEAD_DOT_ROWS)
+        head_dot(x, w, y, R, V, D);
+    else
+        head_panels(x, w, y, R, V, D);
 }

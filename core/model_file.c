@@ -20,13 +20,13 @@
  * bit for bit what quantizing at load computed. The KV cache type stays a
  * run-time choice (--kv).
  */
+#include "core/model_internal.h"
+#include "util/util.h"
+
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-#include "core/model_internal.h"
-#include "util/util.h"
 
 #define N_LINEARS 7
 static const char *const linear_names[N_LINEARS] = {"attn_q",   "attn_k", "attn_v",  "attn_output",
@@ -34,7 +34,8 @@ static const char *const linear_names[N_LINEARS] = {"attn_q",   "attn_k", "attn_
 
 static struct llm_linear *block_linear(struct llm_block *b, int j)
 {
-    struct llm_linear *all[N_LINEARS] = {&b->wq, &b->wk, &b->wv, &b->wo, &b->w_gate, &b->w_up, &b->w_down};
+    struct llm_linear *all[N_LINEARS] = {&b->wq,     &b->wk,   &b->wv,    &b->wo,
+                                         &b->w_gate, &b->w_up, &b->w_down};
     return all[j];
 }
 
@@ -46,8 +47,8 @@ static const struct llm_linear *named_linear(const llm_model *m, struct llm_gguf
     memcpy(buf, name.ptr, name.len);
     buf[name.len] = 0;
     int layer, used = 0;
-    if (sscanf(buf, "blk.%d.%31[a-z_].weight%n", &layer, kind, &used) != 2 || used != (int)name.len ||
-        layer < 0 || layer >= m->config.n_layers)
+    if (sscanf(buf, "blk.%d.%31[a-z_].weight%n", &layer, kind, &used) != 2 ||
+        used != (int)name.len || layer < 0 || layer >= m->config.n_layers)
         return NULL;
     for (int j = 0; j < N_LINEARS; j++)
         if (strcmp(kind, linear_names[j]) == 0) return block_linear(&m->blocks[layer], j);
@@ -63,7 +64,8 @@ static bool is_quant_key(struct llm_gguf_string key)
 static void write_quant_metadata(llm_gguf_writer *w, const llm_model *m)
 {
     const struct llm_quant_options *o = &m->options.quant;
-    llm_gguf_writer_kv_string(w, LLM_QUANT_KEY_PREFIX "precision", llm_precision_name(m->precision));
+    llm_gguf_writer_kv_string(w, LLM_QUANT_KEY_PREFIX "precision",
+                              llm_precision_name(m->precision));
     llm_gguf_writer_kv_i32(w, LLM_QUANT_KEY_PREFIX "group_size", o->group_size);
     llm_gguf_writer_kv_i32(w, LLM_QUANT_KEY_PREFIX "outliers", o->n_outlier);
     llm_gguf_writer_kv_f32(w, LLM_QUANT_KEY_PREFIX "act_clip", o->act_clip);
@@ -72,8 +74,8 @@ static void write_quant_metadata(llm_gguf_writer *w, const llm_model *m)
     llm_gguf_writer_kv_u32(w, LLM_QUANT_KEY_PREFIX "calib_tokens", (uint32_t)o->calib_tokens);
 }
 
-int llm_model_save_quantized(const llm_model *m, const char *source_path, const char *path, char *err,
-                             size_t err_len)
+int llm_model_save_quantized(const llm_model *m, const char *source_path, const char *path,
+                             char *err, size_t err_len)
 {
     if (m->precision == LLM_FP32) {
         snprintf(err, err_len, "the model is not quantized (precision fp32): nothing to save");
@@ -91,7 +93,8 @@ int llm_model_save_quantized(const llm_model *m, const char *source_path, const 
         llm_gguf_kv_raw(g, i, &key, &type, &value, &len);
         /* the writer aligns to 32, the default; our own keys are rewritten */
         bool alignment = key.len == 17 && memcmp(key.ptr, "general.alignment", 17) == 0;
-        if (!alignment && !is_quant_key(key)) llm_gguf_writer_kv_raw(w, key.ptr, key.len, type, value, len);
+        if (!alignment && !is_quant_key(key))
+            llm_gguf_writer_kv_raw(w, key.ptr, key.len, type, value, len);
     }
     write_quant_metadata(w, m);
     uint64_t n_tensors = llm_gguf_tensor_count(g);
@@ -100,7 +103,8 @@ int llm_model_save_quantized(const llm_model *m, const char *source_path, const 
         const struct llm_gguf_tensor *t = llm_gguf_tensor_at(g, i);
         const struct llm_linear *l = named_linear(m, t->name);
         if (!l) {
-            llm_gguf_writer_tensor(w, t->name.ptr, t->name.len, t->n_dims, t->dims, t->type, t->data, t->n_bytes);
+            llm_gguf_writer_tensor(w, t->name.ptr, t->name.len, t->n_dims, t->dims, t->type,
+                                   t->data, t->n_bytes);
             continue;
         }
         uint64_t size = q_linear_save(l->q, NULL, 0);
@@ -153,24 +157,30 @@ int llm_model_read_quant_metadata(llm_model *m, const llm_gguf *g, char *err, si
 
 static bool same_format(const struct q_format *a, const struct q_format *b)
 {
-    return a->method == b->method && a->group_size == b->group_size && a->n_outlier == b->n_outlier &&
-           a->act_clip == b->act_clip && a->weight_clip == b->weight_clip;
+    return a->method == b->method && a->group_size == b->group_size &&
+           a->n_outlier == b->n_outlier && a->act_clip == b->act_clip &&
+           a->weight_clip == b->weight_clip;
 }
 
-int llm_model_load_quantized_linear(const llm_model *m, const llm_gguf *g, const char *name, int n, int k,
-                                    struct llm_linear *lin, char *err, size_t err_len)
+int llm_model_load_quantized_linear(const llm_model *m, const llm_gguf *g, const char *name, int n,
+                                    int k, struct llm_linear *lin, char *err, size_t err_len)
 {
     const struct llm_gguf_tensor *t = llm_gguf_find_tensor(g, name);
     if (!t) return snprintf(err, err_len, "tensor %s missing", name), -EBADMSG;
     if (t->type != GGML_TYPE_I8 || t->n_dims != 1)
-        return snprintf(err, err_len, "quantized model: tensor %s is not a quantized layer (I8 blob)", name),
+        return snprintf(err, err_len,
+                        "quantized model: tensor %s is not a quantized layer (I8 blob)", name),
                -EBADMSG;
     lin->n = n;
     lin->k = k;
     lin->q = q_linear_load(t->data, t->n_bytes);
-    if (!lin->q) return snprintf(err, err_len, "quantized model: tensor %s is a malformed quantized layer", name), -EBADMSG;
+    if (!lin->q)
+        return snprintf(err, err_len, "quantized model: tensor %s is a malformed quantized layer",
+                        name),
+               -EBADMSG;
     struct q_format want = llm_model_qformat(m, k);
-    if (q_linear_rows(lin->q) != n || q_linear_cols(lin->q) != k || !same_format(q_linear_format(lin->q), &want))
+    if (q_linear_rows(lin->q) != n || q_linear_cols(lin->q) != k ||
+        !same_format(q_linear_format(lin->q), &want))
         return snprintf(err, err_len,
                         "quantized model: tensor %s has shape (%d, %d) or a format unlike the "
                         "llmd.quant.* metadata (expected (%d, %d))",
@@ -195,13 +205,16 @@ static int *perm_copy(const q_linear *l, int k)
     return copy;
 }
 
-int llm_model_link_quantized_block(llm_model *m, struct llm_block *b, int layer, char *err, size_t err_len)
+int llm_model_link_quantized_block(llm_model *m, struct llm_block *b, int layer, char *err,
+                                   size_t err_len)
 {
     const struct llm_config *c = &m->config;
     int q_dim = c->n_heads * c->head_dim;
     if (!same_perm(b->wq.q, b->wk.q, c->dim) || !same_perm(b->wq.q, b->wv.q, c->dim) ||
         !same_perm(b->w_gate.q, b->w_up.q, c->dim)) {
-        snprintf(err, err_len, "quantized model: layer %d: Q/K/V or gate/up disagree on their channel order", layer);
+        snprintf(err, err_len,
+                 "quantized model: layer %d: Q/K/V or gate/up disagree on their channel order",
+                 layer);
         return -EBADMSG;
     }
     b->perm_attn_in = perm_copy(b->wq.q, c->dim);

@@ -4,13 +4,13 @@
  * scalar reference on awkward sizes, and a model with head_f16 giving the
  * logits of its f32 head within the rounding of a sum.
  */
+#include "core/model_internal.h"
+#include "util/util.h"
+
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-
-#include "core/model_internal.h"
-#include "util/util.h"
 
 static void check_sizes(int R, int V, int D)
 {
@@ -30,8 +30,8 @@ static void check_sizes(int R, int V, int D)
             for (int d = 0; d < D; d++)
                 mag += fabs(x[(size_t)r * D + d] * util_f16_to_f32(w[(size_t)v * D + d]));
             double got = y[(size_t)r * V + v], want = ref[(size_t)r * V + v];
-            cr_assert(fabs(got - want) <= 1e-6 * D * mag + 1e-30, "R %d V %d D %d at (%d, %d): %g vs %g", R, V,
-                      D, r, v, got, want);
+            cr_assert(fabs(got - want) <= 1e-6 * D * mag + 1e-30,
+                      "R %d V %d D %d at (%d, %d): %g vs %g", R, V, D, r, v, got, want);
         }
     free(x);
     free(w);
@@ -46,7 +46,8 @@ Test(core_head, both_kernels_match_the_scalar_reference_on_awkward_sizes, .timeo
     static const int width[] = {8, 24, 520};
     for (size_t a = 0; a < sizeof rows / sizeof *rows; a++)
         for (size_t b = 0; b < sizeof vocab / sizeof *vocab; b++)
-            for (size_t c = 0; c < sizeof width / sizeof *width; c++) check_sizes(rows[a], vocab[b], width[c]);
+            for (size_t c = 0; c < sizeof width / sizeof *width; c++)
+                check_sizes(rows[a], vocab[b], width[c]);
 }
 
 Test(core_head, a_model_with_an_f16_head_gives_the_f32_heads_logits, .timeout = 60)
@@ -57,14 +58,17 @@ Test(core_head, a_model_with_an_f16_head_gives_the_f32_heads_logits, .timeout = 
     o.kv_pages = 8;
     llm_model *m32, *m16;
     char err[256];
-    cr_assert_eq(llm_model_load("tests/data/tiny-random.gguf", &o, &m32, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(llm_model_load("tests/data/tiny-random.gguf", &o, &m32, err, sizeof err), 0, "%s",
+                 err);
     o.head_f16 = true;
-    cr_assert_eq(llm_model_load("tests/data/tiny-random.gguf", &o, &m16, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(llm_model_load("tests/data/tiny-random.gguf", &o, &m16, err, sizeof err), 0, "%s",
+                 err);
     cr_assert_not_null(m16->output_f16);
     int vocab = m32->config.vocab_size;
     int32_t ids[20];
     for (int i = 0; i < 20; i++) ids[i] = 1 + i * 97;
-    float *a = malloc(sizeof(float) * 20 * (size_t)vocab), *b = malloc(sizeof(float) * 20 * (size_t)vocab);
+    float *a = malloc(sizeof(float) * 20 * (size_t)vocab),
+          *b = malloc(sizeof(float) * 20 * (size_t)vocab);
     llm_model *models[2] = {m32, m16};
     float *outs[2] = {a, b};
     for (int k = 0; k < 2; k++) {
@@ -91,16 +95,19 @@ Test(core_head, a_model_with_an_int8_head_stays_close_to_the_f32_head, .timeout 
     o.kv_pages = 8;
     llm_model *m32, *m8;
     char err[256];
-    cr_assert_eq(llm_model_load("tests/data/tiny-random.gguf", &o, &m32, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(llm_model_load("tests/data/tiny-random.gguf", &o, &m32, err, sizeof err), 0, "%s",
+                 err);
     o.head_int8 = true;
     o.head_f16 = true; /* int8 wins */
-    cr_assert_eq(llm_model_load("tests/data/tiny-random.gguf", &o, &m8, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(llm_model_load("tests/data/tiny-random.gguf", &o, &m8, err, sizeof err), 0, "%s",
+                 err);
     cr_assert_not_null(m8->output_q);
     cr_assert_null(m8->output_f16);
     int vocab = m32->config.vocab_size;
     int32_t ids[20];
     for (int i = 0; i < 20; i++) ids[i] = 1 + i * 97;
-    float *a = malloc(sizeof(float) * 20 * (size_t)vocab), *b = malloc(sizeof(float) * 20 * (size_t)vocab);
+    float *a = malloc(sizeof(float) * 20 * (size_t)vocab),
+          *b = malloc(sizeof(float) * 20 * (size_t)vocab);
     llm_model *models[2] = {m32, m8};
     float *outs[2] = {a, b};
     for (int k = 0; k < 2; k++) {
@@ -113,7 +120,8 @@ Test(core_head, a_model_with_an_int8_head_stays_close_to_the_f32_head, .timeout 
     }
     /* int8 on both sides: relative error of a logit vector ~1% */
     double num = 0, den = 0;
-    for (size_t i = 0; i < 20 * (size_t)vocab; i++) num += (a[i] - b[i]) * (a[i] - b[i]), den += a[i] * a[i];
+    for (size_t i = 0; i < 20 * (size_t)vocab; i++)
+        num += (a[i] - b[i]) * (a[i] - b[i]), den += a[i] * a[i];
     cr_assert_lt(sqrt(num / den), 0.03, "relative logit error %g", sqrt(num / den));
     cr_assert_gt(num, 0.0, "the int8 head computes something else than the f32 one");
     free(a);
