@@ -34,15 +34,16 @@ struct q_format llm_model_qformat(const llm_model *m, int k)
     case LLM_W8A8:
         f.method = Q_W8A8;
         break;
-    case LLM_W4A4_RTN:
-        f.group_size = k;
+    case LLM_W4A4_RTN: /* per row, in groups of at most Q_GROUP_SIZE_MAX (the kernels' limit) */
+        f.group_size = k < Q_GROUP_SIZE_MAX ? k : Q_GROUP_SIZE_MAX;
         break;
     case LLM_ATOM:
     default:
         /* width/32 by default, rounded up to the kernels' multiple of 16 */
         f.n_outlier = o->n_outlier < 0 ? (k / 32 + 15) / 16 * 16 : o->n_outlier;
         if (f.n_outlier >= k) f.n_outlier = 0;
-        f.group_size = o->group_size > 0 ? o->group_size : k - f.n_outlier;
+        f.group_size = o->group_size > 0 ? o->group_size : k - f.n_outlier; /* 0: per row */
+        if (f.group_size > Q_GROUP_SIZE_MAX && o->group_size <= 0) f.group_size = Q_GROUP_SIZE_MAX;
         f.act_clip = o->act_clip;
         f.weight_clip = o->weight_clip;
         break;
@@ -109,14 +110,26 @@ static int calibrate(llm_model *m, struct calibration *cal, char *err, size_t er
     cal->points = util_xcalloc((size_t)c->n_layers * 4, sizeof *cal->points);
     for (int i = 0; i < c->n_layers * 4; i++) cal->points[i] = atom_calib_create(widths[i % 4], o->gptq);
 
+    /* The fp32 model with an f32 KV cache of its own: the statistics do not
+     * depend on --kv or on the size of the serving pool. */
     enum llm_precision saved = m->precision;
     m->precision = LLM_FP32;
     int window = c->ctx_len < 512 ? c->ctx_len : 512;
+    struct attn_cache_config kc = *attn_cache_config(m->kv);
+    kc.kv_type = ATTN_KV_F32;
+    kc.n_pages = (window + kc.page_size - 1) / kc.page_size;
+    attn_cache *serving_kv = m->kv;
+    int rc = attn_cache_create(&kc, &m->kv);
+    if (rc) {
+        m->kv = serving_kv;
+        free(ids);
+        snprintf(err, err_len, "calibration KV cache: %s", util_strerror(rc));
+        return rc;
+    }
     llm_workspace *ws = llm_workspace_create(m, window);
     llm_workspace_set_calib(ws, calib_collect, cal);
     float *logits = util_aligned_alloc(sizeof(float) * (size_t)c->vocab_size);
     int32_t *chunk = util_xmalloc(sizeof(int32_t) * (size_t)window);
-    int rc = 0;
     for (int at = 0; at + 1 < n && rc == 0; at += window - 1) {
         int take = n - at < window - 1 ? n - at : window - 1;
         chunk[0] = llm_tokenizer_bos(m->tokenizer);
@@ -125,9 +138,13 @@ static int calibrate(llm_model *m, struct calibration *cal, char *err, size_t er
         struct llm_batch_item item = {.kv = seq, .tokens = chunk, .n_tokens = take + 1};
         rc = llm_forward(m, ws, &item, 1, logits, NULL);
         attn_seq_free(seq);
-        if (m->options.progress) m->options.progress("calibrating", (double)(at + take) / n, m->options.progress_ctx);
+        if (m->options.progress && at + take < n)
+            m->options.progress("calibrating", (double)(at + take) / n, m->options.progress_ctx);
     }
     m->precision = saved;
+    attn_cache_free(m->kv);
+    m->kv = serving_kv;
+    if (rc == 0 && m->options.progress) m->options.progress("calibrating", 1.0, m->options.progress_ctx);
     free(chunk);
     util_aligned_free(logits);
     llm_workspace_free(ws);
@@ -175,11 +192,31 @@ static int quantize_linear(llm_model *m, struct llm_linear *l, const int *perm, 
     return 0;
 }
 
+/* The options give a legal format for each of the model's input widths. */
+static int check_formats(const llm_model *m, char *err, size_t err_len)
+{
+    const struct llm_config *c = &m->config;
+    int widths[3] = {c->dim, c->n_heads * c->head_dim, c->ffn_dim};
+    for (int i = 0; i < 3; i++) {
+        struct q_format f = llm_model_qformat(m, widths[i]);
+        if (q_format_check(&f, widths[i]) == 0) continue;
+        snprintf(err, err_len,
+                 "%s cannot quantize width %d with groups of %d and %d outliers (both multiples of "
+                 "16, groups 16..%d, outliers below the width)",
+                 llm_precision_name(m->precision), widths[i], f.group_size, f.n_outlier,
+                 Q_GROUP_SIZE_MAX);
+        return -EINVAL;
+    }
+    return 0;
+}
+
 int llm_model_quantize(llm_model *m, char *err, size_t err_len)
 {
     const struct llm_config *c = &m->config;
     bool atom = m->precision == LLM_ATOM;
     m->qformat = llm_model_qformat(m, c->dim);
+    int check = check_formats(m, err, err_len);
+    if (check) return check;
     struct calibration cal = {0};
     int rc = 0;
     if (atom && (rc = calibrate(m, &cal, err, err_len))) {

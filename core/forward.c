@@ -35,6 +35,7 @@ struct llm_workspace {
     int *pos;        /* (T) position of each row */
     /* quantized paths: activations of each input width */
     q_act *act_dim, *act_attn_out, *act_ffn;
+    q_act *act_head; /* the head's input, when the head is W8A8 */
     llm_calib_fn calib;
     void *calib_ctx;
 };
@@ -65,6 +66,7 @@ llm_workspace *llm_workspace_create(const llm_model *m, int max_tokens)
         ws->act_attn_out = q_act_create(&f_att, (int)q_dim, (int)T);
         ws->act_ffn = q_act_create(&f_ffn, c->ffn_dim, (int)T);
     }
+    if (m->output_q) ws->act_head = q_act_create(q_linear_format(m->output_q), c->dim, (int)T);
     return ws;
 }
 
@@ -77,6 +79,7 @@ void llm_workspace_free(llm_workspace *ws)
     q_act_free(ws->act_dim);
     q_act_free(ws->act_attn_out);
     q_act_free(ws->act_ffn);
+    q_act_free(ws->act_head);
     free(ws);
 }
 
@@ -322,7 +325,11 @@ int llm_forward(llm_model *model, llm_workspace *ws, struct llm_batch_item *item
             rmsnorm(ws->h + (size_t)R * c->dim, ws->x + (size_t)r * c->dim, model->output_norm, c->dim, c->rms_eps);
         attn_seq_commit(items[i].kv, attn_seq_len(items[i].kv) + items[i].n_tokens);
     }
-    sgemm_xwt(ws->h, model->output, logits, R, c->vocab_size, c->dim);
+    if (model->output_q) {
+        q_act_quantize(ws->act_head, ws->h, R, NULL);
+        q_gemm(model->output_q, ws->act_head, R, logits);
+    } else if (model->output_f16) llm_head_f16(ws->h, model->output_f16, logits, R, c->vocab_size, c->dim);
+    else sgemm_xwt(ws->h, model->output, logits, R, c->vocab_size, c->dim);
     if (row_start != row_start_small) free(row_start);
     return 0;
 }

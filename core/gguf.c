@@ -89,6 +89,9 @@ static bool gguf_ggml_type_layout(uint32_t type, uint64_t *block_elems, uint64_t
     case GGML_TYPE_Q8_0:
         *block_elems = GGUF_QK8_0, *block_bytes = sizeof(struct gguf_block_q8_0);
         return true;
+    case GGML_TYPE_I8:
+        *block_elems = 1, *block_bytes = 1;
+        return true;
     default:
         return false;
     }
@@ -103,6 +106,8 @@ struct gguf_kv {
     uint64_t count;                  /* arrays: elements; strings: bytes */
     const uint8_t *data;             /* the scalar, the string's bytes, or the array's elements */
     struct llm_gguf_string *strings; /* arrays of strings: every element, indexed at open */
+    const uint8_t *raw;              /* the value as serialized (after its type), for copying */
+    uint64_t raw_len;
 };
 
 /* Open addressing over entry indexes: a slot holds index + 1, 0 when empty.
@@ -360,7 +365,10 @@ static int gguf_parse_kvs(struct gguf_parser *p, llm_gguf *g, uint64_t n_kv)
         if (rc) return rc;
         gguf_set_where(p, "metadata key", i, &kv->key);
         g->n_kv++; /* counted now so that close frees its string index */
+        uint64_t value_start = p->pos + 4; /* past the value type */
         if ((rc = gguf_parse_value(p, kv))) return rc;
+        kv->raw = p->base + value_start;
+        kv->raw_len = p->pos - value_start;
     }
 
     gguf_index_init(&g->kv_index, g->n_kv);
@@ -541,6 +549,18 @@ int llm_gguf_get_array_string(const llm_gguf *gguf, const char *key, uint64_t i,
 uint64_t llm_gguf_kv_count(const llm_gguf *gguf)
 {
     return gguf->n_kv;
+}
+
+int llm_gguf_kv_raw(const llm_gguf *gguf, uint64_t i, struct llm_gguf_string *key,
+                    enum llm_gguf_type *type, const void **value, uint64_t *value_len)
+{
+    if (!gguf || i >= gguf->n_kv) return -ERANGE;
+    const struct gguf_kv *kv = &gguf->kvs[i];
+    *key = kv->key;
+    *type = kv->type;
+    *value = kv->raw;
+    *value_len = kv->raw_len;
+    return 0;
 }
 
 int llm_gguf_kv_at(const llm_gguf *gguf, uint64_t i, struct llm_gguf_string *key,
@@ -874,6 +894,11 @@ static void gguf_q8_0_to_f32_avx2(const uint8_t *src, uint64_t n, float *out)
 
 typedef void (*gguf_convert_fn)(const uint8_t *src, uint64_t n, float *out);
 
+static void gguf_i8_to_f32(const uint8_t *src, uint64_t n, float *out)
+{
+    for (uint64_t i = 0; i < n; i++) out[i] = (float)(int8_t)src[i];
+}
+
 static void gguf_f32_copy(const uint8_t *src, uint64_t n, float *out)
 {
     memcpy(out, src, n * sizeof(float));
@@ -897,6 +922,9 @@ static int gguf_rows_to_f32(const struct llm_gguf_tensor *t, uint64_t row, uint6
         break;
     case GGML_TYPE_Q8_0:
         convert = simd ? gguf_q8_0_to_f32_avx2 : gguf_q8_0_to_f32_scalar;
+        break;
+    case GGML_TYPE_I8:
+        convert = gguf_i8_to_f32;
         break;
     default:
         return -EINVAL;

@@ -9,7 +9,9 @@
  *
  * Refused at open: versions other than 3, nested arrays, duplicate keys or
  * tensor names, a `general.alignment` that is not a power of two, more than
- * 4 dims, and tensor types other than F32, F16, BF16 and Q8_0.
+ * 4 dims, and tensor types other than F32, F16, BF16, Q8_0 and I8 (plain
+ * int8 values; llmd also stores its quantized layers in 1-D I8 tensors as
+ * opaque blobs, see core/model_file.c).
  */
 #ifndef LLMD_CORE_GGUF_H
 #define LLMD_CORE_GGUF_H
@@ -26,7 +28,9 @@ enum llm_gguf_type {
 };
 
 /* Tensor types we read (ggml's numbering). */
-enum llm_ggml_type { GGML_TYPE_F32 = 0, GGML_TYPE_F16 = 1, GGML_TYPE_Q8_0 = 8, GGML_TYPE_BF16 = 30 };
+enum llm_ggml_type {
+    GGML_TYPE_F32 = 0, GGML_TYPE_F16 = 1, GGML_TYPE_Q8_0 = 8, GGML_TYPE_I8 = 24, GGML_TYPE_BF16 = 30
+};
 
 struct llm_gguf_string {
     const char *ptr;
@@ -84,6 +88,11 @@ int llm_gguf_get_array_string(const llm_gguf *gguf, const char *key, uint64_t i,
 uint64_t llm_gguf_kv_count(const llm_gguf *gguf);
 int llm_gguf_kv_at(const llm_gguf *gguf, uint64_t i, struct llm_gguf_string *key,
                    enum llm_gguf_type *type);
+/* Key i with its value exactly as serialized after the value type (for an
+ * array: element type, count, elements), for copying metadata into another
+ * file. -ERANGE past the end. */
+int llm_gguf_kv_raw(const llm_gguf *gguf, uint64_t i, struct llm_gguf_string *key,
+                    enum llm_gguf_type *type, const void **value, uint64_t *value_len);
 /* "uint8" ... "float64", for messages. */
 const char *llm_gguf_type_name(enum llm_gguf_type type);
 
@@ -104,5 +113,31 @@ int llm_gguf_tensor_rows_to_f32(const struct llm_gguf_tensor *t, uint64_t row, u
                                 float *out);
 /* The plain scalar reference of llm_gguf_tensor_to_f32, for tests. */
 int llm_gguf_tensor_to_f32_scalar(const struct llm_gguf_tensor *t, float *out);
+
+/* ---------------------------------------------------------------- writer */
+
+/* Builds a GGUF v3 file in memory order: metadata and tensor infos are
+ * collected, then llm_gguf_writer_save writes header, metadata, tensor infos,
+ * padding to the alignment (32) and the data. Tensor data is not copied: it
+ * must stay alive until save. Keys and tensor names must be unique (not
+ * checked here; the reader refuses duplicates). */
+typedef struct llm_gguf_writer llm_gguf_writer;
+llm_gguf_writer *llm_gguf_writer_create(void);
+void llm_gguf_writer_free(llm_gguf_writer *w);
+/* A value already serialized (see llm_gguf_kv_raw). */
+void llm_gguf_writer_kv_raw(llm_gguf_writer *w, const char *key, size_t key_len,
+                            enum llm_gguf_type type, const void *value, size_t value_len);
+void llm_gguf_writer_kv_u32(llm_gguf_writer *w, const char *key, uint32_t v);
+void llm_gguf_writer_kv_i32(llm_gguf_writer *w, const char *key, int32_t v);
+void llm_gguf_writer_kv_f32(llm_gguf_writer *w, const char *key, float v);
+void llm_gguf_writer_kv_bool(llm_gguf_writer *w, const char *key, bool v);
+void llm_gguf_writer_kv_string(llm_gguf_writer *w, const char *key, const char *v);
+/* dims[0] varies fastest; n_bytes must match the type and dims. */
+void llm_gguf_writer_tensor(llm_gguf_writer *w, const char *name, size_t name_len, int n_dims,
+                            const uint64_t *dims, enum llm_ggml_type type, const void *data,
+                            uint64_t n_bytes);
+/* Writes the file (through a temporary name, renamed at the end, so that a
+ * failed write leaves no half file). 0 or -errno with a message. */
+int llm_gguf_writer_save(const llm_gguf_writer *w, const char *path, char *err, size_t err_len);
 
 #endif

@@ -145,33 +145,35 @@ static int load_tensor(const llm_gguf *g, const char *name, int rows, int cols, 
     return 0;
 }
 
-static int load_linear(const llm_gguf *g, const char *name, int n, int k, struct llm_linear *lin,
-                       char *err, size_t err_len)
+static int load_linear(const llm_model *m, const llm_gguf *g, const char *name, int n, int k,
+                       struct llm_linear *lin, char *err, size_t err_len)
 {
+    if (m->prequantized) return llm_model_load_quantized_linear(m, g, name, n, k, lin, err, err_len);
     lin->n = n;
     lin->k = k;
     return load_tensor(g, name, n, k, &lin->w, err, err_len);
 }
 
-static int load_block(const llm_gguf *g, int i, const struct llm_config *c, struct llm_block *b,
-                      char *err, size_t err_len)
+static int load_block(llm_model *m, const llm_gguf *g, int i, struct llm_block *b, char *err,
+                      size_t err_len)
 {
+    const struct llm_config *c = &m->config;
     char name[64];
     int q_dim = c->n_heads * c->head_dim, kv_dim = c->n_kv_heads * c->head_dim;
 #define NAME(suffix) (snprintf(name, sizeof name, "blk.%d.%s", i, suffix), name)
     int rc;
     if ((rc = load_tensor(g, NAME("attn_norm.weight"), 0, c->dim, &b->attn_norm, err, err_len)) ||
-        (rc = load_linear(g, NAME("attn_q.weight"), q_dim, c->dim, &b->wq, err, err_len)) ||
-        (rc = load_linear(g, NAME("attn_k.weight"), kv_dim, c->dim, &b->wk, err, err_len)) ||
-        (rc = load_linear(g, NAME("attn_v.weight"), kv_dim, c->dim, &b->wv, err, err_len)) ||
-        (rc = load_linear(g, NAME("attn_output.weight"), c->dim, q_dim, &b->wo, err, err_len)) ||
+        (rc = load_linear(m, g, NAME("attn_q.weight"), q_dim, c->dim, &b->wq, err, err_len)) ||
+        (rc = load_linear(m, g, NAME("attn_k.weight"), kv_dim, c->dim, &b->wk, err, err_len)) ||
+        (rc = load_linear(m, g, NAME("attn_v.weight"), kv_dim, c->dim, &b->wv, err, err_len)) ||
+        (rc = load_linear(m, g, NAME("attn_output.weight"), c->dim, q_dim, &b->wo, err, err_len)) ||
         (rc = load_tensor(g, NAME("ffn_norm.weight"), 0, c->dim, &b->ffn_norm, err, err_len)) ||
-        (rc = load_linear(g, NAME("ffn_gate.weight"), c->ffn_dim, c->dim, &b->w_gate, err, err_len)) ||
-        (rc = load_linear(g, NAME("ffn_up.weight"), c->ffn_dim, c->dim, &b->w_up, err, err_len)) ||
-        (rc = load_linear(g, NAME("ffn_down.weight"), c->dim, c->ffn_dim, &b->w_down, err, err_len)))
+        (rc = load_linear(m, g, NAME("ffn_gate.weight"), c->ffn_dim, c->dim, &b->w_gate, err, err_len)) ||
+        (rc = load_linear(m, g, NAME("ffn_up.weight"), c->ffn_dim, c->dim, &b->w_up, err, err_len)) ||
+        (rc = load_linear(m, g, NAME("ffn_down.weight"), c->dim, c->ffn_dim, &b->w_down, err, err_len)))
         return rc;
 #undef NAME
-    return 0;
+    return m->prequantized ? llm_model_link_quantized_block(m, b, i, err, err_len) : 0;
 }
 
 static char *base_name_without_ext(const char *path)
@@ -198,6 +200,30 @@ static void progress(const llm_model *m, const char *what, double fraction)
     if (m->options.progress) m->options.progress(what, fraction, m->options.progress_ctx);
 }
 
+/* The head in half precision; the f32 copy goes unless the embeddings use it. */
+static void make_head_f16(llm_model *m)
+{
+    size_t n = (size_t)m->config.vocab_size * (size_t)m->config.dim;
+    m->output_f16 = util_aligned_alloc(n * sizeof(uint16_t));
+    for (size_t i = 0; i < n; i++) m->output_f16[i] = util_f32_to_f16(m->output[i]);
+    if (!m->config.tied_output) {
+        util_aligned_free(m->output);
+        m->output = NULL;
+    }
+}
+
+/* The head W8A8 (int8 per vocabulary row, activations int8 per token); the
+ * f32 copy goes unless the embeddings use it. */
+static void make_head_int8(llm_model *m)
+{
+    struct q_format f = q_format_default(Q_W8A8);
+    m->output_q = q_linear_quantize(m->output, m->config.vocab_size, m->config.dim, &f, NULL);
+    if (!m->config.tied_output) {
+        util_aligned_free(m->output);
+        m->output = NULL;
+    }
+}
+
 static int load_from_gguf(llm_model *m, const llm_gguf *g, const char *path, char *err, size_t err_len)
 {
     struct llm_config *c = &m->config;
@@ -205,6 +231,8 @@ static int load_from_gguf(llm_model *m, const llm_gguf *g, const char *path, cha
     if (rc) return rc;
     if ((rc = llm_tokenizer_load(g, &m->tokenizer, err, err_len))) return rc;
     c->vocab_size = llm_tokenizer_vocab_size(m->tokenizer);
+    if ((rc = llm_model_read_quant_metadata(m, g, err, err_len))) return rc;
+    if (m->prequantized) m->qformat = llm_model_qformat(m, c->dim);
 
     if ((rc = load_tensor(g, "token_embd.weight", c->vocab_size, c->dim, &m->token_embd, err, err_len)) ||
         (rc = load_tensor(g, "output_norm.weight", 0, c->dim, &m->output_norm, err, err_len)))
@@ -214,9 +242,10 @@ static int load_from_gguf(llm_model *m, const llm_gguf *g, const char *path, cha
     else if ((rc = load_tensor(g, "output.weight", c->vocab_size, c->dim, &m->output, err, err_len)))
         return rc;
 
+    if (m->options.head_f16 && !m->options.head_int8) make_head_f16(m);
     m->blocks = util_xcalloc((size_t)c->n_layers, sizeof *m->blocks);
     for (int i = 0; i < c->n_layers; i++) {
-        if ((rc = load_block(g, i, c, &m->blocks[i], err, err_len))) return rc;
+        if ((rc = load_block(m, g, i, &m->blocks[i], err, err_len))) return rc;
         progress(m, "loading weights", (double)(i + 1) / c->n_layers);
     }
 
@@ -270,7 +299,8 @@ int llm_model_load(const char *path, const struct llm_model_options *options, ll
         llm_gguf_close(g);
     }
     if (!rc) rc = create_kv_cache(m, err, err_len);
-    if (!rc && m->precision != LLM_FP32) rc = llm_model_quantize(m, err, err_len);
+    if (!rc && m->precision != LLM_FP32 && !m->prequantized) rc = llm_model_quantize(m, err, err_len);
+    if (!rc && m->options.head_int8) make_head_int8(m);
     if (rc) {
         llm_model_free(m);
         return rc;
@@ -302,6 +332,8 @@ void llm_model_free(llm_model *m)
         free(m->blocks);
     }
     if (m->output != m->token_embd) util_aligned_free(m->output);
+    util_aligned_free(m->output_f16);
+    q_linear_free(m->output_q);
     util_aligned_free(m->token_embd);
     util_aligned_free(m->output_norm);
     attn_cache_free(m->kv);
@@ -317,6 +349,8 @@ const llm_tokenizer *llm_model_tokenizer(const llm_model *m) { return m->tokeniz
 attn_cache *llm_model_kv_cache(llm_model *m) { return m->kv; }
 const char *llm_model_name(const llm_model *m) { return m->name; }
 const char *llm_model_chat_template(const llm_model *m) { return m->chat_template; }
+enum llm_precision llm_model_precision(const llm_model *m) { return m->precision; }
+bool llm_model_prequantized(const llm_model *m) { return m->prequantized; }
 
 const char *llm_linear_kind_name(enum llm_linear_kind kind)
 {

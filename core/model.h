@@ -39,8 +39,9 @@ const char *llm_precision_name(enum llm_precision p);
 /* Atom's recipe and its ablation switches (precision LLM_ATOM; LLM_W4A4_RTN
  * is the same with every switch off). */
 struct llm_quant_options {
-    int group_size;          /* channels per int4 group; 0 = one group per row */
-    int n_outlier;           /* int8 outlier channels; -1 = width / 32 */
+    int group_size;          /* channels per int4 group; 0 = one group per row (groups of
+                                Q_GROUP_SIZE_MAX where a row is wider: the kernels' limit) */
+    int n_outlier;           /* int8 outlier channels; -1 = width / 32, 0 = none */
     float act_clip;          /* 0.9 */
     float weight_clip;       /* 0.85 */
     bool gptq;               /* GPTQ for the weights (else round to nearest) */
@@ -61,6 +62,8 @@ struct llm_model_options {
                                    query-agnostic ATTN_WINDOW baseline */
     int dense_layers;         /* layers that always attend densely (Quest: 2) */
     struct llm_quant_options quant;
+    bool head_f16;            /* output head in f16 (half its bytes; exact for f16 files) */
+    bool head_int8;           /* output head W8A8 (a quarter of its bytes; wins over head_f16) */
     int threads;              /* 0 = all cores */
     llm_progress_fn progress; /* may be NULL */
     void *progress_ctx;
@@ -80,6 +83,17 @@ attn_cache *llm_model_kv_cache(llm_model *model);
 /* The name under which the model is served (general.name, else the file's
  * base name without .gguf). */
 const char *llm_model_name(const llm_model *model);
+/* How the linear layers compute: the requested precision, or the one a
+ * quantized file was made with (which wins over the request). */
+enum llm_precision llm_model_precision(const llm_model *model);
+/* True when the model came from a quantized file (no calibration at load). */
+bool llm_model_prequantized(const llm_model *model);
+/* Writes the quantized model to `path` as a GGUF that loads without
+ * recalibration: `source_path` (the file the model was loaded from) with
+ * each linear layer replaced by its quantized form and llmd.quant.*
+ * metadata added (see core/model_file.c). -EINVAL for an fp32 model. */
+int llm_model_save_quantized(const llm_model *model, const char *source_path, const char *path,
+                             char *err, size_t err_len);
 /* The chat template stored in the GGUF, or NULL. */
 const char *llm_model_chat_template(const llm_model *model);
 

@@ -43,7 +43,10 @@ struct llm_model {
     llm_tokenizer *tokenizer;
     float *token_embd;          /* (vocab, dim) */
     float *output_norm;         /* (dim) */
-    float *output;              /* (vocab, dim); == token_embd when tied */
+    float *output;              /* (vocab, dim); == token_embd when tied; NULL when untied and
+                                   output_f16 replaces it */
+    uint16_t *output_f16;       /* (vocab, dim) the head in half precision (options.head_f16), or NULL */
+    q_linear *output_q;         /* the head W8A8 (options.head_int8), or NULL */
     struct llm_block *blocks;   /* (n_layers) */
     struct q_format qformat;    /* quantized paths: the base format; n_outlier per input width
                                    comes from llm_model_qformat */
@@ -51,7 +54,13 @@ struct llm_model {
     float *rope_freq;           /* (head_dim / 2) */
     llm_linear_hook_fn linear_hook; /* fp32 only; NULL = none */
     void *linear_hook_ctx;
+    bool prequantized;          /* loaded from a quantized file (llmd quantize) */
 };
+
+/* The output head with f16 weights: y (R, V) = x (R, D) W^T (head.c);
+ * D a multiple of 8. The scalar one is the reference for tests. */
+void llm_head_f16(const float *x, const uint16_t *w, float *y, int R, int V, int D);
+void llm_head_f16_scalar(const float *x, const uint16_t *w, float *y, int R, int V, int D);
 
 /* The quantized format of a linear layer with k input channels. */
 struct q_format llm_model_qformat(const llm_model *model, int k);
@@ -66,5 +75,18 @@ void llm_workspace_set_calib(llm_workspace *ws, llm_calib_fn fn, void *ctx);
 /* Quantizes the model's linear layers for its precision (model->precision),
  * calibrating on options->quant.calib_file for Atom. Called by load. */
 int llm_model_quantize(llm_model *model, char *err, size_t err_len);
+
+/* Quantized files (model_file.c). Metadata keys start with this. */
+#define LLM_QUANT_KEY_PREFIX "llmd.quant."
+/* Reads llmd.quant.* when present: sets the precision, the quantization
+ * options and m->prequantized. 0 also when absent (an fp32 file). */
+int llm_model_read_quant_metadata(llm_model *m, const llm_gguf *g, char *err, size_t err_len);
+/* Loads one quantized layer (n, k) from its I8 blob, checking it against
+ * the metadata's format. */
+int llm_model_load_quantized_linear(const llm_model *m, const llm_gguf *g, const char *name, int n, int k,
+                                    struct llm_linear *lin, char *err, size_t err_len);
+/* Derives a loaded block's channel orders from its layers (and checks that
+ * the layers sharing an input agree). */
+int llm_model_link_quantized_block(llm_model *m, struct llm_block *b, int layer, char *err, size_t err_len);
 
 #endif

@@ -32,6 +32,9 @@
 
 enum q_method { Q_W8A8, Q_W4A4 };
 
+/* The widest int4 group the kernels take (AVX2 sums a group in int16). */
+#define Q_GROUP_SIZE_MAX 512
+
 struct q_format {
     enum q_method method;
     int group_size;    /* W4A4: channels per group; 128 by default */

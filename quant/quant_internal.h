@@ -56,7 +56,7 @@ static inline int omp_get_thread_num(void)
 #define Q_QUAD_BYTES      64    /* one quad of a block: 16 rows x 4 channels */
 #define Q_CHANNEL_ALIGN   16    /* k, group_size and n_outlier are multiples of it */
 #define Q_MAX_K           65536 /* keeps every int32 partial sum in range */
-#define Q_MAX_GROUP       512   /* keeps the AVX2 int16 partial sums in range */
+#define Q_MAX_GROUP       Q_GROUP_SIZE_MAX /* keeps the AVX2 int16 partial sums in range */
 #define Q_ACT_GROUP_ALIGN 64    /* activation groups start on a 64-byte boundary */
 #define Q_ACT_ROW_ALIGN   32    /* activation rows: a multiple of it, and as many spare */
 #define Q_INT4_MAX        7     /* symmetric int4: -7..7 */

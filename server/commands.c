@@ -29,11 +29,11 @@
 enum {
     OPT_MODEL = 256, OPT_THREADS, OPT_PRECISION, OPT_KV, OPT_QUEST_BUDGET, OPT_DENSE_LAYERS,
     OPT_SPARSE_MODE, OPT_KV_PAGES, OPT_GROUP_SIZE, OPT_OUTLIERS, OPT_ACT_CLIP, OPT_WEIGHT_CLIP,
-    OPT_NO_GPTQ, OPT_CALIB_FILE, OPT_CALIB_TOKENS, OPT_HELP,
+    OPT_NO_GPTQ, OPT_CALIB_FILE, OPT_CALIB_TOKENS, OPT_HEAD_F16, OPT_HEAD_INT8, OPT_HELP,
     /* per command */
     OPT_PROMPT, OPT_N, OPT_TEMPERATURE, OPT_TOP_K, OPT_TOP_P, OPT_MIN_P, OPT_SEED, OPT_REPEAT_PENALTY,
     OPT_PRESENCE_PENALTY, OPT_FREQUENCY_PENALTY, OPT_STOP, OPT_IDS, OPT_NO_BOS, OPT_FILE, OPT_CTX,
-    OPT_MAX_TOKENS, OPT_BATCH, OPT_TRIALS, OPT_BOS, OPT_OUTPUT, OPT_DEPTH, OPT_PIM_LAYERS,
+    OPT_MAX_TOKENS, OPT_BATCH, OPT_TRIALS, OPT_BOS, OPT_OUTPUT, OPT_DEPTH, OPT_OUT, OPT_PIM_LAYERS,
     OPT_PIM_DEVICE, OPT_PIM_DATAFLOW,
 };
 
@@ -41,6 +41,7 @@ struct model_flags {
     const char *path;
     struct llm_model_options options;
     int quest_budget;
+    bool precision_given; /* --precision was on the command line */
 };
 
 static const struct option model_options[] = {
@@ -59,6 +60,8 @@ static const struct option model_options[] = {
     {"no-gptq", no_argument, 0, OPT_NO_GPTQ},
     {"calib-file", required_argument, 0, OPT_CALIB_FILE},
     {"calib-tokens", required_argument, 0, OPT_CALIB_TOKENS},
+    {"head-f16", no_argument, 0, OPT_HEAD_F16},
+    {"head-int8", no_argument, 0, OPT_HEAD_INT8},
     {"help", no_argument, 0, OPT_HELP},
 };
 #define N_MODEL_OPTIONS (sizeof model_options / sizeof model_options[0])
@@ -73,13 +76,17 @@ static const char model_help[] =
     "  --sparse-mode M       quest | window (query-agnostic sinks + recent baseline)\n"
     "  --dense-layers N      layers that always attend densely (default 2)\n"
     "  --kv-pages N          KV page pool size (default: 8 full contexts)\n"
-    "  --group-size N        Atom: channels per int4 group, 0 = per row (default 128)\n"
-    "  --outliers N          Atom: int8 outlier channels, -1 = width/32 (default -1)\n"
-    "  --act-clip F          Atom: activation clipping ratio (default 0.9)\n"
-    "  --weight-clip F       Atom: weight clipping ratio (default 0.85)\n"
+    "  --group-size N        Atom: channels per int4 group, a multiple of 16 up to 512;\n"
+    "                        0 = per row (in groups of 512 where a row is wider) (default 128)\n"
+    "  --outliers N          Atom: int8 outlier channels, 0 = none, -1 = width/32 (default -1)\n"
+    "  --act-clip F          Atom: activation clipping ratio, 1 = none (default 0.9)\n"
+    "  --weight-clip F       Atom: weight clipping ratio, 1 = none (default 0.85)\n"
     "  --no-gptq             Atom: round weights to nearest instead of GPTQ\n"
     "  --calib-file FILE     Atom: calibration text (default models/calibration.txt)\n"
     "  --calib-tokens N      Atom: calibration tokens (default 16384)\n"
+    "  --head-f16            output head (lm_head) in f16: half the bytes a decode step reads\n"
+    "  --head-int8           output head W8A8 (int8 per row and per token): a quarter\n"
+    "                        of the bytes; wins over --head-f16\n"
     "  --help                this text\n";
 
 static void model_flags_init(struct model_flags *f)
@@ -87,6 +94,7 @@ static void model_flags_init(struct model_flags *f)
     f->path = DEFAULT_MODEL;
     llm_model_options_default(&f->options);
     f->quest_budget = 0;
+    f->precision_given = false;
 }
 
 static bool parse_int(const char *s, long lo, long hi, int *out)
@@ -118,7 +126,10 @@ static int parse_model_flag(int opt, const char *arg, struct model_flags *f)
     switch (opt) {
     case OPT_MODEL: f->path = arg; break;
     case OPT_THREADS: ok = parse_int(arg, 1, 1024, &o->threads); break;
-    case OPT_PRECISION: ok = llm_precision_parse(arg, &o->precision) == 0; break;
+    case OPT_PRECISION:
+        ok = llm_precision_parse(arg, &o->precision) == 0;
+        f->precision_given = true;
+        break;
     case OPT_KV: ok = attn_kv_type_parse(arg, &o->kv_type) == 0; break;
     case OPT_QUEST_BUDGET: ok = parse_int(arg, 0, 1 << 24, &f->quest_budget); break;
     case OPT_DENSE_LAYERS: ok = parse_int(arg, 0, 1 << 16, &o->dense_layers); break;
@@ -128,11 +139,18 @@ static int parse_model_flag(int opt, const char *arg, struct model_flags *f)
         else ok = false;
         break;
     case OPT_KV_PAGES: ok = parse_int(arg, 1, 1 << 24, &o->kv_pages); break;
-    case OPT_GROUP_SIZE: ok = parse_int(arg, 0, 1 << 16, &o->quant.group_size); break;
-    case OPT_OUTLIERS: ok = parse_int(arg, -1, 1 << 16, &o->quant.n_outlier); break;
+    case OPT_GROUP_SIZE:
+        ok = parse_int(arg, 0, 512, &o->quant.group_size) && o->quant.group_size % 16 == 0;
+        break;
+    case OPT_OUTLIERS:
+        ok = parse_int(arg, -1, 1 << 16, &o->quant.n_outlier) &&
+             (o->quant.n_outlier == -1 || o->quant.n_outlier % 16 == 0);
+        break;
     case OPT_ACT_CLIP: ok = parse_float(arg, 0.01f, 1.0f, &o->quant.act_clip); break;
     case OPT_WEIGHT_CLIP: ok = parse_float(arg, 0.01f, 1.0f, &o->quant.weight_clip); break;
     case OPT_NO_GPTQ: o->quant.gptq = false; break;
+    case OPT_HEAD_F16: o->head_f16 = true; break;
+    case OPT_HEAD_INT8: o->head_int8 = true; break;
     case OPT_CALIB_FILE: o->quant.calib_file = arg; break;
     case OPT_CALIB_TOKENS: ok = parse_int(arg, 16, 1 << 24, &o->quant.calib_tokens); break;
     default: return 0;
@@ -173,8 +191,11 @@ static llm_model *load_model(struct model_flags *f)
     const struct llm_config *c = llm_model_config(model);
     fprintf(stderr, "llmd: %s: %d layers, width %d, %d/%d heads, FFN %d, vocab %d, context %d; %s, KV %s\n",
             llm_model_name(model), c->n_layers, c->dim, c->n_heads, c->n_kv_heads, c->ffn_dim,
-            c->vocab_size, c->ctx_len, llm_precision_name(f->options.precision),
+            c->vocab_size, c->ctx_len, llm_precision_name(llm_model_precision(model)),
             attn_kv_type_name(f->options.kv_type));
+    if (llm_model_prequantized(model) && f->precision_given && llm_model_precision(model) != f->options.precision)
+        fprintf(stderr, "llmd: %s is quantized (%s): --precision %s does not apply\n", f->path,
+                llm_precision_name(llm_model_precision(model)), llm_precision_name(f->options.precision));
     fprintf(stderr, "llmd: cpu %s [%s]; OpenBLAS %s kernels\n", util_cpu_model_name(),
             util_cpu_flags_string(), util_blas_corename());
     return model;
@@ -565,6 +586,57 @@ int cmd_perplexity(int argc, char **argv)
     free(ids);
     llm_workspace_free(ws);
     srv_pim_llm_detach(pim);
+    llm_model_free(model);
+    return rc ? 1 : 0;
+}
+
+/* --------------------------------------------------------------- quantize */
+
+static const char quantize_help[] =
+    "Usage: llmd quantize [--model IN] [--precision atom] [Atom options] --out OUT.gguf\n"
+    "Quantizes a model (calibrating it for atom) and writes the result as a GGUF that\n"
+    "generate, perplexity, passkey and serve load as it is, without recalibrating: the\n"
+    "file's precision and formats then win over --precision and the Atom options.\n\n"
+    "  --out FILE         the quantized model to write\n"
+    "  --precision P      w8a8 | w4a4-rtn | atom (default atom)\n\n";
+
+int cmd_quantize(int argc, char **argv)
+{
+    static const struct option own[] = {{"out", required_argument, 0, OPT_OUT}};
+    struct option *options = join_options(own, sizeof own / sizeof own[0]);
+    struct model_flags mf;
+    model_flags_init(&mf);
+    mf.options.precision = LLM_ATOM;
+    mf.options.kv_sequences = 1; /* the KV cache only serves calibration */
+    const char *out = NULL;
+    int opt;
+    bool ok = true;
+    optind = 1;
+    while (ok && (opt = getopt_long(argc, argv, "", options, NULL)) != -1) {
+        if (opt == OPT_OUT) out = optarg;
+        else if (opt == OPT_HELP) {
+            printf("%s%s", quantize_help, model_help);
+            free(options);
+            return 0;
+        } else ok = parse_model_flag(opt, optarg, &mf) > 0;
+    }
+    free(options);
+    if (!ok || !out || optind != argc || mf.options.precision == LLM_FP32) {
+        fprintf(stderr, "llmd quantize: %s; see --help\n",
+                !ok || optind != argc ? "bad arguments"
+                : !out                ? "--out is required"
+                                      : "--precision fp32 has nothing to quantize");
+        return 2;
+    }
+    double t0 = util_now();
+    llm_model *model = load_model(&mf);
+    if (!model) return 1;
+    char err[512];
+    int rc = llm_model_save_quantized(model, mf.path, out, err, sizeof err);
+    if (rc) fprintf(stderr, "llmd quantize: %s\n", err);
+    else
+        fprintf(stderr, "llmd: wrote %s (%s) in %.1f s\n", out, llm_precision_name(llm_model_precision(model)),
+                util_now() - t0);
     llm_model_free(model);
     return rc ? 1 : 0;
 }

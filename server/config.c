@@ -55,6 +55,24 @@ static const struct opt opts[] = {
      "P", "how the linear layers compute"},
     {"kv_type", OPT_STRING, OFF(kv_type), 0, "int4", 0, 0, "f32|f16|int8|int4", false, M, "T",
      "KV cache element type"},
+    {"group_size", OPT_INT, OFF(group_size), 0, "128", 0, 512, NULL, false, M, "N",
+     "Atom: channels per int4 group (multiple of 16); 0 = per row (at most 512: the kernels' limit)"},
+    {"outliers", OPT_INT, OFF(outliers), 0, "-1", -1, 65536, NULL, false, M, "N",
+     "Atom: int8 outlier channels (multiple of 16); -1 = width/32, 0 = none"},
+    {"act_clip", OPT_DOUBLE, OFF(act_clip), 0, "0.9", 0.01, 1, NULL, false, M, "F",
+     "Atom: activation clipping ratio (1 = none)"},
+    {"weight_clip", OPT_DOUBLE, OFF(weight_clip), 0, "0.85", 0.01, 1, NULL, false, M, "F",
+     "Atom: weight clipping ratio (1 = none)"},
+    {"gptq", OPT_BOOL, OFF(gptq), 0, "true", 0, 0, NULL, false, M, NULL,
+     "Atom: GPTQ for the int4 weights (--no-gptq: round to nearest)"},
+    {"calib_file", OPT_STRING, OFF(calib_file), 0, "models/calibration.txt", 0, 0, NULL, false, M,
+     "FILE", "Atom: calibration text"},
+    {"calib_tokens", OPT_INT, OFF(calib_tokens), 0, "16384", 16, 1 << 24, NULL, false, M, "N",
+     "Atom: calibration tokens"},
+    {"head_f16", OPT_BOOL, OFF(head_f16), 0, "false", 0, 0, NULL, false, M, NULL,
+     "output head (lm_head) in f16: half the bytes a decode step reads"},
+    {"head_int8", OPT_BOOL, OFF(head_int8), 0, "false", 0, 0, NULL, false, M, NULL,
+     "output head (lm_head) W8A8: a quarter of the bytes; wins over head_f16"},
     {"kv_pages", OPT_INT, OFF(kv_pages), 0, "0", 0, INT_MAX, NULL, false, M, "N",
      "KV cache pages; 0 = the context x max_running sequences"},
     {"page_size", OPT_INT, OFF(page_size), 0, "16", 1, 4096, NULL, false, M, "N",
@@ -486,6 +504,12 @@ int srv_config_validate(const struct srv_config *c, char *err, size_t err_len)
     if (c->max_running > c->max_connections)
         return fail(err, err_len, "max_running (%d) must not exceed max_connections (%d)",
                     c->max_running, c->max_connections);
+    if (c->group_size % 16)
+        return fail(err, err_len, "group_size (%d) must be a multiple of 16, or 0 for per row",
+                    c->group_size);
+    if (c->outliers != -1 && c->outliers % 16)
+        return fail(err, err_len, "outliers (%d) must be a multiple of 16, or -1 for width/32",
+                    c->outliers);
     for (int i = 0; i < c->n_cors_origins; i++)
         if (strcmp(c->cors_origins[i], "*") != 0 && !strstr(c->cors_origins[i], "://"))
             return fail(err, err_len,

@@ -239,6 +239,15 @@ static void model_options(const struct srv_config *c, struct llm_model_options *
     o->kv_sequences = c->max_running;
     o->page_size = c->page_size;
     o->threads = c->threads;
+    o->quant.group_size = c->group_size;
+    o->quant.n_outlier = c->outliers;
+    o->quant.act_clip = (float)c->act_clip;
+    o->quant.weight_clip = (float)c->weight_clip;
+    o->quant.gptq = c->gptq;
+    o->quant.calib_file = c->calib_file;
+    o->quant.calib_tokens = c->calib_tokens;
+    o->head_f16 = c->head_f16;
+    o->head_int8 = c->head_int8;
 }
 
 static void loader_main(void *arg)
@@ -305,7 +314,8 @@ static void on_loaded(uv_async_t *a)
     }
     atomic_store(&d->load_state, SRV_READY);
     LOG_INFO("model '%s' ready: %d layers, dim %d, context %d, vocab %d, %s, kv %s, chat %s",
-             d->model_name, mc->n_layers, mc->dim, d->ctx_len, d->vocab_size, d->cfg->precision,
+             d->model_name, mc->n_layers, mc->dim, d->ctx_len, d->vocab_size,
+             llm_precision_name(llm_model_precision(d->model)),
              d->cfg->kv_type, srv_chat_format_name(d->chat_format));
 }
 

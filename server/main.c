@@ -17,6 +17,7 @@ static const struct subcommand subcommands[] = {
     {"generate", cmd_generate, "generate text for a prompt"},
     {"perplexity", cmd_perplexity, "perplexity of a text file"},
     {"passkey", cmd_passkey, "passkey retrieval accuracy at a context length"},
+    {"quantize", cmd_quantize, "write a quantized model (Atom, W8A8, W4A4) that loads without recalibrating"},
     {"tokenize", cmd_tokenize, "token ids of each line on stdin"},
 };
 

@@ -43,6 +43,16 @@ struct srv_config {
     int kv_pages;            /* 0 = the context x max_running sequences */
     int page_size;           /* tokens per KV page */
     int quest_budget;        /* default Quest token budget; 0 = dense */
+    /* Atom's recipe, step by step (ablation switches; see llm_quant_options) */
+    int group_size;          /* channels per int4 group; 0 = per row */
+    int outliers;            /* int8 outlier channels; -1 = width / 32, 0 = none */
+    double act_clip;         /* activation clipping ratio */
+    double weight_clip;      /* weight clipping ratio */
+    bool gptq;               /* GPTQ (else round to nearest) */
+    char *calib_file;        /* calibration text */
+    int calib_tokens;        /* calibration tokens used */
+    bool head_f16;           /* output head in f16 */
+    bool head_int8;          /* output head W8A8 */
     /* the engine */
     int max_running;
     int max_waiting;

@@ -200,3 +200,148 @@ Test(cli, bad_input_gives_a_message_and_a_non_zero_status, .timeout = 120)
     cr_assert_eq(out.status, 0);
     cr_assert(strstr(out.text, "--max-tokens"), "%s", out.text);
 }
+
+/* ------------------------------------------------------------ quantize */
+
+#define QUANT_CALIB "512"
+
+static llm_model *load_for_test(const char *path, enum llm_precision precision)
+{
+    struct llm_model_options o;
+    llm_model_options_default(&o);
+    o.precision = precision;
+    o.kv_pages = 8;              /* calibration has a cache of its own */
+    o.kv_type = ATTN_KV_INT4; /* and an f32 one: `quantize` (--kv f32) agrees */
+    o.quant.calib_tokens = atoi(QUANT_CALIB);
+    llm_model *m;
+    char err[512];
+    cr_assert_eq(llm_model_load(path, &o, &m, err, sizeof err), 0, "%s", err);
+    return m;
+}
+
+/* Logits of every position of a 48-token prompt. */
+static float *all_logits(llm_model *m, const int32_t *ids, int n)
+{
+    int vocab = llm_model_config(m)->vocab_size;
+    llm_workspace *ws = llm_workspace_create(m, n);
+    float *logits = malloc(sizeof(float) * (size_t)n * (size_t)vocab);
+    attn_seq *seq = attn_seq_create(llm_model_kv_cache(m));
+    struct llm_batch_item item = {.kv = seq, .tokens = ids, .n_tokens = n, .all_logits = true};
+    cr_assert_eq(llm_forward(m, ws, &item, 1, logits, NULL), 0);
+    attn_seq_free(seq);
+    llm_workspace_free(ws);
+    return logits;
+}
+
+static void quantize_to(const char *path, const char *precision)
+{
+    struct output out;
+    const char *args[] = {"quantize", "--model", TEST_MODEL, "--precision", precision, "--calib-tokens",
+                          QUANT_CALIB, "--out", path, NULL};
+    run_llmd(args, NULL, &out);
+    cr_assert_eq(out.status, 0, "%s", out.text);
+    cr_assert(strstr(out.text, "wrote"), "%s", out.text);
+    if (strcmp(precision, "atom") == 0) cr_assert(strstr(out.text, "calibrating: 100%"), "%s", out.text);
+}
+
+Test(cli, a_quantized_file_computes_what_quantizing_at_load_computes, .timeout = 120)
+{
+    static const char *const precisions[] = {"atom", "w8a8", "w4a4-rtn"};
+    char path[] = "/tmp/llmd-test-quant-XXXXXX";
+    int fd = mkstemp(path);
+    cr_assert_geq(fd, 0);
+    close(fd);
+    int32_t ids[48];
+    for (int i = 0; i < 48; i++) ids[i] = 1 + (i * 37) % 7000;
+    for (int p = 0; p < 3; p++) {
+        quantize_to(path, precisions[p]);
+        enum llm_precision precision;
+        cr_assert_eq(llm_precision_parse(precisions[p], &precision), 0);
+        llm_model *at_load = load_for_test(TEST_MODEL, precision);
+        llm_model *from_file = load_for_test(path, LLM_FP32); /* the file's precision wins */
+        cr_assert(llm_model_prequantized(from_file));
+        cr_assert_eq(llm_model_precision(from_file), precision);
+        int vocab = llm_model_config(at_load)->vocab_size;
+        float *a = all_logits(at_load, ids, 48), *b = all_logits(from_file, ids, 48);
+        cr_assert_eq(memcmp(a, b, sizeof(float) * 48 * (size_t)vocab), 0, "%s: logits differ",
+                     precisions[p]);
+        free(a);
+        free(b);
+        llm_model_free(at_load);
+        llm_model_free(from_file);
+    }
+
+    /* the command line agrees: the same perplexity, and no calibration */
+    struct output loaded, quantized;
+    const char *args_load[] = {"perplexity", "--model", TEST_MODEL, "--precision", "w4a4-rtn", "--file",
+                               "models/heldout.txt", "--ctx", "64", "--max-tokens", "128", NULL};
+    const char *args_file[] = {"perplexity", "--model", path, "--file", "models/heldout.txt", "--ctx", "64",
+                               "--max-tokens", "128", NULL};
+    run_llmd(args_load, NULL, &loaded);
+    run_llmd(args_file, NULL, &quantized);
+    cr_assert_eq(quantized.status, 0, "%s", quantized.text);
+    cr_assert_null(strstr(quantized.text, "quantizing"), "%s", quantized.text);
+    cr_assert(strstr(quantized.text, "w4a4-rtn"), "%s", quantized.text);
+    const char *pa = strstr(loaded.text, "perplexity: "), *pb = strstr(quantized.text, "perplexity: ");
+    cr_assert(pa && pb, "%s\n%s", loaded.text, quantized.text);
+    cr_assert_eq(strncmp(pa, pb, 24), 0, "%.24s vs %.24s", pa, pb);
+    remove(path);
+}
+
+/* Reads a whole file. */
+static uint8_t *slurp(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    cr_assert_not_null(f);
+    fseek(f, 0, SEEK_END);
+    *len = (size_t)ftell(f);
+    fseek(f, 0, SEEK_SET);
+    uint8_t *buf = malloc(*len);
+    cr_assert_eq(fread(buf, 1, *len, f), *len);
+    fclose(f);
+    return buf;
+}
+
+static void spit(const char *path, const uint8_t *buf, size_t len)
+{
+    FILE *f = fopen(path, "wb");
+    cr_assert_not_null(f);
+    cr_assert_eq(fwrite(buf, 1, len, f), len);
+    fclose(f);
+}
+
+Test(cli, a_corrupt_quantized_file_gives_a_clear_error, .timeout = 120)
+{
+    char path[] = "/tmp/llmd-test-quant-XXXXXX";
+    int fd = mkstemp(path);
+    cr_assert_geq(fd, 0);
+    close(fd);
+    quantize_to(path, "w8a8");
+    size_t len;
+    uint8_t *buf = slurp(path, &len);
+    llm_gguf *g;
+    char err[256];
+    cr_assert_eq(llm_gguf_open_memory(buf, len, &g, err, sizeof err), 0, "%s", err);
+    const struct llm_gguf_tensor *t = llm_gguf_find_tensor(g, "blk.1.ffn_up.weight");
+    cr_assert_not_null(t);
+    cr_assert_eq(t->type, GGML_TYPE_I8);
+    size_t at = (size_t)((const uint8_t *)t->data - buf);
+    llm_gguf_close(g);
+
+    struct output out;
+    const char *args[] = {"perplexity", "--model", path, "--file", "models/heldout.txt", "--ctx", "64",
+                          "--max-tokens", "128", NULL};
+    buf[at + 33] ^= 0x40; /* the layer's row count */
+    spit(path, buf, len);
+    run_llmd(args, NULL, &out);
+    cr_assert_eq(out.status, 1, "%s", out.text);
+    cr_assert(strstr(out.text, "blk.1.ffn_up.weight is a malformed quantized layer"), "%s", out.text);
+
+    buf[at + 33] ^= 0x40;
+    spit(path, buf, len / 2); /* truncated */
+    run_llmd(args, NULL, &out);
+    cr_assert_eq(out.status, 1, "%s", out.text);
+    cr_assert(strstr(out.text, "cannot load model"), "%s", out.text);
+    free(buf);
+    remove(path);
+}

@@ -713,3 +713,68 @@ Test(core_gguf, opening_a_path_reports_the_path_and_the_errno)
     cr_assert(strstr(err, path) && strstr(err, "magic"), "%s", err);
     unlink(path);
 }
+
+Test(core_gguf, the_writer_copies_metadata_byte_for_byte_and_reads_back)
+{
+    llm_gguf *src;
+    char err[256];
+    cr_assert_eq(llm_gguf_open("tests/data/gguf-types.gguf", &src, err, sizeof err), 0, "%s", err);
+    llm_gguf_writer *w = llm_gguf_writer_create();
+    for (uint64_t i = 0; i < llm_gguf_kv_count(src); i++) {
+        struct llm_gguf_string key;
+        enum llm_gguf_type type;
+        const void *value;
+        uint64_t len;
+        cr_assert_eq(llm_gguf_kv_raw(src, i, &key, &type, &value, &len), 0);
+        if (key.len == 17 && memcmp(key.ptr, "general.alignment", 17) == 0) continue;
+        llm_gguf_writer_kv_raw(w, key.ptr, key.len, type, value, len);
+    }
+    llm_gguf_writer_kv_string(w, "new.string", "hello");
+    llm_gguf_writer_kv_i32(w, "new.i32", -5);
+    llm_gguf_writer_kv_f32(w, "new.f32", 0.25f);
+    llm_gguf_writer_kv_bool(w, "new.bool", true);
+    static const int8_t blob[37] = {1, -2, 3};
+    static const float vec[5] = {1, 2, 3, 4, 5};
+    uint64_t blob_dims[1] = {37}, vec_dims[2] = {5, 1};
+    llm_gguf_writer_tensor(w, "blob", 4, 1, blob_dims, GGML_TYPE_I8, blob, 37);
+    llm_gguf_writer_tensor(w, "vec", 3, 2, vec_dims, GGML_TYPE_F32, vec, sizeof vec);
+    char path[] = "/tmp/llmd-test-gguf-XXXXXX";
+    int fd = mkstemp(path);
+    cr_assert_geq(fd, 0);
+    close(fd);
+    cr_assert_eq(llm_gguf_writer_save(w, path, err, sizeof err), 0, "%s", err);
+    llm_gguf_writer_free(w);
+
+    llm_gguf *g;
+    cr_assert_eq(llm_gguf_open(path, &g, err, sizeof err), 0, "%s", err);
+    for (uint64_t i = 0, j = 0; i < llm_gguf_kv_count(src); i++) {
+        struct llm_gguf_string ka, kb;
+        enum llm_gguf_type ta, tb;
+        const void *va, *vb;
+        uint64_t la, lb;
+        llm_gguf_kv_raw(src, i, &ka, &ta, &va, &la);
+        if (ka.len == 17 && memcmp(ka.ptr, "general.alignment", 17) == 0) continue;
+        cr_assert_eq(llm_gguf_kv_raw(g, j++, &kb, &tb, &vb, &lb), 0);
+        cr_assert(ka.len == kb.len && memcmp(ka.ptr, kb.ptr, ka.len) == 0);
+        cr_assert(ta == tb && la == lb && memcmp(va, vb, la) == 0, "key %.*s", (int)ka.len, ka.ptr);
+    }
+    struct llm_gguf_string s;
+    int32_t i32;
+    float f32;
+    bool b;
+    cr_assert_eq(llm_gguf_get_string(g, "new.string", &s), 0);
+    cr_assert(s.len == 5 && memcmp(s.ptr, "hello", 5) == 0);
+    cr_assert(llm_gguf_get_i32(g, "new.i32", &i32) == 0 && i32 == -5);
+    cr_assert(llm_gguf_get_f32(g, "new.f32", &f32) == 0 && f32 == 0.25f);
+    cr_assert(llm_gguf_get_bool(g, "new.bool", &b) == 0 && b);
+    const struct llm_gguf_tensor *tb = llm_gguf_find_tensor(g, "blob"), *tv = llm_gguf_find_tensor(g, "vec");
+    cr_assert(tb && tb->type == GGML_TYPE_I8 && tb->n_bytes == 37 && memcmp(tb->data, blob, 37) == 0);
+    float out[37];
+    cr_assert_eq(llm_gguf_tensor_to_f32(tb, out), 0);
+    cr_assert(out[0] == 1.0f && out[1] == -2.0f && out[36] == 0.0f);
+    cr_assert(tv && tv->n_dims == 2 && memcmp(tv->data, vec, sizeof vec) == 0);
+    cr_assert_eq((uintptr_t)tv->data % 32, 0);
+    llm_gguf_close(g);
+    llm_gguf_close(src);
+    remove(path);
+}

@@ -21,6 +21,14 @@ static void fuzz_walk_metadata(const llm_gguf *g)
         enum llm_gguf_type type;
         UTIL_CHECK(llm_gguf_kv_at(g, i, &key, &type) == 0);
         UTIL_CHECK(strcmp(llm_gguf_type_name(type), "unknown") != 0);
+        const void *raw;
+        uint64_t raw_len;
+        struct llm_gguf_string raw_key;
+        enum llm_gguf_type raw_type;
+        UTIL_CHECK(llm_gguf_kv_raw(g, i, &raw_key, &raw_type, &raw, &raw_len) == 0);
+        UTIL_CHECK(raw_type == type && raw_key.ptr == key.ptr && raw_len > 0);
+        volatile uint8_t raw_last = ((const uint8_t *)raw)[raw_len - 1];
+        (void)raw_last;
         /* The getters take C strings: a key with a NUL inside is cut there. */
         char *name = util_xmalloc(key.len + 1);
         memcpy(name, key.ptr, key.len);
