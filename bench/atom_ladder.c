@@ -43,20 +43,6 @@ static const struct rung ladder[] = {
 };
 #define N_RUNGS (int)(sizeof ladder / sizeof ladder[0])
 
-static char *read_text(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = util_xmalloc((size_t)(n > 0 ? n : 0) + 1);
-    *len = fread(buf, 1, (size_t)(n > 0 ? n : 0), f);
-    buf[*len] = 0;
-    fclose(f);
-    return buf;
-}
-
 /* Sum of -log p(token) over tokens 1..n-1 of one window, prefilled in chunks. */
 static double window_nll(llm_model *m, llm_workspace *ws, int chunk, const int32_t *tokens, int n,
                          float *logits)
@@ -139,7 +125,7 @@ int main(int argc, char **argv)
     }
     if (ctx < 2 || windows < 0) return 2;
     size_t len;
-    char *text = read_text(text_path, &len);
+    char *text = util_read_file(text_path, &len);
     if (!text) {
         fprintf(stderr, "cannot read %s\n", text_path);
         return 1;

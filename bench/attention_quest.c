@@ -16,6 +16,7 @@
  *       [--flush-mb 512]
  */
 #include "attention/attn_internal.h"
+#include "bench/bench.h"
 #include "util/util.h"
 
 #include <math.h>
@@ -34,14 +35,6 @@ struct options {
 };
 
 /* ------------------------------------------------------------- options */
-
-static int parse_list(const char *s, int *out)
-{
-    int n = 0;
-    for (char *end; *s && n < MAX_LIST; s = *end ? end + 1 : end)
-        out[n++] = (int)strtol(s, &end, 10);
-    return n;
-}
 
 static void usage(void)
 {
@@ -62,8 +55,8 @@ static void parse_options(int argc, char **argv, struct options *o)
                           .reps = 9,
                           .flush_mb = 512};
     o->n_types = 2, o->types[0] = ATTN_KV_F32, o->types[1] = ATTN_KV_INT4;
-    o->n_contexts = parse_list("4096,8192,16384,32768", o->contexts);
-    o->n_budgets = parse_list("512,1024,2048", o->budgets);
+    o->n_contexts = bench_parse_list("4096,8192,16384,32768", o->contexts, MAX_LIST);
+    o->n_budgets = bench_parse_list("512,1024,2048", o->budgets, MAX_LIST);
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!v) usage();
@@ -83,9 +76,9 @@ static void parse_options(int argc, char **argv, struct options *o)
         else if (!strcmp(a, "--flush-mb"))
             o->flush_mb = atoi(v);
         else if (!strcmp(a, "--contexts"))
-            o->n_contexts = parse_list(v, o->contexts);
+            o->n_contexts = bench_parse_list(v, o->contexts, MAX_LIST);
         else if (!strcmp(a, "--budgets"))
-            o->n_budgets = parse_list(v, o->budgets);
+            o->n_budgets = bench_parse_list(v, o->budgets, MAX_LIST);
         else if (!strcmp(a, "--types")) {
             o->n_types = 0;
             char buf[64];

@@ -27,6 +27,7 @@
  */
 #include "core/llm.h"
 #include "tests/gguf_builder.h"
+#include "bench/bench.h"
 #include "util/util.h"
 
 #include <math.h>
@@ -53,14 +54,6 @@ struct options {
 static bool use_wall_time; /* --threads N > 1 */
 
 /* ------------------------------------------------------------- options */
-
-static int parse_list(const char *s, int *out)
-{
-    int n = 0;
-    for (char *end; *s && n < MAX_LIST; s = *end ? end + 1 : end)
-        out[n++] = (int)strtol(s, &end, 10);
-    return n;
-}
 
 static void usage(void)
 {
@@ -106,7 +99,7 @@ static void parse_options(int argc, char **argv, struct options *o)
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!v) usage();
         if (strcmp(a, "--contexts") == 0)
-            o->n_contexts = parse_list(v, o->contexts);
+            o->n_contexts = bench_parse_list(v, o->contexts, MAX_LIST);
         else if (strcmp(a, "--budget") == 0)
             o->budget = atoi(v);
         else if (strcmp(a, "--dense-layers") == 0)

@@ -15,6 +15,7 @@
  *                       [--requests N] [--max-tokens 32] [--server-arg ARG]...
  */
 #include "server/buf.h"
+#include "bench/bench.h"
 #include "util/util.h"
 
 #include <curl/curl.h>
@@ -234,45 +235,12 @@ static pid_t server_pid;
 /* Starts build/llmd serve on a free port; writes its base URL. */
 static int start_server(const struct options *o, char *base, size_t len)
 {
-    int out[2];
-    if (pipe(out)) return -errno;
     const char *argv[64] = {"build/llmd", "serve", "--model", o->model, "--port", "0"};
     int argc = 6;
     for (int i = 0; i < o->n_server_args; i++) argv[argc++] = o->server_args[i];
     argv[argc] = NULL;
-    server_pid = fork();
-    if (server_pid < 0) return -errno;
-    if (server_pid == 0) {
-        dup2(out[1], 1);
-        int devnull = open("/tmp/llmd-loadgen-server.log", O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        if (devnull >= 0) dup2(devnull, 2);
-        close(out[0]);
-        execv(argv[0], (char *const *)argv);
-        _exit(127);
-    }
-    close(out[1]);
-    char line[256];
-    size_t n = 0;
-    double deadline = util_now() + 120;
-    while (util_now() < deadline && n < sizeof line - 1) {
-        struct pollfd p = {out[0], POLLIN, 0};
-        if (poll(&p, 1, 200) <= 0) continue;
-        if (read(out[0], line + n, 1) != 1) break;
-        if (line[n] == '\n') {
-            line[n] = '\0';
-            const char *at = strstr(line, "http://");
-            if (at) {
-                snprintf(base, len, "%s", at);
-                close(out[0]);
-                return 0;
-            }
-            n = 0;
-            continue;
-        }
-        n++;
-    }
-    close(out[0]);
-    return -ETIMEDOUT;
+    server_pid = bench_start_server(argv, "/tmp/llmd-loadgen-server.log", 120, base, len);
+    return server_pid < 0 ? (int)server_pid : 0;
 }
 
 static size_t discard(char *d, size_t s, size_t n, void *c)
@@ -439,11 +407,7 @@ int main(int argc, char **argv)
     printf("completed_requests: %d\n", total - failed);
     printf("failed_requests: %d\n", failed);
 
-    if (server_pid > 0) {
-        kill(server_pid, SIGTERM);
-        int status;
-        waitpid(server_pid, &status, 0);
-    }
+    if (server_pid > 0) bench_stop_server(server_pid);
     curl_global_cleanup();
     return failed ? 1 : 0;
 }

@@ -20,6 +20,7 @@
  */
 #include "server/buf.h"
 #include "server/pim_json.h"
+#include "bench/bench.h"
 #include "util/util.h"
 
 #include <curl/curl.h>
@@ -79,8 +80,6 @@ static char *job_body(const struct job_size *s)
 
 static int start_server(int devices, char *base, size_t len)
 {
-    int out[2];
-    if (pipe(out)) return -errno;
     char dev[16];
     snprintf(dev, sizeof dev, "%d", devices);
     const char *argv[] = {"build/llmd",
@@ -99,47 +98,14 @@ static int start_server(int devices, char *base, size_t len)
                           "1024",
                           "--access-log=false",
                           NULL};
-    server_pid = fork();
-    if (server_pid < 0) return -errno;
-    if (server_pid == 0) {
-        dup2(out[1], 1);
-        int log = open("/tmp/llmd-pim-http-load.log", O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        if (log >= 0) dup2(log, 2);
-        close(out[0]);
-        execv(argv[0], (char *const *)argv);
-        _exit(127);
-    }
-    close(out[1]);
-    char line[256];
-    size_t n = 0;
-    double deadline = util_now() + 60;
-    while (util_now() < deadline && n < sizeof line - 1) {
-        struct pollfd p = {out[0], POLLIN, 0};
-        if (poll(&p, 1, 200) <= 0) continue;
-        if (read(out[0], line + n, 1) != 1) break;
-        if (line[n] == '\n') {
-            line[n] = '\0';
-            const char *at = strstr(line, "http://");
-            if (at) {
-                snprintf(base, len, "%s", at);
-                close(out[0]);
-                return 0;
-            }
-            n = 0;
-            continue;
-        }
-        n++;
-    }
-    close(out[0]);
-    return -ETIMEDOUT;
+    server_pid = bench_start_server(argv, "/tmp/llmd-pim-http-load.log", 60, base, len);
+    return server_pid < 0 ? (int)server_pid : 0;
 }
 
 static void stop_server(void)
 {
     if (server_pid <= 0) return;
-    kill(server_pid, SIGTERM);
-    int status;
-    waitpid(server_pid, &status, 0);
+    bench_stop_server(server_pid);
     server_pid = 0;
 }
 

@@ -26,6 +26,7 @@
  */
 #include "core/llm.h"
 #include "server/passkey.h"
+#include "bench/bench.h"
 #include "util/util.h"
 
 #include <errno.h>
@@ -61,14 +62,6 @@ static const char *mode_name(enum attn_mode m)
 }
 
 /* ------------------------------------------------------------- options */
-
-static int parse_list(const char *s, int *out)
-{
-    int n = 0;
-    for (char *end; *s && n < MAX_LIST; s = *end ? end + 1 : end)
-        out[n++] = (int)strtol(s, &end, 10);
-    return n;
-}
 
 static void usage(void)
 {
@@ -123,7 +116,7 @@ static void parse_options(int argc, char **argv, struct options *o)
         else if (strcmp(a, "--dense-layers") == 0)
             o->dense_layers = atoi(v), i++;
         else if (strcmp(a, "--budgets") == 0)
-            o->n_budgets = parse_list(v, o->budgets), i++;
+            o->n_budgets = bench_parse_list(v, o->budgets, MAX_LIST), i++;
         else
             usage();
     }
@@ -133,20 +126,6 @@ static void parse_options(int argc, char **argv, struct options *o)
 }
 
 /* ------------------------------------------------------------ helpers */
-
-static char *read_text(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = util_xmalloc((size_t)n + 1);
-    *len = fread(buf, 1, (size_t)n, f);
-    buf[*len] = 0;
-    fclose(f);
-    return buf;
-}
 
 static int tokenize(const llm_tokenizer *tok, const char *text, size_t len, int32_t **out)
 {
@@ -226,7 +205,7 @@ static bool passkey_answer(llm_model *m, llm_workspace *ws, attn_seq *seq,
 static void run_passkey(llm_model *m, const struct options *o, struct config *cs, int n_configs)
 {
     size_t len;
-    char *text = read_text(o->text, &len);
+    char *text = util_read_file(o->text, &len);
     if (!text) {
         fprintf(stderr, "quest_quality: cannot read %s: %s\n", o->text, strerror(errno));
         exit(1);
@@ -270,7 +249,7 @@ static void run_passkey(llm_model *m, const struct options *o, struct config *cs
 static void run_perplexity(llm_model *m, const struct options *o, struct config *cs, int n_configs)
 {
     size_t len;
-    char *text = read_text(o->text, &len);
+    char *text = util_read_file(o->text, &len);
     if (!text) {
         fprintf(stderr, "quest_quality: cannot read %s: %s\n", o->text, strerror(errno));
         exit(1);

@@ -64,24 +64,6 @@ static void calib_collect(int layer, enum llm_calib_point point, const float *x,
     atom_calib_add(cal->points[layer * 4 + point], x, m);
 }
 
-static char *read_text(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    if (n < 0) {
-        fclose(f);
-        return NULL;
-    }
-    char *buf = util_xmalloc((size_t)n + 1);
-    *len = fread(buf, 1, (size_t)n, f);
-    buf[*len] = 0;
-    fclose(f);
-    return buf;
-}
-
 /* Runs the fp32 model over the calibration text, collecting every linear
  * group's input statistics. */
 static int calibrate(llm_model *m, struct calibration *cal, char *err, size_t err_len)
@@ -89,7 +71,7 @@ static int calibrate(llm_model *m, struct calibration *cal, char *err, size_t er
     const struct llm_config *c = &m->config;
     const struct llm_quant_options *o = &m->options.quant;
     size_t len;
-    char *text = read_text(o->calib_file, &len);
+    char *text = util_read_file(o->calib_file, &len);
     if (!text) {
         snprintf(err, err_len, "calibration text %s: %s", o->calib_file, strerror(errno));
         return -errno;

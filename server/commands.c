@@ -201,24 +201,6 @@ static llm_model *load_model(struct model_flags *f)
     return model;
 }
 
-/* Reads a whole file into a NUL-terminated buffer the caller frees. */
-static char *read_file(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    size_t cap = 1 << 16, n = 0;
-    char *buf = util_xmalloc(cap);
-    size_t got;
-    while ((got = fread(buf + n, 1, cap - n - 1, f)) > 0) {
-        n += got;
-        if (cap - n - 1 == 0) buf = util_xrealloc(buf, cap *= 2);
-    }
-    fclose(f);
-    buf[n] = 0;
-    *len = n;
-    return buf;
-}
-
 /* Tokenizes text into a new array; returns the count or a negative error. */
 static int tokenize_all(const llm_tokenizer *tok, const char *text, size_t len, bool bos, int32_t **out)
 {
@@ -529,7 +511,7 @@ int cmd_perplexity(int argc, char **argv)
         return 2;
     }
     size_t len;
-    char *text = read_file(file, &len);
+    char *text = util_read_file(file, &len);
     if (!text) {
         fprintf(stderr, "llmd perplexity: cannot read %s: %s\n", file, strerror(errno));
         return 1;
@@ -781,7 +763,7 @@ int cmd_passkey(int argc, char **argv)
         return 2;
     }
     size_t len;
-    char *text = read_file(filler_path, &len);
+    char *text = util_read_file(filler_path, &len);
     if (!text) {
         fprintf(stderr, "llmd passkey: cannot read %s: %s\n", filler_path, strerror(errno));
         return 1;

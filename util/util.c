@@ -136,3 +136,26 @@ void *util_aligned_alloc(size_t size)
 }
 
 void util_aligned_free(void *ptr) { free(ptr); }
+
+char *util_read_file(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    /* Read in chunks rather than by ftell: it works on pipes and FIFOs too. */
+    size_t cap = 1 << 16, n = 0, got;
+    char *buf = util_xmalloc(cap);
+    while ((got = fread(buf + n, 1, cap - n - 1, f)) > 0) {
+        n += got;
+        if (cap - n - 1 == 0) buf = util_xrealloc(buf, cap *= 2);
+    }
+    bool failed = ferror(f);
+    fclose(f);
+    if (failed) {
+        free(buf);
+        errno = EIO;
+        return NULL;
+    }
+    buf[n] = 0;
+    *len = n;
+    return buf;
+}

@@ -57,6 +57,9 @@ void *util_xmalloc(size_t size);
 void *util_xcalloc(size_t count, size_t size);
 void *util_xrealloc(void *ptr, size_t size);
 char *util_xstrdup(const char *s);
+/* A whole file (or FIFO) in a NUL-terminated buffer the caller frees; its
+ * length in *len. NULL with errno set when it cannot be opened or read. */
+char *util_read_file(const char *path, size_t *len);
 /* 64-byte aligned, zeroed memory (a cache line, an AVX-512 register);
  * free with util_aligned_free. Aborts on out-of-memory. */
 void *util_aligned_alloc(size_t size);
