@@ -167,17 +167,6 @@ static void synth_query(struct synth *s, const attn_seq *seq, int layer, int n_h
 
 /* ---------------------------------------------------------------- timing */
 
-static double median(double *x, int n)
-{
-    for (int i = 1; i < n; i++)
-        for (int j = i; j > 0 && x[j - 1] > x[j]; j--) {
-            double t = x[j];
-            x[j] = x[j - 1];
-            x[j - 1] = t;
-        }
-    return n % 2 ? x[n / 2] : 0.5 * (x[n / 2 - 1] + x[n / 2]);
-}
-
 /* Reads and writes a buffer larger than the last-level cache. */
 static void flush_caches(unsigned char *buf, size_t bytes)
 {
@@ -342,8 +331,8 @@ static struct run config_finish(const struct setup *s, int pos, struct config *c
     const struct options *o = s->o;
     int sparse_layers = o->layers - o->dense_layers;
     struct run run = {
-        .token_ms = 1e3 * median(c->token, o->reps),
-        .sparse_layer_ms = 1e3 * median(c->sparse, o->reps),
+        .token_ms = 1e3 * bench_median(c->token, o->reps),
+        .sparse_layer_ms = 1e3 * bench_median(c->sparse, o->reps),
         .read_fraction = (double)c->stats.pages_read / (double)c->stats.pages_total,
         .rel_err = c->mode == ATTN_DENSE ? 0 : sqrt(c->err_num / c->err_den),
         .recall = mass_recall(s, pos, c->mode, c->budget),

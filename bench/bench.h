@@ -3,33 +3,46 @@
 #ifndef LLMD_BENCH_H
 #define LLMD_BENCH_H
 
+#include "util/util.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/types.h>
 #include <sys/wait.h>
-#include <signal.h>
 #include <unistd.h>
-
-#include "util/util.h"
 
 /* "4096,8192,..." into out[0..max); returns the count. */
 static inline int bench_parse_list(const char *s, int *out, int max)
 {
     int n = 0;
-    for (char *end; *s && n < max; s = *end ? end + 1 : end)
-        out[n++] = (int)strtol(s, &end, 10);
+    for (char *end; *s && n < max; s = *end ? end + 1 : end) out[n++] = (int)strtol(s, &end, 10);
     return n;
+}
+
+/* qsort order of doubles. */
+static inline int bench_cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* Median of v[0..n) (sorts v). */
+static inline double bench_median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, bench_cmp_double);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
 /* Starts `argv` (an `llmd serve --port 0 ...` command line) with stderr to
  * `log_path`, and waits up to `timeout_s` for the line that names its URL,
  * which goes to base. Returns the child's pid, or a negative error. */
-static inline pid_t bench_start_server(const char *const *argv, const char *log_path, double timeout_s,
-                                       char *base, size_t len)
+static inline pid_t bench_start_server(const char *const *argv, const char *log_path,
+                                       double timeout_s, char *base, size_t len)
 {
     int out[2];
     if (pipe(out)) return -errno;

@@ -25,9 +25,9 @@
  * the figures mean the same on a shared machine; with --threads N > 1 they
  * are wall time.
  */
+#include "bench/bench.h"
 #include "core/llm.h"
 #include "tests/gguf_builder.h"
-#include "bench/bench.h"
 #include "util/util.h"
 
 #include <math.h>
@@ -247,18 +247,6 @@ static void synthetic_fill(attn_seq *seq, int len, struct util_rng *rng)
     free(v);
 }
 
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double median(double *v, int n)
-{
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
 /* The calling thread's CPU time: with one thread, what a step costs on a
  * core of its own, whatever else the shared machine runs. */
 static double thread_cpu_now(void)
@@ -324,7 +312,7 @@ static void run_model(const char *path, const struct options *o, enum llm_precis
             dense[r] = timed_step(m, ws, seq, 0, logits, NULL);
             quest[r] = timed_step(m, ws, seq, o->budget, logits, &stats);
         }
-        double d = median(dense, o->reps) * 1e3, q = median(quest, o->reps) * 1e3;
+        double d = bench_median(dense, o->reps) * 1e3, q = bench_median(quest, o->reps) * 1e3;
         printf("| %-8s | %-4s | %6d | %9.2f | %7.1f | %9.2f | %7.1f | %5.2fx | %5.1f%% | %5.1f |\n",
                llm_precision_name(precision), attn_kv_type_name(kv), o->contexts[c], d, 1e3 / d, q,
                1e3 / q, d / q,

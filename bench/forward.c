@@ -25,14 +25,15 @@
  * runs. The last lines give, per precision, the largest batch whose time per
  * output token meets --tpot-ms, and the decode speed-up over fp32.
  */
+#include "bench/bench.h"
+#include "core/llm.h"
+#include "util/util.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "core/llm.h"
-#include "util/util.h"
-
-#define MAX_LIST 16
+#define MAX_LIST       16
 #define SYNTHETIC_PATH "/tmp/llmd-synthetic-58m.gguf"
 
 /* A string array as GGUF serializes it: element type, count, strings. */
@@ -47,9 +48,15 @@ static void *vocab_array(int n, size_t *len)
     at = 12;
     for (int i = 0; i < n; i++) {
         char piece[16];
-        uint64_t l = (uint64_t)snprintf(piece, sizeof piece, "%s", i == 0 ? "<unk>" : i == 1 ? "<s>" : i == 2 ? "</s>" : "");
-        if (i >= 3 && i < 259) l = (uint64_t)snprintf(piece, sizeof piece, "<0x%02X>", i - 3);
-        else if (i >= 259) l = (uint64_t)snprintf(piece, sizeof piece, "t%d", i);
+        uint64_t l = (uint64_t)snprintf(piece, sizeof piece, "%s",
+                                        i == 0   ? "<unk>"
+                                        : i == 1 ? "<s>"
+                                        : i == 2 ? "</s>"
+                                                 : "");
+        if (i >= 3 && i < 259)
+            l = (uint64_t)snprintf(piece, sizeof piece, "<0x%02X>", i - 3);
+        else if (i >= 259)
+            l = (uint64_t)snprintf(piece, sizeof piece, "t%d", i);
         memcpy(buf + at, &l, 8);
         memcpy(buf + at + 8, piece, l);
         at += 8 + l;
@@ -79,7 +86,8 @@ static void *vocab_types(int n, size_t *len)
 static uint16_t *random_f16(size_t n, double std, struct util_rng *rng)
 {
     uint16_t *v = util_xmalloc(n * sizeof *v);
-    for (size_t i = 0; i < n; i++) v[i] = util_f32_to_f16(std > 0 ? (float)(std * util_rng_normal(rng)) : 1.0f);
+    for (size_t i = 0; i < n; i++)
+        v[i] = util_f32_to_f16(std > 0 ? (float)(std * util_rng_normal(rng)) : 1.0f);
     return v;
 }
 
@@ -110,12 +118,13 @@ static int write_synthetic_58m(const char *path)
     void *data[3 + 9 * LAYERS];
     int n_data = 0;
     char name[64];
-#define TENSOR(rows, cols, std)                                                                                        \
-    do {                                                                                                               \
-        uint64_t dims[2] = {(uint64_t)(cols), (uint64_t)(rows)};                                                      \
-        size_t n = (size_t)(cols) * (size_t)((rows) ? (rows) : 1);                                                    \
-        data[n_data] = random_f16(n, std, &rng);                                                                      \
-        llm_gguf_writer_tensor(w, name, strlen(name), (rows) ? 2 : 1, dims, GGML_TYPE_F16, data[n_data++], 2 * n);    \
+#define TENSOR(rows, cols, std)                                                                    \
+    do {                                                                                           \
+        uint64_t dims[2] = {(uint64_t)(cols), (uint64_t)(rows)};                                   \
+        size_t n = (size_t)(cols) * (size_t)((rows) ? (rows) : 1);                                 \
+        data[n_data] = random_f16(n, std, &rng);                                                   \
+        llm_gguf_writer_tensor(w, name, strlen(name), (rows) ? 2 : 1, dims, GGML_TYPE_F16,         \
+                               data[n_data++], 2 * n);                                             \
     } while (0)
     snprintf(name, sizeof name, "token_embd.weight");
     TENSOR(VOCAB, DIM, 0.02);
@@ -124,8 +133,10 @@ static int write_synthetic_58m(const char *path)
     snprintf(name, sizeof name, "output.weight");
     TENSOR(VOCAB, DIM, 0.02);
     for (int i = 0; i < LAYERS; i++) {
-        const char *suffix[9] = {"attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down"};
-        int rows[9] = {0, DIM, DIM, DIM, DIM, 0, FFN, FFN, DIM}, cols[9] = {DIM, DIM, DIM, DIM, DIM, DIM, DIM, DIM, FFN};
+        const char *suffix[9] = {"attn_norm", "attn_q",   "attn_k", "attn_v",  "attn_output",
+                                 "ffn_norm",  "ffn_gate", "ffn_up", "ffn_down"};
+        int rows[9] = {0, DIM, DIM, DIM, DIM, 0, FFN, FFN, DIM},
+            cols[9] = {DIM, DIM, DIM, DIM, DIM, DIM, DIM, DIM, FFN};
         for (int j = 0; j < 9; j++) {
             snprintf(name, sizeof name, "blk.%d.%s.weight", i, suffix[j]);
             TENSOR(rows[j], cols[j], rows[j] ? 0.02 : 0);
@@ -140,30 +151,6 @@ static int write_synthetic_58m(const char *path)
     free(types);
     llm_gguf_writer_free(w);
     return rc;
-}
-
-static int parse_list(const char *s, int *out)
-{
-    int n = 0;
-    for (const char *p = s; *p && n < MAX_LIST;) {
-        out[n++] = atoi(p);
-        p = strchr(p, ',');
-        if (!p) break;
-        p++;
-    }
-    return n;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double median(double *v, int n)
-{
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
 struct result {
@@ -185,14 +172,16 @@ static struct result run_once(llm_model *m, int B, int N, int steps, struct util
     double t0 = util_now();
     for (int b = 0; b < B; b++) {
         seqs[b] = attn_seq_create(llm_model_kv_cache(m));
-        for (int i = 0; i < N; i++) prompt[i] = 3 + (int32_t)(util_rng_next(rng) % (uint64_t)(c->vocab_size - 3));
+        for (int i = 0; i < N; i++)
+            prompt[i] = 3 + (int32_t)(util_rng_next(rng) % (uint64_t)(c->vocab_size - 3));
         struct llm_batch_item item = {.kv = seqs[b], .tokens = prompt, .n_tokens = N};
         UTIL_CHECK(llm_forward(m, ws, &item, 1, logits, NULL) == 0);
         next[b] = prompt[N - 1];
     }
     double t1 = util_now();
     for (int s = 0; s < steps; s++) {
-        for (int b = 0; b < B; b++) items[b] = (struct llm_batch_item){.kv = seqs[b], .tokens = &next[b], .n_tokens = 1};
+        for (int b = 0; b < B; b++)
+            items[b] = (struct llm_batch_item){.kv = seqs[b], .tokens = &next[b], .n_tokens = 1};
         UTIL_CHECK(llm_forward(m, ws, items, B, logits, NULL) == 0);
         for (int b = 0; b < B; b++) { /* greedy, so the work is real decoding */
             const float *row = logits + (size_t)b * c->vocab_size;
@@ -221,15 +210,18 @@ static struct result run_once(llm_model *m, int B, int N, int steps, struct util
 int main(int argc, char **argv)
 {
     const char *model_path = "models/llmd-20m.gguf", *precisions = "fp32,w8a8,atom", *kv = "f32";
-    int batches[MAX_LIST] = {1, 8, 32}, n_batches = 3, N = 128, steps = 32, repeat = 3, calib_tokens = 0;
+    int batches[MAX_LIST] = {1, 8, 32}, n_batches = 3, N = 128, steps = 32, repeat = 3,
+        calib_tokens = 0;
     bool head_f16 = false;
     double tpot_target = 50.0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--synthetic-58m")) {
             model_path = SYNTHETIC_PATH;
             FILE *f = fopen(model_path, "rb");
-            if (f) fclose(f);
-            else if (write_synthetic_58m(model_path)) return 1;
+            if (f)
+                fclose(f);
+            else if (write_synthetic_58m(model_path))
+                return 1;
             continue;
         }
         if (!strcmp(argv[i], "--head-f16")) {
@@ -240,26 +232,39 @@ int main(int argc, char **argv)
             fprintf(stderr, "option %s needs a value\n", argv[i]);
             return 2;
         }
-        if (!strcmp(argv[i], "--model")) model_path = argv[i + 1];
-        else if (!strcmp(argv[i], "--calib-tokens")) calib_tokens = atoi(argv[i + 1]);
-        else if (!strcmp(argv[i], "--precisions")) precisions = argv[i + 1];
-        else if (!strcmp(argv[i], "--batches")) n_batches = parse_list(argv[i + 1], batches);
-        else if (!strcmp(argv[i], "--prompt")) N = atoi(argv[i + 1]);
-        else if (!strcmp(argv[i], "--decode")) steps = atoi(argv[i + 1]);
-        else if (!strcmp(argv[i], "--kv")) kv = argv[i + 1];
-        else if (!strcmp(argv[i], "--tpot-ms")) tpot_target = atof(argv[i + 1]);
-        else if (!strcmp(argv[i], "--repeat")) repeat = atoi(argv[i + 1]);
+        if (!strcmp(argv[i], "--model"))
+            model_path = argv[i + 1];
+        else if (!strcmp(argv[i], "--calib-tokens"))
+            calib_tokens = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--precisions"))
+            precisions = argv[i + 1];
+        else if (!strcmp(argv[i], "--batches"))
+            n_batches = bench_parse_list(argv[i + 1], batches, MAX_LIST);
+        else if (!strcmp(argv[i], "--prompt"))
+            N = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--decode"))
+            steps = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--kv"))
+            kv = argv[i + 1];
+        else if (!strcmp(argv[i], "--tpot-ms"))
+            tpot_target = atof(argv[i + 1]);
+        else if (!strcmp(argv[i], "--repeat"))
+            repeat = atoi(argv[i + 1]);
         else {
-            fprintf(stderr, "unknown option %s (see the comment at the top of bench/forward.c)\n", argv[i]);
+            fprintf(stderr, "unknown option %s (see the comment at the top of bench/forward.c)\n",
+                    argv[i]);
             return 2;
         }
         i++;
     }
     if (N < 1 || steps < 1 || repeat < 1 || n_batches < 1) return 2;
-    printf("# forward pass of %s: prefill %d tokens, decode %d steps, KV %s, head %s, median of %d\n", model_path, N,
-           steps, kv, head_f16 ? "f16" : "f32", repeat);
-    printf("# cpu: %s [%s]; OpenBLAS %s\n", util_cpu_model_name(), util_cpu_flags_string(), util_blas_corename());
-    printf("%-10s %6s %14s %14s %10s\n", "precision", "batch", "prefill tok/s", "decode tok/s", "tpot ms");
+    printf(
+        "# forward pass of %s: prefill %d tokens, decode %d steps, KV %s, head %s, median of %d\n",
+        model_path, N, steps, kv, head_f16 ? "f16" : "f32", repeat);
+    printf("# cpu: %s [%s]; OpenBLAS %s\n", util_cpu_model_name(), util_cpu_flags_string(),
+           util_blas_corename());
+    printf("%-10s %6s %14s %14s %10s\n", "precision", "batch", "prefill tok/s", "decode tok/s",
+           "tpot ms");
 
     /* Every precision is loaded first, then the runs interleave (batch by
      * batch, repeat by repeat, one precision after the other), so that a
@@ -271,7 +276,8 @@ int main(int argc, char **argv)
     int n_models = 0;
     int max_b = 0;
     for (int i = 0; i < n_batches; i++) max_b = batches[i] > max_b ? batches[i] : max_b;
-    for (char *save, *p = strtok_r(list, ",", &save); p && n_models < MAX_LIST; p = strtok_r(NULL, ",", &save)) {
+    for (char *save, *p = strtok_r(list, ",", &save); p && n_models < MAX_LIST;
+         p = strtok_r(NULL, ",", &save)) {
         struct llm_model_options o;
         llm_model_options_default(&o);
         /* "atom+h16": that precision with the f16 head, side by side with "atom" */
@@ -298,14 +304,17 @@ int main(int argc, char **argv)
     }
     struct util_rng rng;
     util_rng_seed(&rng, 1);
-    for (int k = 0; k < n_models; k++) run_once(models[k], 1, N < 16 ? N : 16, 2, &rng); /* warm-up */
-    static double pf[MAX_LIST][MAX_LIST][32], dc[MAX_LIST][MAX_LIST][32], tp[MAX_LIST][MAX_LIST][32];
+    for (int k = 0; k < n_models; k++)
+        run_once(models[k], 1, N < 16 ? N : 16, 2, &rng); /* warm-up */
+    static double pf[MAX_LIST][MAX_LIST][32], dc[MAX_LIST][MAX_LIST][32],
+        tp[MAX_LIST][MAX_LIST][32];
     int reps = repeat < 32 ? repeat : 32;
     for (int i = 0; i < n_batches; i++)
         for (int r = 0; r < reps; r++)
             for (int k = 0; k < n_models; k++) {
                 struct result res = run_once(models[k], batches[i], N, steps, &rng);
-                pf[k][i][r] = res.prefill_tps, dc[k][i][r] = res.decode_tps, tp[k][i][r] = res.tpot_ms;
+                pf[k][i][r] = res.prefill_tps, dc[k][i][r] = res.decode_tps,
+                tp[k][i][r] = res.tpot_ms;
             }
     double fp32_decode[MAX_LIST] = {0};
     char summary[4096] = "";
@@ -315,16 +324,20 @@ int main(int argc, char **argv)
         int best_batch = 0;
         double best_tps = 0;
         for (int i = 0; i < n_batches; i++) {
-            double pfm = median(pf[k][i], reps), dcm = median(dc[k][i], reps), tpm = median(tp[k][i], reps);
+            double pfm = bench_median(pf[k][i], reps), dcm = bench_median(dc[k][i], reps),
+                   tpm = bench_median(tp[k][i], reps);
             printf("%-10s %6d %14.1f %14.1f %10.2f\n", p, batches[i], pfm, dcm, tpm);
-            if (!strcmp(p, "fp32")) fp32_decode[i] = dcm;
+            if (!strcmp(p, "fp32"))
+                fp32_decode[i] = dcm;
             else if (fp32_decode[i] > 0)
                 used += (size_t)snprintf(summary + used, sizeof summary - used,
-                                         "decode_speedup_%s_vs_fp32_batch%d: %.2f\n", p, batches[i], dcm / fp32_decode[i]);
+                                         "decode_speedup_%s_vs_fp32_batch%d: %.2f\n", p, batches[i],
+                                         dcm / fp32_decode[i]);
             if (tpm <= tpot_target && dcm > best_tps) best_batch = batches[i], best_tps = dcm;
         }
         used += (size_t)snprintf(summary + used, sizeof summary - used,
-                                 "largest_batch_within_%.0fms_%s: %d (%.1f tok/s)\n", tpot_target, p, best_batch, best_tps);
+                                 "largest_batch_within_%.0fms_%s: %d (%.1f tok/s)\n", tpot_target,
+                                 p, best_batch, best_tps);
         llm_model_free(models[k]);
     }
     fputs(summary, stdout);

@@ -14,8 +14,8 @@
  *   build/bench/loadgen [--url URL] [--model PATH] [--concurrency 1,4,8,16,64]
  *                       [--requests N] [--max-tokens 32] [--server-arg ARG]...
  */
-#include "server/buf.h"
 #include "bench/bench.h"
+#include "server/buf.h"
 #include "util/util.h"
 
 #include <curl/curl.h>
@@ -63,17 +63,11 @@ static void samples_add(struct samples *s, double v)
     s->v[s->n++] = v;
 }
 
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 /* Nearest-rank percentile (p in 0..100); NAN for no samples. */
 static double percentile(struct samples *s, double p)
 {
     if (s->n == 0) return NAN;
-    qsort(s->v, (size_t)s->n, sizeof *s->v, cmp_double);
+    qsort(s->v, (size_t)s->n, sizeof *s->v, bench_cmp_double);
     int rank = (int)((p / 100.0) * s->n + 0.999999);
     if (rank < 1) rank = 1;
     if (rank > s->n) rank = s->n;
@@ -297,7 +291,7 @@ static void usage(void)
 static int parse_args(int argc, char **argv, struct options *o)
 {
     o->model = access("models/llmd-20m.gguf", R_OK) == 0 ? "models/llmd-20m.gguf"
-                                                             : "tests/data/tiny-random.gguf";
+                                                         : "tests/data/tiny-random.gguf";
     o->max_tokens = 32;
     o->prompt = "The history of the city begins in the year when the first settlers arrived";
     o->wrk = true;

@@ -18,9 +18,9 @@
  *
  *   build/bench/pim_http_load [--devices 2] [--concurrency 1,4,16] [--jobs N] [--repeat 5]
  */
+#include "bench/bench.h"
 #include "server/buf.h"
 #include "server/pim_json.h"
-#include "bench/bench.h"
 #include "util/util.h"
 
 #include <curl/curl.h>
@@ -188,12 +188,6 @@ static void *client_main(void *arg)
     return NULL;
 }
 
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 struct result {
     double jobs_s, p50, p99;
     int failures;
@@ -208,7 +202,7 @@ static struct result drive(const char *url, const char *body, pim_pool *pool, in
     for (int i = 0; i < clients; i++) pthread_create(&t[i], NULL, client_main, &r);
     for (int i = 0; i < clients; i++) pthread_join(t[i], NULL);
     double secs = util_now() - t0;
-    qsort(r.latency, (size_t)jobs, sizeof *r.latency, cmp_double);
+    qsort(r.latency, (size_t)jobs, sizeof *r.latency, bench_cmp_double);
     struct result res = {jobs / secs, r.latency[jobs / 2], r.latency[(int)(jobs * 0.99)],
                          atomic_load(&r.failures)};
     free(r.latency);
@@ -216,7 +210,7 @@ static struct result drive(const char *url, const char *body, pim_pool *pool, in
 }
 
 /* Field by field medians of runs. */
-static struct result median(const struct result *runs, int n)
+static struct result median_result(const struct result *runs, int n)
 {
     double v[3][99];
     for (int i = 0; i < n; i++) {
@@ -224,7 +218,7 @@ static struct result median(const struct result *runs, int n)
         v[1][i] = runs[i].p50;
         v[2][i] = runs[i].p99;
     }
-    for (int f = 0; f < 3; f++) qsort(v[f], (size_t)n, sizeof v[f][0], cmp_double);
+    for (int f = 0; f < 3; f++) qsort(v[f], (size_t)n, sizeof v[f][0], bench_cmp_double);
     struct result r = {v[0][n / 2], v[1][n / 2], v[2][n / 2], 0};
     return r;
 }
@@ -299,7 +293,7 @@ int main(int argc, char **argv)
                 ps[k] = drive(NULL, plain, pool, c, n);
                 failures += hs[k].failures + ps[k].failures;
             }
-            struct result h = median(hs, repeat), p = median(ps, repeat);
+            struct result h = median_result(hs, repeat), p = median_result(ps, repeat);
             printf("%-26s %4d %6d | %10.1f %9.2f %9.2f | %10.1f %9.2f | %6.2f\n", sizes[s].name, c,
                    n, h.jobs_s, h.p50 * 1e3, h.p99 * 1e3, p.jobs_s, p.p50 * 1e3,
                    h.jobs_s / p.jobs_s);

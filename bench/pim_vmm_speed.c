@@ -18,6 +18,7 @@
  * at batch 1, 9.5 at batch 256 (1.5% error). VMM/s counts matrix-vector
  * products (a batch of 256 is 256 of them).
  */
+#include "bench/bench.h"
 #include "pim/pim_internal.h"
 #include "util/util.h"
 
@@ -54,12 +55,6 @@ static struct pim_device bench_device(enum mode mode)
         dev.drift_time = 86400;
     }
     return dev;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
 }
 
 struct run {
@@ -101,7 +96,7 @@ static struct run measure(int n, int batch, enum mode mode, int reps)
             util_die("vmm failed");
         times[k] = util_now() - t0;
     }
-    qsort(times, (size_t)reps, sizeof *times, cmp_double);
+    qsort(times, (size_t)reps, sizeof *times, bench_cmp_double);
     r.vmm_s = times[reps / 2];
     r.vps = batch / r.vmm_s;
     r.error = pim_rel_l2_f(y, want, (size_t)batch * n);

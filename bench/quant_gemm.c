@@ -13,6 +13,7 @@
  * time: on a machine shared with other work, the figures (and the ratios)
  * then depend on the code, not on who else got the cores.
  */
+#include "bench/bench.h"
 #include "quant/quant.h"
 #include "util/util.h"
 
@@ -46,17 +47,6 @@ struct shape {
     const char *name;
     int m, n, k, n_outlier;
 };
-
-static double median(double *v, int n)
-{
-    for (int i = 1; i < n; i++)
-        for (int j = i; j > 0 && v[j - 1] > v[j]; j--) {
-            double t = v[j];
-            v[j] = v[j - 1];
-            v[j - 1] = t;
-        }
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 static void sleep_seconds(double s)
 {
@@ -142,7 +132,7 @@ static void bench_shape(const struct shape *s, enum q_kernel kernel, double out[
         t[N_PATHS][i] = time_act(&r);
         sleep_seconds(GOMP_SPIN_SECONDS);
     }
-    for (int p = 0; p <= N_PATHS; p++) out[p] = median(t[p], reps);
+    for (int p = 0; p <= N_PATHS; p++) out[p] = bench_median(t[p], reps);
     for (int p = W8A8; p < N_PATHS; p++) {
         q_linear_free(r.layer[p]);
         q_act_free(r.act[p]);

@@ -24,9 +24,9 @@
  * Prints a table and writes a TSV (test, mode, budget, value, n, read
  * fraction) that tools/plot_quest.py plots.
  */
+#include "bench/bench.h"
 #include "core/llm.h"
 #include "server/passkey.h"
-#include "bench/bench.h"
 #include "util/util.h"
 
 #include <errno.h>
