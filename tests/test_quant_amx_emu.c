@@ -7,12 +7,12 @@
  * AMX machine. The model follows the ISA: ldtilecfg palette 1, tileloadd /
  * tilestored row by row, TDPBSSD C[m][n] += sum_k,i A[m][4k+i] * B[k][4n+i].
  */
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq")
-#include "quant/quant.h"
+#include "quant/quant_internal.h"
 #include "tests/test_quant_helpers.h"
 
 #include <criterion/criterion.h>
 #include <float.h>
+#include <immintrin.h>
 #include <string.h>
 
 struct emu_tile {
@@ -91,7 +91,19 @@ static void emu_release(void)
 #define AMX_STORE(t, base, stride) emu_store(t, base, stride)
 #define AMX_DPBSSD(c, a, b)        emu_dpbssd(c, a, b)
 #define q_gemm_amx                 q_gemm_amx_emulated
+/* The kernel rescales with AVX-512: only it is compiled for AVX-512, and
+ * the tests skip where the CPU has none. */
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq")
 #include "quant/gemm_amx.c"
+#pragma GCC pop_options
+
+static void skip_without_avx512(void)
+{
+    if (!util_cpu_has_avx512())
+        cr_skip_test("skipped: the emulated AMX kernel rescales with AVX-512, which this CPU "
+                     "(%s) lacks", util_cpu_flags_string());
+}
 
 #define KERNEL_REL_TOL 1e-5 /* as in test_quant_gemm.c */
 
@@ -137,6 +149,7 @@ static void check(const struct q_format *f, int m, int n, int k, int t_begin)
 
 Test(quant_amx_emulated, matches_reference_on_awkward_shapes)
 {
+    skip_without_avx512();
     const int ms[] = {1, 3, 17, 33}, ns[] = {1, 31, 33, 129};
     const int normals[] = {128, 256, 384}, outliers[] = {0, 16, 32};
     for (int a = 0; a < 3; a++)
@@ -149,6 +162,7 @@ Test(quant_amx_emulated, matches_reference_on_awkward_shapes)
 
 Test(quant_amx_emulated, matches_reference_with_short_groups_long_int8_and_token_ranges)
 {
+    skip_without_avx512();
     struct q_format f = tq_w4a4(128, 16); /* 496 = 3 x 128 + 112, outliers padded 16 -> 64 */
     check(&f, 33, 40, 512, 0);
     check(&f, 70, 33, 512, 35); /* a token range that starts mid-tile */
