@@ -123,4 +123,15 @@ struct attn_stats {
 void attn_forward(const attn_seq *seq, int layer, const float *q, const int *pos, int n_q,
                   const struct attn_params *params, float *out, struct attn_stats *stats);
 
+/* The same call cut into independent units of work, for a caller that runs
+ * them on its own threads: running every unit in [0, attn_forward_units())
+ * once, in any order and on any threads, is attn_forward. `threads` (how
+ * many will share the units) decides how finely dense calls are cut; pass
+ * the same value to both. */
+int attn_forward_units(const attn_seq *seq, int layer, const int *pos, int n_q,
+                       const struct attn_params *params, int threads);
+void attn_forward_unit(const attn_seq *seq, int layer, const float *q, const int *pos, int n_q,
+                       const struct attn_params *params, int threads, int unit, float *out,
+                       struct attn_stats *stats);
+
 #endif

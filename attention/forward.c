@@ -108,11 +108,6 @@ static int head_splits(int group, int pairs, int threads)
     return splits < group ? splits : group;
 }
 
-static int threads_available(void)
-{
-    return omp_in_parallel() ? 1 : omp_get_max_threads();
-}
-
 static void add_stats(struct attn_stats *stats, int64_t read, int64_t total, bool sparse)
 {
     if (!stats) return;
@@ -140,47 +135,118 @@ static void check_call(const attn_seq *seq, int layer, const int *pos, int n_q,
     }
 }
 
+/* How a call is cut into units. Dense: (KV head, head split, query tile),
+ * tile-minor. Sparse: one unit per KV head, which chooses its pages and
+ * attends to them with all the KV head's query heads. */
+struct attn_plan {
+    bool sparse;
+    int n_kv, group, budget_pages, seen;
+    int tile, tiles, splits, per;
+    int units;
+};
+
+static struct attn_plan plan_call(const attn_seq *seq, int layer, const int *pos, int n_q,
+                                  const struct attn_params *params, int threads)
+{
+    const struct attn_cache_config *c = &seq->cache->config;
+    struct attn_plan pl = {.n_kv = c->n_kv_heads, .group = params->n_heads / c->n_kv_heads};
+    pl.budget_pages = params->token_budget / c->page_size;
+    pl.seen = pos[0] / c->page_size + 1; /* pages a single query reads densely */
+    pl.sparse = params->mode != ATTN_DENSE && params->token_budget > 0 &&
+                layer >= params->dense_layers && n_q == 1 && pl.seen > pl.budget_pages;
+    if (pl.sparse) {
+        pl.units = pl.n_kv;
+        return pl;
+    }
+    pl.tile = ROWS_PER_ITEM / pl.group > 0 ? ROWS_PER_ITEM / pl.group : 1;
+    pl.tiles = (n_q + pl.tile - 1) / pl.tile;
+    pl.splits = head_splits(pl.group, pl.n_kv * pl.tiles, threads < 1 ? 1 : threads);
+    pl.per = (pl.group + pl.splits - 1) / pl.splits;
+    pl.units = pl.n_kv * pl.splits * pl.tiles;
+    return pl;
+}
+
+/* Query heads [h0, h1) of KV head kv (absolute numbers) reading `pages`. */
+static void run_heads(const struct attn_call *call, int kv, int h0, int h1, int i0, int i1,
+                      const int *pages, int n_pages)
+{
+    if (h0 >= h1) return;
+    struct attn_item item = {kv, h0, h1, i0, i1, pages, n_pages};
+    item_run(call, &item);
+}
+
+/* Sparse unit: KV head kv chooses its pages and attends to them. */
+static void run_sparse(const struct attn_call *call, const struct attn_plan *pl, int kv,
+                       struct attn_stats *stats)
+{
+    const attn_seq *seq = call->seq;
+    int hd = seq->cache->config.head_dim;
+    int cap = pl->budget_pages > 1 ? pl->budget_pages : 1;
+    int *pages = util_xmalloc(sizeof(int) * (size_t)cap);
+    float *scratch = util_xmalloc(sizeof(float) * ((size_t)(pl->group + 1) * (pl->seen - 1) + 1));
+    /* The query is scaled inside item_run; the bounds rank pages, where a
+     * common positive scale changes nothing. */
+    const float *q_group = call->q + (size_t)kv * pl->group * hd;
+    int n = attn_select_pages(call->kernels, seq, call->layer, kv, call->params->mode,
+                              pl->budget_pages, call->pos[0], q_group, pl->group, pages, scratch);
+    free(scratch);
+    for (int j = 0; j < n; j++) UTIL_CHECK(pages[j] >= 0 && pages[j] < seq->n_pages);
+    run_heads(call, kv, kv * pl->group, (kv + 1) * pl->group, 0, 1, pages, n);
+    free(pages);
+    add_stats(stats, n, pl->seen, true);
+}
+
+int attn_forward_units(const attn_seq *seq, int layer, const int *pos, int n_q,
+                       const struct attn_params *params, int threads)
+{
+    return plan_call(seq, layer, pos, n_q, params, threads).units;
+}
+
+static void run_unit(const struct attn_kernels *kernels, const attn_seq *seq, int layer,
+                     const float *q, const int *pos, int n_q, const struct attn_params *params,
+                     const struct attn_plan *pl, int unit, float *out, struct attn_stats *stats)
+{
+    UTIL_CHECK(unit >= 0 && unit < pl->units);
+    struct attn_call call = {kernels, seq, layer, q, pos, params, out};
+    if (pl->sparse) {
+        run_sparse(&call, pl, unit, stats);
+        return;
+    }
+    int kv = unit / (pl->splits * pl->tiles), s = unit / pl->tiles % pl->splits,
+        t = unit % pl->tiles;
+    int h0 = kv * pl->group + s * pl->per;
+    int h1 = h0 + pl->per < (kv + 1) * pl->group ? h0 + pl->per : (kv + 1) * pl->group;
+    int i0 = t * pl->tile, i1 = (t + 1) * pl->tile < n_q ? (t + 1) * pl->tile : n_q;
+    run_heads(&call, kv, h0, h1, i0, i1, NULL, 0);
+    /* Page reads are counted once per call: by its first unit. */
+    if (unit == 0) {
+        int64_t pages = 0;
+        int ps = seq->cache->config.page_size;
+        for (int i = 0; i < n_q; i++) pages += pos[i] / ps + 1;
+        add_stats(stats, pages * pl->n_kv, pages * pl->n_kv, false);
+    }
+}
+
+void attn_forward_unit(const attn_seq *seq, int layer, const float *q, const int *pos, int n_q,
+                       const struct attn_params *params, int threads, int unit, float *out,
+                       struct attn_stats *stats)
+{
+    check_call(seq, layer, pos, n_q, params);
+    struct attn_plan pl = plan_call(seq, layer, pos, n_q, params, threads);
+    run_unit(attn_kernels_best(), seq, layer, q, pos, n_q, params, &pl, unit, out, stats);
+}
+
 void attn_forward_pages(const struct attn_kernels *kernels, const attn_seq *seq, int layer,
                         const float *q, int pos, const struct attn_params *params,
                         const int *const *pages, const int *n_pages, float *out)
 {
     check_call(seq, layer, &pos, 1, params);
     int n_kv = seq->cache->config.n_kv_heads, group = params->n_heads / n_kv;
-    int threads = threads_available();
-    int splits = head_splits(group, n_kv, threads), per = (group + splits - 1) / splits;
     struct attn_call call = {kernels, seq, layer, q, &pos, params, out};
-    int n_items = n_kv * splits;
-#pragma omp parallel for schedule(dynamic, 1) if (threads > 1 && n_items > 1)
-    for (int it = 0; it < n_items; it++) {
-        int kv = it / splits, s = it % splits;
-        int h0 = kv * group + s * per,
-            h1 = h0 + per < (kv + 1) * group ? h0 + per : (kv + 1) * group;
-        if (h0 >= h1) continue;
-        struct attn_item item = {kv, h0, h1, 0, 1, pages[kv], n_pages[kv]};
+    for (int kv = 0; kv < n_kv; kv++) {
         for (int j = 0; j < n_pages[kv]; j++)
             UTIL_CHECK(pages[kv][j] >= 0 && pages[kv][j] < seq->n_pages);
-        item_run(&call, &item);
-    }
-}
-
-/* Dense attention of n_q queries, tiled by queries and split by heads. */
-static void forward_dense(const struct attn_call *call, int n_q)
-{
-    int n_kv = call->seq->cache->config.n_kv_heads, group = call->params->n_heads / n_kv;
-    int tile = ROWS_PER_ITEM / group > 0 ? ROWS_PER_ITEM / group : 1;
-    int tiles = (n_q + tile - 1) / tile;
-    int threads = threads_available();
-    int splits = head_splits(group, n_kv * tiles, threads), per = (group + splits - 1) / splits;
-    int n_items = n_kv * splits * tiles;
-#pragma omp parallel for schedule(dynamic, 1) if (threads > 1 && n_items > 1)
-    for (int it = 0; it < n_items; it++) {
-        int kv = it / (splits * tiles), s = it / tiles % splits, t = it % tiles;
-        int h0 = kv * group + s * per,
-            h1 = h0 + per < (kv + 1) * group ? h0 + per : (kv + 1) * group;
-        if (h0 >= h1) continue;
-        int i1 = (t + 1) * tile < n_q ? (t + 1) * tile : n_q;
-        struct attn_item item = {kv, h0, h1, t * tile, i1, NULL, 0};
-        item_run(call, &item);
+        run_heads(&call, kv, kv * group, (kv + 1) * group, 0, 1, pages[kv], n_pages[kv]);
     }
 }
 
@@ -189,46 +255,11 @@ void attn_forward_kernels(const struct attn_kernels *kernels, const attn_seq *se
                           float *out, struct attn_stats *stats)
 {
     check_call(seq, layer, pos, n_q, params);
-    const struct attn_cache_config *c = &seq->cache->config;
-    int ps = c->page_size, n_kv = c->n_kv_heads, group = params->n_heads / n_kv;
-    int budget_pages = params->token_budget / ps;
-    int seen = pos[0] / ps + 1; /* pages a single query reads densely */
-    bool sparse = params->mode != ATTN_DENSE && params->token_budget > 0 &&
-                  layer >= params->dense_layers && n_q == 1 && seen > budget_pages;
-    struct attn_call call = {kernels, seq, layer, q, pos, params, out};
-    if (!sparse) {
-        int64_t pages = 0;
-        for (int i = 0; i < n_q; i++) pages += pos[i] / ps + 1;
-        forward_dense(&call, n_q);
-        add_stats(stats, pages * n_kv, pages * n_kv, false);
-        return;
-    }
-
-    /* Sparse decode: choose each KV head's pages, then attend to them. */
-    int cap = budget_pages > 1 ? budget_pages : 1;
-    size_t scratch_floats = (size_t)(group + 1) * (seen - 1);
-    int *lists = util_xmalloc(sizeof(int) * (size_t)n_kv * cap);
-    const int **pages = util_xmalloc(sizeof(int *) * (size_t)n_kv);
-    int *counts = util_xmalloc(sizeof(int) * (size_t)n_kv);
-    int threads = threads_available();
-#pragma omp parallel for schedule(dynamic, 1) if (threads > 1 && n_kv > 1)
-    for (int kv = 0; kv < n_kv; kv++) {
-        float *scratch = util_xmalloc(sizeof(float) * (scratch_floats + 1));
-        const float *q_group = q + (size_t)kv * group * c->head_dim;
-        counts[kv] = attn_select_pages(kernels, seq, layer, kv, params->mode, budget_pages, pos[0],
-                                       q_group, group, lists + (size_t)kv * cap, scratch);
-        pages[kv] = lists + (size_t)kv * cap;
-        free(scratch);
-    }
-    /* The query is scaled inside item_run; the bounds rank pages, where a
-     * common positive scale changes nothing. */
-    attn_forward_pages(kernels, seq, layer, q, pos[0], params, pages, counts, out);
-    int64_t read = 0;
-    for (int kv = 0; kv < n_kv; kv++) read += counts[kv];
-    add_stats(stats, read, (int64_t)seen * n_kv, true);
-    free(counts);
-    free(pages);
-    free(lists);
+    int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
+    struct attn_plan pl = plan_call(seq, layer, pos, n_q, params, threads);
+#pragma omp parallel for schedule(dynamic, 1) if (threads > 1 && pl.units > 1)
+    for (int unit = 0; unit < pl.units; unit++)
+        run_unit(kernels, seq, layer, q, pos, n_q, params, &pl, unit, out, stats);
 }
 
 void attn_forward(const attn_seq *seq, int layer, const float *q, const int *pos, int n_q,

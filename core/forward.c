@@ -3,36 +3,47 @@
  *
  * All new tokens of all sequences in a step are flattened into T rows, so
  * every linear layer is one matrix product over the whole batch (OpenBLAS
- * sgemm for fp32, q_gemm for the quantized paths). Only attention is per
- * sequence: each sequence's queries read its own KV pages.
+ * sgemm for fp32, q_gemm_jobs for the quantized paths). Only attention is
+ * per sequence: each sequence's queries read its own KV pages.
  *
  * Per layer:  h = rmsnorm(x);  q,k,v = h Wq,Wk,Wv;  rope(q,k);  write k,v
  *             to the cache;  a = attention(q);  x += a Wo;
  *             h = rmsnorm(x);  x += (silu(h Wg) * h Wu) Wd
  * The quantized paths fuse the RMSNorm and SwiGLU into activation
- * quantization (q_act_quantize_rmsnorm / _swiglu).
+ * quantization (q_act_quantize_rmsnorm_rows / _swiglu_rows), and the
+ * residual adds into the products (y += ...).
+ *
+ * Threads: a step is one util_pool_run. Every thread runs step_thread,
+ * which walks the layers phase by phase; each phase splits its work by the
+ * thread's index (rows, column blocks, attention units) and ends at a
+ * barrier. The products that read one input (Q, K and V; gate and up) are
+ * one phase. So a decode step costs about ten barriers a layer and no
+ * thread start-up.
  */
+#include "core/model_internal.h"
+#include "util/util.h"
+
 #include <cblas.h>
 #include <errno.h>
 #include <math.h>
 #include <omp.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
-
-#include "core/model_internal.h"
-#include "util/util.h"
 
 struct llm_workspace {
     const llm_model *model;
     int max_tokens;
-    float *x;        /* (T, dim) residual stream */
-    float *h;        /* (T, dim) normalised input (fp32 path and calibration) */
-    float *q;        /* (T, n_heads * head_dim) */
-    float *k, *v;    /* (T, n_kv_heads * head_dim) */
-    float *att;      /* (T, n_heads * head_dim) attention output */
+    util_pool *pool;
+    float *x;         /* (T, dim) residual stream */
+    float *h;         /* (T, dim) normalised input (fp32 path, calibration, head rows) */
+    float *q;         /* (T, n_heads * head_dim) */
+    float *k, *v;     /* (T, n_kv_heads * head_dim) */
+    float *att;       /* (T, n_heads * head_dim) attention output */
     float *gate, *up; /* (T, ffn_dim) */
-    float *out;      /* (T, dim) output of a projection before the residual add */
-    int *pos;        /* (T) position of each row */
+    float *out;       /* (T, dim) a linear hook's output before the residual add */
+    int *pos;         /* (T) position of each row */
+    int *logit_rows;  /* (T) rows whose logits are wanted, in output order */
     /* quantized paths: activations of each input width */
     q_act *act_dim, *act_attn_out, *act_ffn;
     q_act *act_head; /* the head's input, when the head is W8A8 */
@@ -48,6 +59,8 @@ llm_workspace *llm_workspace_create(const llm_model *m, int max_tokens)
     llm_workspace *ws = util_xcalloc(1, sizeof *ws);
     ws->model = m;
     ws->max_tokens = (int)T;
+    ws->pool =
+        util_pool_create(m->options.threads > 0 ? m->options.threads : omp_get_max_threads());
     ws->x = util_aligned_alloc(T * c->dim * sizeof(float));
     ws->h = util_aligned_alloc(T * c->dim * sizeof(float));
     ws->q = util_aligned_alloc(T * q_dim * sizeof(float));
@@ -58,6 +71,7 @@ llm_workspace *llm_workspace_create(const llm_model *m, int max_tokens)
     ws->up = util_aligned_alloc(T * c->ffn_dim * sizeof(float));
     ws->out = util_aligned_alloc(T * c->dim * sizeof(float));
     ws->pos = util_xcalloc(T, sizeof(int));
+    ws->logit_rows = util_xcalloc(T, sizeof(int));
     if (m->precision != LLM_FP32) {
         struct q_format f_dim = llm_model_qformat(m, c->dim);
         struct q_format f_att = llm_model_qformat(m, (int)q_dim);
@@ -73,9 +87,11 @@ llm_workspace *llm_workspace_create(const llm_model *m, int max_tokens)
 void llm_workspace_free(llm_workspace *ws)
 {
     if (!ws) return;
+    util_pool_free(ws->pool);
     float *bufs[] = {ws->x, ws->h, ws->q, ws->k, ws->v, ws->att, ws->gate, ws->up, ws->out};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) util_aligned_free(bufs[i]);
     free(ws->pos);
+    free(ws->logit_rows);
     q_act_free(ws->act_dim);
     q_act_free(ws->act_attn_out);
     q_act_free(ws->act_ffn);
@@ -100,12 +116,6 @@ static void rmsnorm(float *out, const float *x, const float *w, int n, float eps
     for (int i = 0; i < n; i++) out[i] = x[i] * scale * w[i];
 }
 
-static void rmsnorm_rows(float *out, const float *x, const float *w, int T, int n, float eps)
-{
-#pragma omp parallel for if (T > 4)
-    for (int t = 0; t < T; t++) rmsnorm(out + (size_t)t * n, x + (size_t)t * n, w, n, eps);
-}
-
 /* Rotates adjacent channel pairs (GGUF's order) of every head of a row. */
 static void rope_row(float *row, int n_heads, int head_dim, int pos, const float *freq)
 {
@@ -121,143 +131,298 @@ static void rope_row(float *row, int n_heads, int head_dim, int pos, const float
     }
 }
 
-static float silu(float x) { return x / (1.0f + expf(-x)); }
-
-/* y (T, n) = x (T, k) W^T, fp32. OpenBLAS runs single-threaded inside
- * llmd (util/blas.c): the output columns are split over OpenMP's threads
- * instead, so that one thread pool serves every kernel and two pools never
- * spin against each other on the same cores. */
-static void sgemm_xwt(const float *x, const float *w, float *y, int T, int n, int k)
+static float silu(float x)
 {
-    if (omp_in_parallel() || omp_get_max_threads() == 1 || (double)T * n * k < 65536.0) {
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, n, k, 1.0f, x, k, w, k, 0.0f, y, n);
+    return x / (1.0f + expf(-x));
+}
+
+/* ------------------------------------------------------------------ step */
+
+/* One forward step, shared by the threads that run it. */
+struct step {
+    llm_model *model;
+    llm_workspace *ws;
+    struct llm_batch_item *items;
+    int n_items;
+    const int *row_start; /* (n_items + 1) first row of each item */
+    int T, R;             /* rows; rows that want logits */
+    float *logits;
+    struct attn_stats *stats;
+    /* attention units of the current layer, handed out one by one */
+    int *unit_start; /* (n_items + 1) */
+    _Atomic int next_unit;
+};
+
+static void barrier(const struct step *s)
+{
+    util_pool_barrier(s->ws->pool);
+}
+
+/* A linear layer of the block and where its product goes. */
+struct linear_out {
+    enum llm_linear_kind kind;
+    const struct llm_linear *l;
+    float *y;        /* (T, l->n) */
+    bool accumulate; /* y += x W^T */
+};
+
+/* Products of the outs (which share the input: x in fp32, or act), split
+ * over the threads: column blocks of all outs as one range. The linear hook
+ * (fp32 only) runs on thread 0 alone: it keeps state. */
+static void linears(const struct step *s, int layer, const struct linear_out *outs, int n_outs,
+                    const float *x, const q_act *act, int ith, int nth)
+{
+    const llm_model *m = s->model;
+    int T = s->T;
+    if (m->precision != LLM_FP32) {
+        struct q_gemm_job jobs[3];
+        for (int j = 0; j < n_outs; j++)
+            jobs[j] =
+                (struct q_gemm_job){outs[j].l->q, act, outs[j].y, outs[j].l->n, outs[j].accumulate};
+        q_gemm_jobs(jobs, n_outs, T, ith, nth);
         return;
     }
-#pragma omp parallel
-    {
-        int nth = omp_get_num_threads(), t = omp_get_thread_num();
-        int chunk = ((n + nth - 1) / nth + 15) & ~15;
-        int j0 = t * chunk, j1 = j0 + chunk < n ? j0 + chunk : n;
-        if (j0 < j1)
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, j1 - j0, k, 1.0f, x, k, w + (size_t)j0 * k, k,
-                        0.0f, y + j0, n);
+    if (m->linear_hook) {
+        if (ith != 0) return;
+        for (int j = 0; j < n_outs; j++) {
+            const struct linear_out *o = &outs[j];
+            float *y = o->accumulate ? s->ws->out : o->y;
+            if (!m->linear_hook(m->linear_hook_ctx, layer, o->kind, o->l->w, o->l->n, o->l->k, x, T,
+                                y))
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, o->l->n, o->l->k, 1.0f, x,
+                            o->l->k, o->l->w, o->l->k, 0.0f, y, o->l->n);
+            if (o->accumulate)
+                for (size_t i = 0; i < (size_t)T * o->l->n; i++) o->y[i] += y[i];
+        }
+        return;
+    }
+    /* OpenBLAS single-threaded on each thread's columns, 16 at a time. */
+    int units = 0;
+    for (int j = 0; j < n_outs; j++) units += (outs[j].l->n + 15) / 16;
+    int u0, u1;
+    util_split(units, ith, nth, &u0, &u1);
+    for (int j = 0, first = 0; j < n_outs; first += (outs[j].l->n + 15) / 16, j++) {
+        const struct llm_linear *l = outs[j].l;
+        int b = u0 > first ? u0 : first,
+            e = u1 < first + (l->n + 15) / 16 ? u1 : first + (l->n + 15) / 16;
+        if (b >= e) continue;
+        int c0 = (b - first) * 16, c1 = (e - first) * 16 < l->n ? (e - first) * 16 : l->n;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, c1 - c0, l->k, 1.0f, x, l->k,
+                    l->w + (size_t)c0 * l->k, l->k, outs[j].accumulate ? 1.0f : 0.0f,
+                    outs[j].y + c0, l->n);
     }
 }
 
-/* -------------------------------------------------- precision-path seams */
-/* Each linear group reads one input: the fp32 path keeps it as a float
- * matrix (ws->h or the given buffer); the quantized paths quantize it once
- * into a q_act shared by the group's layers. */
-
-static void input_rmsnorm(llm_workspace *ws, int layer, enum llm_calib_point point, const float *norm_w,
-                          const int *perm, int T)
+/* Calibration sees each linear group's fp32 input: thread 0, between barriers. */
+static void calibrate(const struct step *s, int layer, enum llm_calib_point point, const float *x,
+                      int k, int ith)
 {
-    const llm_model *m = ws->model;
-    int dim = m->config.dim;
+    if (!s->ws->calib) return;
+    if (ith == 0) s->ws->calib(layer, point, x, s->T, k, s->ws->calib_ctx);
+    barrier(s);
+}
+
+/* h = rmsnorm(x), or its quantized form in act_dim, for this thread's rows. */
+static void input_norm(const struct step *s, const float *norm_w, const int *perm, int ith, int nth)
+{
+    const llm_model *m = s->model;
+    llm_workspace *ws = s->ws;
+    int dim = m->config.dim, t0, t1;
+    util_split(s->T, ith, nth, &t0, &t1);
     if (m->precision == LLM_FP32) {
-        rmsnorm_rows(ws->h, ws->x, norm_w, T, dim, m->config.rms_eps);
-        if (ws->calib) ws->calib(layer, point, ws->h, T, dim, ws->calib_ctx);
+        for (int t = t0; t < t1; t++)
+            rmsnorm(ws->h + (size_t)t * dim, ws->x + (size_t)t * dim, norm_w, dim,
+                    m->config.rms_eps);
     } else {
-        q_act_quantize_rmsnorm(ws->act_dim, ws->x, norm_w, m->config.rms_eps, T, perm);
+        q_act_quantize_rmsnorm_rows(ws->act_dim, ws->x, norm_w, m->config.rms_eps, s->T, t0, t1,
+                                    perm);
     }
 }
 
-static void linear(const llm_workspace *ws, int layer, enum llm_linear_kind kind, const struct llm_linear *l,
-                   const float *x, const q_act *act, int T, float *y)
+/* The attention parameters of item i. */
+static struct attn_params item_params(const struct step *s, int i)
 {
-    const llm_model *m = ws->model;
-    if (m->linear_hook && m->precision == LLM_FP32 &&
-        m->linear_hook(m->linear_hook_ctx, layer, kind, l->w, l->n, l->k, x, T, y))
-        return;
-    if (m->precision == LLM_FP32) sgemm_xwt(x, l->w, y, T, l->n, l->k);
-    else q_gemm(l->q, act, T, y);
-}
-
-/* ----------------------------------------------------------------- layer */
-
-static void attention_layer(llm_workspace *ws, int layer, struct llm_batch_item *items, int n_items,
-                            const int *row_start, struct attn_stats *stats)
-{
-    const llm_model *m = ws->model;
-    const struct llm_config *c = &m->config;
-    const struct llm_block *b = &m->blocks[layer];
-    int T = row_start[n_items];
-    int q_dim = c->n_heads * c->head_dim, kv_dim = c->n_kv_heads * c->head_dim;
-
-    input_rmsnorm(ws, layer, LLM_CALIB_QKV, b->attn_norm, b->perm_attn_in, T);
-    linear(ws, layer, LLM_LINEAR_Q, &b->wq, ws->h, ws->act_dim, T, ws->q);
-    linear(ws, layer, LLM_LINEAR_K, &b->wk, ws->h, ws->act_dim, T, ws->k);
-    linear(ws, layer, LLM_LINEAR_V, &b->wv, ws->h, ws->act_dim, T, ws->v);
-
-#pragma omp parallel for if (T > 4)
-    for (int t = 0; t < T; t++) {
-        rope_row(ws->q + (size_t)t * q_dim, c->n_heads, c->head_dim, ws->pos[t], m->rope_freq);
-        rope_row(ws->k + (size_t)t * kv_dim, c->n_kv_heads, c->head_dim, ws->pos[t], m->rope_freq);
-    }
-
-    for (int i = 0; i < n_items; i++) {
-        int r = row_start[i];
-        attn_seq_write(items[i].kv, layer, ws->pos[r], items[i].n_tokens, ws->k + (size_t)r * kv_dim,
-                       ws->v + (size_t)r * kv_dim);
-    }
-
-    struct attn_params params = {
-        .n_heads = c->n_heads,
-        .scale = 1.0f / sqrtf((float)c->head_dim),
+    const llm_model *m = s->model;
+    struct attn_params p = {
+        .n_heads = m->config.n_heads,
+        .scale = 1.0f / sqrtf((float)m->config.head_dim),
         .mode = m->options.sparse_mode,
         .dense_layers = m->options.dense_layers,
+        .token_budget = s->items[i].quest_budget,
     };
-    int64_t pages_read = 0, pages_total = 0, sparse_read = 0, sparse_total = 0;
-#pragma omp parallel for schedule(dynamic) if (n_items > 1) \
-    reduction(+ : pages_read, pages_total, sparse_read, sparse_total)
-    for (int i = 0; i < n_items; i++) {
-        int r = row_start[i];
-        struct attn_params p = params;
-        p.token_budget = items[i].quest_budget;
-        if (items[i].sparse_mode != ATTN_DENSE) p.mode = items[i].sparse_mode;
-        if (p.token_budget <= 0) p.mode = ATTN_DENSE;
-        struct attn_stats s = {0};
-        attn_forward(items[i].kv, layer, ws->q + (size_t)r * q_dim, ws->pos + r, items[i].n_tokens, &p,
-                     ws->att + (size_t)r * q_dim, &s);
-        pages_read += s.pages_read;
-        pages_total += s.pages_total;
-        sparse_read += s.sparse_pages_read;
-        sparse_total += s.sparse_pages_total;
-    }
-    if (stats) {
-        stats->pages_read += pages_read;
-        stats->pages_total += pages_total;
-        stats->sparse_pages_read += sparse_read;
-        stats->sparse_pages_total += sparse_total;
-    }
-
-    if (ws->calib) ws->calib(layer, LLM_CALIB_O, ws->att, T, q_dim, ws->calib_ctx);
-    else if (m->precision != LLM_FP32) q_act_quantize(ws->act_attn_out, ws->att, T, b->perm_attn_out);
-    linear(ws, layer, LLM_LINEAR_O, &b->wo, ws->att, ws->act_attn_out, T, ws->out);
-    size_t n = (size_t)T * c->dim;
-    for (size_t j = 0; j < n; j++) ws->x[j] += ws->out[j];
+    if (s->items[i].sparse_mode != ATTN_DENSE) p.mode = s->items[i].sparse_mode;
+    if (p.token_budget <= 0) p.mode = ATTN_DENSE;
+    return p;
 }
 
-static void mlp_layer(llm_workspace *ws, int layer, int T)
+/* RoPE on this thread's items' rows, their K/V into the cache; thread 0
+ * also counts the layer's attention units. */
+static void rope_and_store(struct step *s, int layer, int ith, int nth)
 {
-    const llm_model *m = ws->model;
+    const llm_model *m = s->model;
+    const struct llm_config *c = &m->config;
+    llm_workspace *ws = s->ws;
+    int q_dim = c->n_heads * c->head_dim, kv_dim = c->n_kv_heads * c->head_dim, i0, i1;
+    util_split(s->n_items, ith, nth, &i0, &i1);
+    for (int i = i0; i < i1; i++) {
+        int r0 = s->row_start[i], r1 = s->row_start[i + 1];
+        for (int r = r0; r < r1; r++) {
+            rope_row(ws->q + (size_t)r * q_dim, c->n_heads, c->head_dim, ws->pos[r], m->rope_freq);
+            rope_row(ws->k + (size_t)r * kv_dim, c->n_kv_heads, c->head_dim, ws->pos[r],
+                     m->rope_freq);
+        }
+        attn_seq_write(s->items[i].kv, layer, ws->pos[r0], r1 - r0, ws->k + (size_t)r0 * kv_dim,
+                       ws->v + (size_t)r0 * kv_dim);
+    }
+    if (ith == 0) {
+        s->unit_start[0] = 0;
+        for (int i = 0; i < s->n_items; i++) {
+            struct attn_params p = item_params(s, i);
+            int r = s->row_start[i];
+            s->unit_start[i + 1] =
+                s->unit_start[i] + attn_forward_units(s->items[i].kv, layer, ws->pos + r,
+                                                      s->items[i].n_tokens, &p, nth);
+        }
+        atomic_store_explicit(&s->next_unit, 0, memory_order_relaxed);
+    }
+}
+
+/* Attention units of every item, taken one at a time by whichever thread
+ * is free (sequences differ in length). */
+static void attend(struct step *s, int layer, int nth)
+{
+    const struct llm_config *c = &s->model->config;
+    llm_workspace *ws = s->ws;
+    int q_dim = c->n_heads * c->head_dim, total = s->unit_start[s->n_items], i = 0;
+    for (;;) {
+        int u = atomic_fetch_add_explicit(&s->next_unit, 1, memory_order_relaxed);
+        if (u >= total) break;
+        while (s->unit_start[i + 1] <= u) i++;
+        while (s->unit_start[i] > u) i--;
+        struct attn_params p = item_params(s, i);
+        int r = s->row_start[i];
+        attn_forward_unit(s->items[i].kv, layer, ws->q + (size_t)r * q_dim, ws->pos + r,
+                          s->items[i].n_tokens, &p, nth, u - s->unit_start[i],
+                          ws->att + (size_t)r * q_dim, s->stats);
+    }
+}
+
+static void attention_block(struct step *s, int layer, int ith, int nth)
+{
+    const llm_model *m = s->model;
     const struct llm_config *c = &m->config;
     const struct llm_block *b = &m->blocks[layer];
+    llm_workspace *ws = s->ws;
+    int q_dim = c->n_heads * c->head_dim, t0, t1;
 
-    input_rmsnorm(ws, layer, LLM_CALIB_GATE_UP, b->ffn_norm, b->perm_ffn_in, T);
-    linear(ws, layer, LLM_LINEAR_GATE, &b->w_gate, ws->h, ws->act_dim, T, ws->gate);
-    linear(ws, layer, LLM_LINEAR_UP, &b->w_up, ws->h, ws->act_dim, T, ws->up);
-
-    size_t n = (size_t)T * c->ffn_dim;
-    if (m->precision == LLM_FP32) {
-        for (size_t j = 0; j < n; j++) ws->gate[j] = silu(ws->gate[j]) * ws->up[j];
-        if (ws->calib) ws->calib(layer, LLM_CALIB_DOWN, ws->gate, T, c->ffn_dim, ws->calib_ctx);
-    } else {
-        q_act_quantize_swiglu(ws->act_ffn, ws->gate, ws->up, T);
+    input_norm(s, b->attn_norm, b->perm_attn_in, ith, nth);
+    barrier(s);
+    calibrate(s, layer, LLM_CALIB_QKV, ws->h, c->dim, ith);
+    struct linear_out qkv[3] = {{LLM_LINEAR_Q, &b->wq, ws->q, false},
+                                {LLM_LINEAR_K, &b->wk, ws->k, false},
+                                {LLM_LINEAR_V, &b->wv, ws->v, false}};
+    linears(s, layer, qkv, 3, ws->h, ws->act_dim, ith, nth);
+    barrier(s);
+    rope_and_store(s, layer, ith, nth);
+    barrier(s);
+    attend(s, layer, nth);
+    barrier(s);
+    calibrate(s, layer, LLM_CALIB_O, ws->att, q_dim, ith);
+    if (m->precision != LLM_FP32) {
+        util_split(s->T, ith, nth, &t0, &t1);
+        q_act_quantize_rows(ws->act_attn_out, ws->att, s->T, t0, t1, b->perm_attn_out);
+        barrier(s);
     }
-    linear(ws, layer, LLM_LINEAR_DOWN, &b->w_down, ws->gate, ws->act_ffn, T, ws->out);
-    size_t nd = (size_t)T * c->dim;
-    for (size_t j = 0; j < nd; j++) ws->x[j] += ws->out[j];
+    struct linear_out o = {LLM_LINEAR_O, &b->wo, ws->x, true};
+    linears(s, layer, &o, 1, ws->att, ws->act_attn_out, ith, nth);
+    barrier(s);
+}
+
+static void mlp_block(struct step *s, int layer, int ith, int nth)
+{
+    const llm_model *m = s->model;
+    const struct llm_config *c = &m->config;
+    const struct llm_block *b = &m->blocks[layer];
+    llm_workspace *ws = s->ws;
+    int t0, t1;
+
+    input_norm(s, b->ffn_norm, b->perm_ffn_in, ith, nth);
+    barrier(s);
+    calibrate(s, layer, LLM_CALIB_GATE_UP, ws->h, c->dim, ith);
+    struct linear_out gate_up[2] = {{LLM_LINEAR_GATE, &b->w_gate, ws->gate, false},
+                                    {LLM_LINEAR_UP, &b->w_up, ws->up, false}};
+    linears(s, layer, gate_up, 2, ws->h, ws->act_dim, ith, nth);
+    barrier(s);
+    util_split(s->T, ith, nth, &t0, &t1);
+    if (m->precision == LLM_FP32) {
+        size_t f = (size_t)c->ffn_dim;
+        for (size_t j = (size_t)t0 * f; j < (size_t)t1 * f; j++)
+            ws->gate[j] = silu(ws->gate[j]) * ws->up[j];
+        barrier(s);
+        calibrate(s, layer, LLM_CALIB_DOWN, ws->gate, c->ffn_dim, ith);
+    } else {
+        q_act_quantize_swiglu_rows(ws->act_ffn, ws->gate, ws->up, s->T, t0, t1);
+        barrier(s);
+    }
+    struct linear_out down = {LLM_LINEAR_DOWN, &b->w_down, ws->x, true};
+    linears(s, layer, &down, 1, ws->gate, ws->act_ffn, ith, nth);
+    barrier(s);
+}
+
+/* The final norm of the rows that want logits, packed into h, then the head. */
+static void head(struct step *s, int ith, int nth)
+{
+    llm_model *m = s->model;
+    const struct llm_config *c = &m->config;
+    llm_workspace *ws = s->ws;
+    int r0, r1;
+    util_split(s->R, ith, nth, &r0, &r1);
+    for (int r = r0; r < r1; r++)
+        rmsnorm(ws->h + (size_t)r * c->dim, ws->x + (size_t)ws->logit_rows[r] * c->dim,
+                m->output_norm, c->dim, c->rms_eps);
+    if (m->output_q) q_act_quantize_rows(ws->act_head, ws->h, s->R, r0, r1, NULL);
+    barrier(s);
+    if (m->output_q) {
+        struct q_gemm_job job = {m->output_q, ws->act_head, s->logits, c->vocab_size, false};
+        q_gemm_jobs(&job, 1, s->R, ith, nth);
+        return;
+    }
+    /* Whole 16-column panels, as the products split theirs. */
+    int v0, v1;
+    util_split((c->vocab_size + 15) / 16, ith, nth, &v0, &v1);
+    v0 *= 16;
+    v1 = v1 * 16 < c->vocab_size ? v1 * 16 : c->vocab_size;
+    if (m->output_f16) {
+        llm_head_f16_part(ws->h, m->output_f16, s->logits, s->R, c->vocab_size, c->dim, v0, v1);
+    } else if (v0 < v1) {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, s->R, v1 - v0, c->dim, 1.0f, ws->h,
+                    c->dim, m->output + (size_t)v0 * c->dim, c->dim, 0.0f, s->logits + v0,
+                    c->vocab_size);
+    }
+}
+
+static void step_thread(void *ctx, int ith, int nth)
+{
+    struct step *s = ctx;
+    const struct llm_config *c = &s->model->config;
+    llm_workspace *ws = s->ws;
+    for (int i = 0; i < s->n_items; i++) {
+        int len = attn_seq_len(s->items[i].kv), r0, r1;
+        util_split(s->items[i].n_tokens, ith, nth, &r0, &r1);
+        for (int j = r0; j < r1; j++) {
+            int r = s->row_start[i] + j;
+            memcpy(ws->x + (size_t)r * c->dim,
+                   s->model->token_embd + (size_t)s->items[i].tokens[j] * c->dim,
+                   sizeof(float) * (size_t)c->dim);
+            ws->pos[r] = len + j;
+        }
+    }
+    barrier(s);
+    for (int l = 0; l < c->n_layers; l++) {
+        attention_block(s, l, ith, nth);
+        mlp_block(s, l, ith, nth);
+    }
+    head(s, ith, nth);
 }
 
 /* --------------------------------------------------------------- forward */
@@ -281,55 +446,35 @@ int llm_forward(llm_model *model, llm_workspace *ws, struct llm_batch_item *item
                 float *logits, struct attn_stats *stats)
 {
     const struct llm_config *c = &model->config;
-    UTIL_CHECK(ws->model == model);
-    /* OpenMP's thread count is per calling thread: set it on whichever
-     * thread runs the model (the engine's, a command's). */
-    if (model->options.threads > 0) omp_set_num_threads(model->options.threads);
-    int row_start_small[65];
-    int *row_start = n_items < 65 ? row_start_small : util_xmalloc(sizeof(int) * (size_t)(n_items + 1));
+    UTIL_CHECK(ws->model == model && n_items >= 1);
+    int small[2 * 65];
+    int *row_start = n_items < 65 ? small : util_xmalloc(sizeof(int) * 2 * (size_t)(n_items + 1));
+    struct step s = {.model = model,
+                     .ws = ws,
+                     .items = items,
+                     .n_items = n_items,
+                     .row_start = row_start,
+                     .logits = logits,
+                     .stats = stats,
+                     .unit_start = row_start + n_items + 1};
     row_start[0] = 0;
     for (int i = 0; i < n_items; i++) {
         UTIL_CHECK(items[i].n_tokens > 0);
         row_start[i + 1] = row_start[i] + items[i].n_tokens;
+        for (int j = 0; j < items[i].n_tokens; j++)
+            UTIL_CHECK(items[i].tokens[j] >= 0 && items[i].tokens[j] < c->vocab_size);
+        int first = items[i].all_logits ? row_start[i] : row_start[i + 1] - 1;
+        for (int r = first; r < row_start[i + 1]; r++) ws->logit_rows[s.R++] = r;
     }
-    int T = row_start[n_items];
-    UTIL_CHECK(T <= ws->max_tokens);
+    s.T = row_start[n_items];
+    UTIL_CHECK(s.T <= ws->max_tokens);
 
     int rc = reserve_all(items, n_items);
-    if (rc) {
-        if (row_start != row_start_small) free(row_start);
-        return rc;
+    if (!rc) {
+        util_pool_run(ws->pool, step_thread, &s);
+        for (int i = 0; i < n_items; i++)
+            attn_seq_commit(items[i].kv, attn_seq_len(items[i].kv) + items[i].n_tokens);
     }
-
-    for (int i = 0; i < n_items; i++) {
-        int len = attn_seq_len(items[i].kv);
-        for (int j = 0; j < items[i].n_tokens; j++) {
-            int32_t tok = items[i].tokens[j];
-            UTIL_CHECK(tok >= 0 && tok < c->vocab_size);
-            int r = row_start[i] + j;
-            ws->pos[r] = len + j;
-            memcpy(ws->x + (size_t)r * c->dim, model->token_embd + (size_t)tok * c->dim, sizeof(float) * (size_t)c->dim);
-        }
-    }
-
-    for (int l = 0; l < c->n_layers; l++) {
-        attention_layer(ws, l, items, n_items, row_start, stats);
-        mlp_layer(ws, l, T);
-    }
-
-    /* Final norm of the rows that need logits, packed, then the head. */
-    int R = 0;
-    for (int i = 0; i < n_items; i++) {
-        int first = items[i].all_logits ? row_start[i] : row_start[i + 1] - 1;
-        for (int r = first; r < row_start[i + 1]; r++, R++)
-            rmsnorm(ws->h + (size_t)R * c->dim, ws->x + (size_t)r * c->dim, model->output_norm, c->dim, c->rms_eps);
-        attn_seq_commit(items[i].kv, attn_seq_len(items[i].kv) + items[i].n_tokens);
-    }
-    if (model->output_q) {
-        q_act_quantize(ws->act_head, ws->h, R, NULL);
-        q_gemm(model->output_q, ws->act_head, R, logits);
-    } else if (model->output_f16) llm_head_f16(ws->h, model->output_f16, logits, R, c->vocab_size, c->dim);
-    else sgemm_xwt(ws->h, model->output, logits, R, c->vocab_size, c->dim);
-    if (row_start != row_start_small) free(row_start);
-    return 0;
+    if (row_start != small) free(row_start);
+    return rc;
 }

@@ -7,8 +7,8 @@
  * 512, 16 MB in f32, twice its quantized layers together). Half the bytes,
  * converted in registers (F16C) and multiplied in fp32. Few rows: a dot
  * product kernel, HEAD_MR rows at a time against each weight row. Many rows
- * (prefill with every logit): each thread widens a panel of weight rows to
- * f32 and hands it to OpenBLAS.
+ * (prefill with every logit): panels of weight rows are widened to f32 and
+ * handed to OpenBLAS. Threads split the vocabulary.
  */
 #include "core/model_internal.h"
 #include "util/util.h"
@@ -55,39 +55,35 @@ static inline void dot_rows(const float *x, const uint16_t *wv, float *y, int r0
     for (int i = 0; i < mr; i++) y[(size_t)(r0 + i) * V + v] = hsum(acc[i]);
 }
 
-static void head_dot(const float *x, const uint16_t *w, float *y, int R, int V, int D)
+void llm_head_f16_part(const float *x, const uint16_t *w, float *y, int R, int V, int D, int v0,
+                       int v1)
 {
-#pragma omp parallel for schedule(static) if (!omp_in_parallel())
-    for (int v = 0; v < V; v++)
-        for (int r = 0; r < R; r += HEAD_MR)
-            dot_rows(x, w + (size_t)v * D, y, r, R - r < HEAD_MR ? R - r : HEAD_MR, v, V, D);
-}
-
-static void head_panels(const float *x, const uint16_t *w, float *y, int R, int V, int D)
-{
-    int panels = (V + HEAD_PANEL - 1) / HEAD_PANEL;
-#pragma omp parallel if (!omp_in_parallel())
-    {
-        float *wide = util_aligned_alloc(sizeof(float) * HEAD_PANEL * (size_t)D);
-#pragma omp for schedule(static)
-        for (int p = 0; p < panels; p++) {
-            int v0 = p * HEAD_PANEL, n = V - v0 < HEAD_PANEL ? V - v0 : HEAD_PANEL;
-            const uint16_t *src = w + (size_t)v0 * D;
-            for (size_t i = 0; i < (size_t)n * D; i += 8)
-                _mm256_store_ps(wide + i,
-                                _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + i))));
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, R, n, D, 1.0f, x, D, wide, D, 0.0f,
-                        y + v0, V);
-        }
-        util_aligned_free(wide);
+    UTIL_CHECK(D % 8 == 0 && R >= 0 && v0 >= 0 && v0 <= v1 && v1 <= V);
+    if (R <= HEAD_DOT_ROWS) {
+        for (int v = v0; v < v1; v++)
+            for (int r = 0; r < R; r += HEAD_MR)
+                dot_rows(x, w + (size_t)v * D, y, r, R - r < HEAD_MR ? R - r : HEAD_MR, v, V, D);
+        return;
     }
+    float *wide = util_aligned_alloc(sizeof(float) * HEAD_PANEL * (size_t)D);
+    for (int p0 = v0; p0 < v1; p0 += HEAD_PANEL) {
+        int n = v1 - p0 < HEAD_PANEL ? v1 - p0 : HEAD_PANEL;
+        const uint16_t *src = w + (size_t)p0 * D;
+        for (size_t i = 0; i < (size_t)n * D; i += 8)
+            _mm256_store_ps(wide + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + i))));
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, R, n, D, 1.0f, x, D, wide, D, 0.0f,
+                    y + p0, V);
+    }
+    util_aligned_free(wide);
 }
 
 void llm_head_f16(const float *x, const uint16_t *w, float *y, int R, int V, int D)
 {
     UTIL_CHECK(D % 8 == 0 && R >= 0 && V >= 1);
-    if (R <= HEAD_DOT_ROWS)
-        head_dot(x, w, y, R, V, D);
-    else
-        head_panels(x, w, y, R, V, D);
+#pragma omp parallel if (!omp_in_parallel())
+    {
+        int v0, v1;
+        util_split(V, omp_get_thread_num(), omp_get_num_threads(), &v0, &v1);
+        llm_head_f16_part(x, w, y, R, V, D, v0, v1);
+    }
 }

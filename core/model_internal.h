@@ -61,6 +61,9 @@ struct llm_model {
  * D a multiple of 8. The scalar one is the reference for tests. */
 void llm_head_f16(const float *x, const uint16_t *w, float *y, int R, int V, int D);
 void llm_head_f16_scalar(const float *x, const uint16_t *w, float *y, int R, int V, int D);
+/* Columns [v0, v1) of the same product, on the calling thread. */
+void llm_head_f16_part(const float *x, const uint16_t *w, float *y, int R, int V, int D, int v0,
+                       int v1);
 
 /* The quantized format of a linear layer with k input channels. */
 struct q_format llm_model_qformat(const llm_model *model, int k);

@@ -184,18 +184,31 @@ static const float *act_load_token(const struct act_input *in, int k, int t, flo
     return h;
 }
 
+/* Tokens [t_begin, t_end) of m on the calling thread. The part holding
+ * token 0 records what the act now holds. */
+static void act_quantize_part(q_act *act, const struct act_input *in, int m, int t_begin, int t_end,
+                              float *h)
+{
+    for (int t = t_begin; t < t_end; t++)
+        act_quantize_token(act, t, act_load_token(in, act->k, t, h));
+    if (t_begin == 0 && t_end > 0) {
+        act->m = m;
+        act->perm_known = in->source != ACT_SWIGLU;
+        if (act->perm_known) act->perm_hash = q_perm_hash(in->perm, act->k);
+    }
+}
+
 static void act_quantize(q_act *act, const struct act_input *in, int m)
 {
     UTIL_CHECK(act && m >= 1 && m <= act->max_m);
-    int k = act->k;
 #pragma omp parallel if (m >= ACT_PARALLEL_MIN_TOKENS && !omp_in_parallel())
     {
-        float *h = util_xmalloc((size_t)k * sizeof *h);
-#pragma omp for schedule(static)
-        for (int t = 0; t < m; t++) act_quantize_token(act, t, act_load_token(in, k, t, h));
+        float *h = util_xmalloc((size_t)act->k * sizeof *h);
+        int t0, t1;
+        util_split(m, omp_get_thread_num(), omp_get_num_threads(), &t0, &t1);
+        act_quantize_part(act, in, m, t0, t1, h);
         free(h);
     }
-    act->m = m;
 }
 
 void q_act_quantize(q_act *act, const float *x, int m, const int *perm)
@@ -203,8 +216,6 @@ void q_act_quantize(q_act *act, const float *x, int m, const int *perm)
     UTIL_CHECK(x);
     struct act_input in = {.source = ACT_PLAIN, .x = x, .perm = perm};
     act_quantize(act, &in, m);
-    act->perm_hash = q_perm_hash(perm, act->k);
-    act->perm_known = true;
 }
 
 void q_act_quantize_rmsnorm(q_act *act, const float *x, const float *norm_weight, float eps, int m,
@@ -214,8 +225,6 @@ void q_act_quantize_rmsnorm(q_act *act, const float *x, const float *norm_weight
     struct act_input in = {
         .source = ACT_RMSNORM, .x = x, .norm_weight = norm_weight, .eps = eps, .perm = perm};
     act_quantize(act, &in, m);
-    act->perm_hash = q_perm_hash(perm, act->k);
-    act->perm_known = true;
 }
 
 void q_act_quantize_swiglu(q_act *act, const float *gate, const float *up, int m)
@@ -223,7 +232,40 @@ void q_act_quantize_swiglu(q_act *act, const float *gate, const float *up, int m
     UTIL_CHECK(gate && up);
     struct act_input in = {.source = ACT_SWIGLU, .gate = gate, .up = up};
     act_quantize(act, &in, m);
-    act->perm_known = false;
+}
+
+/* The row-range forms, for callers that split tokens over their own threads. */
+static void act_quantize_rows(q_act *act, const struct act_input *in, int m, int t_begin, int t_end)
+{
+    UTIL_CHECK(act && m >= 1 && m <= act->max_m && 0 <= t_begin && t_begin <= t_end && t_end <= m);
+    if (t_begin == t_end) return;
+    float *h = util_xmalloc((size_t)act->k * sizeof *h);
+    act_quantize_part(act, in, m, t_begin, t_end, h);
+    free(h);
+}
+
+void q_act_quantize_rows(q_act *act, const float *x, int m, int t_begin, int t_end, const int *perm)
+{
+    UTIL_CHECK(x);
+    struct act_input in = {.source = ACT_PLAIN, .x = x, .perm = perm};
+    act_quantize_rows(act, &in, m, t_begin, t_end);
+}
+
+void q_act_quantize_rmsnorm_rows(q_act *act, const float *x, const float *norm_weight, float eps,
+                                 int m, int t_begin, int t_end, const int *perm)
+{
+    UTIL_CHECK(x && norm_weight);
+    struct act_input in = {
+        .source = ACT_RMSNORM, .x = x, .norm_weight = norm_weight, .eps = eps, .perm = perm};
+    act_quantize_rows(act, &in, m, t_begin, t_end);
+}
+
+void q_act_quantize_swiglu_rows(q_act *act, const float *gate, const float *up, int m, int t_begin,
+                                int t_end)
+{
+    UTIL_CHECK(gate && up);
+    struct act_input in = {.source = ACT_SWIGLU, .gate = gate, .up = up};
+    act_quantize_rows(act, &in, m, t_begin, t_end);
 }
 
 void q_act_dequantize(const q_act *act, int m, float *x)

@@ -98,45 +98,58 @@ static bool same_structure(const struct q_format *a, const struct q_format *b)
     return a->method == Q_W8A8 || a->group_size == b->group_size;
 }
 
-void q_gemm_with(enum q_kernel kernel, const q_linear *layer, const q_act *act, int m, float *y)
+static void check_job(enum q_kernel kernel, const struct q_gemm_job *job, int m)
 {
-    UTIL_CHECK(layer && act && y);
+    const q_linear *layer = job->layer;
+    const q_act *act = job->act;
+    UTIL_CHECK(layer && act && job->y && job->ldy >= layer->n);
     UTIL_CHECK(m >= 1 && m <= act->m);
     UTIL_CHECK(q_kernel_available(kernel));
     UTIL_CHECK(act->k == layer->k && same_structure(&act->format, &layer->format));
     UTIL_CHECK(!act->perm_known || act->perm_hash == layer->perm_hash);
+}
+
+/* Thread ith's share of the jobs with one kernel. The panels of all jobs
+ * are one range cut into nth contiguous parts (each thread streams its own
+ * stretch of weights); with fewer panels than threads, the tokens are cut
+ * too. */
+static void jobs_part(enum q_kernel kernel, const struct q_gemm_job *jobs, int n_jobs, int m,
+                      int ith, int nth)
+{
     q_kernel_fn *fn = kernel_fns[kernel];
-    int n_blocks = layer->n_blocks, panel = kernel_panels[kernel];
-    int n_panels = (n_blocks + panel - 1) / panel;
-    double macs = (double)m * layer->n * layer->k;
-    int threads = omp_in_parallel() || macs < GEMM_PARALLEL_MIN_MACS ? 1 : omp_get_max_threads();
-    /* Split the panels; with fewer panels than threads, split the tokens too. */
+    const int panel = kernel_panels[kernel];
+    int panels = 0;
+    for (int j = 0; j < n_jobs; j++) panels += (jobs[j].layer->n_blocks + panel - 1) / panel;
     int token_parts = 1;
-    if (n_panels < threads) {
-        token_parts = (threads + n_panels - 1) / n_panels;
+    if (panels < nth) {
+        token_parts = (nth + panels - 1) / panels;
         int most = (m + GEMM_TOKEN_GRAIN - 1) / GEMM_TOKEN_GRAIN;
         token_parts = token_parts < most ? token_parts : most;
     }
-    int items = n_panels * token_parts;
-    if (threads == 1 || items == 1) {
-        fn(layer, act, 0, m, y, 0, n_blocks);
-        return;
-    }
-#pragma omp parallel num_threads(threads < items ? threads : items)
-    {
-        int nt = omp_get_num_threads(), id = omp_get_thread_num();
-        if (token_parts == 1) {
-            int p0 = (int)((long)n_panels * id / nt), p1 = (int)((long)n_panels * (id + 1) / nt);
-            int b1 = p1 * panel < n_blocks ? p1 * panel : n_blocks;
-            if (p0 < p1) fn(layer, act, 0, m, y, p0 * panel, b1);
-        } else {
-            for (int item = id; item < items; item += nt) {
-                int p = item / token_parts, part = item % token_parts;
-                int t0 = m * part / token_parts, t1 = m * (part + 1) / token_parts;
-                int b1 = (p + 1) * panel < n_blocks ? (p + 1) * panel : n_blocks;
-                if (t0 < t1) fn(layer, act, t0, t1, y, p * panel, b1);
-            }
+    int first, last;
+    util_split(panels * token_parts, ith, nth, &first, &last);
+    /* Items are (panel, token part), panel-major; consecutive items of one job
+     * and one token part make one kernel call. */
+    int job = 0, job_first_panel = 0;
+    for (int item = first; item < last;) {
+        int p = item / token_parts, part = item % token_parts;
+        while (p >= job_first_panel + (jobs[job].layer->n_blocks + panel - 1) / panel) {
+            job_first_panel += (jobs[job].layer->n_blocks + panel - 1) / panel;
+            job++;
         }
+        const struct q_gemm_job *jb = &jobs[job];
+        int job_panels = (jb->layer->n_blocks + panel - 1) / panel;
+        int p_end = p + 1;
+        if (token_parts == 1) {
+            p_end = job_first_panel + job_panels < last ? job_first_panel + job_panels : last;
+        }
+        int t0 = (int)((long long)m * part / token_parts);
+        int t1 = (int)((long long)m * (part + 1) / token_parts);
+        int b0 = (p - job_first_panel) * panel;
+        int b1 = (p_end - job_first_panel) * panel;
+        if (b1 > jb->layer->n_blocks) b1 = jb->layer->n_blocks;
+        if (t0 < t1) fn(jb->layer, jb->act, t0, t1, b0, b1, jb->y, jb->ldy, jb->accumulate);
+        item = token_parts == 1 ? p_end : item + 1;
     }
 }
 
@@ -145,18 +158,44 @@ void q_gemm_with(enum q_kernel kernel, const q_linear *layer, const q_act *act, 
  * (BENCHMARKS.md, Quantized GEMM). */
 #define AMX_MIN_ROWS 16
 
-void q_gemm(const q_linear *layer, const q_act *act, int m, float *y)
+static enum q_kernel kernel_for(int m)
 {
     enum q_kernel kernel = q_kernel_selected();
-    if (kernel == Q_KERNEL_AMX && m < AMX_MIN_ROWS) kernel = Q_KERNEL_AVX512_VNNI;
-    q_gemm_with(kernel, layer, act, m, y);
+    return kernel == Q_KERNEL_AMX && m < AMX_MIN_ROWS ? Q_KERNEL_AVX512_VNNI : kernel;
+}
+
+void q_gemm_jobs(const struct q_gemm_job *jobs, int n_jobs, int m, int ith, int nth)
+{
+    UTIL_CHECK(n_jobs >= 1 && ith >= 0 && ith < nth);
+    enum q_kernel kernel = kernel_for(m);
+    for (int j = 0; j < n_jobs; j++) check_job(kernel, &jobs[j], m);
+    jobs_part(kernel, jobs, n_jobs, m, ith, nth);
+}
+
+void q_gemm_with(enum q_kernel kernel, const q_linear *layer, const q_act *act, int m, float *y)
+{
+    struct q_gemm_job job = {layer, act, y, layer ? layer->n : 0, false};
+    check_job(kernel, &job, m);
+    double macs = (double)m * layer->n * layer->k;
+    int threads = omp_in_parallel() || macs < GEMM_PARALLEL_MIN_MACS ? 1 : omp_get_max_threads();
+    if (threads == 1) {
+        jobs_part(kernel, &job, 1, m, 0, 1);
+        return;
+    }
+#pragma omp parallel num_threads(threads)
+    jobs_part(kernel, &job, 1, m, omp_get_thread_num(), omp_get_num_threads());
+}
+
+void q_gemm(const q_linear *layer, const q_act *act, int m, float *y)
+{
+    q_gemm_with(kernel_for(m), layer, act, m, y);
 }
 
 /* ------------------------------------------------------- scalar reference */
 
 /* The definition, plainly: int32 dot products per group, rescaled in fp32. */
 void q_gemm_scalar(const struct q_linear *layer, const struct q_act *act, int t_begin, int t_end,
-                   float *y, int block_begin, int block_end)
+                   int block_begin, int block_end, float *y, int ldy, bool accumulate)
 {
     const struct q_layout *lay = &layer->layout;
     int row_end = block_end * Q_BLOCK_ROWS < layer->n ? block_end * Q_BLOCK_ROWS : layer->n;
@@ -172,7 +211,8 @@ void q_gemm_scalar(const struct q_linear *layer, const struct q_act *act, int t_
                 float w_scale = q_linear_scales(layer, row / Q_BLOCK_ROWS, g)[row % Q_BLOCK_ROWS];
                 sum += (float)dot * w_scale * q_act_scale(act, t, g);
             }
-            y[(size_t)t * layer->n + row] = sum;
+            float *out = y + (size_t)t * ldy + row;
+            *out = accumulate ? *out + sum : sum;
         }
     }
 }

@@ -153,7 +153,7 @@ static void amx_rescale(const struct q_act *act, const struct amx_seg *seg, int3
 }
 
 void q_gemm_amx(const struct q_linear *layer, const struct q_act *act, int t_begin, int t_end,
-                float *y, int block_begin, int block_end)
+                int block_begin, int block_end, float *y, int ldy, bool accumulate)
 {
     struct amx_config cfg;
     memset(&cfg, 0, sizeof cfg);
@@ -172,7 +172,7 @@ void q_gemm_amx(const struct q_linear *layer, const struct q_act *act, int t_beg
         __mmask16 mask[AMX_NV];
         for (int j = 0; j < nv; j++) mask[j] = q_block_mask(layer, block + j);
         struct q_cursor cur = {0, 0};
-        bool fresh = true;
+        bool fresh = !accumulate; /* accumulating: the first group adds to y too */
         int n_segs;
         while ((n_segs = amx_chunk_plan(layer, block, nv, &cur, buf, segs)) > 0) {
             for (int t0 = t_begin; t0 < t_end; t0 += 32) {
@@ -180,7 +180,7 @@ void q_gemm_amx(const struct q_linear *layer, const struct q_act *act, int t_beg
                  */
                 bool two_rows = t_end - t0 > 16, two_cols = nv == 2;
                 const int8_t *a = act->values + (size_t)t0 * stride;
-                float *yt = y + (size_t)t0 * layer->n + (size_t)block * Q_BLOCK_ROWS;
+                float *yt = y + (size_t)t0 * ldy + (size_t)block * Q_BLOCK_ROWS;
                 for (int s = 0; s < n_segs; s++) {
                     const struct amx_seg *seg = &segs[s];
                     AMX_ZERO(C00);
@@ -207,7 +207,7 @@ void q_gemm_amx(const struct q_linear *layer, const struct q_act *act, int t_beg
                     AMX_STORE(C01, c[1], 64);
                     AMX_STORE(C10, c[2], 64);
                     AMX_STORE(C11, c[3], 64);
-                    amx_rescale(act, seg, c, t0, t_end, nv, mask, yt, layer->n, fresh && s == 0);
+                    amx_rescale(act, seg, c, t0, t_end, nv, mask, yt, ldy, fresh && s == 0);
                 }
             }
             fresh = false;

@@ -1,13 +1,22 @@
 /*
  * gemm_avx2.c: the AVX2 kernel, for CPUs without AVX-512 VNNI.
  *
- * A register tile of GEMM_MR tokens x one column block (two ymm of 8 output
- * rows). int4 groups: vpmaddubsw of the biased unsigned weights (0..15) and
- * the signed activations (-7..7) gives pairs of at most 210 in magnitude,
- * summed in int16 over the whole group (at most 128 quads: 26880, no
- * overflow; hence Q_MAX_GROUP), widened once per group by vpmaddwd. int8
- * groups: the sign trick (|w| times a with w's sign) keeps vpmaddubsw from
- * saturating, widened at once. Rescaled per group in fp32 like AVX-512.
+ * A register tile is up to GEMM_MR tokens x one column block (16 output
+ * rows, two ymm of 8). The weights are read straight from the packed
+ * layout: one 64-byte load holds two quads of int4 (low and high nibbles)
+ * for all 16 rows, unpacked in registers and used by every token of the
+ * tile, so no pass through memory is needed at any batch size. The block's
+ * weights (at most a few tens of KB) stay in L1/L2 while the tiles of
+ * tokens go by.
+ *
+ * int4 groups: vpmaddubsw of the biased unsigned weights (0..15) and the
+ * signed activations (-7..7) gives pairs of at most 210 in magnitude; two
+ * quads are added before they reach the int16 sums, at most 420 per step
+ * and Q_MAX_GROUP / 8 steps (26880, no overflow; hence Q_MAX_GROUP), widened
+ * once per group by vpmaddwd. int8 groups: the sign trick (|w| times a with
+ * w's sign) keeps vpmaddubsw from saturating, widened at once. The bias is
+ * taken out per group (-8 x the token's group sum), and each group is
+ * rescaled into float sums that go to y once, at the end of the tile.
  */
 #include "quant/quant_internal.h"
 
@@ -17,138 +26,156 @@
 #define GEMM_MR 4
 
 _Static_assert(Q_PANEL_AVX2 == 1, "one column block a tile");
-_Static_assert(Q_MAX_GROUP / 4 * 2 * 15 * Q_INT4_MAX <= 32767, "int16 group sums fit");
+_Static_assert(Q_MAX_GROUP / 8 * 4 * 15 * Q_INT4_MAX <= 32767, "int16 group sums fit");
 
-struct tile_args {
-    const struct q_act *act;
-    int t0;
-    float *y;        /* y row t0, first column of the block */
-    int n;           /* y row stride */
-    __m256i mask[2]; /* lanes inside n, for the two halves of the block */
-    bool fresh;
-};
-
-static inline int32_t load_i32(const int8_t *p)
+static inline __m256i broadcast_i32(const int8_t *p)
 {
     int32_t v;
     memcpy(&v, p, sizeof v);
-    return v;
+    return _mm256_set1_epi32(v);
 }
 
-static inline __attribute__((always_inline)) void tile(const int MR, const struct tile_args *ta,
-                                                       const struct q_seg *segs, int n_segs)
-{
-    const struct q_act *act = ta->act;
-    const int n_groups = act->layout.n_groups;
-    const size_t stride = (size_t)act->layout.act_row_bytes;
-    const __m256i ones16 = _mm256_set1_epi16(1);
-    for (int s = 0; s < n_segs; s++) {
-        const struct q_seg *seg = &segs[s];
-        const int8_t *a = act->values + (size_t)ta->t0 * stride + seg->a_offset;
-        const uint8_t *w = seg->w[0];
-        __m256i acc[GEMM_MR][2];
-#pragma GCC unroll 8
-        for (int t = 0; t < MR; t++) acc[t][0] = acc[t][1] = _mm256_setzero_si256();
-        if (seg->bits == 4) {
-            for (int q = 0; q < seg->quads; q++) {
-                __m256i w0 = _mm256_load_si256((const __m256i *)(w + (size_t)q * Q_QUAD_BYTES));
-                __m256i w1 =
-                    _mm256_load_si256((const __m256i *)(w + (size_t)q * Q_QUAD_BYTES + 32));
-#pragma GCC unroll 8
-                for (int t = 0; t < MR; t++) {
-                    __m256i av = _mm256_set1_epi32(load_i32(a + t * stride + 4 * q));
-                    acc[t][0] = _mm256_add_epi16(acc[t][0], _mm256_maddubs_epi16(w0, av));
-                    acc[t][1] = _mm256_add_epi16(acc[t][1], _mm256_maddubs_epi16(w1, av));
-                }
-            }
-#pragma GCC unroll 8
-            for (int t = 0; t < MR; t++) {
-                int32_t sum = act->sums[(size_t)(ta->t0 + t) * n_groups + seg->g];
-                __m256i start = _mm256_set1_epi32(seg->first ? -Q_INT4_BIAS * sum : 0);
-                acc[t][0] = _mm256_add_epi32(_mm256_madd_epi16(acc[t][0], ones16), start);
-                acc[t][1] = _mm256_add_epi32(_mm256_madd_epi16(acc[t][1], ones16), start);
-            }
-        } else {
-            const __m256i bias = _mm256_set1_epi8((char)Q_INT8_BIAS);
-            for (int q = 0; q < seg->quads; q++) {
-                __m256i w0 = _mm256_xor_si256(
-                    _mm256_load_si256((const __m256i *)(w + (size_t)q * Q_QUAD_BYTES)), bias);
-                __m256i w1 = _mm256_xor_si256(
-                    _mm256_load_si256((const __m256i *)(w + (size_t)q * Q_QUAD_BYTES + 32)), bias);
-                __m256i abs0 = _mm256_abs_epi8(w0), abs1 = _mm256_abs_epi8(w1);
-#pragma GCC unroll 8
-                for (int t = 0; t < MR; t++) {
-                    __m256i av = _mm256_set1_epi32(load_i32(a + t * stride + 4 * q));
-                    __m256i p0 = _mm256_maddubs_epi16(abs0, _mm256_sign_epi8(av, w0));
-                    __m256i p1 = _mm256_maddubs_epi16(abs1, _mm256_sign_epi8(av, w1));
-                    acc[t][0] = _mm256_add_epi32(acc[t][0], _mm256_madd_epi16(p0, ones16));
-                    acc[t][1] = _mm256_add_epi32(acc[t][1], _mm256_madd_epi16(p1, ones16));
-                }
-            }
-        }
-        const bool store = ta->fresh && s == 0;
-#pragma GCC unroll 2
-        for (int h = 0; h < 2; h++) {
-            __m256 w_scale = _mm256_loadu_ps(seg->w_scale[0] + 8 * h);
-#pragma GCC unroll 8
-            for (int t = 0; t < MR; t++) {
-                float *yp = ta->y + (size_t)t * ta->n + 8 * h;
-                __m256 a_scale =
-                    _mm256_set1_ps(act->scales[(size_t)(ta->t0 + t) * n_groups + seg->g]);
-                __m256 prod = _mm256_mul_ps(_mm256_cvtepi32_ps(acc[t][h]), w_scale);
-                __m256 prev = store ? _mm256_setzero_ps() : _mm256_maskload_ps(yp, ta->mask[h]);
-                _mm256_maskstore_ps(yp, ta->mask[h], _mm256_fmadd_ps(prod, a_scale, prev));
-            }
-        }
-    }
-}
-
-static void unpack_int4(const uint8_t *restrict src, int quads, uint8_t *restrict dst)
+/* The int32 sums (two ymm: rows 0-7 and 8-15) of one int4 group for MR
+ * tokens, the weights' bias already taken out. */
+static inline __attribute__((always_inline)) void int4_group(const int MR, const uint8_t *w,
+                                                             const int8_t *a, size_t stride,
+                                                             int len, const int32_t *a_sums,
+                                                             int n_groups, __m256i out[][2])
 {
     const __m256i low = _mm256_set1_epi8(0x0f);
-    for (int h = 0; h < quads; h++) { /* h: 32-byte half h % 2 of pair h / 2 */
-        __m256i v = _mm256_load_si256((const __m256i *)(src + (size_t)h * 32));
-        uint8_t *lo = dst + (size_t)(h / 2) * 2 * Q_QUAD_BYTES + (size_t)(h % 2) * 32;
-        _mm256_store_si256((__m256i *)lo, _mm256_and_si256(v, low));
-        _mm256_store_si256((__m256i *)(lo + Q_QUAD_BYTES),
-                           _mm256_and_si256(_mm256_srli_epi16(v, 4), low));
+    __m256i acc[GEMM_MR][2];
+#pragma GCC unroll 4
+    for (int t = 0; t < MR; t++) acc[t][0] = acc[t][1] = _mm256_setzero_si256();
+    for (int p = 0; p < len / 8; p++) {
+        __m256i v0 = _mm256_load_si256((const __m256i *)(w + (size_t)p * Q_QUAD_BYTES));
+        __m256i v1 = _mm256_load_si256((const __m256i *)(w + (size_t)p * Q_QUAD_BYTES + 32));
+        __m256i lo0 = _mm256_and_si256(v0, low),
+                hi0 = _mm256_and_si256(_mm256_srli_epi16(v0, 4), low);
+        __m256i lo1 = _mm256_and_si256(v1, low),
+                hi1 = _mm256_and_si256(_mm256_srli_epi16(v1, 4), low);
+#pragma GCC unroll 4
+        for (int t = 0; t < MR; t++) {
+            __m256i x0 = broadcast_i32(a + t * stride + 8 * p);
+            __m256i x1 = broadcast_i32(a + t * stride + 8 * p + 4);
+            acc[t][0] =
+                _mm256_add_epi16(acc[t][0], _mm256_add_epi16(_mm256_maddubs_epi16(lo0, x0),
+                                                             _mm256_maddubs_epi16(hi0, x1)));
+            acc[t][1] =
+                _mm256_add_epi16(acc[t][1], _mm256_add_epi16(_mm256_maddubs_epi16(lo1, x0),
+                                                             _mm256_maddubs_epi16(hi1, x1)));
+        }
+    }
+    const __m256i ones = _mm256_set1_epi16(1);
+#pragma GCC unroll 4
+    for (int t = 0; t < MR; t++) {
+        __m256i bias = _mm256_set1_epi32(-Q_INT4_BIAS * a_sums[(size_t)t * n_groups]);
+        out[t][0] = _mm256_add_epi32(_mm256_madd_epi16(acc[t][0], ones), bias);
+        out[t][1] = _mm256_add_epi32(_mm256_madd_epi16(acc[t][1], ones), bias);
     }
 }
 
-typedef void tile_fn(const struct tile_args *ta, const struct q_seg *segs, int n_segs);
+/* The same for an int8 group (weights stored biased by 128: flipping the
+ * top bit gives the signed value, so no bias correction). */
+static inline __attribute__((always_inline)) void int8_group(const int MR, const uint8_t *w,
+                                                             const int8_t *a, size_t stride,
+                                                             int len, __m256i out[][2])
+{
+    const __m256i flip = _mm256_set1_epi8((char)Q_INT8_BIAS), ones = _mm256_set1_epi16(1);
+#pragma GCC unroll 4
+    for (int t = 0; t < MR; t++) out[t][0] = out[t][1] = _mm256_setzero_si256();
+    for (int q = 0; q < len / 4; q++) {
+        __m256i w0 = _mm256_xor_si256(
+            _mm256_load_si256((const __m256i *)(w + (size_t)q * Q_QUAD_BYTES)), flip);
+        __m256i w1 = _mm256_xor_si256(
+            _mm256_load_si256((const __m256i *)(w + (size_t)q * Q_QUAD_BYTES + 32)), flip);
+        __m256i abs0 = _mm256_abs_epi8(w0), abs1 = _mm256_abs_epi8(w1);
+#pragma GCC unroll 4
+        for (int t = 0; t < MR; t++) {
+            __m256i x = broadcast_i32(a + t * stride + 4 * q);
+            __m256i p0 = _mm256_maddubs_epi16(abs0, _mm256_sign_epi8(x, w0));
+            __m256i p1 = _mm256_maddubs_epi16(abs1, _mm256_sign_epi8(x, w1));
+            out[t][0] = _mm256_add_epi32(out[t][0], _mm256_madd_epi16(p0, ones));
+            out[t][1] = _mm256_add_epi32(out[t][1], _mm256_madd_epi16(p1, ones));
+        }
+    }
+}
+
+/* MR tokens from t0 against column block `block`: every group, then y. */
+static inline __attribute__((always_inline)) void tile(const int MR, const struct q_linear *layer,
+                                                       const struct q_act *act, int block, int t0,
+                                                       float *y, int ldy, bool accumulate)
+{
+    const struct q_layout *lay = &layer->layout;
+    const int n_groups = lay->n_groups;
+    const size_t stride = (size_t)act->layout.act_row_bytes;
+    const uint8_t *blk = layer->packed + (size_t)block * lay->block_bytes;
+    const int8_t *a0 = act->values + (size_t)t0 * stride;
+    __m256 sums[GEMM_MR][2];
+#pragma GCC unroll 4
+    for (int t = 0; t < MR; t++) sums[t][0] = sums[t][1] = _mm256_setzero_ps();
+    for (int g = 0; g < n_groups; g++) {
+        const struct q_group *grp = &lay->groups[g];
+        __m256i dot[GEMM_MR][2];
+        if (grp->bits == 4)
+            int4_group(MR, blk + grp->w_offset, a0 + grp->act_offset, stride, grp->len,
+                       act->sums + (size_t)t0 * n_groups + g, n_groups, dot);
+        else
+            int8_group(MR, blk + grp->w_offset, a0 + grp->act_offset, stride, grp->len, dot);
+        const float *ws = q_linear_scales(layer, block, g);
+        __m256 w_scale0 = _mm256_loadu_ps(ws), w_scale1 = _mm256_loadu_ps(ws + 8);
+#pragma GCC unroll 4
+        for (int t = 0; t < MR; t++) {
+            __m256 a_scale = _mm256_set1_ps(act->scales[(size_t)(t0 + t) * n_groups + g]);
+            sums[t][0] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(dot[t][0]), w_scale0),
+                                         a_scale, sums[t][0]);
+            sums[t][1] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(dot[t][1]), w_scale1),
+                                         a_scale, sums[t][1]);
+        }
+    }
+    int cols = layer->n - block * Q_BLOCK_ROWS;
+#pragma GCC unroll 4
+    for (int t = 0; t < MR; t++) {
+        float *yp = y + (size_t)(t0 + t) * ldy + (size_t)block * Q_BLOCK_ROWS;
+        if (cols >= Q_BLOCK_ROWS) {
+            if (accumulate) {
+                sums[t][0] = _mm256_add_ps(sums[t][0], _mm256_loadu_ps(yp));
+                sums[t][1] = _mm256_add_ps(sums[t][1], _mm256_loadu_ps(yp + 8));
+            }
+            _mm256_storeu_ps(yp, sums[t][0]);
+            _mm256_storeu_ps(yp + 8, sums[t][1]);
+        } else {
+            _Alignas(32) float row[Q_BLOCK_ROWS];
+            _mm256_store_ps(row, sums[t][0]);
+            _mm256_store_ps(row + 8, sums[t][1]);
+            for (int c = 0; c < cols; c++) yp[c] = accumulate ? yp[c] + row[c] : row[c];
+        }
+    }
+}
+
+typedef void tile_fn(const struct q_linear *layer, const struct q_act *act, int block, int t0,
+                     float *y, int ldy, bool accumulate);
 
 #define TILE(MR)                                                                                   \
-    static void tile_##MR(const struct tile_args *ta, const struct q_seg *segs, int n)             \
+    static void tile_##MR(const struct q_linear *layer, const struct q_act *act, int block,        \
+                          int t0, float *y, int ldy, bool accumulate)                              \
     {                                                                                              \
-        tile(MR, ta, segs, n);                                                                     \
+        tile(MR, layer, act, block, t0, y, ldy, accumulate);                                       \
     }
 TILE(1)
-TILE(2) TILE(3) TILE(4) static tile_fn *const tiles[GEMM_MR] = {tile_1, tile_2, tile_3, tile_4};
+TILE(2)
+TILE(3)
+TILE(4)
+static tile_fn *const tiles[GEMM_MR] = {tile_1, tile_2, tile_3, tile_4};
 
 void q_gemm_avx2(const struct q_linear *layer, const struct q_act *act, int t_begin, int t_end,
-                 float *y, int block_begin, int block_end)
+                 int block_begin, int block_end, float *y, int ldy, bool accumulate)
 {
-    _Alignas(64) uint8_t buf[Q_CHUNK_BLOCK_BYTES];
-    struct q_seg segs[Q_CHUNK_MAX_SEGS];
     for (int block = block_begin; block < block_end; block++) {
-        struct tile_args ta = {.act = act, .n = layer->n, .fresh = true};
-        uint16_t mask = q_block_mask(layer, block);
-        for (int h = 0; h < 2; h++) {
-            int32_t lanes[8];
-            for (int i = 0; i < 8; i++) lanes[i] = (mask >> (8 * h + i)) & 1 ? -1 : 0;
-            ta.mask[h] = _mm256_loadu_si256((const __m256i *)lanes);
-        }
-        struct q_cursor cur = {0, 0};
-        int n_segs;
-        while ((n_segs = q_chunk_plan(layer, block, 1, &cur, segs)) > 0) {
-            q_chunk_unpack(segs, n_segs, 1, buf, unpack_int4);
-            for (int t = t_begin; t < t_end; t += GEMM_MR) {
-                int mr = t_end - t < GEMM_MR ? t_end - t : GEMM_MR;
-                ta.t0 = t;
-                ta.y = y + (size_t)t * layer->n + (size_t)block * Q_BLOCK_ROWS;
-                tiles[mr - 1](&ta, segs, n_segs);
-            }
-            ta.fresh = false;
+        /* Tiles of nearly equal height: 6 tokens as 3 + 3, not 4 + 2. */
+        for (int t = t_begin, mr; t < t_end; t += mr) {
+            int tiles_left = (t_end - t + GEMM_MR - 1) / GEMM_MR;
+            mr = (t_end - t + tiles_left - 1) / tiles_left;
+            tiles[mr - 1](layer, act, block, t, y, ldy, accumulate);
         }
     }
 }

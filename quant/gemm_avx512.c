@@ -214,7 +214,7 @@ TILE_ROW(2) TILE_ROW(3) TILE_ROW(4) TILE_ROW(5) TILE_ROW(6)
                                                      TILE_REF(4), TILE_REF(5), TILE_REF(6)};
 
 void q_gemm_avx512(const struct q_linear *layer, const struct q_act *act, int t_begin, int t_end,
-                   float *y, int block_begin, int block_end)
+                   int block_begin, int block_end, float *y, int ldy, bool accumulate)
 {
     _Alignas(64) uint8_t buf[GEMM_NV * Q_CHUNK_BLOCK_BYTES];
     struct q_seg segs[Q_CHUNK_MAX_SEGS];
@@ -243,10 +243,12 @@ void q_gemm_avx512(const struct q_linear *layer, const struct q_act *act, int t_
             }
             for (int j = 0; j < nv; j++) {
                 __mmask16 mask = q_block_mask(layer, block + j);
-                for (int t = tb; t < tb_end; t++)
-                    _mm512_mask_storeu_ps(
-                        y + (size_t)t * layer->n + (size_t)(block + j) * Q_BLOCK_ROWS, mask,
-                        _mm512_load_ps(sums + (size_t)(t - tb) * PANEL_FLOATS + 16 * j));
+                for (int t = tb; t < tb_end; t++) {
+                    float *yp = y + (size_t)t * ldy + (size_t)(block + j) * Q_BLOCK_ROWS;
+                    __m512 v = _mm512_load_ps(sums + (size_t)(t - tb) * PANEL_FLOATS + 16 * j);
+                    if (accumulate) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, yp));
+                    _mm512_mask_storeu_ps(yp, mask, v);
+                }
             }
         }
     }

@@ -80,6 +80,15 @@ void q_act_quantize_rmsnorm(q_act *act, const float *x, const float *norm_weight
 /* The same, fused with SwiGLU: quantizes silu(gate) * up; gate and up are
  * (m, k) and already in the layer's channel order. */
 void q_act_quantize_swiglu(q_act *act, const float *gate, const float *up, int m);
+/* The same three for tokens [t_begin, t_end) of m only, on the calling
+ * thread: for callers that split the tokens over their own threads. The
+ * act holds m tokens once every part is done. */
+void q_act_quantize_rows(q_act *act, const float *x, int m, int t_begin, int t_end,
+                         const int *perm);
+void q_act_quantize_rmsnorm_rows(q_act *act, const float *x, const float *norm_weight, float eps,
+                                 int m, int t_begin, int t_end, const int *perm);
+void q_act_quantize_swiglu_rows(q_act *act, const float *gate, const float *up, int m,
+                                int t_begin, int t_end);
 /* The quantized activations of the last call, dequantized to x (m, k) in
  * the act's channel order (position j holds channel perm[j]): for tests and
  * error reports. m must not exceed the tokens last quantized. */
@@ -125,6 +134,24 @@ q_linear *q_linear_load(const void *buf, size_t size);
  * have the same format, k and channel order. Parallel over the cores
  * (OpenMP) unless called from a parallel region. */
 void q_gemm(const q_linear *layer, const q_act *act, int m, float *y);
+
+/* One product of a batched call: y (m, layer n) = act x layer^T, row t at
+ * y + t * ldy; with `accumulate`, y += the product instead (a residual add
+ * for free). */
+struct q_gemm_job {
+    const q_linear *layer;
+    const q_act *act;
+    float *y;
+    int ldy;
+    bool accumulate;
+};
+
+/* Thread ith's share (of nth) of the products of m tokens of every job: the
+ * jobs' column blocks are split as one range, so that the products that
+ * read one input (Q, K and V; gate and up) are one parallel phase. Every
+ * thread calls it with the same arguments; it does not synchronise (the
+ * caller puts a barrier after it). */
+void q_gemm_jobs(const struct q_gemm_job *jobs, int n_jobs, int m, int ith, int nth);
 
 /* The kernel implementations, for tests and benchmarks that compare them. */
 enum q_kernel {

@@ -185,10 +185,12 @@ static inline const int8_t *q_act_row(const struct q_act *act, int t)
 
 /* --------------------------------------------------------------- kernels */
 
-/* Computes rows [t_begin, t_end) of y (m, n), columns of column blocks
- * [block_begin, block_end). One thread; q_gemm splits the work. */
+/* Computes rows [t_begin, t_end) of y (m, n; row t at y + t * ldy), the
+ * columns of column blocks [block_begin, block_end); with `accumulate` adds
+ * them to what y holds. One thread; q_gemm splits the work. */
 typedef void q_kernel_fn(const struct q_linear *layer, const struct q_act *act, int t_begin,
-                         int t_end, float *y, int block_begin, int block_end);
+                         int t_end, int block_begin, int block_end, float *y, int ldy,
+                         bool accumulate);
 
 q_kernel_fn q_gemm_scalar, q_gemm_avx2, q_gemm_avx512, q_gemm_amx;
 

@@ -123,11 +123,11 @@ static void check(const struct q_format *f, int m, int n, int k, int t_begin)
     float *ref = util_xcalloc((size_t)m * n, sizeof *ref),
           *y = util_xcalloc((size_t)m * n + 16, sizeof *y);
     for (int i = 0; i < m * n + 16; i++) y[i] = -7.0f;
-    q_gemm_scalar(layer, act, t_begin, m, ref, 0, layer->n_blocks);
+    q_gemm_scalar(layer, act, t_begin, m, 0, layer->n_blocks, ref, n, false);
     /* Two calls splitting the blocks, as two threads would. */
     int half = layer->n_blocks / 2;
-    q_gemm_amx_emulated(layer, act, t_begin, m, y, 0, half);
-    q_gemm_amx_emulated(layer, act, t_begin, m, y, half, layer->n_blocks);
+    q_gemm_amx_emulated(layer, act, t_begin, m, 0, half, y, n, false);
+    q_gemm_amx_emulated(layer, act, t_begin, m, half, layer->n_blocks, y, n, false);
     float *exact = util_xmalloc((size_t)m * n * sizeof *exact);
     float *scale = util_xmalloc((size_t)m * n * sizeof *scale);
     tq_product_definition(layer, act, m, exact, scale);

@@ -127,6 +127,68 @@ Test(quant_gemm, large_product_splits_over_threads_and_matches_reference)
     check_shape(&f, 300, 129, 144, true);  /* more tokens than a kernel pass takes */
 }
 
+/* Three layers reading one act (as Q, K and V do), written with a row
+ * stride wider than n, the last accumulating onto what y held: every thread
+ * count gives the reference's numbers, bit for bit the same for every
+ * thread count (each column block is one thread's, whole). */
+Test(quant_gemm, jobs_split_over_threads_with_stride_and_accumulate_match_reference)
+{
+    const int k = 272, ns[3] = {48, 31, 129}, m_values[] = {1, 5, 40};
+    struct q_format f = tq_w4a4(128, 16);
+    int *perm = shuffled(k, 7);
+    q_linear *layers[3];
+    for (int j = 0; j < 3; j++) {
+        float *w = tq_matrix(300 + (uint64_t)j, ns[j], k, NULL, 0, 1.0f);
+        layers[j] = q_linear_quantize(w, ns[j], k, &f, perm);
+        free(w);
+    }
+    for (size_t mi = 0; mi < sizeof m_values / sizeof *m_values; mi++) {
+        int m = m_values[mi], ldy = 140;
+        float *x = tq_matrix(400 + (uint64_t)m, m, k, NULL, 0, 1.0f);
+        q_act *act = q_act_create(&f, k, m);
+        q_act_quantize(act, x, m, perm);
+        float *ref[3], *y[3], *first = NULL;
+        for (int j = 0; j < 3; j++) {
+            ref[j] = util_xmalloc((size_t)m * ns[j] * sizeof(float));
+            q_gemm_with(Q_KERNEL_SCALAR, layers[j], act, m, ref[j]);
+            y[j] = util_xmalloc((size_t)m * ldy * sizeof(float));
+        }
+        for (int nth = 1; nth <= 5; nth++) {
+            for (int j = 0; j < 3; j++)
+                for (int i = 0; i < m * ldy; i++) y[j][i] = j == 2 ? 1.0f : GUARD_VALUE;
+            struct q_gemm_job jobs[3];
+            for (int j = 0; j < 3; j++)
+                jobs[j] = (struct q_gemm_job){layers[j], act, y[j], ldy, j == 2};
+            for (int ith = nth - 1; ith >= 0; ith--) q_gemm_jobs(jobs, 3, m, ith, nth);
+            for (int j = 0; j < 3; j++)
+                for (int t = 0; t < m; t++)
+                    for (int c = 0; c < ldy; c++) {
+                        float got = y[j][(size_t)t * ldy + c];
+                        if (c >= ns[j]) {
+                            cr_assert_eq(got, j == 2 ? 1.0f : GUARD_VALUE, "wrote past n");
+                            continue;
+                        }
+                        float want = ref[j][(size_t)t * ns[j] + c] + (j == 2 ? 1.0f : 0.0f);
+                        cr_assert_leq(fabsf(got - want), 1e-4f * (fabsf(want) + 1.0f),
+                                      "job %d m=%d threads=%d (%d, %d): %g vs %g", j, m, nth, t, c,
+                                      got, want);
+                    }
+            if (!first) {
+                first = util_xmalloc((size_t)m * ldy * sizeof(float));
+                memcpy(first, y[0], (size_t)m * ldy * sizeof(float));
+            } else {
+                cr_assert(memcmp(first, y[0], (size_t)m * ldy * sizeof(float)) == 0,
+                          "%d threads changed the numbers", nth);
+            }
+        }
+        for (int j = 0; j < 3; j++) free(ref[j]), free(y[j]);
+        free(first), free(x);
+        q_act_free(act);
+    }
+    for (int j = 0; j < 3; j++) q_linear_free(layers[j]);
+    free(perm);
+}
+
 Test(quant_gemm, selected_kernel_is_available_and_named)
 {
     enum q_kernel k = q_kernel_selected();

@@ -106,6 +106,24 @@ double util_rng_uniform(struct util_rng *rng);
 /* Standard normal (Box-Muller). */
 double util_rng_normal(struct util_rng *rng);
 
+/* ------------------------------------------------------------ thread pool */
+
+/* The threads that run a forward pass together (pool.c): the caller plus
+ * n_threads - 1 workers. util_pool_run calls fn(ctx, ith, nth) on every
+ * thread (the caller is ith 0) and returns when all have returned; inside
+ * fn, util_pool_barrier waits until every thread has reached it (all must
+ * call it the same number of times). One run at a time: a pool belongs to
+ * the thread that runs it. Workers spin briefly between runs, then sleep. */
+typedef struct util_pool util_pool;
+typedef void util_pool_fn(void *ctx, int ith, int nth);
+util_pool *util_pool_create(int n_threads);
+void util_pool_free(util_pool *pool);
+int util_pool_threads(const util_pool *pool);
+void util_pool_run(util_pool *pool, util_pool_fn *fn, void *ctx);
+void util_pool_barrier(util_pool *pool);
+/* Part ith of nth of [0, n): [*begin, *end), parts differing by at most one. */
+void util_split(int n, int ith, int nth, int *begin, int *end);
+
 /* --------------------------------------------------------------- OpenBLAS */
 
 /* The name of the kernel set OpenBLAS runs ("SkylakeX", "Haswell", ...).
