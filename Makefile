@@ -4,6 +4,7 @@
 #   make run        install missing packages, build, serve the default model
 #   make test       unit tests, then the same tests under ASan + UBSan
 #   make bench      build and run the benchmarks in bench/
+#   make bench-peer llmd against llama.cpp side by side (bench/peer.sh; not in test or CI)
 #   make fuzz       run each libFuzzer target for FUZZ_SECONDS
 #   make soak       bench/soak.sh: SOAK_SECONDS of mixed load on 127.0.0.1
 #   make deps       install the Debian packages llmd needs (apt-get, as root)
@@ -168,6 +169,11 @@ fuzz-replay: $(FUZZ_REPLAY)
 
 bench: $(BENCHES) $(BUILD)/llmd
 	@set -e; for b in $(BENCHES); do echo "== $$b"; $$b; done
+
+# Fetches and builds llama.cpp once (~/.cache/llmd-peer), then measures both.
+.PHONY: bench-peer
+bench-peer: $(BUILD)/llmd $(BUILD)/bench/peer_model $(BUILD)/bench/peer_llmd $(BUILD)/bench/loadgen
+	bench/peer.sh
 
 fuzz: $(FUZZERS)
 	@set -e; for f in $(FUZZERS); do n=$$(basename $$f); d=tests/fuzz/corpus/$${n#fuzz_}; \
