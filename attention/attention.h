@@ -76,6 +76,12 @@ int attn_seq_reserve(attn_seq *seq, int n_new);
  * (checked); writing a position again restarts the page's bounds there. */
 void attn_seq_write(attn_seq *seq, int layer, int pos, int n, const float *k, const float *v);
 
+/* The same for one KV head: k and v point at the head's channels of the
+ * first token, rows `stride` floats apart. Different heads of a sequence
+ * may be written by different threads at once. */
+void attn_seq_write_head(attn_seq *seq, int layer, int kv_head, int pos, int n, const float *k,
+                         const float *v, int stride);
+
 /* Declares positions [0, len) written in every layer; len may only grow. */
 void attn_seq_commit(attn_seq *seq, int len);
 

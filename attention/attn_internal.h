@@ -54,7 +54,8 @@ struct attn_cache {
     int *free_pages;     /* stack of free page ids; the top is reused first */
     int n_free;
     uint16_t *bounds; /* (n_layers, n_kv_heads, n_pages, 2, head_dim): kmax then kmin */
-    uint16_t *fill;   /* (n_pages, n_layers): leading tokens folded into the page's bounds */
+    uint16_t *fill;   /* (n_pages, n_layers, n_kv_heads): leading tokens written and folded
+                         into the bounds (per KV head: heads are written by different threads) */
 };
 
 struct attn_seq {
@@ -171,6 +172,13 @@ static inline const uint16_t *attn_cache_kmin(const attn_cache *cache, int page,
                                               int kv_head)
 {
     return attn_cache_bounds(cache, page, layer, kv_head) + cache->config.head_dim;
+}
+
+/* Tokens written at `page`, `layer`, `kv_head`. */
+static inline uint16_t *attn_cache_fill(const attn_cache *cache, int page, int layer, int kv_head)
+{
+    const struct attn_cache_config *c = &cache->config;
+    return cache->fill + ((size_t)page * c->n_layers + layer) * c->n_kv_heads + kv_head;
 }
 
 /* Reads back, dequantized, the key and value of position `pos` of `seq` at

@@ -4,6 +4,7 @@
 #include "util/util.h"
 
 #include <errno.h>
+#include <immintrin.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -123,7 +124,7 @@ int attn_cache_create(const struct attn_cache_config *config, attn_cache **out)
     /* Pushed in reverse so that page 0 is handed out first. */
     for (int i = 0; i < c->n_pages; i++) cache->free_pages[i] = c->n_pages - 1 - i;
     cache->n_free = c->n_pages;
-    cache->fill = util_xcalloc((size_t)c->n_pages * c->n_layers, sizeof(uint16_t));
+    cache->fill = util_xcalloc((size_t)c->n_pages * c->n_layers * c->n_kv_heads, sizeof(uint16_t));
     cache->bounds = util_aligned_alloc(bounds_bytes_per_page(c) * (size_t)c->n_pages);
     *out = cache;
     return 0;
@@ -172,26 +173,35 @@ uint16_t attn_f16_round_down(float x)
     return attn_f16_round_up(-x) ^ 0x8000;
 }
 
-/* Empty bounds (max -inf, min +inf) of every block of `page` at `layer`. */
-static void meta_reset(attn_cache *cache, int page, int layer)
+/* Empty bounds (max -inf, min +inf) of the block of `page` at `layer` and
+ * `kv_head`, and no token folded in. */
+static void meta_reset(attn_cache *cache, int page, int layer, int kv_head)
 {
     const struct attn_cache_config *c = &cache->config;
-    for (int h = 0; h < c->n_kv_heads; h++) {
-        uint16_t *kmax = attn_cache_bounds(cache, page, layer, h), *kmin = kmax + c->head_dim;
-        for (int d = 0; d < c->head_dim; d++) kmax[d] = 0xfc00, kmin[d] = 0x7c00;
-    }
-    cache->fill[(size_t)page * c->n_layers + layer] = 0;
+    uint16_t *kmax = attn_cache_bounds(cache, page, layer, kv_head), *kmin = kmax + c->head_dim;
+    for (int d = 0; d < c->head_dim; d++) kmax[d] = 0xfc00, kmin[d] = 0x7c00;
+    *attn_cache_fill(cache, page, layer, kv_head) = 0;
 }
 
-/* Widens the bounds of `page` at layer and kv_head to cover key k. */
+/* Widens the bounds of `page` at layer and kv_head to cover key k: F16C
+ * rounds toward +inf for the max and toward -inf for the min, so the f16
+ * bounds still bound the f32 key (attn_f16_round_up/down, 8 channels at a
+ * time). A NaN channel leaves its bounds alone (max/min return the old
+ * bound when the new value is NaN). */
 static void meta_fold(attn_cache *cache, int page, int layer, int kv_head, const float *k)
 {
     uint16_t *kmax = attn_cache_bounds(cache, page, layer, kv_head);
     uint16_t *kmin = kmax + cache->config.head_dim;
-    for (int d = 0; d < cache->config.head_dim; d++) {
-        uint16_t up = attn_f16_round_up(k[d]), down = attn_f16_round_down(k[d]);
-        if (util_f16_to_f32(up) > util_f16_to_f32(kmax[d])) kmax[d] = up;
-        if (util_f16_to_f32(down) < util_f16_to_f32(kmin[d])) kmin[d] = down;
+    for (int d = 0; d < cache->config.head_dim; d += 8) {
+        __m256 x = _mm256_loadu_ps(k + d);
+        __m256 up = _mm256_cvtph_ps(_mm256_cvtps_ph(x, _MM_FROUND_TO_POS_INF | _MM_FROUND_NO_EXC));
+        __m256 down =
+            _mm256_cvtph_ps(_mm256_cvtps_ph(x, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC));
+        __m256 hi = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(kmax + d)));
+        __m256 lo = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(kmin + d)));
+        /* exact: both sides are f16 values */
+        _mm_storeu_si128((__m128i *)(kmax + d), _mm256_cvtps_ph(_mm256_max_ps(up, hi), 0));
+        _mm_storeu_si128((__m128i *)(kmin + d), _mm256_cvtps_ph(_mm256_min_ps(down, lo), 0));
     }
 }
 
@@ -294,20 +304,19 @@ static void read_token(const attn_cache *cache, int page, int layer, int kv_head
     }
 }
 
-/* Rebuilds the bounds of `page` at `layer` from its first n stored keys.
- * Used when tokens are rewritten or truncated; for quantized caches the
- * stored keys are the dequantized ones, which are what attention reads. */
-static void meta_rebuild(attn_cache *cache, int page, int layer, int n)
+/* Rebuilds the bounds of `page` at `layer` and `kv_head` from its first n
+ * stored keys. Used when tokens are rewritten or truncated; for quantized
+ * caches the stored keys are the dequantized ones, which are what
+ * attention reads. */
+static void meta_rebuild(attn_cache *cache, int page, int layer, int kv_head, int n)
 {
-    meta_reset(cache, page, layer);
+    meta_reset(cache, page, layer, kv_head);
     float k[ATTN_MAX_HEAD_DIM];
-    for (int h = 0; h < cache->config.n_kv_heads; h++) {
-        for (int t = 0; t < n; t++) {
-            read_token(cache, page, layer, h, t, k, NULL);
-            meta_fold(cache, page, layer, h, k);
-        }
+    for (int t = 0; t < n; t++) {
+        read_token(cache, page, layer, kv_head, t, k, NULL);
+        meta_fold(cache, page, layer, kv_head, k);
     }
-    cache->fill[(size_t)page * cache->config.n_layers + layer] = (uint16_t)n;
+    *attn_cache_fill(cache, page, layer, kv_head) = (uint16_t)n;
 }
 
 /* -------------------------------------------------------------- sequences */
@@ -365,39 +374,47 @@ int attn_seq_reserve(attn_seq *seq, int n_new)
     while (seq->n_pages < need) {
         int page = cache->free_pages[--cache->n_free];
         /* A reused page must not carry its last owner's bounds. */
-        for (int l = 0; l < cache->config.n_layers; l++) meta_reset(cache, page, l);
+        for (int l = 0; l < cache->config.n_layers; l++)
+            for (int h = 0; h < cache->config.n_kv_heads; h++) meta_reset(cache, page, l, h);
         seq->pages[seq->n_pages++] = page;
     }
     return 0;
 }
 
-void attn_seq_write(attn_seq *seq, int layer, int pos, int n, const float *k, const float *v)
+void attn_seq_write_head(attn_seq *seq, int layer, int kv_head, int pos, int n, const float *k,
+                         const float *v, int stride)
 {
     attn_cache *cache = seq->cache;
     const struct attn_cache_config *c = &cache->config;
     const struct attn_block_layout *l = &cache->layout;
-    int ps = c->page_size, hd = c->head_dim, width = c->n_kv_heads * hd;
-    UTIL_CHECK(layer >= 0 && layer < c->n_layers);
+    int ps = c->page_size;
+    UTIL_CHECK(layer >= 0 && layer < c->n_layers && kv_head >= 0 && kv_head < c->n_kv_heads);
     UTIL_CHECK(pos >= 0 && n >= 0 && (int64_t)pos + n <= (int64_t)seq->n_pages * ps);
     for (int i = 0; i < n; i++) {
         int p = pos + i, page = seq->pages[p / ps], t = p % ps;
-        uint16_t *fill = &cache->fill[(size_t)page * c->n_layers + layer];
+        uint16_t *fill = attn_cache_fill(cache, page, layer, kv_head);
         /* Writes go in order; rewriting a token drops the bounds of it and
          * everything after it in the page. */
         UTIL_CHECK(t <= *fill);
-        if (t < *fill) meta_rebuild(cache, page, layer, t);
-        for (int h = 0; h < c->n_kv_heads; h++) {
-            unsigned char *b = attn_cache_block(cache, page, layer, h);
-            const float *kx = k + (size_t)i * width + (size_t)h * hd;
-            const float *vx = v + (size_t)i * width + (size_t)h * hd;
-            store_vector(cache, b + l->k, (float *)(b + l->k_scale), (float *)(b + l->k_zero), true,
-                         t, kx);
-            store_vector(cache, b + l->v, (float *)(b + l->v_scale), (float *)(b + l->v_zero),
-                         false, t, vx);
-            meta_fold(cache, page, layer, h, kx); /* from the unquantized key */
-        }
+        if (t < *fill) meta_rebuild(cache, page, layer, kv_head, t);
+        unsigned char *b = attn_cache_block(cache, page, layer, kv_head);
+        const float *kx = k + (size_t)i * stride, *vx = v + (size_t)i * stride;
+        store_vector(cache, b + l->k, (float *)(b + l->k_scale), (float *)(b + l->k_zero), true, t,
+                     kx);
+        store_vector(cache, b + l->v, (float *)(b + l->v_scale), (float *)(b + l->v_zero), false, t,
+                     vx);
+        meta_fold(cache, page, layer, kv_head, kx); /* from the unquantized key */
         *fill = (uint16_t)(t + 1);
     }
+}
+
+void attn_seq_write(attn_seq *seq, int layer, int pos, int n, const float *k, const float *v)
+{
+    const struct attn_cache_config *c = &seq->cache->config;
+    int width = c->n_kv_heads * c->head_dim;
+    for (int h = 0; h < c->n_kv_heads; h++)
+        attn_seq_write_head(seq, layer, h, pos, n, k + (size_t)h * c->head_dim,
+                            v + (size_t)h * c->head_dim, width);
 }
 
 void attn_seq_commit(attn_seq *seq, int len)
@@ -419,8 +436,8 @@ void attn_seq_truncate(attn_seq *seq, int len)
     if (len % ps == 0 || keep == 0) return;
     int page = seq->pages[keep - 1], t = len % ps;
     for (int layer = 0; layer < c->n_layers; layer++)
-        if (cache->fill[(size_t)page * c->n_layers + layer] > t)
-            meta_rebuild(cache, page, layer, t);
+        for (int h = 0; h < c->n_kv_heads; h++)
+            if (*attn_cache_fill(cache, page, layer, h) > t) meta_rebuild(cache, page, layer, h, t);
 }
 
 void attn_seq_read_kv(const attn_seq *seq, int layer, int kv_head, int pos, float *k, float *v)

@@ -131,7 +131,8 @@ static void check_call(const attn_seq *seq, int layer, const int *pos, int n_q,
         UTIL_CHECK(pos[i] >= 0 && pos[i] < seq->n_pages * c->page_size);
         /* the query's own token is written in this layer (K/V before attention) */
         int page = seq->pages[pos[i] / c->page_size];
-        UTIL_CHECK(seq->cache->fill[(size_t)page * c->n_layers + layer] > pos[i] % c->page_size);
+        for (int h = 0; h < c->n_kv_heads; h++)
+            UTIL_CHECK(*attn_cache_fill(seq->cache, page, layer, h) > pos[i] % c->page_size);
     }
 }
 

@@ -64,32 +64,32 @@ SIMD_INLINE vec simd_load_value(enum attn_kv_type type, const struct attn_block 
     return vec_zero();
 }
 
-/* Scores of rows q[0, SIMD_ROWS) against tokens [0, tmax) of the page, into
+/* Scores of rows q[0, R) against tokens [0, tmax) of the page, into
  * s[r][t] (already scaled for quantized keys). */
-SIMD_INLINE void simd_scores(enum attn_kv_type type, const struct attn_block *b, int head_dim,
-                             int page_size, const float *const *q, int tmax,
+SIMD_INLINE void simd_scores(enum attn_kv_type type, const int R, const struct attn_block *b,
+                             int head_dim, int page_size, const float *const *q, int tmax,
                              float s[][ATTN_MAX_PAGE_SIZE])
 {
     float qsum[SIMD_ROWS] = {0};
     if (type == ATTN_KV_INT4)
-        for (int r = 0; r < SIMD_ROWS; r++)
+        for (int r = 0; r < R; r++)
             for (int d = 0; d < head_dim; d++) qsum[r] += q[r][d];
     for (int t0 = 0; t0 < tmax; t0 += VEC_LANES) {
         /* two accumulators per row: even and odd channels, to hide latency */
         vec a0[SIMD_ROWS], a1[SIMD_ROWS];
 #pragma GCC unroll 4
-        for (int r = 0; r < SIMD_ROWS; r++) a0[r] = a1[r] = vec_zero();
+        for (int r = 0; r < R; r++) a0[r] = a1[r] = vec_zero();
         for (int d = 0; d < head_dim; d += 2) {
             vec k0 = simd_load_key(type, b, page_size, d, t0);
             vec k1 = simd_load_key(type, b, page_size, d + 1, t0);
 #pragma GCC unroll 4
-            for (int r = 0; r < SIMD_ROWS; r++) {
+            for (int r = 0; r < R; r++) {
                 a0[r] = vec_fmadd(vec_set1(q[r][d]), k0, a0[r]);
                 a1[r] = vec_fmadd(vec_set1(q[r][d + 1]), k1, a1[r]);
             }
         }
 #pragma GCC unroll 4
-        for (int r = 0; r < SIMD_ROWS; r++) {
+        for (int r = 0; r < R; r++) {
             vec x = vec_add(a0[r], a1[r]);
             if (type == ATTN_KV_INT8 || type == ATTN_KV_INT4)
                 x = vec_mul(x, vec_load(b->k_scale + t0));
@@ -128,65 +128,86 @@ SIMD_INLINE float simd_softmax(enum attn_kv_type type, const struct attn_block *
     return corr;
 }
 
+/* Rows [r0, r0 + R) of the rows against the page: R is a constant (1..4),
+ * so that a decode step of one query head per KV head computes one row,
+ * not four. */
+SIMD_INLINE void simd_block(enum attn_kv_type type, const int R, const struct attn_block *b,
+                            int head_dim, int page_size, const struct attn_rows *rows,
+                            const int *visible, int r0)
+{
+    float s[SIMD_ROWS][ATTN_MAX_PAGE_SIZE] __attribute__((aligned(64)));
+    int vis[SIMD_ROWS], tmax = 0;
+    const float *q[SIMD_ROWS];
+    for (int r = 0; r < R; r++) {
+        int v = visible[r0 + r];
+        vis[r] = v < 0 ? 0 : v > page_size ? page_size : v;
+        if (vis[r] > tmax) tmax = vis[r];
+        q[r] = rows->q + (size_t)(r0 + r) * head_dim;
+    }
+    if (tmax == 0) return;
+    int tpad = (tmax + VEC_LANES - 1) / VEC_LANES * VEC_LANES;
+
+    simd_scores(type, R, b, head_dim, page_size, q, tmax, s);
+
+    float corr[SIMD_ROWS], zsum[SIMD_ROWS];
+    for (int r = 0; r < R; r++) {
+        corr[r] = 1.0f, zsum[r] = 0;
+        if (vis[r] == 0) {
+            for (int t = 0; t < tpad; t++) s[r][t] = 0;
+            continue;
+        }
+        corr[r] = simd_softmax(type, b, vis[r], tmax, s[r], &rows->max[r0 + r], &rows->sum[r0 + r],
+                               &zsum[r]);
+    }
+
+    for (int c0 = 0; c0 < head_dim; c0 += VEC_LANES) {
+        /* even and odd tokens in separate accumulators, to hide latency */
+        vec o0[SIMD_ROWS], o1[SIMD_ROWS];
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) o0[r] = o1[r] = vec_zero();
+        int t = 0;
+        for (; t + 1 < tmax; t += 2) {
+            vec v0 = simd_load_value(type, b, head_dim, t, c0);
+            vec v1 = simd_load_value(type, b, head_dim, t + 1, c0);
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++) {
+                o0[r] = vec_fmadd(vec_set1(s[r][t]), v0, o0[r]);
+                o1[r] = vec_fmadd(vec_set1(s[r][t + 1]), v1, o1[r]);
+            }
+        }
+        if (t < tmax) {
+            vec v0 = simd_load_value(type, b, head_dim, t, c0);
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++) o0[r] = vec_fmadd(vec_set1(s[r][t]), v0, o0[r]);
+        }
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) {
+            if (vis[r] == 0) continue;
+            float *acc = rows->acc + (size_t)(r0 + r) * head_dim + c0;
+            vec o = vec_add(o0[r], o1[r]);
+            if (type == ATTN_KV_INT4) o = vec_add(o, vec_set1(zsum[r]));
+            vec_store(acc, vec_fmadd(vec_load(acc), vec_set1(corr[r]), o));
+        }
+    }
+}
+
 SIMD_INLINE void simd_page(enum attn_kv_type type, const struct attn_block *b, int head_dim,
                            int page_size, const struct attn_rows *rows, const int *visible)
 {
-    float s[SIMD_ROWS][ATTN_MAX_PAGE_SIZE] __attribute__((aligned(64)));
     for (int r0 = 0; r0 < rows->n; r0 += SIMD_ROWS) {
-        int n_block = rows->n - r0 < SIMD_ROWS ? rows->n - r0 : SIMD_ROWS;
-        int vis[SIMD_ROWS], tmax = 0;
-        const float *q[SIMD_ROWS];
-        for (int r = 0; r < SIMD_ROWS; r++) {
-            int v = r < n_block ? visible[r0 + r] : 0;
-            vis[r] = v < 0 ? 0 : v > page_size ? page_size : v;
-            if (vis[r] > tmax) tmax = vis[r];
-            /* rows past the block's end compute on row r0 and are dropped */
-            q[r] = rows->q + (size_t)(r0 + (r < n_block ? r : 0)) * head_dim;
-        }
-        if (tmax == 0) continue;
-        int tpad = (tmax + VEC_LANES - 1) / VEC_LANES * VEC_LANES;
-
-        simd_scores(type, b, head_dim, page_size, q, tmax, s);
-
-        float corr[SIMD_ROWS], zsum[SIMD_ROWS];
-        for (int r = 0; r < SIMD_ROWS; r++) {
-            corr[r] = 1.0f, zsum[r] = 0;
-            if (vis[r] == 0) {
-                for (int t = 0; t < tpad; t++) s[r][t] = 0;
-                continue;
-            }
-            corr[r] = simd_softmax(type, b, vis[r], tmax, s[r], &rows->max[r0 + r],
-                                   &rows->sum[r0 + r], &zsum[r]);
-        }
-
-        for (int c0 = 0; c0 < head_dim; c0 += VEC_LANES) {
-            /* even and odd tokens in separate accumulators, to hide latency */
-            vec o0[SIMD_ROWS], o1[SIMD_ROWS];
-#pragma GCC unroll 4
-            for (int r = 0; r < SIMD_ROWS; r++) o0[r] = o1[r] = vec_zero();
-            int t = 0;
-            for (; t + 1 < tmax; t += 2) {
-                vec v0 = simd_load_value(type, b, head_dim, t, c0);
-                vec v1 = simd_load_value(type, b, head_dim, t + 1, c0);
-#pragma GCC unroll 4
-                for (int r = 0; r < SIMD_ROWS; r++) {
-                    o0[r] = vec_fmadd(vec_set1(s[r][t]), v0, o0[r]);
-                    o1[r] = vec_fmadd(vec_set1(s[r][t + 1]), v1, o1[r]);
-                }
-            }
-            if (t < tmax) {
-                vec v0 = simd_load_value(type, b, head_dim, t, c0);
-#pragma GCC unroll 4
-                for (int r = 0; r < SIMD_ROWS; r++) o0[r] = vec_fmadd(vec_set1(s[r][t]), v0, o0[r]);
-            }
-#pragma GCC unroll 4
-            for (int r = 0; r < n_block; r++) {
-                if (vis[r] == 0) continue;
-                float *acc = rows->acc + (size_t)(r0 + r) * head_dim + c0;
-                vec o = vec_add(o0[r], o1[r]);
-                if (type == ATTN_KV_INT4) o = vec_add(o, vec_set1(zsum[r]));
-                vec_store(acc, vec_fmadd(vec_load(acc), vec_set1(corr[r]), o));
-            }
+        switch (rows->n - r0 < SIMD_ROWS ? rows->n - r0 : SIMD_ROWS) {
+        case 1:
+            simd_block(type, 1, b, head_dim, page_size, rows, visible, r0);
+            break;
+        case 2:
+            simd_block(type, 2, b, head_dim, page_size, rows, visible, r0);
+            break;
+        case 3:
+            simd_block(type, 3, b, head_dim, page_size, rows, visible, r0);
+            break;
+        default:
+            simd_block(type, 4, b, head_dim, page_size, rows, visible, r0);
+            break;
         }
     }
 }

@@ -5,7 +5,7 @@
  *   build/bench/forward [--model FILE | --synthetic-58m] [--precisions fp32,w8a8,atom]
  *                       [--batches 1,8,32] [--prompt N] [--decode N]
  *                       [--kv f32] [--tpot-ms 50] [--repeat 3] [--calib-tokens N]
- *                       [--head-f16]
+ *                       [--head-f16] [--profile]
  *
  * A precision written P+h16 (e.g. atom+h16) runs P with the output head in
  * f16, P+h8 with it W8A8, so that the heads are measured in one run;
@@ -22,7 +22,9 @@
  * in one step per sequence chunk, then decode together for --decode steps.
  * Prefill tokens/s = B*N / prefill time; decode tokens/s = B*steps / decode
  * time; time per output token = decode time / steps. Medians of --repeat
- * runs. The last lines give, per precision, the largest batch whose time per
+ * runs. --profile adds, per precision and batch, where a prefill step and
+ * a decode step spend their time (llm_workspace_profile), over all runs.
+ * The last lines give, per precision, the largest batch whose time per
  * output token meets --tpot-ms, and the decode speed-up over fp32.
  */
 #include "bench/bench.h"
@@ -157,6 +159,33 @@ struct result {
     double prefill_tps, decode_tps, tpot_ms;
 };
 
+/* Seconds per phase, prefill and decode, when --profile is given. */
+static bool profiling, profile_this_run; /* --profile: the last run of each precision and batch */
+static double prefill_phases[LLM_PHASE_COUNT], decode_phases[LLM_PHASE_COUNT];
+static int prefill_steps, decode_steps;
+static char profile_lines[MAX_LIST * MAX_LIST][512];
+
+/* One line of where the time went, into out; resets the sums. */
+static void format_profile(char *out, size_t len, const char *name, int batch)
+{
+    size_t at = 0;
+    const double *phases[2] = {prefill_phases, decode_phases};
+    int *steps[2] = {&prefill_steps, &decode_steps};
+    for (int w = 0; w < 2; w++) {
+        double total = 0;
+        for (int p = 0; p < LLM_PHASE_COUNT; p++) total += phases[w][p];
+        at += (size_t)snprintf(out + at, len - at, "# profile %s batch %d %s %.3f ms/step:", name,
+                               batch, w ? "decode" : "prefill", 1e3 * total / *steps[w]);
+        for (int p = 0; p < LLM_PHASE_COUNT && at < len; p++)
+            at += (size_t)snprintf(out + at, len - at, " %s %.0f%%", llm_phase_name((enum llm_phase)p),
+                                   100 * phases[w][p] / total);
+        if (at < len) at += (size_t)snprintf(out + at, len - at, "\n");
+    }
+    memset(prefill_phases, 0, sizeof prefill_phases);
+    memset(decode_phases, 0, sizeof decode_phases);
+    prefill_steps = decode_steps = 0;
+}
+
 /* One measurement: B sequences, N prompt tokens each, `steps` decode steps. */
 static struct result run_once(llm_model *m, int B, int N, int steps, struct util_rng *rng)
 {
@@ -169,6 +198,7 @@ static struct result run_once(llm_model *m, int B, int N, int steps, struct util
     int32_t *next = util_xmalloc(sizeof(int32_t) * (size_t)B);
     struct llm_batch_item *items = util_xcalloc((size_t)B, sizeof *items);
 
+    if (profile_this_run) llm_workspace_profile(ws, prefill_phases);
     double t0 = util_now();
     for (int b = 0; b < B; b++) {
         seqs[b] = attn_seq_create(llm_model_kv_cache(m));
@@ -179,6 +209,9 @@ static struct result run_once(llm_model *m, int B, int N, int steps, struct util
         next[b] = prompt[N - 1];
     }
     double t1 = util_now();
+    if (profile_this_run) llm_workspace_profile(ws, decode_phases);
+    prefill_steps += B;
+    decode_steps += steps;
     for (int s = 0; s < steps; s++) {
         for (int b = 0; b < B; b++)
             items[b] = (struct llm_batch_item){.kv = seqs[b], .tokens = &next[b], .n_tokens = 1};
@@ -226,6 +259,10 @@ int main(int argc, char **argv)
         }
         if (!strcmp(argv[i], "--head-f16")) {
             head_f16 = true;
+            continue;
+        }
+        if (!strcmp(argv[i], "--profile")) {
+            profiling = true;
             continue;
         }
         if (i + 1 >= argc) {
@@ -312,9 +349,13 @@ int main(int argc, char **argv)
     for (int i = 0; i < n_batches; i++)
         for (int r = 0; r < reps; r++)
             for (int k = 0; k < n_models; k++) {
+                profile_this_run = profiling && r == reps - 1;
                 struct result res = run_once(models[k], batches[i], N, steps, &rng);
                 pf[k][i][r] = res.prefill_tps, dc[k][i][r] = res.decode_tps,
                 tp[k][i][r] = res.tpot_ms;
+                if (profile_this_run)
+                    format_profile(profile_lines[k * MAX_LIST + i], sizeof profile_lines[0],
+                                   names[k], batches[i]);
             }
     double fp32_decode[MAX_LIST] = {0};
     char summary[4096] = "";
@@ -327,6 +368,7 @@ int main(int argc, char **argv)
             double pfm = bench_median(pf[k][i], reps), dcm = bench_median(dc[k][i], reps),
                    tpm = bench_median(tp[k][i], reps);
             printf("%-10s %6d %14.1f %14.1f %10.2f\n", p, batches[i], pfm, dcm, tpm);
+            if (profiling) fputs(profile_lines[k * MAX_LIST + i], stdout);
             if (!strcmp(p, "fp32"))
                 fp32_decode[i] = dcm;
             else if (fp32_decode[i] > 0)

@@ -43,12 +43,14 @@ struct llm_workspace {
     float *gate, *up; /* (T, ffn_dim) */
     float *out;       /* (T, dim) a linear hook's output before the residual add */
     int *pos;         /* (T) position of each row */
+    float *rope;      /* (T, head_dim / 2, 2) cos and sin of each row's rotation angles */
     int *logit_rows;  /* (T) rows whose logits are wanted, in output order */
     /* quantized paths: activations of each input width */
     q_act *act_dim, *act_attn_out, *act_ffn;
     q_act *act_head; /* the head's input, when the head is W8A8 */
     llm_calib_fn calib;
     void *calib_ctx;
+    double *profile; /* (LLM_PHASE_COUNT) seconds, or NULL */
 };
 
 llm_workspace *llm_workspace_create(const llm_model *m, int max_tokens)
@@ -71,6 +73,7 @@ llm_workspace *llm_workspace_create(const llm_model *m, int max_tokens)
     ws->up = util_aligned_alloc(T * c->ffn_dim * sizeof(float));
     ws->out = util_aligned_alloc(T * c->dim * sizeof(float));
     ws->pos = util_xcalloc(T, sizeof(int));
+    ws->rope = util_aligned_alloc(T * (size_t)c->head_dim * sizeof(float));
     ws->logit_rows = util_xcalloc(T, sizeof(int));
     if (m->precision != LLM_FP32) {
         struct q_format f_dim = llm_model_qformat(m, c->dim);
@@ -91,6 +94,7 @@ void llm_workspace_free(llm_workspace *ws)
     float *bufs[] = {ws->x, ws->h, ws->q, ws->k, ws->v, ws->att, ws->gate, ws->up, ws->out};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) util_aligned_free(bufs[i]);
     free(ws->pos);
+    util_aligned_free(ws->rope);
     free(ws->logit_rows);
     q_act_free(ws->act_dim);
     q_act_free(ws->act_attn_out);
@@ -106,6 +110,19 @@ void llm_workspace_set_calib(llm_workspace *ws, llm_calib_fn fn, void *ctx)
     ws->calib_ctx = ctx;
 }
 
+const char *llm_phase_name(enum llm_phase phase)
+{
+    static const char *const names[LLM_PHASE_COUNT] = {"embed",     "norm",     "qkv",    "rope_kv",
+                                                       "attention", "attn_out", "ffn_in", "ffn_act",
+                                                       "ffn_out",   "head"};
+    return (unsigned)phase < LLM_PHASE_COUNT ? names[phase] : "unknown";
+}
+
+void llm_workspace_profile(llm_workspace *ws, double *seconds)
+{
+    ws->profile = seconds;
+}
+
 /* ------------------------------------------------------------ primitives */
 
 static void rmsnorm(float *out, const float *x, const float *w, int n, float eps)
@@ -116,17 +133,26 @@ static void rmsnorm(float *out, const float *x, const float *w, int n, float eps
     for (int i = 0; i < n; i++) out[i] = x[i] * scale * w[i];
 }
 
-/* Rotates adjacent channel pairs (GGUF's order) of every head of a row. */
-static void rope_row(float *row, int n_heads, int head_dim, int pos, const float *freq)
+/* cos and sin of the rotation angles of position pos, interleaved. */
+static void rope_angles(float *cs, int head_dim, int pos, const float *freq)
 {
     for (int i = 0; i < head_dim / 2; i++) {
         float angle = (float)pos * freq[i];
-        float c = cosf(angle), s = sinf(angle);
-        for (int h = 0; h < n_heads; h++) {
-            float *p = row + h * head_dim + 2 * i;
-            float a = p[0], b = p[1];
-            p[0] = a * c - b * s;
-            p[1] = a * s + b * c;
+        cs[2 * i] = cosf(angle);
+        cs[2 * i + 1] = sinf(angle);
+    }
+}
+
+/* Rotates adjacent channel pairs (GGUF's order) of n_heads heads of a row,
+ * heads `stride` floats apart. */
+static void rope_heads(float *row, int n_heads, int stride, int head_dim, const float *cs)
+{
+    for (int h = 0; h < n_heads; h++) {
+        float *p = row + (size_t)h * stride;
+        for (int i = 0; i < head_dim / 2; i++) {
+            float a = p[2 * i], b = p[2 * i + 1], c = cs[2 * i], s = cs[2 * i + 1];
+            p[2 * i] = a * c - b * s;
+            p[2 * i + 1] = a * s + b * c;
         }
     }
 }
@@ -151,11 +177,19 @@ struct step {
     /* attention units of the current layer, handed out one by one */
     int *unit_start; /* (n_items + 1) */
     _Atomic int next_unit;
+    double phase_start; /* thread 0's clock, when profiling */
 };
 
-static void barrier(const struct step *s)
+/* The end of a phase: every thread waits for the others; thread 0 books
+ * the time since the last phase's end. */
+static void barrier(struct step *s, enum llm_phase phase, int ith)
 {
     util_pool_barrier(s->ws->pool);
+    if (ith == 0 && s->ws->profile) {
+        double now = util_now();
+        s->ws->profile[phase] += now - s->phase_start;
+        s->phase_start = now;
+    }
 }
 
 /* A linear layer of the block and where its product goes. */
@@ -214,12 +248,12 @@ static void linears(const struct step *s, int layer, const struct linear_out *ou
 }
 
 /* Calibration sees each linear group's fp32 input: thread 0, between barriers. */
-static void calibrate(const struct step *s, int layer, enum llm_calib_point point, const float *x,
-                      int k, int ith)
+static void calibrate(struct step *s, int layer, enum llm_calib_point point, const float *x, int k,
+                      enum llm_phase phase, int ith)
 {
     if (!s->ws->calib) return;
     if (ith == 0) s->ws->calib(layer, point, x, s->T, k, s->ws->calib_ctx);
-    barrier(s);
+    barrier(s, phase, ith);
 }
 
 /* h = rmsnorm(x), or its quantized form in act_dim, for this thread's rows. */
@@ -255,24 +289,28 @@ static struct attn_params item_params(const struct step *s, int i)
     return p;
 }
 
-/* RoPE on this thread's items' rows, their K/V into the cache; thread 0
- * also counts the layer's attention units. */
+/* RoPE on this thread's rows of Q; RoPE on K and the writes to the cache
+ * as (item, KV head) units, so that one long prompt still uses every
+ * thread. Thread 0 also counts the layer's attention units. */
 static void rope_and_store(struct step *s, int layer, int ith, int nth)
 {
     const llm_model *m = s->model;
     const struct llm_config *c = &m->config;
     llm_workspace *ws = s->ws;
-    int q_dim = c->n_heads * c->head_dim, kv_dim = c->n_kv_heads * c->head_dim, i0, i1;
-    util_split(s->n_items, ith, nth, &i0, &i1);
-    for (int i = i0; i < i1; i++) {
+    int hd = c->head_dim, q_dim = c->n_heads * hd, kv_dim = c->n_kv_heads * hd, b, e;
+    util_split(s->T, ith, nth, &b, &e);
+    for (int r = b; r < e; r++)
+        rope_heads(ws->q + (size_t)r * q_dim, c->n_heads, hd, hd, ws->rope + (size_t)r * hd);
+    util_split(s->n_items * c->n_kv_heads, ith, nth, &b, &e);
+    for (int u = b; u < e; u++) {
+        int i = u / c->n_kv_heads, h = u % c->n_kv_heads;
         int r0 = s->row_start[i], r1 = s->row_start[i + 1];
-        for (int r = r0; r < r1; r++) {
-            rope_row(ws->q + (size_t)r * q_dim, c->n_heads, c->head_dim, ws->pos[r], m->rope_freq);
-            rope_row(ws->k + (size_t)r * kv_dim, c->n_kv_heads, c->head_dim, ws->pos[r],
-                     m->rope_freq);
-        }
-        attn_seq_write(s->items[i].kv, layer, ws->pos[r0], r1 - r0, ws->k + (size_t)r0 * kv_dim,
-                       ws->v + (size_t)r0 * kv_dim);
+        for (int r = r0; r < r1; r++)
+            rope_heads(ws->k + (size_t)r * kv_dim + (size_t)h * hd, 1, hd, hd,
+                       ws->rope + (size_t)r * hd);
+        attn_seq_write_head(s->items[i].kv, layer, h, ws->pos[r0], r1 - r0,
+                            ws->k + (size_t)r0 * kv_dim + (size_t)h * hd,
+                            ws->v + (size_t)r0 * kv_dim + (size_t)h * hd, kv_dim);
     }
     if (ith == 0) {
         s->unit_start[0] = 0;
@@ -316,26 +354,26 @@ static void attention_block(struct step *s, int layer, int ith, int nth)
     int q_dim = c->n_heads * c->head_dim, t0, t1;
 
     input_norm(s, b->attn_norm, b->perm_attn_in, ith, nth);
-    barrier(s);
-    calibrate(s, layer, LLM_CALIB_QKV, ws->h, c->dim, ith);
+    barrier(s, LLM_PHASE_NORM, ith);
+    calibrate(s, layer, LLM_CALIB_QKV, ws->h, c->dim, LLM_PHASE_NORM, ith);
     struct linear_out qkv[3] = {{LLM_LINEAR_Q, &b->wq, ws->q, false},
                                 {LLM_LINEAR_K, &b->wk, ws->k, false},
                                 {LLM_LINEAR_V, &b->wv, ws->v, false}};
     linears(s, layer, qkv, 3, ws->h, ws->act_dim, ith, nth);
-    barrier(s);
+    barrier(s, LLM_PHASE_QKV, ith);
     rope_and_store(s, layer, ith, nth);
-    barrier(s);
+    barrier(s, LLM_PHASE_ROPE_KV, ith);
     attend(s, layer, nth);
-    barrier(s);
-    calibrate(s, layer, LLM_CALIB_O, ws->att, q_dim, ith);
+    barrier(s, LLM_PHASE_ATTENTION, ith);
+    calibrate(s, layer, LLM_CALIB_O, ws->att, q_dim, LLM_PHASE_ATTN_OUT, ith);
     if (m->precision != LLM_FP32) {
         util_split(s->T, ith, nth, &t0, &t1);
         q_act_quantize_rows(ws->act_attn_out, ws->att, s->T, t0, t1, b->perm_attn_out);
-        barrier(s);
+        barrier(s, LLM_PHASE_ATTN_OUT, ith);
     }
     struct linear_out o = {LLM_LINEAR_O, &b->wo, ws->x, true};
     linears(s, layer, &o, 1, ws->att, ws->act_attn_out, ith, nth);
-    barrier(s);
+    barrier(s, LLM_PHASE_ATTN_OUT, ith);
 }
 
 static void mlp_block(struct step *s, int layer, int ith, int nth)
@@ -347,26 +385,26 @@ static void mlp_block(struct step *s, int layer, int ith, int nth)
     int t0, t1;
 
     input_norm(s, b->ffn_norm, b->perm_ffn_in, ith, nth);
-    barrier(s);
-    calibrate(s, layer, LLM_CALIB_GATE_UP, ws->h, c->dim, ith);
+    barrier(s, LLM_PHASE_NORM, ith);
+    calibrate(s, layer, LLM_CALIB_GATE_UP, ws->h, c->dim, LLM_PHASE_NORM, ith);
     struct linear_out gate_up[2] = {{LLM_LINEAR_GATE, &b->w_gate, ws->gate, false},
                                     {LLM_LINEAR_UP, &b->w_up, ws->up, false}};
     linears(s, layer, gate_up, 2, ws->h, ws->act_dim, ith, nth);
-    barrier(s);
+    barrier(s, LLM_PHASE_FFN_IN, ith);
     util_split(s->T, ith, nth, &t0, &t1);
     if (m->precision == LLM_FP32) {
         size_t f = (size_t)c->ffn_dim;
         for (size_t j = (size_t)t0 * f; j < (size_t)t1 * f; j++)
             ws->gate[j] = silu(ws->gate[j]) * ws->up[j];
-        barrier(s);
-        calibrate(s, layer, LLM_CALIB_DOWN, ws->gate, c->ffn_dim, ith);
+        barrier(s, LLM_PHASE_FFN_ACT, ith);
+        calibrate(s, layer, LLM_CALIB_DOWN, ws->gate, c->ffn_dim, LLM_PHASE_FFN_ACT, ith);
     } else {
         q_act_quantize_swiglu_rows(ws->act_ffn, ws->gate, ws->up, s->T, t0, t1);
-        barrier(s);
+        barrier(s, LLM_PHASE_FFN_ACT, ith);
     }
     struct linear_out down = {LLM_LINEAR_DOWN, &b->w_down, ws->x, true};
     linears(s, layer, &down, 1, ws->gate, ws->act_ffn, ith, nth);
-    barrier(s);
+    barrier(s, LLM_PHASE_FFN_OUT, ith);
 }
 
 /* The final norm of the rows that want logits, packed into h, then the head. */
@@ -381,7 +419,7 @@ static void head(struct step *s, int ith, int nth)
         rmsnorm(ws->h + (size_t)r * c->dim, ws->x + (size_t)ws->logit_rows[r] * c->dim,
                 m->output_norm, c->dim, c->rms_eps);
     if (m->output_q) q_act_quantize_rows(ws->act_head, ws->h, s->R, r0, r1, NULL);
-    barrier(s);
+    barrier(s, LLM_PHASE_HEAD, ith);
     if (m->output_q) {
         struct q_gemm_job job = {m->output_q, ws->act_head, s->logits, c->vocab_size, false};
         q_gemm_jobs(&job, 1, s->R, ith, nth);
@@ -415,14 +453,18 @@ static void step_thread(void *ctx, int ith, int nth)
                    s->model->token_embd + (size_t)s->items[i].tokens[j] * c->dim,
                    sizeof(float) * (size_t)c->dim);
             ws->pos[r] = len + j;
+            rope_angles(ws->rope + (size_t)r * c->head_dim, c->head_dim, len + j,
+                        s->model->rope_freq);
         }
     }
-    barrier(s);
+    barrier(s, LLM_PHASE_EMBED, ith);
     for (int l = 0; l < c->n_layers; l++) {
         attention_block(s, l, ith, nth);
         mlp_block(s, l, ith, nth);
     }
     head(s, ith, nth);
+    /* the head's own end: the run's return is its barrier */
+    if (ith == 0 && ws->profile) ws->profile[LLM_PHASE_HEAD] -= s->phase_start;
 }
 
 /* --------------------------------------------------------------- forward */
@@ -471,7 +513,9 @@ int llm_forward(llm_model *model, llm_workspace *ws, struct llm_batch_item *item
 
     int rc = reserve_all(items, n_items);
     if (!rc) {
+        s.phase_start = util_now();
         util_pool_run(ws->pool, step_thread, &s);
+        if (ws->profile) ws->profile[LLM_PHASE_HEAD] += util_now();
         for (int i = 0; i < n_items; i++)
             attn_seq_commit(items[i].kv, attn_seq_len(items[i].kv) + items[i].n_tokens);
     }

@@ -10,21 +10,21 @@
 #ifndef LLMD_CORE_MODEL_H
 #define LLMD_CORE_MODEL_H
 
-#include <stdbool.h>
-#include <stdint.h>
-
 #include "attention/attention.h"
 #include "core/tokenizer.h"
 
+#include <stdbool.h>
+#include <stdint.h>
+
 struct llm_config {
     int n_layers;
-    int dim;          /* model width */
-    int ffn_dim;      /* SwiGLU hidden width */
+    int dim;     /* model width */
+    int ffn_dim; /* SwiGLU hidden width */
     int n_heads;
-    int n_kv_heads;   /* < n_heads: grouped-query attention */
-    int head_dim;     /* dim / n_heads */
+    int n_kv_heads; /* < n_heads: grouped-query attention */
+    int head_dim;   /* dim / n_heads */
     int vocab_size;
-    int ctx_len;      /* context length trained for */
+    int ctx_len; /* context length trained for */
     float rope_base;
     float rms_eps;
     bool tied_output; /* the output head reuses the token embeddings */
@@ -39,14 +39,14 @@ const char *llm_precision_name(enum llm_precision p);
 /* Atom's recipe and its ablation switches (precision LLM_ATOM; LLM_W4A4_RTN
  * is the same with every switch off). */
 struct llm_quant_options {
-    int group_size;          /* channels per int4 group; 0 = one group per row (groups of
-                                Q_GROUP_SIZE_MAX where a row is wider: the kernels' limit) */
-    int n_outlier;           /* int8 outlier channels; -1 = width / 32, 0 = none */
-    float act_clip;          /* 0.9 */
-    float weight_clip;       /* 0.85 */
-    bool gptq;               /* GPTQ for the weights (else round to nearest) */
-    const char *calib_file;  /* calibration text (models/calibration.txt) */
-    int calib_tokens;        /* calibration tokens to use */
+    int group_size;         /* channels per int4 group; 0 = one group per row (groups of
+                               Q_GROUP_SIZE_MAX where a row is wider: the kernels' limit) */
+    int n_outlier;          /* int8 outlier channels; -1 = width / 32, 0 = none */
+    float act_clip;         /* 0.9 */
+    float weight_clip;      /* 0.85 */
+    bool gptq;              /* GPTQ for the weights (else round to nearest) */
+    const char *calib_file; /* calibration text (models/calibration.txt) */
+    int calib_tokens;       /* calibration tokens to use */
 };
 
 /* Called during long work (loading, quantizing) with a fraction done. */
@@ -55,12 +55,12 @@ typedef void (*llm_progress_fn)(const char *what, double fraction, void *ctx);
 struct llm_model_options {
     enum llm_precision precision;
     enum attn_kv_type kv_type;
-    int kv_pages;             /* KV page pool size; 0 = ctx_len x kv_sequences tokens */
-    int kv_sequences;         /* full-context sequences the default pool holds (8) */
-    int page_size;            /* tokens per KV page (16) */
+    int kv_pages;               /* KV page pool size; 0 = ctx_len x kv_sequences tokens */
+    int kv_sequences;           /* full-context sequences the default pool holds (8) */
+    int page_size;              /* tokens per KV page (16) */
     enum attn_mode sparse_mode; /* what a non-zero token budget means: ATTN_QUEST, or the
                                    query-agnostic ATTN_WINDOW baseline */
-    int dense_layers;         /* layers that always attend densely (Quest: 2) */
+    int dense_layers;           /* layers that always attend densely (Quest: 2) */
     struct llm_quant_options quant;
     bool head_f16;            /* output head in f16 (half its bytes; exact for f16 files) */
     bool head_int8;           /* output head W8A8 (a quarter of its bytes; wins over head_f16) */
@@ -119,9 +119,8 @@ const char *llm_linear_kind_name(enum llm_linear_kind kind);
  * model; returns false to let the model compute it. Called on the thread
  * running the forward pass, for every linear of every step, so a hook that
  * keeps state must not share a model between threads. */
-typedef bool (*llm_linear_hook_fn)(void *ctx, int layer, enum llm_linear_kind kind,
-                                   const float *w, int n, int k, const float *x, int T,
-                                   float *y);
+typedef bool (*llm_linear_hook_fn)(void *ctx, int layer, enum llm_linear_kind kind, const float *w,
+                                   int n, int k, const float *x, int T, float *y);
 
 /* Routes the linear layers of an fp32 model through fn (NULL removes it).
  * Returns 0, or -ENOTSUP when the model is quantized (its float weights
@@ -139,7 +138,7 @@ struct llm_batch_item {
     const int32_t *tokens;
     int n_tokens;
     bool all_logits;
-    int quest_budget; /* 0 = dense */
+    int quest_budget;           /* 0 = dense */
     enum attn_mode sparse_mode; /* what the budget means; ATTN_DENSE (0) = the model's option */
 };
 
@@ -148,6 +147,27 @@ struct llm_batch_item {
 typedef struct llm_workspace llm_workspace;
 llm_workspace *llm_workspace_create(const llm_model *model, int max_tokens);
 void llm_workspace_free(llm_workspace *ws);
+
+/* Where a step's time goes (llm_workspace_profile): wall time from the end
+ * of one phase to the end of the next, as the first thread sees it, so a
+ * phase's figure includes waiting for its slowest thread. */
+enum llm_phase {
+    LLM_PHASE_EMBED,     /* token embeddings */
+    LLM_PHASE_NORM,      /* RMSNorm (+ activation quantization) before Q/K/V and gate/up */
+    LLM_PHASE_QKV,       /* the Q, K and V products */
+    LLM_PHASE_ROPE_KV,   /* RoPE, K/V into the cache, Quest bounds */
+    LLM_PHASE_ATTENTION, /* attention (page selection included) */
+    LLM_PHASE_ATTN_OUT,  /* quantizing its output, the O product and residual */
+    LLM_PHASE_FFN_IN,    /* the gate and up products */
+    LLM_PHASE_FFN_ACT,   /* SwiGLU (+ quantization) */
+    LLM_PHASE_FFN_OUT,   /* the down product and residual */
+    LLM_PHASE_HEAD,      /* final norm and the output head */
+    LLM_PHASE_COUNT
+};
+const char *llm_phase_name(enum llm_phase phase);
+/* From now on every step adds each phase's seconds to seconds[phase]
+ * (LLM_PHASE_COUNT entries, owned by the caller; NULL stops). */
+void llm_workspace_profile(llm_workspace *ws, double *seconds);
 
 /* Runs one batched step over n_items sequences (some prefilling, some
  * decoding). Reserves KV pages first: returns -ENOSPC, having changed
