@@ -321,8 +321,7 @@ int main(int argc, char **argv)
         char base[32];
         snprintf(base, sizeof base, "%s", p);
         char *suffix = strstr(base, "+h16"), *suffix8 = strstr(base, "+h8");
-        o.head_f16 = head_f16 || suffix;
-        o.head_int8 = suffix8 != NULL;
+        o.head = suffix8 ? LLM_HEAD_INT8 : head_f16 || suffix ? LLM_HEAD_F16 : LLM_HEAD_F32;
         if (suffix) *suffix = 0;
         if (suffix8) *suffix8 = 0;
         if (llm_precision_parse(base, &o.precision) || attn_kv_type_parse(kv, &o.kv_type)) {

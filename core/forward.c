@@ -449,9 +449,7 @@ static void step_thread(void *ctx, int ith, int nth)
         util_split(s->items[i].n_tokens, ith, nth, &r0, &r1);
         for (int j = r0; j < r1; j++) {
             int r = s->row_start[i] + j;
-            memcpy(ws->x + (size_t)r * c->dim,
-                   s->model->token_embd + (size_t)s->items[i].tokens[j] * c->dim,
-                   sizeof(float) * (size_t)c->dim);
+            llm_model_embed(s->model, s->items[i].tokens[j], ws->x + (size_t)r * c->dim);
             ws->pos[r] = len + j;
             rope_angles(ws->rope + (size_t)r * c->head_dim, c->head_dim, len + j,
                         s->model->rope_freq);

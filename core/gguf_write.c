@@ -12,7 +12,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define WRITER_ALIGNMENT 32
+/* 64: a cache line and an AVX-512 register, so that data mapped from the
+ * file can be read in place by aligned loads (quantized layers). Written
+ * as general.alignment by save; callers must not write that key. */
+#define WRITER_ALIGNMENT 64
+#define ALIGNMENT_KEY    "general.alignment"
 
 struct bytes {
     uint8_t *p;
@@ -74,6 +78,7 @@ void llm_gguf_writer_free(llm_gguf_writer *w)
 void llm_gguf_writer_kv_raw(llm_gguf_writer *w, const char *key, size_t key_len,
                             enum llm_gguf_type type, const void *value, size_t value_len)
 {
+    UTIL_CHECK(!(key_len == sizeof ALIGNMENT_KEY - 1 && memcmp(key, ALIGNMENT_KEY, key_len) == 0));
     put_string(&w->kvs, key, key_len);
     put_u32(&w->kvs, (uint32_t)type);
     put(&w->kvs, value, value_len);
@@ -131,7 +136,10 @@ static int write_all(FILE *f, const llm_gguf_writer *w)
     put(&head, "GGUF", 4);
     put_u32(&head, 3);
     put_u64(&head, w->n_tensors);
-    put_u64(&head, w->n_kv);
+    put_u64(&head, w->n_kv + 1);
+    put_string(&head, ALIGNMENT_KEY, sizeof ALIGNMENT_KEY - 1);
+    put_u32(&head, GGUF_TYPE_UINT32);
+    put_u32(&head, WRITER_ALIGNMENT);
     size_t meta = head.len + w->kvs.len + w->infos.len;
     size_t pad = (WRITER_ALIGNMENT - meta % WRITER_ALIGNMENT) % WRITER_ALIGNMENT;
     bool ok = fwrite(head.p, 1, head.len, f) == head.len &&

@@ -36,6 +36,16 @@ enum llm_precision { LLM_FP32, LLM_W8A8, LLM_W4A4_RTN, LLM_ATOM };
 int llm_precision_parse(const char *name, enum llm_precision *out);
 const char *llm_precision_name(enum llm_precision p);
 
+/* The output head's (lm_head's) form: its bytes are the largest single
+ * read of a decode step at small batch. */
+enum llm_head {
+    LLM_HEAD_F32,
+    LLM_HEAD_F16,  /* half the bytes; exact for f16 files (read in place there) */
+    LLM_HEAD_INT8, /* W8A8, int8 per vocabulary row and per token: a quarter */
+};
+int llm_head_parse(const char *name, enum llm_head *out); /* "f32", "f16", "int8" */
+const char *llm_head_name(enum llm_head head);
+
 /* Atom's recipe and its ablation switches (precision LLM_ATOM; LLM_W4A4_RTN
  * is the same with every switch off). */
 struct llm_quant_options {
@@ -62,8 +72,7 @@ struct llm_model_options {
                                    query-agnostic ATTN_WINDOW baseline */
     int dense_layers;           /* layers that always attend densely (Quest: 2) */
     struct llm_quant_options quant;
-    bool head_f16;            /* output head in f16 (half its bytes; exact for f16 files) */
-    bool head_int8;           /* output head W8A8 (a quarter of its bytes; wins over head_f16) */
+    enum llm_head head;       /* the output head's form (a quantized file's int8 head wins) */
     int threads;              /* 0 = all cores */
     llm_progress_fn progress; /* may be NULL */
     void *progress_ctx;

@@ -10,8 +10,12 @@
  *     group_size, outliers, act_clip, weight_clip, gptq, calib_tokens. The
  *     first five define the activation formats; each layer's own format
  *     must agree with them (checked at load);
- *   - everything else (tokenizer, norms, embeddings, output head) copied
- *     byte for byte.
+ *   - the output head, when the model has it W8A8 (LLM_HEAD_INT8), as an I8
+ *     blob named output.weight (also for a tied head: the embeddings stay);
+ *   - everything else (tokenizer, norms, embeddings, a 16/32-bit head)
+ *     copied byte for byte.
+ * The writer aligns tensors to 64 bytes and the blobs put their weights on
+ * 64 bytes too, so that loading maps the layers and reads them in place.
  * The channel orders need no tensors of their own: Q/K/V share one (stored
  * in each of their blobs, checked equal at load), gate/up likewise, O has
  * its own, and down's is folded into the rows of gate and up at
@@ -98,10 +102,13 @@ int llm_model_save_quantized(const llm_model *m, const char *source_path, const 
     }
     write_quant_metadata(w, m);
     uint64_t n_tensors = llm_gguf_tensor_count(g);
-    void **blobs = util_xcalloc(n_tensors, sizeof *blobs);
+    void **blobs = util_xcalloc(n_tensors + 1, sizeof *blobs);
     for (uint64_t i = 0; i < n_tensors; i++) {
         const struct llm_gguf_tensor *t = llm_gguf_tensor_at(g, i);
         const struct llm_linear *l = named_linear(m, t->name);
+        bool head = t->name.len == strlen(LLM_QUANT_HEAD_TENSOR) &&
+                    memcmp(t->name.ptr, LLM_QUANT_HEAD_TENSOR, t->name.len) == 0;
+        if (head && m->output_q) continue; /* replaced by the int8 head below */
         if (!l) {
             llm_gguf_writer_tensor(w, t->name.ptr, t->name.len, t->n_dims, t->dims, t->type,
                                    t->data, t->n_bytes);
@@ -112,8 +119,15 @@ int llm_model_save_quantized(const llm_model *m, const char *source_path, const 
         q_linear_save(l->q, blobs[i], size);
         llm_gguf_writer_tensor(w, t->name.ptr, t->name.len, 1, &size, GGML_TYPE_I8, blobs[i], size);
     }
+    if (m->output_q) {
+        uint64_t size = q_linear_save(m->output_q, NULL, 0);
+        blobs[n_tensors] = util_xmalloc(size);
+        q_linear_save(m->output_q, blobs[n_tensors], size);
+        llm_gguf_writer_tensor(w, LLM_QUANT_HEAD_TENSOR, strlen(LLM_QUANT_HEAD_TENSOR), 1, &size,
+                               GGML_TYPE_I8, blobs[n_tensors], size);
+    }
     rc = llm_gguf_writer_save(w, path, err, err_len);
-    for (uint64_t i = 0; i < n_tensors; i++) free(blobs[i]);
+    for (uint64_t i = 0; i <= n_tensors; i++) free(blobs[i]);
     free(blobs);
     llm_gguf_writer_free(w);
     llm_gguf_close(g);
@@ -173,7 +187,7 @@ int llm_model_load_quantized_linear(const llm_model *m, const llm_gguf *g, const
                -EBADMSG;
     lin->n = n;
     lin->k = k;
-    lin->q = q_linear_load(t->data, t->n_bytes);
+    lin->q = q_linear_view(t->data, t->n_bytes); /* in the mapped file: no copy */
     if (!lin->q)
         return snprintf(err, err_len, "quantized model: tensor %s is a malformed quantized layer",
                         name),
@@ -186,6 +200,26 @@ int llm_model_load_quantized_linear(const llm_model *m, const llm_gguf *g, const
                         "llmd.quant.* metadata (expected (%d, %d))",
                         name, q_linear_rows(lin->q), q_linear_cols(lin->q), n, k),
                -EBADMSG;
+    return 0;
+}
+
+int llm_model_load_quantized_head(const llm_model *m, const llm_gguf *g, q_linear **out, char *err,
+                                  size_t err_len)
+{
+    *out = NULL;
+    const struct llm_gguf_tensor *t = llm_gguf_find_tensor(g, LLM_QUANT_HEAD_TENSOR);
+    if (!t || t->type != GGML_TYPE_I8 || t->n_dims != 1) return 0; /* a 16/32-bit head */
+    q_linear *head = q_linear_view(t->data, t->n_bytes);
+    struct q_format want = q_format_default(Q_W8A8);
+    if (!head || q_linear_rows(head) != m->config.vocab_size ||
+        q_linear_cols(head) != m->config.dim || !same_format(q_linear_format(head), &want) ||
+        q_linear_perm(head)) {
+        q_linear_free(head);
+        return snprintf(err, err_len, "quantized model: tensor %s is not a W8A8 head of (%d, %d)",
+                        LLM_QUANT_HEAD_TENSOR, m->config.vocab_size, m->config.dim),
+               -EBADMSG;
+    }
+    *out = head;
     return 0;
 }
 

@@ -20,7 +20,8 @@ bool q_is_permutation(const int *perm, int k)
     return ok;
 }
 
-struct q_linear *q_linear_alloc(int n, int k, const struct q_format *format, const int *perm)
+/* A layer's shape, format and channel order, without weights. */
+static struct q_linear *new_layer(int n, int k, const struct q_format *format, const int *perm)
 {
     UTIL_CHECK(q_format_check(format, k) == 0);
     UTIL_CHECK(n >= 1);
@@ -36,6 +37,12 @@ struct q_linear *q_linear_alloc(int n, int k, const struct q_format *format, con
         memcpy(layer->perm, perm, (size_t)k * sizeof *perm);
     }
     layer->perm_hash = q_perm_hash(perm, k);
+    return layer;
+}
+
+struct q_linear *q_linear_alloc(int n, int k, const struct q_format *format, const int *perm)
+{
+    struct q_linear *layer = new_layer(n, k, format, perm);
     layer->packed = util_aligned_alloc((size_t)layer->n_blocks * layer->layout.block_bytes);
     layer->scales = util_aligned_alloc((size_t)layer->n_blocks * (size_t)layer->layout.n_groups *
                                        Q_BLOCK_ROWS * sizeof(float));
@@ -48,6 +55,17 @@ struct q_linear *q_linear_alloc(int n, int k, const struct q_format *format, con
             memset(blk + grp->w_offset, grp->bits == 4 ? 0x88 : Q_INT8_BIAS, bytes);
         }
     }
+    return layer;
+}
+
+struct q_linear *q_linear_alloc_view(int n, int k, const struct q_format *format, const int *perm,
+                                     const void *scales, const void *packed)
+{
+    UTIL_CHECK((uintptr_t)packed % 64 == 0);
+    struct q_linear *layer = new_layer(n, k, format, perm);
+    layer->packed = (uint8_t *)packed; /* never written: the layer is done */
+    layer->scales = (float *)scales;
+    layer->borrowed = true;
     return layer;
 }
 
@@ -88,7 +106,10 @@ static void quantize_row_rtn(const struct q_layout *lay, float weight_clip, cons
     for (int g = 0; g < lay->n_groups; g++) {
         const struct q_group *grp = &lay->groups[g];
         float absmax = 0.0f;
-        for (int c = 0; c < grp->len; c++) absmax = fmaxf(absmax, fabsf(h[grp->start + c]));
+        for (int c = 0; c < grp->len; c++) { /* a NaN is skipped, as fmaxf would (but inline) */
+            float a = fabsf(h[grp->start + c]);
+            absmax = a > absmax ? a : absmax;
+        }
         float scale = q_group_scale(absmax, grp->bits, weight_clip);
         float inv = scale > 0.0f ? 1.0f / scale : 0.0f;
         int qmax = q_group_qmax(grp->bits);
@@ -98,28 +119,42 @@ static void quantize_row_rtn(const struct q_layout *lay, float weight_clip, cons
     }
 }
 
-q_linear *q_linear_quantize(const float *w, int n, int k, const struct q_format *format,
-                            const int *perm)
+q_linear *q_linear_create(int n, int k, const struct q_format *format, const int *perm)
 {
-    UTIL_CHECK(w);
-    struct q_linear *layer = q_linear_alloc(n, k, format, perm);
+    return q_linear_alloc(n, k, format, perm);
+}
+
+void q_linear_quantize_rows(q_linear *layer, const float *w, int row0, int n_rows)
+{
+    UTIL_CHECK(layer && w && !layer->borrowed);
+    UTIL_CHECK(row0 >= 0 && n_rows >= 0 && row0 + n_rows <= layer->n);
+    int k = layer->k;
+    const int *perm = layer->perm;
     /* Rows write disjoint bytes of `packed` (byte 4r+i of each quad). */
-#pragma omp parallel
+#pragma omp parallel if (!omp_in_parallel() && n_rows > 16)
     {
         float *h = util_xmalloc((size_t)k * sizeof *h);
         int8_t *q = util_xmalloc((size_t)k);
         float *scales = util_xmalloc((size_t)layer->layout.n_groups * sizeof *scales);
 #pragma omp for schedule(static)
-        for (int row = 0; row < n; row++) {
-            const float *src = w + (size_t)row * k;
+        for (int i = 0; i < n_rows; i++) {
+            const float *src = w + (size_t)i * k;
             for (int j = 0; j < k; j++) h[j] = src[perm ? perm[j] : j];
-            quantize_row_rtn(&layer->layout, format->weight_clip, h, q, scales);
-            q_linear_set_row(layer, row, q, scales);
+            quantize_row_rtn(&layer->layout, layer->format.weight_clip, h, q, scales);
+            q_linear_set_row(layer, row0 + i, q, scales);
         }
         free(h);
         free(q);
         free(scales);
     }
+}
+
+q_linear *q_linear_quantize(const float *w, int n, int k, const struct q_format *format,
+                            const int *perm)
+{
+    UTIL_CHECK(w);
+    q_linear *layer = q_linear_alloc(n, k, format, perm);
+    q_linear_quantize_rows(layer, w, 0, n);
     return layer;
 }
 
@@ -130,8 +165,10 @@ void q_linear_free(q_linear *layer)
     if (!layer) return;
     q_layout_free(&layer->layout);
     free(layer->perm);
-    util_aligned_free(layer->packed);
-    util_aligned_free(layer->scales);
+    if (!layer->borrowed) {
+        util_aligned_free(layer->packed);
+        util_aligned_free(layer->scales);
+    }
     free(layer);
 }
 

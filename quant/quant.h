@@ -87,8 +87,8 @@ void q_act_quantize_rows(q_act *act, const float *x, int m, int t_begin, int t_e
                          const int *perm);
 void q_act_quantize_rmsnorm_rows(q_act *act, const float *x, const float *norm_weight, float eps,
                                  int m, int t_begin, int t_end, const int *perm);
-void q_act_quantize_swiglu_rows(q_act *act, const float *gate, const float *up, int m,
-                                int t_begin, int t_end);
+void q_act_quantize_swiglu_rows(q_act *act, const float *gate, const float *up, int m, int t_begin,
+                                int t_end);
 /* The quantized activations of the last call, dequantized to x (m, k) in
  * the act's channel order (position j holds channel perm[j]): for tests and
  * error reports. m must not exceed the tokens last quantized. */
@@ -102,6 +102,11 @@ typedef struct q_linear q_linear;
  * channel order; the layer keeps its own copy. */
 q_linear *q_linear_quantize(const float *w, int n, int k, const struct q_format *format,
                             const int *perm);
+/* The same in steps, for a matrix too large to hold in fp32 at once: an
+ * empty layer (weights zero), then rows [row0, row0 + n_rows) of W from w
+ * (n_rows x k, in the original channel order), in any order. */
+q_linear *q_linear_create(int n, int k, const struct q_format *format, const int *perm);
+void q_linear_quantize_rows(q_linear *layer, const float *w, int row0, int n_rows);
 /* The same with GPTQ for the int4 part (block 128, damping `damp` of the mean
  * diagonal): `hessian` is X^T X (k, k) in the original channel order, from
  * calibration. The error of the int4 columns is pushed into the outlier
@@ -127,6 +132,10 @@ void q_linear_dequantize(const q_linear *layer, float *w);
  * NULL on a malformed blob (every size is checked). */
 size_t q_linear_save(const q_linear *layer, void *buf, size_t cap);
 q_linear *q_linear_load(const void *buf, size_t size);
+/* The same, but the layer reads its weights and scales where they lie in
+ * buf when the blob is 64-byte aligned there (a mapped file): buf must then
+ * outlive the layer. Otherwise a copy, as q_linear_load. */
+q_linear *q_linear_view(const void *buf, size_t size);
 
 /* --------------------------------------------------------------- products */
 

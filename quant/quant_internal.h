@@ -52,15 +52,15 @@ static inline int omp_get_thread_num(void)
 }
 #endif
 
-#define Q_BLOCK_ROWS      16    /* output rows per packed column block */
-#define Q_QUAD_BYTES      64    /* one quad of a block: 16 rows x 4 channels */
-#define Q_CHANNEL_ALIGN   16    /* k, group_size and n_outlier are multiples of it */
-#define Q_MAX_K           65536 /* keeps every int32 partial sum in range */
+#define Q_BLOCK_ROWS      16               /* output rows per packed column block */
+#define Q_QUAD_BYTES      64               /* one quad of a block: 16 rows x 4 channels */
+#define Q_CHANNEL_ALIGN   16               /* k, group_size and n_outlier are multiples of it */
+#define Q_MAX_K           65536            /* keeps every int32 partial sum in range */
 #define Q_MAX_GROUP       Q_GROUP_SIZE_MAX /* keeps the AVX2 int16 partial sums in range */
-#define Q_ACT_GROUP_ALIGN 64    /* activation groups start on a 64-byte boundary */
-#define Q_ACT_ROW_ALIGN   32    /* activation rows: a multiple of it, and as many spare */
-#define Q_INT4_MAX        7     /* symmetric int4: -7..7 */
-#define Q_INT8_MAX        127   /* symmetric int8: -127..127 */
+#define Q_ACT_GROUP_ALIGN 64               /* activation groups start on a 64-byte boundary */
+#define Q_ACT_ROW_ALIGN   32  /* activation rows: a multiple of it, and as many spare */
+#define Q_INT4_MAX        7   /* symmetric int4: -7..7 */
+#define Q_INT8_MAX        127 /* symmetric int8: -127..127 */
 #define Q_INT4_BIAS       8
 #define Q_INT8_BIAS       128
 
@@ -142,6 +142,7 @@ struct q_linear {
     uint64_t perm_hash;
     uint8_t *packed; /* n_blocks x layout.block_bytes, 64-byte aligned */
     float *scales;   /* n_blocks x n_groups x Q_BLOCK_ROWS */
+    bool borrowed;   /* packed and scales belong to someone else (q_linear_view) */
 };
 
 /* True when perm holds each of 0..k-1 once. */
@@ -150,6 +151,11 @@ bool q_is_permutation(const int *perm, int k);
 /* An empty layer (weights zero) of a checked format, for the quantizers and
  * the loader to fill. */
 struct q_linear *q_linear_alloc(int n, int k, const struct q_format *format, const int *perm);
+
+/* A layer whose scales and packed weights are someone else's memory, read
+ * in place (packed 64-byte aligned). */
+struct q_linear *q_linear_alloc_view(int n, int k, const struct q_format *format, const int *perm,
+                                     const void *scales, const void *packed);
 
 /* Stores the quantized values q (k entries, layer order) and the group
  * scales (n_groups entries) of output row `row`. */

@@ -5,6 +5,12 @@
  */
 #include "server/commands.h"
 
+#include "core/llm.h"
+#include "server/passkey.h"
+#include "server/pim_json.h"
+#include "server/pim_llm.h"
+#include "util/util.h"
+
 #include <errno.h>
 #include <getopt.h>
 #include <math.h>
@@ -16,25 +22,56 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "core/llm.h"
-#include "server/passkey.h"
-#include "server/pim_json.h"
-#include "server/pim_llm.h"
-#include "util/util.h"
-
 #define DEFAULT_MODEL "models/llmd-20m.gguf"
 
 /* ------------------------------------------------------------ model flags */
 
 enum {
-    OPT_MODEL = 256, OPT_THREADS, OPT_PRECISION, OPT_KV, OPT_QUEST_BUDGET, OPT_DENSE_LAYERS,
-    OPT_SPARSE_MODE, OPT_KV_PAGES, OPT_GROUP_SIZE, OPT_OUTLIERS, OPT_ACT_CLIP, OPT_WEIGHT_CLIP,
-    OPT_NO_GPTQ, OPT_CALIB_FILE, OPT_CALIB_TOKENS, OPT_HEAD_F16, OPT_HEAD_INT8, OPT_HELP,
+    OPT_MODEL = 256,
+    OPT_THREADS,
+    OPT_PRECISION,
+    OPT_KV,
+    OPT_QUEST_BUDGET,
+    OPT_DENSE_LAYERS,
+    OPT_SPARSE_MODE,
+    OPT_KV_PAGES,
+    OPT_GROUP_SIZE,
+    OPT_OUTLIERS,
+    OPT_ACT_CLIP,
+    OPT_WEIGHT_CLIP,
+    OPT_NO_GPTQ,
+    OPT_CALIB_FILE,
+    OPT_CALIB_TOKENS,
+    OPT_HEAD,
+    OPT_HEAD_F16,
+    OPT_HEAD_INT8,
+    OPT_HELP,
     /* per command */
-    OPT_PROMPT, OPT_N, OPT_TEMPERATURE, OPT_TOP_K, OPT_TOP_P, OPT_MIN_P, OPT_SEED, OPT_REPEAT_PENALTY,
-    OPT_PRESENCE_PENALTY, OPT_FREQUENCY_PENALTY, OPT_STOP, OPT_IDS, OPT_NO_BOS, OPT_FILE, OPT_CTX,
-    OPT_MAX_TOKENS, OPT_BATCH, OPT_TRIALS, OPT_BOS, OPT_OUTPUT, OPT_DEPTH, OPT_OUT, OPT_PIM_LAYERS,
-    OPT_PIM_DEVICE, OPT_PIM_DATAFLOW,
+    OPT_PROMPT,
+    OPT_N,
+    OPT_TEMPERATURE,
+    OPT_TOP_K,
+    OPT_TOP_P,
+    OPT_MIN_P,
+    OPT_SEED,
+    OPT_REPEAT_PENALTY,
+    OPT_PRESENCE_PENALTY,
+    OPT_FREQUENCY_PENALTY,
+    OPT_STOP,
+    OPT_IDS,
+    OPT_NO_BOS,
+    OPT_FILE,
+    OPT_CTX,
+    OPT_MAX_TOKENS,
+    OPT_BATCH,
+    OPT_TRIALS,
+    OPT_BOS,
+    OPT_OUTPUT,
+    OPT_DEPTH,
+    OPT_OUT,
+    OPT_PIM_LAYERS,
+    OPT_PIM_DEVICE,
+    OPT_PIM_DATAFLOW,
 };
 
 struct model_flags {
@@ -60,6 +97,7 @@ static const struct option model_options[] = {
     {"no-gptq", no_argument, 0, OPT_NO_GPTQ},
     {"calib-file", required_argument, 0, OPT_CALIB_FILE},
     {"calib-tokens", required_argument, 0, OPT_CALIB_TOKENS},
+    {"head", required_argument, 0, OPT_HEAD},
     {"head-f16", no_argument, 0, OPT_HEAD_F16},
     {"head-int8", no_argument, 0, OPT_HEAD_INT8},
     {"help", no_argument, 0, OPT_HELP},
@@ -84,9 +122,10 @@ static const char model_help[] =
     "  --no-gptq             Atom: round weights to nearest instead of GPTQ\n"
     "  --calib-file FILE     Atom: calibration text (default models/calibration.txt)\n"
     "  --calib-tokens N      Atom: calibration tokens (default 16384)\n"
-    "  --head-f16            output head (lm_head) in f16: half the bytes a decode step reads\n"
-    "  --head-int8           output head W8A8 (int8 per row and per token): a quarter\n"
-    "                        of the bytes; wins over --head-f16\n"
+    "  --head H              output head (lm_head): f32 (default), f16 (half the bytes a\n"
+    "                        decode step reads) or int8 (W8A8, a quarter); a quantized\n"
+    "                        file's int8 head wins\n"
+    "  --head-f16, --head-int8   the same as --head f16, --head int8\n"
     "  --help                this text\n";
 
 static void model_flags_init(struct model_flags *f)
@@ -124,21 +163,36 @@ static int parse_model_flag(int opt, const char *arg, struct model_flags *f)
     struct llm_model_options *o = &f->options;
     bool ok = true;
     switch (opt) {
-    case OPT_MODEL: f->path = arg; break;
-    case OPT_THREADS: ok = parse_int(arg, 1, 1024, &o->threads); break;
+    case OPT_MODEL:
+        f->path = arg;
+        break;
+    case OPT_THREADS:
+        ok = parse_int(arg, 1, 1024, &o->threads);
+        break;
     case OPT_PRECISION:
         ok = llm_precision_parse(arg, &o->precision) == 0;
         f->precision_given = true;
         break;
-    case OPT_KV: ok = attn_kv_type_parse(arg, &o->kv_type) == 0; break;
-    case OPT_QUEST_BUDGET: ok = parse_int(arg, 0, 1 << 24, &f->quest_budget); break;
-    case OPT_DENSE_LAYERS: ok = parse_int(arg, 0, 1 << 16, &o->dense_layers); break;
-    case OPT_SPARSE_MODE:
-        if (strcmp(arg, "quest") == 0) o->sparse_mode = ATTN_QUEST;
-        else if (strcmp(arg, "window") == 0) o->sparse_mode = ATTN_WINDOW;
-        else ok = false;
+    case OPT_KV:
+        ok = attn_kv_type_parse(arg, &o->kv_type) == 0;
         break;
-    case OPT_KV_PAGES: ok = parse_int(arg, 1, 1 << 24, &o->kv_pages); break;
+    case OPT_QUEST_BUDGET:
+        ok = parse_int(arg, 0, 1 << 24, &f->quest_budget);
+        break;
+    case OPT_DENSE_LAYERS:
+        ok = parse_int(arg, 0, 1 << 16, &o->dense_layers);
+        break;
+    case OPT_SPARSE_MODE:
+        if (strcmp(arg, "quest") == 0)
+            o->sparse_mode = ATTN_QUEST;
+        else if (strcmp(arg, "window") == 0)
+            o->sparse_mode = ATTN_WINDOW;
+        else
+            ok = false;
+        break;
+    case OPT_KV_PAGES:
+        ok = parse_int(arg, 1, 1 << 24, &o->kv_pages);
+        break;
     case OPT_GROUP_SIZE:
         ok = parse_int(arg, 0, 512, &o->quant.group_size) && o->quant.group_size % 16 == 0;
         break;
@@ -146,14 +200,32 @@ static int parse_model_flag(int opt, const char *arg, struct model_flags *f)
         ok = parse_int(arg, -1, 1 << 16, &o->quant.n_outlier) &&
              (o->quant.n_outlier == -1 || o->quant.n_outlier % 16 == 0);
         break;
-    case OPT_ACT_CLIP: ok = parse_float(arg, 0.01f, 1.0f, &o->quant.act_clip); break;
-    case OPT_WEIGHT_CLIP: ok = parse_float(arg, 0.01f, 1.0f, &o->quant.weight_clip); break;
-    case OPT_NO_GPTQ: o->quant.gptq = false; break;
-    case OPT_HEAD_F16: o->head_f16 = true; break;
-    case OPT_HEAD_INT8: o->head_int8 = true; break;
-    case OPT_CALIB_FILE: o->quant.calib_file = arg; break;
-    case OPT_CALIB_TOKENS: ok = parse_int(arg, 16, 1 << 24, &o->quant.calib_tokens); break;
-    default: return 0;
+    case OPT_ACT_CLIP:
+        ok = parse_float(arg, 0.01f, 1.0f, &o->quant.act_clip);
+        break;
+    case OPT_WEIGHT_CLIP:
+        ok = parse_float(arg, 0.01f, 1.0f, &o->quant.weight_clip);
+        break;
+    case OPT_NO_GPTQ:
+        o->quant.gptq = false;
+        break;
+    case OPT_HEAD:
+        ok = llm_head_parse(arg, &o->head) == 0;
+        break;
+    case OPT_HEAD_F16:
+        o->head = LLM_HEAD_F16;
+        break;
+    case OPT_HEAD_INT8:
+        o->head = LLM_HEAD_INT8;
+        break;
+    case OPT_CALIB_FILE:
+        o->quant.calib_file = arg;
+        break;
+    case OPT_CALIB_TOKENS:
+        ok = parse_int(arg, 16, 1 << 24, &o->quant.calib_tokens);
+        break;
+    default:
+        return 0;
     }
     if (!ok) {
         fprintf(stderr, "llmd: bad value '%s' for an option (see --help)\n", arg);
@@ -189,20 +261,24 @@ static llm_model *load_model(struct model_flags *f)
         return NULL;
     }
     const struct llm_config *c = llm_model_config(model);
-    fprintf(stderr, "llmd: %s: %d layers, width %d, %d/%d heads, FFN %d, vocab %d, context %d; %s, KV %s\n",
+    fprintf(stderr,
+            "llmd: %s: %d layers, width %d, %d/%d heads, FFN %d, vocab %d, context %d; %s, KV %s\n",
             llm_model_name(model), c->n_layers, c->dim, c->n_heads, c->n_kv_heads, c->ffn_dim,
             c->vocab_size, c->ctx_len, llm_precision_name(llm_model_precision(model)),
             attn_kv_type_name(f->options.kv_type));
-    if (llm_model_prequantized(model) && f->precision_given && llm_model_precision(model) != f->options.precision)
+    if (llm_model_prequantized(model) && f->precision_given &&
+        llm_model_precision(model) != f->options.precision)
         fprintf(stderr, "llmd: %s is quantized (%s): --precision %s does not apply\n", f->path,
-                llm_precision_name(llm_model_precision(model)), llm_precision_name(f->options.precision));
+                llm_precision_name(llm_model_precision(model)),
+                llm_precision_name(f->options.precision));
     fprintf(stderr, "llmd: cpu %s [%s]; OpenBLAS %s kernels\n", util_cpu_model_name(),
             util_cpu_flags_string(), util_blas_corename());
     return model;
 }
 
 /* Tokenizes text into a new array; returns the count or a negative error. */
-static int tokenize_all(const llm_tokenizer *tok, const char *text, size_t len, bool bos, int32_t **out)
+static int tokenize_all(const llm_tokenizer *tok, const char *text, size_t len, bool bos,
+                        int32_t **out)
 {
     int cap = (int)(len < 64 ? 64 : len + 2);
     int32_t *ids = util_xmalloc(sizeof(int32_t) * (size_t)cap);
@@ -264,13 +340,18 @@ static const char generate_help[] =
 int cmd_generate(int argc, char **argv)
 {
     static const struct option own[] = {
-        {"prompt", required_argument, 0, OPT_PROMPT}, {"max-tokens", required_argument, 0, 'n'},
-        {"temperature", required_argument, 0, OPT_TEMPERATURE}, {"top-k", required_argument, 0, OPT_TOP_K},
-        {"top-p", required_argument, 0, OPT_TOP_P}, {"min-p", required_argument, 0, OPT_MIN_P},
-        {"seed", required_argument, 0, OPT_SEED}, {"repeat-penalty", required_argument, 0, OPT_REPEAT_PENALTY},
+        {"prompt", required_argument, 0, OPT_PROMPT},
+        {"max-tokens", required_argument, 0, 'n'},
+        {"temperature", required_argument, 0, OPT_TEMPERATURE},
+        {"top-k", required_argument, 0, OPT_TOP_K},
+        {"top-p", required_argument, 0, OPT_TOP_P},
+        {"min-p", required_argument, 0, OPT_MIN_P},
+        {"seed", required_argument, 0, OPT_SEED},
+        {"repeat-penalty", required_argument, 0, OPT_REPEAT_PENALTY},
         {"presence-penalty", required_argument, 0, OPT_PRESENCE_PENALTY},
         {"frequency-penalty", required_argument, 0, OPT_FREQUENCY_PENALTY},
-        {"stop", required_argument, 0, OPT_STOP}, {"ids", no_argument, 0, OPT_IDS},
+        {"stop", required_argument, 0, OPT_STOP},
+        {"ids", no_argument, 0, OPT_IDS},
         {"no-bos", no_argument, 0, OPT_NO_BOS},
     };
     struct option *options = join_options(own, sizeof own / sizeof own[0]);
@@ -287,22 +368,48 @@ int cmd_generate(int argc, char **argv)
     while (ok && (opt = getopt_long(argc, argv, "n:", options, NULL)) != -1) {
         struct llm_sampling *s = &req.sampling;
         switch (opt) {
-        case OPT_PROMPT: prompt = optarg; break;
-        case 'n': ok = parse_int(optarg, 1, 1 << 20, &req.max_tokens); break;
-        case OPT_TEMPERATURE: ok = parse_float(optarg, 0, 100, &s->temperature); break;
-        case OPT_TOP_K: ok = parse_int(optarg, 0, 1 << 20, &s->top_k); break;
-        case OPT_TOP_P: ok = parse_float(optarg, 1e-6f, 1, &s->top_p); break;
-        case OPT_MIN_P: ok = parse_float(optarg, 0, 1, &s->min_p); break;
-        case OPT_SEED: ok = parse_int(optarg, 0, 2147483647, &seed); break;
-        case OPT_REPEAT_PENALTY: ok = parse_float(optarg, 1e-3f, 100, &s->repetition_penalty); break;
-        case OPT_PRESENCE_PENALTY: ok = parse_float(optarg, -2, 2, &s->presence_penalty); break;
-        case OPT_FREQUENCY_PENALTY: ok = parse_float(optarg, -2, 2, &s->frequency_penalty); break;
-        case OPT_STOP:
-            if (req.n_stop == LLM_MAX_STOP || !optarg[0]) ok = false;
-            else req.stop[req.n_stop++] = util_xstrdup(optarg);
+        case OPT_PROMPT:
+            prompt = optarg;
             break;
-        case OPT_IDS: print_ids = true; break;
-        case OPT_NO_BOS: bos = false; break;
+        case 'n':
+            ok = parse_int(optarg, 1, 1 << 20, &req.max_tokens);
+            break;
+        case OPT_TEMPERATURE:
+            ok = parse_float(optarg, 0, 100, &s->temperature);
+            break;
+        case OPT_TOP_K:
+            ok = parse_int(optarg, 0, 1 << 20, &s->top_k);
+            break;
+        case OPT_TOP_P:
+            ok = parse_float(optarg, 1e-6f, 1, &s->top_p);
+            break;
+        case OPT_MIN_P:
+            ok = parse_float(optarg, 0, 1, &s->min_p);
+            break;
+        case OPT_SEED:
+            ok = parse_int(optarg, 0, 2147483647, &seed);
+            break;
+        case OPT_REPEAT_PENALTY:
+            ok = parse_float(optarg, 1e-3f, 100, &s->repetition_penalty);
+            break;
+        case OPT_PRESENCE_PENALTY:
+            ok = parse_float(optarg, -2, 2, &s->presence_penalty);
+            break;
+        case OPT_FREQUENCY_PENALTY:
+            ok = parse_float(optarg, -2, 2, &s->frequency_penalty);
+            break;
+        case OPT_STOP:
+            if (req.n_stop == LLM_MAX_STOP || !optarg[0])
+                ok = false;
+            else
+                req.stop[req.n_stop++] = util_xstrdup(optarg);
+            break;
+        case OPT_IDS:
+            print_ids = true;
+            break;
+        case OPT_NO_BOS:
+            bos = false;
+            break;
         case OPT_HELP:
             printf("%s%s", generate_help, model_help);
             rc = 0;
@@ -315,7 +422,9 @@ int cmd_generate(int argc, char **argv)
         if (!ok && opt != '?') fprintf(stderr, "llmd generate: bad value for an option\n");
     }
     if (!ok || !prompt || optind != argc) {
-        if (ok) fprintf(stderr, "llmd generate: %s\n", prompt ? "unexpected argument" : "--prompt is required");
+        if (ok)
+            fprintf(stderr, "llmd generate: %s\n",
+                    prompt ? "unexpected argument" : "--prompt is required");
         fprintf(stderr, "see llmd generate --help\n");
         goto out;
     }
@@ -327,7 +436,8 @@ int cmd_generate(int argc, char **argv)
         goto out;
     }
     const llm_tokenizer *tok = llm_model_tokenizer(model);
-    int n = tokenize_all(tok, prompt, strlen(prompt), bos && llm_tokenizer_add_bos(tok), &req.prompt);
+    int n =
+        tokenize_all(tok, prompt, strlen(prompt), bos && llm_tokenizer_add_bos(tok), &req.prompt);
     if (n <= 0) {
         fprintf(stderr, "llmd generate: the prompt gives no tokens\n");
         llm_model_free(model);
@@ -347,7 +457,8 @@ int cmd_generate(int argc, char **argv)
     rc = llm_engine_create(model, &ec, generate_on_event, &run, &engine);
     if (rc == 0) rc = llm_engine_submit(engine, &req, &id);
     if (rc) {
-        fprintf(stderr, "llmd generate: %s\n", rc == -EINVAL ? "the prompt is longer than the context" : util_strerror(rc));
+        fprintf(stderr, "llmd generate: %s\n",
+                rc == -EINVAL ? "the prompt is longer than the context" : util_strerror(rc));
         if (engine) llm_engine_shutdown(engine, 0);
         llm_model_free(model);
         rc = 2;
@@ -364,9 +475,14 @@ int cmd_generate(int argc, char **argv)
     }
     const struct llm_event *f = &run.final;
     double decode_s = f->total_s - f->first_token_s;
-    fprintf(stderr, "llmd: prompt %d tokens in %.3f s (%.1f tokens/s); generated %d tokens, %.1f tokens/s; finish %s\n",
-            f->prompt_tokens, f->first_token_s, f->prompt_tokens / (f->first_token_s > 0 ? f->first_token_s : 1e-9),
-            f->completion_tokens, f->completion_tokens > 1 ? (f->completion_tokens - 1) / (decode_s > 0 ? decode_s : 1e-9) : 0.0,
+    fprintf(stderr,
+            "llmd: prompt %d tokens in %.3f s (%.1f tokens/s); generated %d tokens, %.1f tokens/s; "
+            "finish %s\n",
+            f->prompt_tokens, f->first_token_s,
+            f->prompt_tokens / (f->first_token_s > 0 ? f->first_token_s : 1e-9),
+            f->completion_tokens,
+            f->completion_tokens > 1 ? (f->completion_tokens - 1) / (decode_s > 0 ? decode_s : 1e-9)
+                                     : 0.0,
             llm_finish_name(f->finish));
     free(run.ids);
     pthread_mutex_destroy(&run.lock);
@@ -385,8 +501,9 @@ out:
 /* Negative log-likelihood of tokens[1..n) given their prefixes, in one
  * fresh sequence: the first `dense_prefix` tokens go through prefill in
  * chunks, the rest one at a time (decode, where Quest applies). */
-static int score_window(llm_model *model, llm_workspace *ws, int chunk, const int32_t *tokens, int n,
-                        int dense_prefix, int quest_budget, double *nll, struct attn_stats *stats)
+static int score_window(llm_model *model, llm_workspace *ws, int chunk, const int32_t *tokens,
+                        int n, int dense_prefix, int quest_budget, double *nll,
+                        struct attn_stats *stats)
 {
     const struct llm_config *c = llm_model_config(model);
     attn_seq *seq = attn_seq_create(llm_model_kv_cache(model));
@@ -395,7 +512,10 @@ static int score_window(llm_model *model, llm_workspace *ws, int chunk, const in
     for (int at = 0; at < n - 1 && rc == 0;) {
         int step = at < dense_prefix ? chunk : 1;
         if (step > n - 1 - at) step = n - 1 - at;
-        struct llm_batch_item item = {.kv = seq, .tokens = tokens + at, .n_tokens = step, .all_logits = true,
+        struct llm_batch_item item = {.kv = seq,
+                                      .tokens = tokens + at,
+                                      .n_tokens = step,
+                                      .all_logits = true,
                                       .quest_budget = quest_budget};
         rc = llm_forward(model, ws, &item, 1, logits, stats);
         for (int j = 0; j < step && rc == 0; j++) {
@@ -414,13 +534,14 @@ static int score_window(llm_model *model, llm_workspace *ws, int chunk, const in
 }
 
 /* Hooks the --pim-layers onto the model; 0, or -errno after a message. */
-static int pim_attach(llm_model *model, const char *layers, const char *device, const char *dataflow,
-                      srv_pim_llm **out)
+static int pim_attach(llm_model *model, const char *layers, const char *device,
+                      const char *dataflow, srv_pim_llm **out)
 {
     pim_presets *presets = NULL;
     struct pim_json_error jerr = {0};
     int rc = pim_presets_load_dir("conf/pim", &presets, &jerr);
-    if (rc == -ENOENT) presets = pim_presets_builtin();
+    if (rc == -ENOENT)
+        presets = pim_presets_builtin();
     else if (rc) {
         fprintf(stderr, "llmd perplexity: PIM presets: %s\n", jerr.message);
         return rc;
@@ -438,21 +559,28 @@ static int pim_attach(llm_model *model, const char *layers, const char *device, 
     return rc;
 }
 
-static void pim_print(const srv_pim_llm *pim, const char *layers, const char *device, const char *dataflow)
+static void pim_print(const srv_pim_llm *pim, const char *layers, const char *device,
+                      const char *dataflow)
 {
     struct srv_pim_llm_report r;
     srv_pim_llm_report(pim, &r);
     if (srv_pim_llm_error(pim))
-        printf("pim: some products fell back to float: %s\n", util_strerror(srv_pim_llm_error(pim)));
-    printf("pim: layers %s on %s (%s): %d matrices, %llu products, %llu token rows\n", layers, device, dataflow,
-           r.matrices, (unsigned long long)r.products, (unsigned long long)r.vectors);
-    printf("pim run cost: energy %.6g J (adc %.6g J), adc conversions %llu, latency %.6g s, crossbars %llu\n",
-           pim_cost_energy(&r.run), r.run.energy[PIM_E_ADC], (unsigned long long)r.run.adc_conversions,
-           r.run.latency, (unsigned long long)r.program.crossbars);
-    printf("pim program cost: energy %.6g J, cell writes %llu, latency %.6g s\n", pim_cost_energy(&r.program),
-           (unsigned long long)r.program.cell_writes, r.program.latency);
+        printf("pim: some products fell back to float: %s\n",
+               util_strerror(srv_pim_llm_error(pim)));
+    printf("pim: layers %s on %s (%s): %d matrices, %llu products, %llu token rows\n", layers,
+           device, dataflow, r.matrices, (unsigned long long)r.products,
+           (unsigned long long)r.vectors);
+    printf("pim run cost: energy %.6g J (adc %.6g J), adc conversions %llu, latency %.6g s, "
+           "crossbars %llu\n",
+           pim_cost_energy(&r.run), r.run.energy[PIM_E_ADC],
+           (unsigned long long)r.run.adc_conversions, r.run.latency,
+           (unsigned long long)r.program.crossbars);
+    printf("pim program cost: energy %.6g J, cell writes %llu, latency %.6g s\n",
+           pim_cost_energy(&r.program), (unsigned long long)r.program.cell_writes,
+           r.program.latency);
     if (r.vectors)
-        printf("pim per token row: energy %.6g J, adc conversions %.0f\n", pim_cost_energy(&r.run) / (double)r.vectors,
+        printf("pim per token row: energy %.6g J, adc conversions %.0f\n",
+               pim_cost_energy(&r.run) / (double)r.vectors,
                (double)r.run.adc_conversions / (double)r.vectors);
 }
 
@@ -477,9 +605,12 @@ static const char perplexity_help[] =
 int cmd_perplexity(int argc, char **argv)
 {
     static const struct option own[] = {
-        {"file", required_argument, 0, OPT_FILE}, {"ctx", required_argument, 0, OPT_CTX},
-        {"max-tokens", required_argument, 0, OPT_MAX_TOKENS}, {"batch", required_argument, 0, OPT_BATCH},
-        {"pim-layers", required_argument, 0, OPT_PIM_LAYERS}, {"pim-device", required_argument, 0, OPT_PIM_DEVICE},
+        {"file", required_argument, 0, OPT_FILE},
+        {"ctx", required_argument, 0, OPT_CTX},
+        {"max-tokens", required_argument, 0, OPT_MAX_TOKENS},
+        {"batch", required_argument, 0, OPT_BATCH},
+        {"pim-layers", required_argument, 0, OPT_PIM_LAYERS},
+        {"pim-device", required_argument, 0, OPT_PIM_DEVICE},
         {"pim-dataflow", required_argument, 0, OPT_PIM_DATAFLOW},
     };
     struct option *options = join_options(own, sizeof own / sizeof own[0]);
@@ -491,23 +622,39 @@ int cmd_perplexity(int argc, char **argv)
     optind = 1;
     while (ok && (opt = getopt_long(argc, argv, "", options, NULL)) != -1) {
         switch (opt) {
-        case OPT_FILE: file = optarg; break;
-        case OPT_CTX: ok = parse_int(optarg, 2, 1 << 24, &ctx); break;
-        case OPT_MAX_TOKENS: ok = parse_int(optarg, 2, 1 << 30, &max_tokens); break;
-        case OPT_BATCH: ok = parse_int(optarg, 1, 1 << 16, &batch); break;
-        case OPT_PIM_LAYERS: pim_layers = optarg; break;
-        case OPT_PIM_DEVICE: pim_device = optarg; break;
-        case OPT_PIM_DATAFLOW: pim_dataflow = optarg; break;
+        case OPT_FILE:
+            file = optarg;
+            break;
+        case OPT_CTX:
+            ok = parse_int(optarg, 2, 1 << 24, &ctx);
+            break;
+        case OPT_MAX_TOKENS:
+            ok = parse_int(optarg, 2, 1 << 30, &max_tokens);
+            break;
+        case OPT_BATCH:
+            ok = parse_int(optarg, 1, 1 << 16, &batch);
+            break;
+        case OPT_PIM_LAYERS:
+            pim_layers = optarg;
+            break;
+        case OPT_PIM_DEVICE:
+            pim_device = optarg;
+            break;
+        case OPT_PIM_DATAFLOW:
+            pim_dataflow = optarg;
+            break;
         case OPT_HELP:
             printf("%s%s", perplexity_help, model_help);
             free(options);
             return 0;
-        default: ok = parse_model_flag(opt, optarg, &mf) > 0;
+        default:
+            ok = parse_model_flag(opt, optarg, &mf) > 0;
         }
     }
     free(options);
     if (!ok || !file || optind != argc) {
-        fprintf(stderr, "llmd perplexity: %s; see --help\n", !file && ok ? "--file is required" : "bad arguments");
+        fprintf(stderr, "llmd perplexity: %s; see --help\n",
+                !file && ok ? "--file is required" : "bad arguments");
         return 2;
     }
     size_t len;
@@ -530,7 +677,8 @@ int cmd_perplexity(int argc, char **argv)
     if (max_tokens > 0 && n > max_tokens) n = max_tokens;
     int per_window = ctx - 1, windows = n / ctx;
     if (windows == 0) {
-        fprintf(stderr, "llmd perplexity: the text has %d tokens, fewer than one window of %d\n", n, ctx);
+        fprintf(stderr, "llmd perplexity: the text has %d tokens, fewer than one window of %d\n", n,
+                ctx);
         llm_model_free(model);
         free(ids);
         return 2;
@@ -548,7 +696,8 @@ int cmd_perplexity(int argc, char **argv)
     int dense_prefix = mf.quest_budget > 0 ? mf.quest_budget : ctx;
     rc = 0;
     for (int w = 0; w < windows && rc == 0; w++) {
-        rc = score_window(model, ws, batch, ids + (size_t)w * ctx, ctx, dense_prefix, mf.quest_budget, &nll, &stats);
+        rc = score_window(model, ws, batch, ids + (size_t)w * ctx, ctx, dense_prefix,
+                          mf.quest_budget, &nll, &stats);
         double scored = (double)(w + 1) * per_window;
         fprintf(stderr, "\rwindow %d/%d: perplexity %.4f", w + 1, windows, exp(nll / scored));
     }
@@ -558,11 +707,14 @@ int cmd_perplexity(int argc, char **argv)
     } else {
         double scored = (double)windows * per_window, secs = util_now() - t0;
         printf("perplexity: %.4f\n", exp(nll / scored));
-        printf("tokens scored: %.0f in %d windows of %d (%.1f tokens/s)\n", scored, windows, ctx, scored / secs);
+        printf("tokens scored: %.0f in %d windows of %d (%.1f tokens/s)\n", scored, windows, ctx,
+               scored / secs);
         if (stats.pages_total > 0)
             printf("kv pages read: %.4f of dense (%.4f in sparse decode steps)\n",
                    (double)stats.pages_read / (double)stats.pages_total,
-                   stats.sparse_pages_total ? (double)stats.sparse_pages_read / (double)stats.sparse_pages_total : 1.0);
+                   stats.sparse_pages_total
+                       ? (double)stats.sparse_pages_read / (double)stats.sparse_pages_total
+                       : 1.0);
         if (pim) pim_print(pim, pim_layers, pim_device, pim_dataflow);
     }
     free(ids);
@@ -580,7 +732,9 @@ static const char quantize_help[] =
     "generate, perplexity, passkey and serve load as it is, without recalibrating: the\n"
     "file's precision and formats then win over --precision and the Atom options.\n\n"
     "  --out FILE         the quantized model to write\n"
-    "  --precision P      w8a8 | w4a4-rtn | atom (default atom)\n\n";
+    "  --precision P      w8a8 | w4a4-rtn | atom (default atom)\n"
+    "  --head H           the output head in the file: int8 (default; loads in place) or\n"
+    "                     f16/f32 (the source's head, kept as it is)\n\n";
 
 int cmd_quantize(int argc, char **argv)
 {
@@ -589,18 +743,21 @@ int cmd_quantize(int argc, char **argv)
     struct model_flags mf;
     model_flags_init(&mf);
     mf.options.precision = LLM_ATOM;
+    mf.options.head = LLM_HEAD_INT8;
     mf.options.kv_sequences = 1; /* the KV cache only serves calibration */
     const char *out = NULL;
     int opt;
     bool ok = true;
     optind = 1;
     while (ok && (opt = getopt_long(argc, argv, "", options, NULL)) != -1) {
-        if (opt == OPT_OUT) out = optarg;
+        if (opt == OPT_OUT)
+            out = optarg;
         else if (opt == OPT_HELP) {
             printf("%s%s", quantize_help, model_help);
             free(options);
             return 0;
-        } else ok = parse_model_flag(opt, optarg, &mf) > 0;
+        } else
+            ok = parse_model_flag(opt, optarg, &mf) > 0;
     }
     free(options);
     if (!ok || !out || optind != argc || mf.options.precision == LLM_FP32) {
@@ -615,10 +772,11 @@ int cmd_quantize(int argc, char **argv)
     if (!model) return 1;
     char err[512];
     int rc = llm_model_save_quantized(model, mf.path, out, err, sizeof err);
-    if (rc) fprintf(stderr, "llmd quantize: %s\n", err);
+    if (rc)
+        fprintf(stderr, "llmd quantize: %s\n", err);
     else
-        fprintf(stderr, "llmd: wrote %s (%s) in %.1f s\n", out, llm_precision_name(llm_model_precision(model)),
-                util_now() - t0);
+        fprintf(stderr, "llmd: wrote %s (%s) in %.1f s\n", out,
+                llm_precision_name(llm_model_precision(model)), util_now() - t0);
     llm_model_free(model);
     return rc ? 1 : 0;
 }
@@ -636,8 +794,11 @@ static const char tokenize_help[] =
 int cmd_tokenize(int argc, char **argv)
 {
     static const struct option options[] = {
-        {"model", required_argument, 0, OPT_MODEL}, {"bos", no_argument, 0, OPT_BOS},
-        {"threads", required_argument, 0, OPT_THREADS}, {"help", no_argument, 0, OPT_HELP}, {0, 0, 0, 0},
+        {"model", required_argument, 0, OPT_MODEL},
+        {"bos", no_argument, 0, OPT_BOS},
+        {"threads", required_argument, 0, OPT_THREADS},
+        {"help", no_argument, 0, OPT_HELP},
+        {0, 0, 0, 0},
     };
     const char *path = DEFAULT_MODEL;
     bool bos = false;
@@ -645,9 +806,12 @@ int cmd_tokenize(int argc, char **argv)
     optind = 1;
     while ((opt = getopt_long(argc, argv, "", options, NULL)) != -1) {
         int threads;
-        if (opt == OPT_MODEL) path = optarg;
-        else if (opt == OPT_BOS) bos = true;
-        else if (opt == OPT_THREADS && parse_int(optarg, 1, 1024, &threads)) continue;
+        if (opt == OPT_MODEL)
+            path = optarg;
+        else if (opt == OPT_BOS)
+            bos = true;
+        else if (opt == OPT_THREADS && parse_int(optarg, 1, 1024, &threads))
+            continue;
         else if (opt == OPT_HELP) {
             fputs(tokenize_help, stdout);
             return 0;
@@ -707,7 +871,8 @@ static void passkey_on_event(const struct llm_event *ev, void *ctx)
     int trial = (int)(intptr_t)ev->user;
     pthread_mutex_lock(&run->lock);
     if (ev->type == LLM_EVENT_TOKEN) {
-        run->answers[trial] = util_xrealloc(run->answers[trial], run->answer_len[trial] + (size_t)ev->text_len + 1);
+        run->answers[trial] =
+            util_xrealloc(run->answers[trial], run->answer_len[trial] + (size_t)ev->text_len + 1);
         memcpy(run->answers[trial] + run->answer_len[trial], ev->text, (size_t)ev->text_len);
         run->answer_len[trial] += (size_t)ev->text_len;
         run->answers[trial][run->answer_len[trial]] = 0;
@@ -716,7 +881,6 @@ static void passkey_on_event(const struct llm_event *ev, void *ctx)
     }
     pthread_mutex_unlock(&run->lock);
 }
-
 
 static const char passkey_help[] =
     "Usage: llmd passkey [--model FILE] --ctx N --trials T [--seed S] [--filler FILE]\n"
@@ -732,8 +896,8 @@ static const char passkey_help[] =
 int cmd_passkey(int argc, char **argv)
 {
     static const struct option own[] = {
-        {"ctx", required_argument, 0, OPT_CTX}, {"trials", required_argument, 0, OPT_TRIALS},
-        {"seed", required_argument, 0, OPT_SEED}, {"filler", required_argument, 0, OPT_FILE},
+        {"ctx", required_argument, 0, OPT_CTX},     {"trials", required_argument, 0, OPT_TRIALS},
+        {"seed", required_argument, 0, OPT_SEED},   {"filler", required_argument, 0, OPT_FILE},
         {"depth-table", no_argument, 0, OPT_DEPTH},
     };
     struct option *options = join_options(own, sizeof own / sizeof own[0]);
@@ -745,16 +909,27 @@ int cmd_passkey(int argc, char **argv)
     optind = 1;
     while (ok && (opt = getopt_long(argc, argv, "", options, NULL)) != -1) {
         switch (opt) {
-        case OPT_CTX: ok = parse_int(optarg, 64, 1 << 24, &ctx); break;
-        case OPT_TRIALS: ok = parse_int(optarg, 1, 100000, &trials); break;
-        case OPT_SEED: ok = parse_int(optarg, 0, 2147483647, &seed); break;
-        case OPT_FILE: filler_path = optarg; break;
-        case OPT_DEPTH: depth_table = true; break;
+        case OPT_CTX:
+            ok = parse_int(optarg, 64, 1 << 24, &ctx);
+            break;
+        case OPT_TRIALS:
+            ok = parse_int(optarg, 1, 100000, &trials);
+            break;
+        case OPT_SEED:
+            ok = parse_int(optarg, 0, 2147483647, &seed);
+            break;
+        case OPT_FILE:
+            filler_path = optarg;
+            break;
+        case OPT_DEPTH:
+            depth_table = true;
+            break;
         case OPT_HELP:
             printf("%s%s", passkey_help, model_help);
             free(options);
             return 0;
-        default: ok = parse_model_flag(opt, optarg, &mf) > 0;
+        default:
+            ok = parse_model_flag(opt, optarg, &mf) > 0;
         }
     }
     free(options);
@@ -846,7 +1021,9 @@ int cmd_passkey(int argc, char **argv)
                 printf("depth %3d-%3d%%: %d/%d\n", b * 20, b * 20 + 20, bucket_ok[b], bucket_n[b]);
         printf("passkey accuracy: %.4f (%d/%d) at %d tokens, %s, budget %d (%.1f s)\n",
                (double)correct / trials, correct, trials, ctx,
-               mf.quest_budget == 0 ? "dense" : mf.options.sparse_mode == ATTN_QUEST ? "quest" : "window",
+               mf.quest_budget == 0                   ? "dense"
+               : mf.options.sparse_mode == ATTN_QUEST ? "quest"
+                                                      : "window",
                mf.quest_budget, secs);
     }
     for (int t = 0; t < trials; t++) free(run.answers[t]);

@@ -246,8 +246,7 @@ static void model_options(const struct srv_config *c, struct llm_model_options *
     o->quant.gptq = c->gptq;
     o->quant.calib_file = c->calib_file;
     o->quant.calib_tokens = c->calib_tokens;
-    o->head_f16 = c->head_f16;
-    o->head_int8 = c->head_int8;
+    UTIL_CHECK(llm_head_parse(c->head, &o->head) == 0); /* the table checked the choice */
 }
 
 static void loader_main(void *arg)
@@ -315,8 +314,8 @@ static void on_loaded(uv_async_t *a)
     atomic_store(&d->load_state, SRV_READY);
     LOG_INFO("model '%s' ready: %d layers, dim %d, context %d, vocab %d, %s, kv %s, chat %s",
              d->model_name, mc->n_layers, mc->dim, d->ctx_len, d->vocab_size,
-             llm_precision_name(llm_model_precision(d->model)),
-             d->cfg->kv_type, srv_chat_format_name(d->chat_format));
+             llm_precision_name(llm_model_precision(d->model)), d->cfg->kv_type,
+             srv_chat_format_name(d->chat_format));
 }
 
 /* ------------------------------------------------------------ shutdown */

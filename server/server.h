@@ -51,8 +51,7 @@ struct srv_config {
     bool gptq;               /* GPTQ (else round to nearest) */
     char *calib_file;        /* calibration text */
     int calib_tokens;        /* calibration tokens used */
-    bool head_f16;           /* output head in f16 */
-    bool head_int8;          /* output head W8A8 */
+    char *head;              /* output head: f32 | f16 | int8 */
     /* the engine */
     int max_running;
     int max_waiting;

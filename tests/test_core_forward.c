@@ -234,7 +234,7 @@ static float *batch_logits_with_threads(const char *path, enum llm_precision pre
     o.precision = precision;
     o.kv_type = precision == LLM_FP32 ? ATTN_KV_F32 : ATTN_KV_INT4;
     o.quant.calib_tokens = 512;
-    o.head_int8 = precision != LLM_FP32; /* our kernels end to end */
+    o.head = precision != LLM_FP32 ? LLM_HEAD_INT8 : LLM_HEAD_F32; /* our kernels end to end */
     llm_model *m;
     cr_assert_eq(llm_model_load(path, &o, &m, err, sizeof err), 0, "%s", err);
     int vocab = llm_model_config(m)->vocab_size, total = 0;

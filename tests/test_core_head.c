@@ -60,10 +60,11 @@ Test(core_head, a_model_with_an_f16_head_gives_the_f32_heads_logits, .timeout = 
     char err[256];
     cr_assert_eq(llm_model_load("tests/data/tiny-random.gguf", &o, &m32, err, sizeof err), 0, "%s",
                  err);
-    o.head_f16 = true;
+    o.head = LLM_HEAD_F16;
     cr_assert_eq(llm_model_load("tests/data/tiny-random.gguf", &o, &m16, err, sizeof err), 0, "%s",
                  err);
     cr_assert_not_null(m16->output_f16);
+    cr_assert_null(m16->output_f16_owned, "an f16 file's head is read where it lies");
     int vocab = m32->config.vocab_size;
     int32_t ids[20];
     for (int i = 0; i < 20; i++) ids[i] = 1 + i * 97;
@@ -97,8 +98,7 @@ Test(core_head, a_model_with_an_int8_head_stays_close_to_the_f32_head, .timeout 
     char err[256];
     cr_assert_eq(llm_model_load("tests/data/tiny-random.gguf", &o, &m32, err, sizeof err), 0, "%s",
                  err);
-    o.head_int8 = true;
-    o.head_f16 = true; /* int8 wins */
+    o.head = LLM_HEAD_INT8;
     cr_assert_eq(llm_model_load("tests/data/tiny-random.gguf", &o, &m8, err, sizeof err), 0, "%s",
                  err);
     cr_assert_not_null(m8->output_q);

@@ -1,4 +1,5 @@
-/* Tests for the quantized layer blob: round trips, and malformed blobs refused. */
+/* Tests for the quantized layer blob: round trips, in-place views, version 1
+ * blobs, and malformed blobs refused. */
 #include "quant/quant.h"
 #include "tests/test_quant_helpers.h"
 
@@ -112,7 +113,8 @@ Test(quant_serialize, malformed_headers_orders_and_scales_are_refused)
         const char *what;
     } bad[] = {
         {0, 0x4d4d4c4c, "magic"},
-        {8, 2, "version"},
+        {8, 0, "version 0"},
+        {8, 3, "a version from the future"},
         {12, 2, "method"},
         {16, 24, "group size not a multiple of 16"},
         {20, 8, "outliers not a multiple of 16"},
@@ -134,5 +136,84 @@ Test(quant_serialize, malformed_headers_orders_and_scales_are_refused)
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++)
         cr_assert_null(load_patched(blob, size, bad[i].offset, bad[i].value), "%s", bad[i].what);
     free(blob);
+    q_linear_free(layer);
+}
+
+/* The same product from a layer and from y computed by another layer. */
+static void check_same_product(const q_linear *a, const q_linear *b, const struct q_format *f)
+{
+    int n = q_linear_rows(a), k = q_linear_cols(a);
+    float *x = tq_matrix(23, 2, k, NULL, 0, 1.0f);
+    float *y1 = util_xmalloc((size_t)2 * n * sizeof *y1),
+          *y2 = util_xmalloc((size_t)2 * n * sizeof *y2);
+    q_act *act = q_act_create(f, k, 2);
+    q_act_quantize(act, x, 2, q_linear_perm(a));
+    q_gemm(a, act, 2, y1);
+    q_gemm(b, act, 2, y2);
+    cr_assert_eq(memcmp(y1, y2, (size_t)2 * n * sizeof *y1), 0);
+    free(x), free(y1), free(y2);
+    q_act_free(act);
+}
+
+/* A blob on 64 bytes is read in place (its weights are the layer's: a
+ * change to the buffer shows in the product); anywhere else it is copied. */
+Test(quant_serialize, a_view_reads_an_aligned_blob_in_place_and_copies_a_misaligned_one)
+{
+    struct q_format f = tq_w4a4(128, 16);
+    q_linear *layer = sample_layer(&f, 37, 528, true);
+    size_t size;
+    uint8_t *blob = save(layer, &size);
+    uint8_t *aligned = util_aligned_alloc(size + 64);
+    memcpy(aligned, blob, size);
+    q_linear *view = q_linear_view(aligned, size);
+    cr_assert_not_null(view);
+    check_same_product(layer, view, &f);
+    uint8_t *odd = util_xmalloc(size + 4);
+    memcpy(odd + 4, blob, size);
+    q_linear *copy = q_linear_view(odd + 4, size);
+    cr_assert_not_null(copy);
+    check_same_product(layer, copy, &f);
+    /* zero the weights in both buffers: only the view sees it */
+    memset(aligned + size - 64, 0x88, 64);
+    memset(odd + 4 + size - 64, 0x88, 64);
+    float *w0 = util_xmalloc((size_t)37 * 528 * sizeof(float)),
+          *w1 = util_xmalloc((size_t)37 * 528 * sizeof(float));
+    float *w2 = util_xmalloc((size_t)37 * 528 * sizeof(float));
+    q_linear_dequantize(layer, w0);
+    q_linear_dequantize(view, w1);
+    q_linear_dequantize(copy, w2);
+    cr_assert(memcmp(w0, w1, (size_t)37 * 528 * sizeof(float)) != 0,
+              "the view did not read in place");
+    cr_assert(memcmp(w0, w2, (size_t)37 * 528 * sizeof(float)) == 0,
+              "the copy changed with its buffer");
+    q_linear_free(view);
+    q_linear_free(copy);
+    free(w0), free(w1), free(w2), free(odd), free(blob);
+    util_aligned_free(aligned);
+    q_linear_free(layer);
+}
+
+/* Files written before version 2 had no padding before the weights. */
+Test(quant_serialize, a_version_1_blob_still_loads)
+{
+    struct q_format f = tq_w4a4(16, 16);
+    q_linear *layer = sample_layer(&f, 3, 48, true);
+    size_t size;
+    uint8_t *blob = save(layer, &size);
+    /* v2 = header | perm | scales | zeros to 64 | packed: the packed bytes
+     * end the blob (one block of 16 rows: 32 int4 channels + 16 int8) */
+    size_t weights = (size_t)32 * 16 / 2 + (size_t)16 * 16;
+    size_t head = 48 + 48 * 4 + (size_t)3 * 16 * 4; /* header, perm, 3 groups x 16 scales */
+    cr_assert_eq(size, (head + 63) / 64 * 64 + weights);
+    uint8_t *v1 = util_xmalloc(head + weights);
+    memcpy(v1, blob, head);
+    memcpy(v1 + head, blob + size - weights, weights);
+    uint32_t one = 1;
+    memcpy(v1 + 8, &one, 4);
+    q_linear *back = q_linear_load(v1, head + weights);
+    cr_assert_not_null(back);
+    check_same_product(layer, back, &f);
+    free(v1), free(blob);
+    q_linear_free(back);
     q_linear_free(layer);
 }

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 
 /* ------------------------------------------------------------------ errors */
@@ -16,10 +17,14 @@ const char *util_strerror(int code)
     if (code == 0) return "success";
     if (code > 0) return "invalid error code";
     switch (-code) {
-    case EBADMSG: return "malformed data";
-    case ENOSPC: return "out of KV-cache pages";
-    case EAGAIN: return "queue full, try again later";
-    default: return strerror(-code);
+    case EBADMSG:
+        return "malformed data";
+    case ENOSPC:
+        return "out of KV-cache pages";
+    case EAGAIN:
+        return "queue full, try again later";
+    default:
+        return strerror(-code);
     }
 }
 
@@ -57,7 +62,10 @@ int util_log_level_parse(const char *name, enum util_log_level *out)
     return -EINVAL;
 }
 
-bool util_log_enabled(enum util_log_level level) { return level <= log_level; }
+bool util_log_enabled(enum util_log_level level)
+{
+    return level <= log_level;
+}
 
 /* Writes `s` as the body of a JSON string (quotes, backslashes and control
  * characters escaped). */
@@ -65,9 +73,12 @@ static void write_json_string_body(FILE *f, const char *s)
 {
     for (; *s; s++) {
         unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\') fprintf(f, "\\%c", c);
-        else if (c < 0x20) fprintf(f, "\\u%04x", c);
-        else fputc(c, f);
+        if (c == '"' || c == '\\')
+            fprintf(f, "\\%c", c);
+        else if (c < 0x20)
+            fprintf(f, "\\u%04x", c);
+        else
+            fputc(c, f);
     }
 }
 
@@ -116,26 +127,70 @@ static void *check_alloc(void *p, size_t size)
     return p;
 }
 
-void *util_xmalloc(size_t size) { return check_alloc(malloc(size ? size : 1), size); }
+void *util_xmalloc(size_t size)
+{
+    return check_alloc(malloc(size ? size : 1), size);
+}
 
 void *util_xcalloc(size_t count, size_t size)
 {
     return check_alloc(calloc(count ? count : 1, size ? size : 1), count * size);
 }
 
-void *util_xrealloc(void *ptr, size_t size) { return check_alloc(realloc(ptr, size ? size : 1), size); }
+void *util_xrealloc(void *ptr, size_t size)
+{
+    return check_alloc(realloc(ptr, size ? size : 1), size);
+}
 
-char *util_xstrdup(const char *s) { return check_alloc(strdup(s), strlen(s) + 1); }
+char *util_xstrdup(const char *s)
+{
+    return check_alloc(strdup(s), strlen(s) + 1);
+}
+
+/* A 64-byte header before each aligned block says how it was made. Large
+ * blocks are anonymous mappings, zero by construction and resident only
+ * where written (a KV pool sized for full contexts costs what it holds);
+ * small ones come from the heap and are cleared. */
+#define ALIGNED_HEADER   64
+#define ALIGNED_MMAP_MIN (1u << 20)
+
+struct aligned_header {
+    size_t size; /* bytes after the header */
+    bool mapped;
+};
+_Static_assert(sizeof(struct aligned_header) <= ALIGNED_HEADER, "header fits its 64 bytes");
 
 void *util_aligned_alloc(size_t size)
 {
     size_t rounded = (size + 63) & ~(size_t)63;
-    void *p = check_alloc(aligned_alloc(64, rounded ? rounded : 64), size);
-    memset(p, 0, rounded);
-    return p;
+    if (rounded == 0) rounded = 64;
+    unsigned char *base;
+    bool mapped = rounded >= ALIGNED_MMAP_MIN;
+    if (mapped) {
+        base = mmap(NULL, rounded + ALIGNED_HEADER, PROT_READ | PROT_WRITE,
+                    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (base == MAP_FAILED) base = NULL;
+    } else {
+        base = aligned_alloc(64, rounded + ALIGNED_HEADER);
+        if (base) memset(base + ALIGNED_HEADER, 0, rounded);
+    }
+    check_alloc(base, rounded);
+    struct aligned_header h = {rounded, mapped};
+    memcpy(base, &h, sizeof h);
+    return base + ALIGNED_HEADER;
 }
 
-void util_aligned_free(void *ptr) { free(ptr); }
+void util_aligned_free(void *ptr)
+{
+    if (!ptr) return;
+    unsigned char *base = (unsigned char *)ptr - ALIGNED_HEADER;
+    struct aligned_header h;
+    memcpy(&h, base, sizeof h);
+    if (h.mapped)
+        munmap(base, h.size + ALIGNED_HEADER);
+    else
+        free(base);
+}
 
 char *util_read_file(const char *path, size_t *len)
 {
