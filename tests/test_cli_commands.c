@@ -210,6 +210,7 @@ static llm_model *load_for_test(const char *path, enum llm_precision precision)
     struct llm_model_options o;
     llm_model_options_default(&o);
     o.precision = precision;
+    o.head = LLM_HEAD_INT8;      /* what `quantize` writes by default */
     o.kv_pages = 8;              /* calibration has a cache of its own */
     o.kv_type = ATTN_KV_INT4; /* and an f32 one: `quantize` (--kv f32) agrees */
     o.quant.calib_tokens = atoi(QUANT_CALIB);
@@ -273,8 +274,9 @@ Test(cli, a_quantized_file_computes_what_quantizing_at_load_computes, .timeout =
 
     /* the command line agrees: the same perplexity, and no calibration */
     struct output loaded, quantized;
-    const char *args_load[] = {"perplexity", "--model", TEST_MODEL, "--precision", "w4a4-rtn", "--file",
-                               "models/heldout.txt", "--ctx", "64", "--max-tokens", "128", NULL};
+    const char *args_load[] = {"perplexity", "--model", TEST_MODEL, "--precision", "w4a4-rtn", "--head",
+                               "int8", "--file", "models/heldout.txt", "--ctx", "64", "--max-tokens",
+                               "128", NULL};
     const char *args_file[] = {"perplexity", "--model", path, "--file", "models/heldout.txt", "--ctx", "64",
                                "--max-tokens", "128", NULL};
     run_llmd(args_load, NULL, &loaded);
