@@ -8,7 +8,8 @@
  *                       [--head-f16] [--profile]
  *
  * A precision written P+h16 (e.g. atom+h16) runs P with the output head in
- * f16, P+h8 with it W8A8, so that the heads are measured in one run;
+ * f16, P+h8 with it W8A8, P+h4 W4A8, so that the heads are measured in one
+ * run (a quantized file's own head wins);
  * --head-f16 sets f16 for all.
  *
  * --synthetic-58m writes (once) /tmp/llmd-synthetic-58m.gguf: the LLaMA shape
@@ -177,8 +178,8 @@ static void format_profile(char *out, size_t len, const char *name, int batch)
         at += (size_t)snprintf(out + at, len - at, "# profile %s batch %d %s %.3f ms/step:", name,
                                batch, w ? "decode" : "prefill", 1e3 * total / *steps[w]);
         for (int p = 0; p < LLM_PHASE_COUNT && at < len; p++)
-            at += (size_t)snprintf(out + at, len - at, " %s %.0f%%", llm_phase_name((enum llm_phase)p),
-                                   100 * phases[w][p] / total);
+            at += (size_t)snprintf(out + at, len - at, " %s %.0f%%",
+                                   llm_phase_name((enum llm_phase)p), 100 * phases[w][p] / total);
         if (at < len) at += (size_t)snprintf(out + at, len - at, "\n");
     }
     memset(prefill_phases, 0, sizeof prefill_phases);
@@ -320,10 +321,15 @@ int main(int argc, char **argv)
         /* "atom+h16": that precision with the f16 head, side by side with "atom" */
         char base[32];
         snprintf(base, sizeof base, "%s", p);
-        char *suffix = strstr(base, "+h16"), *suffix8 = strstr(base, "+h8");
-        o.head = suffix8 ? LLM_HEAD_INT8 : head_f16 || suffix ? LLM_HEAD_F16 : LLM_HEAD_F32;
-        if (suffix) *suffix = 0;
-        if (suffix8) *suffix8 = 0;
+        static const char *const heads[] = {"+h16", "+h8", "+h4"};
+        static const enum llm_head head_of[] = {LLM_HEAD_F16, LLM_HEAD_INT8, LLM_HEAD_INT4};
+        o.head = head_f16 ? LLM_HEAD_F16 : LLM_HEAD_F32;
+        for (int h = 0; h < 3; h++) {
+            char *suffix = strstr(base, heads[h]);
+            if (!suffix) continue;
+            o.head = head_of[h];
+            *suffix = 0;
+        }
         if (llm_precision_parse(base, &o.precision) || attn_kv_type_parse(kv, &o.kv_type)) {
             fprintf(stderr, "bad precision %s or kv %s\n", p, kv);
             return 2;

@@ -43,11 +43,11 @@ const char *llm_precision_name(enum llm_precision p)
     return (unsigned)p <= LLM_ATOM ? precision_names[p] : "unknown";
 }
 
-static const char *const head_names[] = {"f32", "f16", "int8"};
+static const char *const head_names[] = {"f32", "f16", "int8", "int4"};
 
 int llm_head_parse(const char *name, enum llm_head *out)
 {
-    for (int i = 0; i <= LLM_HEAD_INT8; i++)
+    for (int i = 0; i <= LLM_HEAD_INT4; i++)
         if (strcmp(name, head_names[i]) == 0) {
             *out = (enum llm_head)i;
             return 0;
@@ -57,7 +57,7 @@ int llm_head_parse(const char *name, enum llm_head *out)
 
 const char *llm_head_name(enum llm_head head)
 {
-    return (unsigned)head <= LLM_HEAD_INT8 ? head_names[head] : "unknown";
+    return (unsigned)head <= LLM_HEAD_INT4 ? head_names[head] : "unknown";
 }
 
 void llm_model_options_default(struct llm_model_options *o)
@@ -266,11 +266,12 @@ static void make_head_f16(llm_model *m, const struct llm_gguf_tensor *t)
     m->output_f16 = m->output_f16_owned;
 }
 
-/* The head W8A8 (int8 per vocabulary row, activations int8 per token). */
-static void make_head_int8(llm_model *m, const struct llm_gguf_tensor *t)
+/* The head quantized: W8A8 (int8 per vocabulary row) or W4A8 (int4 groups
+ * per row), activations int8 per token either way. */
+static void make_head_quantized(llm_model *m, const struct llm_gguf_tensor *t, enum q_method method)
 {
     const struct llm_config *c = &m->config;
-    struct q_format f = q_format_default(Q_W8A8);
+    struct q_format f = q_format_default(method);
     m->output_q = q_linear_create(c->vocab_size, c->dim, &f, NULL);
     float *rows = util_xmalloc(sizeof(float) * HEAD_CHUNK_ROWS * (size_t)c->dim);
     for (int r0 = 0; r0 < c->vocab_size; r0 += HEAD_CHUNK_ROWS) {
@@ -282,7 +283,8 @@ static void make_head_int8(llm_model *m, const struct llm_gguf_tensor *t)
 }
 
 /* The output head in the form the options ask for: a quantized file's
- * int8 head as it is; else int8, f16 or fp32 from the file's head tensor. */
+ * quantized head as it is; else int8, int4, f16 or fp32 from the file's
+ * head tensor. */
 static int load_head(llm_model *m, const llm_gguf *g, char *err, size_t err_len)
 {
     const struct llm_config *c = &m->config;
@@ -300,7 +302,9 @@ static int load_head(llm_model *m, const llm_gguf *g, char *err, size_t err_len)
         return fail(err, err_len, -EINVAL, "tensor output.weight: unsupported type %d",
                     (int)t->type);
     if (m->options.head == LLM_HEAD_INT8)
-        make_head_int8(m, t);
+        make_head_quantized(m, t, Q_W8A8);
+    else if (m->options.head == LLM_HEAD_INT4)
+        make_head_quantized(m, t, Q_W4A8);
     else if (m->options.head == LLM_HEAD_F16)
         make_head_f16(m, t);
     else {

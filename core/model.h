@@ -42,8 +42,9 @@ enum llm_head {
     LLM_HEAD_F32,
     LLM_HEAD_F16,  /* half the bytes; exact for f16 files (read in place there) */
     LLM_HEAD_INT8, /* W8A8, int8 per vocabulary row and per token: a quarter */
+    LLM_HEAD_INT4, /* W4A8, int4 groups of 128 per row, int8 per token: an eighth */
 };
-int llm_head_parse(const char *name, enum llm_head *out); /* "f32", "f16", "int8" */
+int llm_head_parse(const char *name, enum llm_head *out); /* "f32", "f16", "int8", "int4" */
 const char *llm_head_name(enum llm_head head);
 
 /* Atom's recipe and its ablation switches (precision LLM_ATOM; LLM_W4A4_RTN

@@ -10,7 +10,7 @@
  *     group_size, outliers, act_clip, weight_clip, gptq, calib_tokens. The
  *     first five define the activation formats; each layer's own format
  *     must agree with them (checked at load);
- *   - the output head, when the model has it W8A8 (LLM_HEAD_INT8), as an I8
+ *   - the output head, when the model has it quantized (int8 or int4), as an I8
  *     blob named output.weight (also for a tied head: the embeddings stay);
  *   - everything else (tokenizer, norms, embeddings, a 16/32-bit head)
  *     copied byte for byte.
@@ -210,12 +210,14 @@ int llm_model_load_quantized_head(const llm_model *m, const llm_gguf *g, q_linea
     const struct llm_gguf_tensor *t = llm_gguf_find_tensor(g, LLM_QUANT_HEAD_TENSOR);
     if (!t || t->type != GGML_TYPE_I8 || t->n_dims != 1) return 0; /* a 16/32-bit head */
     q_linear *head = q_linear_view(t->data, t->n_bytes);
-    struct q_format want = q_format_default(Q_W8A8);
+    struct q_format w8 = q_format_default(Q_W8A8), w4 = q_format_default(Q_W4A8);
     if (!head || q_linear_rows(head) != m->config.vocab_size ||
-        q_linear_cols(head) != m->config.dim || !same_format(q_linear_format(head), &want) ||
+        q_linear_cols(head) != m->config.dim ||
+        !(same_format(q_linear_format(head), &w8) || same_format(q_linear_format(head), &w4)) ||
         q_linear_perm(head)) {
         q_linear_free(head);
-        return snprintf(err, err_len, "quantized model: tensor %s is not a W8A8 head of (%d, %d)",
+        return snprintf(err, err_len,
+                        "quantized model: tensor %s is not a W8A8 or W4A8 head of (%d, %d)",
                         LLM_QUANT_HEAD_TENSOR, m->config.vocab_size, m->config.dim),
                -EBADMSG;
     }

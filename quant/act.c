@@ -80,8 +80,8 @@ static void act_quantize_token(q_act *act, int t, const float *h)
             m1 = _mm256_max_ps(m1, _mm256_andnot_ps(sign, _mm256_loadu_ps(src + c + 8)));
         }
         float scale =
-            q_group_scale(hmax256(_mm256_max_ps(m0, m1)), grp->bits, act->format.act_clip);
-        float qmax = (float)q_group_qmax(grp->bits);
+            q_group_scale(hmax256(_mm256_max_ps(m0, m1)), grp->a_bits, act->format.act_clip);
+        float qmax = (float)q_group_qmax(grp->a_bits);
         const __m256 inv = _mm256_set1_ps(scale > 0.0f ? 1.0f / scale : 0.0f);
         const __m256 lo = _mm256_set1_ps(-qmax), hi = _mm256_set1_ps(qmax);
         __m256i sum = _mm256_setzero_si256();

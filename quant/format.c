@@ -13,6 +13,12 @@ struct q_format q_format_default(enum q_method method)
                                  .n_outlier = 0,
                                  .act_clip = 1.0f,
                                  .weight_clip = 1.0f};
+    if (method == Q_W4A8)
+        return (struct q_format){.method = Q_W4A8,
+                                 .group_size = 128,
+                                 .n_outlier = 0,
+                                 .act_clip = 1.0f,
+                                 .weight_clip = 0.9f};
     return (struct q_format){.method = Q_W4A4,
                              .group_size = 128,
                              .n_outlier = 0,
@@ -36,13 +42,15 @@ int q_format_check(const struct q_format *format, int k)
         why = "clipping factors must be in (0, 1]";
     else if (format->method == Q_W8A8) {
         if (format->n_outlier != 0) why = "W8A8 has no outlier channels";
-    } else if (format->method == Q_W4A4) {
+    } else if (format->method == Q_W4A4 || format->method == Q_W4A8) {
         if (format->group_size < Q_CHANNEL_ALIGN || format->group_size > Q_MAX_GROUP ||
             format->group_size % Q_CHANNEL_ALIGN)
             why = "group_size must be a multiple of 16 in 16..512";
         else if (format->n_outlier < 0 || format->n_outlier > k ||
                  format->n_outlier % Q_CHANNEL_ALIGN)
             why = "n_outlier must be a multiple of 16 in 0..k";
+        else if (format->method == Q_W4A8 && format->n_outlier != 0)
+            why = "W4A8 has no outlier channels";
     } else
         why = "unknown method";
     if (!why) return 0;
@@ -69,10 +77,12 @@ void q_layout_init(struct q_layout *lay, const struct q_format *format, int k)
             grp->len = k_normal - grp->start < format->group_size ? k_normal - grp->start
                                                                   : format->group_size;
             grp->bits = 4;
+            grp->a_bits = format->method == Q_W4A8 ? 8 : 4;
         } else {
             grp->start = k_normal;
             grp->len = k - k_normal;
             grp->bits = 8;
+            grp->a_bits = 8;
         }
         grp->act_offset = act_offset;
         grp->w_offset = w_offset;

@@ -13,7 +13,8 @@
  * signed activations (-7..7) gives pairs of at most 210 in magnitude; two
  * quads are added before they reach the int16 sums, at most 420 per step
  * and Q_MAX_GROUP / 8 steps (26880, no overflow; hence Q_MAX_GROUP), widened
- * once per group by vpmaddwd. int8 groups: the sign trick (|w| times a with
+ * once per group by vpmaddwd. With int8 activations (W4A8) a step's two
+ * quads reach 7620, so each step is widened at once. int8 groups: the sign trick (|w| times a with
  * w's sign) keeps vpmaddubsw from saturating, widened at once. The bias is
  * taken out per group (-8 x the token's group sum), and each group is
  * rescaled into float sums that go to y once, at the end of the tile.
@@ -36,13 +37,12 @@ static inline __m256i broadcast_i32(const int8_t *p)
 }
 
 /* The int32 sums (two ymm: rows 0-7 and 8-15) of one int4 group for MR
- * tokens, the weights' bias already taken out. */
-static inline __attribute__((always_inline)) void int4_group(const int MR, const uint8_t *w,
-                                                             const int8_t *a, size_t stride,
-                                                             int len, const int32_t *a_sums,
-                                                             int n_groups, __m256i out[][2])
+ * tokens, the weights' bias already taken out; WIDE for int8 activations. */
+static inline __attribute__((always_inline)) void
+int4_group(const int MR, const bool WIDE, const uint8_t *w, const int8_t *a, size_t stride, int len,
+           const int32_t *a_sums, int n_groups, __m256i out[][2])
 {
-    const __m256i low = _mm256_set1_epi8(0x0f);
+    const __m256i low = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
     __m256i acc[GEMM_MR][2];
 #pragma GCC unroll 4
     for (int t = 0; t < MR; t++) acc[t][0] = acc[t][1] = _mm256_setzero_si256();
@@ -57,20 +57,26 @@ static inline __attribute__((always_inline)) void int4_group(const int MR, const
         for (int t = 0; t < MR; t++) {
             __m256i x0 = broadcast_i32(a + t * stride + 8 * p);
             __m256i x1 = broadcast_i32(a + t * stride + 8 * p + 4);
-            acc[t][0] =
-                _mm256_add_epi16(acc[t][0], _mm256_add_epi16(_mm256_maddubs_epi16(lo0, x0),
-                                                             _mm256_maddubs_epi16(hi0, x1)));
-            acc[t][1] =
-                _mm256_add_epi16(acc[t][1], _mm256_add_epi16(_mm256_maddubs_epi16(lo1, x0),
-                                                             _mm256_maddubs_epi16(hi1, x1)));
+            __m256i p0 =
+                _mm256_add_epi16(_mm256_maddubs_epi16(lo0, x0), _mm256_maddubs_epi16(hi0, x1));
+            __m256i p1 =
+                _mm256_add_epi16(_mm256_maddubs_epi16(lo1, x0), _mm256_maddubs_epi16(hi1, x1));
+            if (WIDE) {
+                acc[t][0] = _mm256_add_epi32(acc[t][0], _mm256_madd_epi16(p0, ones));
+                acc[t][1] = _mm256_add_epi32(acc[t][1], _mm256_madd_epi16(p1, ones));
+            } else {
+                acc[t][0] = _mm256_add_epi16(acc[t][0], p0);
+                acc[t][1] = _mm256_add_epi16(acc[t][1], p1);
+            }
         }
     }
-    const __m256i ones = _mm256_set1_epi16(1);
 #pragma GCC unroll 4
     for (int t = 0; t < MR; t++) {
         __m256i bias = _mm256_set1_epi32(-Q_INT4_BIAS * a_sums[(size_t)t * n_groups]);
-        out[t][0] = _mm256_add_epi32(_mm256_madd_epi16(acc[t][0], ones), bias);
-        out[t][1] = _mm256_add_epi32(_mm256_madd_epi16(acc[t][1], ones), bias);
+        __m256i s0 = WIDE ? acc[t][0] : _mm256_madd_epi16(acc[t][0], ones);
+        __m256i s1 = WIDE ? acc[t][1] : _mm256_madd_epi16(acc[t][1], ones);
+        out[t][0] = _mm256_add_epi32(s0, bias);
+        out[t][1] = _mm256_add_epi32(s1, bias);
     }
 }
 
@@ -116,9 +122,13 @@ static inline __attribute__((always_inline)) void tile(const int MR, const struc
     for (int g = 0; g < n_groups; g++) {
         const struct q_group *grp = &lay->groups[g];
         __m256i dot[GEMM_MR][2];
-        if (grp->bits == 4)
-            int4_group(MR, blk + grp->w_offset, a0 + grp->act_offset, stride, grp->len,
-                       act->sums + (size_t)t0 * n_groups + g, n_groups, dot);
+        const int32_t *a_sums = act->sums + (size_t)t0 * n_groups + g;
+        if (grp->bits == 4 && grp->a_bits == 8) /* constant WIDE: each is compiled on its own */
+            int4_group(MR, true, blk + grp->w_offset, a0 + grp->act_offset, stride, grp->len,
+                       a_sums, n_groups, dot);
+        else if (grp->bits == 4)
+            int4_group(MR, false, blk + grp->w_offset, a0 + grp->act_offset, stride, grp->len,
+                       a_sums, n_groups, dot);
         else
             int8_group(MR, blk + grp->w_offset, a0 + grp->act_offset, stride, grp->len, dot);
         const float *ws = q_linear_scales(layer, block, g);

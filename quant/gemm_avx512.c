@@ -205,7 +205,8 @@ typedef void tile_fn(const struct tile_args *ta, const struct q_seg *segs, int n
     }
 #define TILE_ROW(MR) TILE(MR, 1) TILE(MR, 2) TILE(MR, 3) TILE(MR, 4)
 TILE_ROW(1)
-TILE_ROW(2) TILE_ROW(3) TILE_ROW(4) TILE_ROW(5) TILE_ROW(6)
+TILE_ROW(2)
+TILE_ROW(3) TILE_ROW(4) TILE_ROW(5) TILE_ROW(6)
 #define TILE_REF(MR)                                                                               \
     {                                                                                              \
         tile_##MR##_1, tile_##MR##_2, tile_##MR##_3, tile_##MR##_4                                 \

@@ -13,6 +13,9 @@
  *             token per group; the last n_outlier channels int8, one scale
  *             per row / per token. n_outlier = 0 and no permutation is the
  *             plain round-to-nearest W4A4 baseline.
+ *   W4A8      int4 weights in groups as W4A4 (no outliers), activations int8
+ *             per token per group: for layers whose inputs int4 would hurt
+ *             (the output head), at half W8A8's weight bytes.
  * Symmetric means scale = clip * absmax / 7 (int4, values -7..7) or
  * absmax / 127 (int8, -127..127), fp32 scales, round to nearest even.
  * Products accumulate in int32 and are rescaled per group in fp32.
@@ -30,7 +33,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-enum q_method { Q_W8A8, Q_W4A4 };
+enum q_method { Q_W8A8, Q_W4A4, Q_W4A8 };
 
 /* The widest int4 group the kernels take (AVX2 sums a group in int16). */
 #define Q_GROUP_SIZE_MAX 512
@@ -44,7 +47,8 @@ struct q_format {
 };
 
 /* The defaults: W4A4 with groups of 128, no outliers, clipping 0.9
- * (activations) and 0.85 (weights); W8A8 without clipping. */
+ * (activations) and 0.85 (weights); W8A8 without clipping; W4A8 with groups
+ * of 128 and weight clipping 0.9 (activations are int8: not clipped). */
 struct q_format q_format_default(enum q_method method);
 
 /* 0 when `format` can quantize layers of k input channels, else -EINVAL

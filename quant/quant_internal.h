@@ -69,7 +69,8 @@ _Static_assert(Q_QUAD_BYTES == Q_BLOCK_ROWS * 4, "a quad is 4 channels of every 
 struct q_group {
     int start;       /* first channel, in the layer's channel order */
     int len;         /* channels, a multiple of Q_CHANNEL_ALIGN */
-    int bits;        /* 4 or 8 */
+    int bits;        /* the weights': 4 or 8 */
+    int a_bits;      /* the activations': as bits, or 8 over int4 weights (W4A8) */
     int act_offset;  /* byte offset in an activation row */
     size_t w_offset; /* byte offset in a packed column block */
 };

@@ -5,7 +5,7 @@
  *   offset  size  field
  *        0     8  magic "LLMDQLIN"
  *        8     4  version (1)
- *       12     4  method (0 W8A8, 1 W4A4)
+ *       12     4  method (0 W8A8, 1 W4A4, 2 W4A8)
  *       16     4  group_size
  *       20     4  n_outlier
  *       24     4  act_clip (f32)
@@ -42,6 +42,7 @@
 #define BLOB_MAX_ROWS     (1 << 24)
 
 _Static_assert(sizeof(float) == 4 && sizeof(int) == 4, "the blob stores 4-byte fields");
+_Static_assert(Q_W8A8 == 0 && Q_W4A4 == 1 && Q_W4A8 == 2, "the blob stores the method's number");
 
 static void put_u32(uint8_t *p, uint32_t v)
 {
@@ -92,7 +93,7 @@ size_t q_linear_save(const q_linear *layer, void *buf, size_t cap)
     memset(p, 0, at_packed);
     memcpy(p, BLOB_MAGIC, 8);
     put_u32(p + 8, BLOB_VERSION);
-    put_u32(p + 12, layer->format.method == Q_W4A4 ? 1u : 0u);
+    put_u32(p + 12, (uint32_t)layer->format.method);
     put_u32(p + 16, (uint32_t)layer->format.group_size);
     put_u32(p + 20, (uint32_t)layer->format.n_outlier);
     memcpy(p + 24, &layer->format.act_clip, 4);
@@ -115,9 +116,9 @@ static q_linear *blob_layer(const void *buf, size_t size, bool view)
     uint32_t version = get_u32(p + 8);
     if (version < 1 || version > BLOB_VERSION) return NULL;
     uint32_t method = get_u32(p + 12), flags = get_u32(p + 40);
-    if (method > 1 || (flags & ~BLOB_FLAG_PERM) || get_u32(p + 44) != 0) return NULL;
+    if (method > Q_W4A8 || (flags & ~BLOB_FLAG_PERM) || get_u32(p + 44) != 0) return NULL;
     struct q_format format = {
-        .method = method ? Q_W4A4 : Q_W8A8,
+        .method = (enum q_method)method,
         .group_size = (int)get_u32(p + 16),
         .n_outlier = (int)get_u32(p + 20),
         .act_clip = get_f32(p + 24),

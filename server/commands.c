@@ -123,8 +123,8 @@ static const char model_help[] =
     "  --calib-file FILE     Atom: calibration text (default models/calibration.txt)\n"
     "  --calib-tokens N      Atom: calibration tokens (default 16384)\n"
     "  --head H              output head (lm_head): f32 (default), f16 (half the bytes a\n"
-    "                        decode step reads) or int8 (W8A8, a quarter); a quantized\n"
-    "                        file's int8 head wins\n"
+    "                        decode step reads), int8 (W8A8, a quarter) or int4 (W4A8,\n"
+    "                        an eighth); a quantized file's own head wins\n"
     "  --head-f16, --head-int8   the same as --head f16, --head int8\n"
     "  --help                this text\n";
 
@@ -733,8 +733,8 @@ static const char quantize_help[] =
     "file's precision and formats then win over --precision and the Atom options.\n\n"
     "  --out FILE         the quantized model to write\n"
     "  --precision P      w8a8 | w4a4-rtn | atom (default atom)\n"
-    "  --head H           the output head in the file: int8 (default; loads in place) or\n"
-    "                     f16/f32 (the source's head, kept as it is)\n\n";
+    "  --head H           the output head in the file: int8 (default) or int4, read in\n"
+    "                     place at load; f16/f32 keep the source's head as it is\n\n";
 
 int cmd_quantize(int argc, char **argv)
 {

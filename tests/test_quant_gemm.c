@@ -110,6 +110,15 @@ Test(quant_gemm, w4a4_kernels_match_reference_with_all_channels_int8)
     check_all_shapes(&f, 64, true);
 }
 
+Test(quant_gemm, w4a8_kernels_match_reference)
+{
+    struct q_format f = q_format_default(Q_W4A8);
+    check_all_shapes(&f, 128, false);
+    check_all_shapes(&f, 512, false); /* four groups of int8 activations over int4 weights */
+    f.group_size = 48;                /* a short last group: 144 = 2 x 48 + 48, 128 = 2 x 48 + 32 */
+    check_all_shapes(&f, 128, false);
+}
+
 Test(quant_gemm, w8a8_kernels_match_reference)
 {
     struct q_format f = q_format_default(Q_W8A8);

@@ -24,20 +24,23 @@
 #define Q_MAX_GROUPS_TEST 300
 
 /* Describes the groups of a format the way quant.h defines them, without
- * looking inside the library: channel range and bits of group g. */
+ * looking inside the library: channel range and bits of group g, of the
+ * activations or of the weights (they differ in W4A8). */
 struct tq_group {
     int start, len, bits;
 };
 
-static int tq_groups(const struct q_format *f, int k, struct tq_group *out)
+static int tq_groups(const struct q_format *f, int k, bool activations, struct tq_group *out)
 {
     if (f->method == Q_W8A8) {
         out[0] = (struct tq_group){0, k, 8};
         return 1;
     }
     int n = 0, normal = k - f->n_outlier;
+    int bits = f->method == Q_W4A8 && activations ? 8 : 4;
     for (int s = 0; s < normal; s += f->group_size)
-        out[n++] = (struct tq_group){s, normal - s < f->group_size ? normal - s : f->group_size, 4};
+        out[n++] =
+            (struct tq_group){s, normal - s < f->group_size ? normal - s : f->group_size, bits};
     if (f->n_outlier) out[n++] = (struct tq_group){normal, f->n_outlier, 8};
     return n;
 }
@@ -48,7 +51,7 @@ static int check_round_trip(const struct q_format *f, float clip, const float *h
                             int k, double input_tol, const char *what)
 {
     struct tq_group groups[Q_MAX_GROUPS_TEST];
-    int n_groups = tq_groups(f, k, groups), clipped = 0;
+    int n_groups = tq_groups(f, k, strcmp(what, "weight") != 0, groups), clipped = 0;
     for (int g = 0; g < n_groups; g++) {
         float absmax = 0;
         for (int c = 0; c < groups[g].len; c++)
@@ -110,6 +113,17 @@ Test(quant_act, int4_groups_and_int8_outliers_round_trip_within_half_a_step)
     f = tq_w4a4(32, 32); /* short last group: 112 = 3 x 32 + 16 */
     check_act(&f, x, 9, 144, perm);
     free(x), free(perm);
+}
+
+Test(quant_act, w4a8_int8_groups_round_trip_within_half_a_step_unclipped)
+{
+    int loud[2] = {3, 200};
+    float *x = tq_matrix(5, 7, 384, loud, 2, 30.0f);
+    struct q_format f = q_format_default(Q_W4A8);
+    check_act(&f, x, 7, 384, NULL);
+    f.group_size = 32;
+    check_act(&f, x, 7, 384, NULL);
+    free(x);
 }
 
 Test(quant_act, w8a8_tokens_round_trip_within_half_a_step)
@@ -203,7 +217,7 @@ static void check_weights(const struct q_format *f, const float *w, int n, int k
         }
         clipped += check_round_trip(f, f->weight_clip, h, hd, k, 0, "weight");
     }
-    if (f->method == Q_W4A4) cr_assert_gt(clipped, 0, "clipping never happened");
+    if (f->method != Q_W8A8) cr_assert_gt(clipped, 0, "clipping never happened");
     free(dq), free(h), free(hd);
     q_linear_free(layer);
 }
@@ -219,6 +233,8 @@ Test(quant_linear, int4_rows_and_int8_outliers_round_trip_within_half_a_step)
     check_weights(&f, w, 37, 144, NULL);
     f = q_format_default(Q_W8A8);
     check_weights(&f, w, 37, 144, perm);
+    f = q_format_default(Q_W4A8);
+    check_weights(&f, w, 37, 144, NULL);
     free(w), free(perm);
 }
 

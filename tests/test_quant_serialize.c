@@ -115,7 +115,7 @@ Test(quant_serialize, malformed_headers_orders_and_scales_are_refused)
         {0, 0x4d4d4c4c, "magic"},
         {8, 0, "version 0"},
         {8, 3, "a version from the future"},
-        {12, 2, "method"},
+        {12, 3, "method"},
         {16, 24, "group size not a multiple of 16"},
         {20, 8, "outliers not a multiple of 16"},
         {20, 64, "more outliers than channels"},
