@@ -11,7 +11,7 @@
 #   make format     clang-format every C file
 #
 # Every module folder is compiled into one set of objects; files named
-# *_avx512.c and *_amx.c get the ISA flags of their kernels, the rest build
+# *_avx512.c, *_avxvnni.c and *_amx.c get the ISA flags of their kernels, the rest build
 # for x86-64-v3 (AVX2), so the binary runs on any AVX2 machine and picks the
 # wider kernels at start-up by cpuid.
 
@@ -45,6 +45,7 @@ CFLAGS   += -std=c11 -march=x86-64-v3 -Wall -Wextra -Werror -fopenmp -D_GNU_SOUR
 LDLIBS   := $(PKG_LIBS) -lm -lpthread -fopenmp
 AVX512_FLAGS := -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mavx512bf16 -mavx512fp16
 AMX_FLAGS    := $(AVX512_FLAGS) -mamx-tile -mamx-int8
+AVXVNNI_FLAGS := -mavxvnni
 SAN_FLAGS    := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 
 LIB_SRC   := $(filter-out server/main.c,$(wildcard $(addsuffix /*.c,$(MODULES))))
@@ -64,7 +65,7 @@ FUZZ_REPLAY  := $(patsubst tests/fuzz/%.c,$(BUILD)/asan/fuzz-replay/%,$(FUZZ_SRC
 FUZZERS      := $(patsubst tests/fuzz/%.c,$(BUILD)/fuzz/%,$(FUZZ_SRC))
 
 .SECONDARY:
-.PHONY: all deps run test test-build unit-tests asan-tests fuzz-replay bench fuzz soak format clean
+.PHONY: all deps run test test-build unit-tests isa-tests asan-tests fuzz-replay bench fuzz soak format clean
 .DEFAULT_GOAL := all
 
 all: $(BUILD)/llmd
@@ -99,6 +100,10 @@ $(1)/obj/%_amx.o: %_amx.c
 	@mkdir -p $$(@D)
 	@echo "  CC    $$@"
 	$(Q)$(2) $$(CFLAGS) $(3) $$(AMX_FLAGS) -c $$< -o $$@
+$(1)/obj/%_avxvnni.o: %_avxvnni.c
+	@mkdir -p $$(@D)
+	@echo "  CC    $$@"
+	$(Q)$(2) $$(CFLAGS) $(3) $$(AVXVNNI_FLAGS) -c $$< -o $$@
 endef
 
 # libFuzzer builds use clang with LLVM's OpenMP runtime (libomp-dev).
@@ -151,12 +156,25 @@ run: deps
 
 test: deps
 	@$(MAKE) --no-print-directory test-build
-	@$(MAKE) --no-print-directory unit-tests asan-tests fuzz-replay
+	@$(MAKE) --no-print-directory unit-tests isa-tests asan-tests fuzz-replay
 
 test-build: $(BUILD)/llmd $(BUILD)/asan/llmd $(TESTS) $(ASAN_TESTS) $(FUZZ_REPLAY)
 
 unit-tests: $(TESTS) $(BUILD)/llmd
 	@set -e; for t in $(TESTS); do echo "== $$t"; $$t --jobs 2; done
+
+# The model-side tests again with the instruction set capped below this
+# CPU's best (LLMD_ISA, util/cpu.c), so that an AVX-512 or AMX machine also
+# runs the paths an AVX2-only CPU takes (and an AMX one the AVX-512 ones).
+ISA_TESTS := $(filter $(BUILD)/tests/test_core_% $(BUILD)/tests/test_quant_% \
+                      $(BUILD)/tests/test_attention_%,$(TESTS))
+isa-tests: $(ISA_TESTS)
+	@set -e; flags=$$(grep -m1 '^flags' /proc/cpuinfo); levels=""; \
+	case "$$flags" in *avx512f*|*avx_vnni*) levels="avx2";; esac; \
+	case "$$flags" in *amx_int8*) levels="$$levels avx512";; esac; \
+	if [ -z "$$levels" ]; then echo "== isa-tests skipped: this CPU's best is AVX2, tested above"; fi; \
+	for isa in $$levels; do for t in $(ISA_TESTS); do \
+	  echo "== $$t (LLMD_ISA=$$isa)"; LLMD_ISA=$$isa $$t --jobs 2; done; done
 
 # The server's integration tests run build/asan/llmd here.
 asan-tests: $(ASAN_TESTS) $(BUILD)/asan/llmd

@@ -19,22 +19,20 @@
 /* -------------------------------------------------------------- choosing */
 
 static q_kernel_fn *const kernel_fns[Q_KERNEL_COUNT] = {
-    [Q_KERNEL_SCALAR] = q_gemm_scalar,
-    [Q_KERNEL_AVX2] = q_gemm_avx2,
-    [Q_KERNEL_AVX512_VNNI] = q_gemm_avx512,
+    [Q_KERNEL_SCALAR] = q_gemm_scalar,    [Q_KERNEL_AVX2] = q_gemm_avx2,
+    [Q_KERNEL_AVX_VNNI] = q_gemm_avxvnni, [Q_KERNEL_AVX512_VNNI] = q_gemm_avx512,
     [Q_KERNEL_AMX] = q_gemm_amx,
 };
 
 static const char *const kernel_names[Q_KERNEL_COUNT] = {
-    [Q_KERNEL_SCALAR] = "scalar",
-    [Q_KERNEL_AVX2] = "avx2",
-    [Q_KERNEL_AVX512_VNNI] = "avx512",
-    [Q_KERNEL_AMX] = "amx",
+    [Q_KERNEL_SCALAR] = "scalar",      [Q_KERNEL_AVX2] = "avx2", [Q_KERNEL_AVX_VNNI] = "avxvnni",
+    [Q_KERNEL_AVX512_VNNI] = "avx512", [Q_KERNEL_AMX] = "amx",
 };
 
 static const int kernel_panels[Q_KERNEL_COUNT] = {
     [Q_KERNEL_SCALAR] = 1,
     [Q_KERNEL_AVX2] = Q_PANEL_AVX2,
+    [Q_KERNEL_AVX_VNNI] = Q_PANEL_AVXVNNI,
     [Q_KERNEL_AVX512_VNNI] = Q_PANEL_AVX512,
     [Q_KERNEL_AMX] = Q_PANEL_AMX,
 };
@@ -48,6 +46,8 @@ bool q_kernel_available(enum q_kernel kernel)
         return true;
     case Q_KERNEL_AVX2:
         return cpu->avx2 && cpu->fma;
+    case Q_KERNEL_AVX_VNNI:
+        return cpu->avx2 && cpu->fma && cpu->avxvnni;
     case Q_KERNEL_AVX512_VNNI:
         return vnni;
     case Q_KERNEL_AMX:

@@ -20,8 +20,9 @@
  * absmax / 127 (int8, -127..127), fp32 scales, round to nearest even.
  * Products accumulate in int32 and are rescaled per group in fp32.
  *
- * Kernels: a scalar reference plus AVX2, AVX-512 VNNI and AMX-INT8
- * versions, one chosen at start-up by cpuid (q_kernel_name() says which).
+ * Kernels: a scalar reference plus AVX2, AVX-VNNI, AVX-512 VNNI and
+ * AMX-INT8 versions, the widest the CPU has chosen at start-up by cpuid
+ * (q_kernel_name() says which).
  *
  * Atom's recipe around it: calibration statistics (mean squared activation
  * per input channel, and X^T X for GPTQ), outlier selection, GPTQ.
@@ -170,13 +171,14 @@ void q_gemm_jobs(const struct q_gemm_job *jobs, int n_jobs, int m, int ith, int 
 enum q_kernel {
     Q_KERNEL_SCALAR,
     Q_KERNEL_AVX2,
+    Q_KERNEL_AVX_VNNI, /* 256-bit VNNI: CPUs that have it without AVX-512 (Alder Lake) */
     Q_KERNEL_AVX512_VNNI,
     Q_KERNEL_AMX,
     Q_KERNEL_COUNT
 };
 /* True when the CPU (and OS) can run it. */
 bool q_kernel_available(enum q_kernel kernel);
-/* The one chosen at start-up (LLMD_QKERNEL=scalar|avx2|avx512|amx overrides). */
+/* The one chosen at start-up (LLMD_QKERNEL=scalar|avx2|avxvnni|avx512|amx overrides). */
 enum q_kernel q_kernel_selected(void);
 const char *q_kernel_name(enum q_kernel kernel);
 /* q_gemm with a given kernel (must be available). */

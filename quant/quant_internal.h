@@ -199,10 +199,11 @@ typedef void q_kernel_fn(const struct q_linear *layer, const struct q_act *act, 
                          int t_end, int block_begin, int block_end, float *y, int ldy,
                          bool accumulate);
 
-q_kernel_fn q_gemm_scalar, q_gemm_avx2, q_gemm_avx512, q_gemm_amx;
+q_kernel_fn q_gemm_scalar, q_gemm_avx2, q_gemm_avxvnni, q_gemm_avx512, q_gemm_amx;
 
 /* Column blocks a kernel computes side by side (threads split on it). */
-#define Q_PANEL_AVX2   1
+#define Q_PANEL_AVX2    1
+#define Q_PANEL_AVXVNNI 1
 #define Q_PANEL_AVX512 4
 #define Q_PANEL_AMX    2
 #define Q_MAX_PANEL    4

@@ -8,6 +8,7 @@
 #include "util/util.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 
 struct test_kv {
@@ -115,13 +116,18 @@ static inline void test_reference_attention(const attn_seq *seq, int layer, int 
 }
 
 /* The kernel sets this CPU can run, the scalar reference first. Returns
- * their count. */
+ * their count; says (once a program) which sets' checks are skipped. */
 static inline int test_kernel_sets(const struct attn_kernels **out)
 {
+    static bool said;
     int n = 0;
     out[n++] = attn_kernels_scalar();
     if (attn_kernels_avx2()) out[n++] = attn_kernels_avx2();
     if (attn_kernels_avx512()) out[n++] = attn_kernels_avx512();
+    if (!said && !attn_kernels_avx512())
+        fprintf(stderr, "skipped: the avx512 attention kernels' checks (this CPU has: %s)\n",
+                util_cpu_flags_string());
+    said = true;
     return n;
 }
 

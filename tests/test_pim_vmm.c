@@ -8,6 +8,7 @@
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -56,7 +57,11 @@ Test(pim_kernels, simd_matches_scalar_on_awkward_sizes)
     const int nbs[] = {1, 2, 3};
     const int r4s[] = {4, 32, 128, 132};
     for (int isa = PIM_ISA_AVX2; isa < PIM_ISA_COUNT; isa++) {
-        if (!pim_isa_available(isa)) continue;
+        if (!pim_isa_available(isa)) {
+            fprintf(stderr, "skipped: PIM kernel set %d's checks (this CPU has: %s)\n", isa,
+                    util_cpu_flags_string());
+            continue;
+        }
         const struct pim_kernels *k = pim_kernels_for(isa);
         for (size_t a = 0; a < 7; a++)
             for (size_t b = 0; b < 3; b++)

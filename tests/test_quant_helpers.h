@@ -6,6 +6,7 @@
 #include "util/util.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 
 /* Gaussian (rows, cols) matrix; channels listed in `loud` (n_loud of them)
@@ -68,6 +69,20 @@ static inline void tq_product_definition(const q_linear *layer, const q_act *act
     tq_matmul(xd, wdp, m, n, k, false, exact);
     tq_matmul(xd, wdp, m, n, k, true, scale);
     free(xd), free(wd), free(wdp);
+}
+
+/* Whether the CPU runs `kernel`; where it does not, says once per test
+ * program that the kernel's checks are skipped, and why. */
+static inline bool tq_kernel_runs_here(enum q_kernel kernel)
+{
+    static bool said[Q_KERNEL_COUNT];
+    if (q_kernel_available(kernel)) return true;
+    if (!said[kernel]) {
+        said[kernel] = true;
+        fprintf(stderr, "skipped: the %s kernel's checks (this CPU has: %s)\n",
+                q_kernel_name(kernel), util_cpu_flags_string());
+    }
+    return false;
 }
 
 /* A W4A4 format with the given group size and outliers, default clipping. */

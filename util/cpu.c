@@ -10,7 +10,7 @@
 #include <unistd.h>
 
 #define ARCH_REQ_XCOMP_PERM 0x1023
-#define XFEATURE_XTILEDATA 18
+#define XFEATURE_XTILEDATA  18
 
 static struct util_cpu cpu;
 static char flags_string[256];
@@ -62,10 +62,14 @@ static void detect(void)
         cpu.amx_tile = d & (1u << 24);
         cpu.amx_int8 = d & (1u << 25);
     }
-    if (__get_cpuid_count(7, 1, &a, &b, &c, &d)) cpu.avx512bf16 = zmm_os && (a & (1u << 5));
+    if (__get_cpuid_count(7, 1, &a, &b, &c, &d)) {
+        cpu.avxvnni = ymm_os && (a & (1u << 4));
+        cpu.avx512bf16 = zmm_os && (a & (1u << 5));
+    }
 
     const char *cap = getenv("LLMD_ISA");
     if (cap && strcmp(cap, "avx2") == 0) {
+        cpu.avxvnni = false;
         cpu.avx512f = cpu.avx512bw = cpu.avx512vl = cpu.avx512dq = false;
         cpu.avx512vnni = cpu.avx512bf16 = cpu.avx512fp16 = false;
         cpu.amx_tile = cpu.amx_int8 = false;
@@ -78,11 +82,17 @@ static void detect(void)
     struct {
         bool on;
         const char *name;
-    } names[] = {{cpu.avx2, "avx2"},          {cpu.fma, "fma"},
-                 {cpu.f16c, "f16c"},          {cpu.avx512f, "avx512f"},
-                 {cpu.avx512bw, "avx512bw"},  {cpu.avx512vl, "avx512vl"},
-                 {cpu.avx512dq, "avx512dq"},  {cpu.avx512vnni, "avx512vnni"},
-                 {cpu.avx512bf16, "avx512bf16"}, {cpu.avx512fp16, "avx512fp16"},
+    } names[] = {{cpu.avx2, "avx2"},
+                 {cpu.fma, "fma"},
+                 {cpu.avxvnni, "avxvnni"},
+                 {cpu.f16c, "f16c"},
+                 {cpu.avx512f, "avx512f"},
+                 {cpu.avx512bw, "avx512bw"},
+                 {cpu.avx512vl, "avx512vl"},
+                 {cpu.avx512dq, "avx512dq"},
+                 {cpu.avx512vnni, "avx512vnni"},
+                 {cpu.avx512bf16, "avx512bf16"},
+                 {cpu.avx512fp16, "avx512fp16"},
                  {cpu.amx_usable, "amx-int8"}};
     size_t used = 0;
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)

@@ -69,6 +69,7 @@ void util_aligned_free(void *ptr);
 
 struct util_cpu {
     bool avx2, fma, f16c;
+    bool avxvnni; /* VNNI on ymm (cpuid 7.1 eax bit 4) */
     bool avx512f, avx512bw, avx512vl, avx512dq, avx512vnni, avx512bf16, avx512fp16;
     bool amx_tile, amx_int8;
     bool amx_usable; /* the kernel granted the tile data permission */
