@@ -8,16 +8,18 @@
  *   make build/obj/bench/quant_amx_check.o build/obj/util/util.o build/obj/util/cpu.o \
  *        build/obj/util/numeric.o build/obj/quant/format.o build/obj/quant/act.o \
  *        build/obj/quant/linear.o build/obj/quant/gemm.o build/obj/quant/gemm_avx2.o \
- *        build/obj/quant/gemm_avx512.o build/obj/quant/gemm_amx.o
+ *        build/obj/quant/gemm_avx512.o build/obj/quant/gemm_amx.o build/obj/quant/gemm_avxvnni.o \
+ *        build/obj/util/pool.o
  *   gcc -static -fopenmp build/obj/bench/quant_amx_check.o build/obj/util/util.o \
- *        build/obj/util/cpu.o build/obj/util/numeric.o build/obj/quant/format.o \
- *        build/obj/quant/act.o build/obj/quant/linear.o build/obj/quant/gemm.o \
- *        build/obj/quant/gemm_avx2.o build/obj/quant/gemm_avx512.o build/obj/quant/gemm_amx.o \
- *        -lm -o build/quant_amx_check
+ *        build/obj/util/cpu.o build/obj/util/numeric.o build/obj/util/pool.o \
+ *        build/obj/quant/format.o build/obj/quant/act.o build/obj/quant/linear.o \
+ *        build/obj/quant/gemm.o build/obj/quant/gemm_avx2.o build/obj/quant/gemm_avxvnni.o \
+ *        build/obj/quant/gemm_avx512.o build/obj/quant/gemm_amx.o -lm -o build/quant_amx_check
+ *   (bench/device_check.sh does this and more)
  *
  *   quant_amx_check [--quick]      exit status 0 when every kernel passed
  */
-#include "quant/quant.h"
+#include "quant/quant_internal.h"
 #include "tests/test_quant_helpers.h"
 
 #include <float.h>
@@ -62,6 +64,42 @@ static int check_shape(enum q_kernel kernel, const struct q_format *f, int m, in
     return bad ? 1 : 0;
 }
 
+/* The jobs interface (as the forward pass calls it): two layers, a row
+ * stride wider than n, the second accumulating, split over 3 threads. */
+static int check_jobs(enum q_kernel kernel)
+{
+    const int k = 272, m = 20, ns[2] = {48, 129}, ldy = 140;
+    struct q_format f = tq_w4a4(128, 16);
+    float *x = tq_matrix(41, m, k, NULL, 0, 1.0f);
+    q_act *act = q_act_create(&f, k, m);
+    q_act_quantize(act, x, m, NULL);
+    int bad = 0;
+    for (int j = 0; j < 2; j++) {
+        float *w = tq_matrix(42 + (uint64_t)j, ns[j], k, NULL, 0, 1.0f);
+        q_linear *layer = q_linear_quantize(w, ns[j], k, &f, NULL);
+        float *ref = util_xmalloc((size_t)m * ns[j] * sizeof *ref);
+        float *y = util_xmalloc((size_t)m * ldy * sizeof *y);
+        q_gemm_with(Q_KERNEL_SCALAR, layer, act, m, ref);
+        for (int i = 0; i < m * ldy; i++) y[i] = 1.0f;
+        struct q_gemm_job job = {layer, act, y, ldy, j == 1};
+        for (int ith = 0; ith < 3; ith++) q_gemm_jobs_with(kernel, &job, 1, m, ith, 3);
+        for (int t = 0; t < m; t++)
+            for (int c = 0; c < ldy; c++) {
+                float got = y[(size_t)t * ldy + c];
+                float want =
+                    c >= ns[j] ? 1.0f : ref[(size_t)t * ns[j] + c] + (j == 1 ? 1.0f : 0.0f);
+                if (fabsf(got - want) > 1e-4f * (fabsf(want) + 1.0f) && bad++ == 0)
+                    printf("  FAIL %s jobs (accumulate %d) at (%d, %d): %g, want %g\n",
+                           q_kernel_name(kernel), j == 1, t, c, got, want);
+            }
+        free(w), free(ref), free(y);
+        q_linear_free(layer);
+    }
+    free(x);
+    q_act_free(act);
+    return bad ? 1 : 0;
+}
+
 static int check_kernel(enum q_kernel kernel, bool quick)
 {
     const int ms[] = {1, 3, 7, 17, 33, 70}, ns[] = {1, 31, 33, 129};
@@ -83,7 +121,12 @@ static int check_kernel(enum q_kernel kernel, bool quick)
     cases[n_cases].f = q_format_default(Q_W8A8);
     cases[n_cases++].k = 16;
     cases[n_cases].f = q_format_default(Q_W8A8);
-    cases[n_cases++].k = 2080; /* split over chunks */
+    cases[n_cases++].k = 2080;                   /* split over chunks */
+    cases[n_cases].f = q_format_default(Q_W4A8); /* int8 activations over int4 weights */
+    cases[n_cases++].k = 512;
+    cases[n_cases].f = q_format_default(Q_W4A8);
+    cases[n_cases].f.group_size = 48;
+    cases[n_cases++].k = 144;
     int failed = 0, shapes = 0;
     for (int c = 0; c < n_cases; c++)
         for (size_t i = 0; i < sizeof ms / sizeof *ms; i++)
@@ -95,6 +138,8 @@ static int check_kernel(enum q_kernel kernel, bool quick)
     /* Large enough to run on every thread. */
     struct q_format atom = tq_w4a4(128, 128);
     failed += check_shape(kernel, &atom, 100, 300, 4096);
+    shapes++;
+    failed += check_jobs(kernel);
     shapes++;
     printf("%-8s %s (%d shapes, %d failed)\n", q_kernel_name(kernel), failed ? "FAIL" : "PASS",
            shapes, failed);

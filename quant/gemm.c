@@ -164,12 +164,17 @@ static enum q_kernel kernel_for(int m)
     return kernel == Q_KERNEL_AMX && m < AMX_MIN_ROWS ? Q_KERNEL_AVX512_VNNI : kernel;
 }
 
-void q_gemm_jobs(const struct q_gemm_job *jobs, int n_jobs, int m, int ith, int nth)
+void q_gemm_jobs_with(enum q_kernel kernel, const struct q_gemm_job *jobs, int n_jobs, int m,
+                      int ith, int nth)
 {
     UTIL_CHECK(n_jobs >= 1 && ith >= 0 && ith < nth);
-    enum q_kernel kernel = kernel_for(m);
     for (int j = 0; j < n_jobs; j++) check_job(kernel, &jobs[j], m);
     jobs_part(kernel, jobs, n_jobs, m, ith, nth);
+}
+
+void q_gemm_jobs(const struct q_gemm_job *jobs, int n_jobs, int m, int ith, int nth)
+{
+    q_gemm_jobs_with(kernel_for(m), jobs, n_jobs, m, ith, nth);
 }
 
 void q_gemm_with(enum q_kernel kernel, const q_linear *layer, const q_act *act, int m, float *y)
@@ -209,7 +214,11 @@ void q_gemm_scalar(const struct q_linear *layer, const struct q_act *act, int t_
                 for (int c = 0; c < grp->len; c++)
                     dot += a[grp->act_offset + c] * q_linear_value(layer, row, g, c);
                 float w_scale = q_linear_scales(layer, row / Q_BLOCK_ROWS, g)[row % Q_BLOCK_ROWS];
-                sum += (float)dot * w_scale * q_act_scale(act, t, g);
+                /* rounded as the SIMD kernels round it (one multiply, one
+                 * fused multiply-add), so that their results are the same
+                 * bits: a W4A4 model turns a last-bit difference into a
+                 * different int4 activation a few layers on */
+                sum = fmaf((float)dot * w_scale, q_act_scale(act, t, g), sum);
             }
             float *out = y + (size_t)t * ldy + row;
             *out = accumulate ? *out + sum : sum;

@@ -20,6 +20,7 @@
  * without AMX.
  */
 #include "quant/quant_internal.h"
+#include "util/util.h"
 
 #include <immintrin.h>
 #include <string.h>
@@ -152,8 +153,34 @@ static void amx_rescale(const struct q_act *act, const struct amx_seg *seg, int3
     }
 }
 
+/* The product of tokens [t_begin, t_end) and blocks [block_begin,
+ * block_end) stored at y: y points at (t_begin, block_begin's first column). */
+static void gemm_amx_store(const struct q_linear *layer, const struct q_act *act, int t_begin,
+                           int t_end, int block_begin, int block_end, float *y, int ldy);
+
+/* Accumulating, the product is made first and added to y last, as the
+ * other kernels add it: the same bits from every kernel. */
 void q_gemm_amx(const struct q_linear *layer, const struct q_act *act, int t_begin, int t_end,
                 int block_begin, int block_end, float *y, int ldy, bool accumulate)
+{
+    if (!accumulate) {
+        gemm_amx_store(layer, act, t_begin, t_end, block_begin, block_end,
+                       y + (size_t)t_begin * ldy + (size_t)block_begin * Q_BLOCK_ROWS, ldy);
+        return;
+    }
+    int c0 = block_begin * Q_BLOCK_ROWS;
+    int c1 = block_end * Q_BLOCK_ROWS < layer->n ? block_end * Q_BLOCK_ROWS : layer->n;
+    int cols = (block_end - block_begin) * Q_BLOCK_ROWS, rows = t_end - t_begin;
+    float *part = util_aligned_alloc((size_t)rows * cols * sizeof(float));
+    gemm_amx_store(layer, act, t_begin, t_end, block_begin, block_end, part, cols);
+    for (int t = 0; t < rows; t++)
+        for (int c = c0; c < c1; c++)
+            y[(size_t)(t_begin + t) * ldy + c] += part[(size_t)t * cols + c - c0];
+    util_aligned_free(part);
+}
+
+static void gemm_amx_store(const struct q_linear *layer, const struct q_act *act, int t_begin,
+                           int t_end, int block_begin, int block_end, float *y, int ldy)
 {
     struct amx_config cfg;
     memset(&cfg, 0, sizeof cfg);
@@ -172,7 +199,7 @@ void q_gemm_amx(const struct q_linear *layer, const struct q_act *act, int t_beg
         __mmask16 mask[AMX_NV];
         for (int j = 0; j < nv; j++) mask[j] = q_block_mask(layer, block + j);
         struct q_cursor cur = {0, 0};
-        bool fresh = !accumulate; /* accumulating: the first group adds to y too */
+        bool fresh = true;
         int n_segs;
         while ((n_segs = amx_chunk_plan(layer, block, nv, &cur, buf, segs)) > 0) {
             for (int t0 = t_begin; t0 < t_end; t0 += 32) {
@@ -180,7 +207,8 @@ void q_gemm_amx(const struct q_linear *layer, const struct q_act *act, int t_beg
                  */
                 bool two_rows = t_end - t0 > 16, two_cols = nv == 2;
                 const int8_t *a = act->values + (size_t)t0 * stride;
-                float *yt = y + (size_t)t0 * ldy + (size_t)block * Q_BLOCK_ROWS;
+                float *yt =
+                    y + (size_t)(t0 - t_begin) * ldy + (size_t)(block - block_begin) * Q_BLOCK_ROWS;
                 for (int s = 0; s < n_segs; s++) {
                     const struct amx_seg *seg = &segs[s];
                     AMX_ZERO(C00);

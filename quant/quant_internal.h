@@ -201,12 +201,17 @@ typedef void q_kernel_fn(const struct q_linear *layer, const struct q_act *act, 
 
 q_kernel_fn q_gemm_scalar, q_gemm_avx2, q_gemm_avxvnni, q_gemm_avx512, q_gemm_amx;
 
+/* q_gemm_jobs with a given kernel (must be available): for tests and
+ * checks that compare the kernels on the jobs interface. */
+void q_gemm_jobs_with(enum q_kernel kernel, const struct q_gemm_job *jobs, int n_jobs, int m,
+                      int ith, int nth);
+
 /* Column blocks a kernel computes side by side (threads split on it). */
 #define Q_PANEL_AVX2    1
 #define Q_PANEL_AVXVNNI 1
-#define Q_PANEL_AVX512 4
-#define Q_PANEL_AMX    2
-#define Q_MAX_PANEL    4
+#define Q_PANEL_AVX512  4
+#define Q_PANEL_AMX     2
+#define Q_MAX_PANEL     4
 
 /* ----------------------------------------------- chunks (AVX2, AVX-512) */
 

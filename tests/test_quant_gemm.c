@@ -3,7 +3,7 @@
  * dequantized definition, and every SIMD kernel the CPU has against the
  * scalar reference, on awkward shapes.
  */
-#include "quant/quant.h"
+#include "quant/quant_internal.h"
 #include "tests/test_quant_helpers.h"
 
 #include <criterion/criterion.h>
@@ -137,10 +137,11 @@ Test(quant_gemm, large_product_splits_over_threads_and_matches_reference)
 }
 
 /* Three layers reading one act (as Q, K and V do), written with a row
- * stride wider than n, the last accumulating onto what y held: every thread
- * count gives the reference's numbers, bit for bit the same for every
- * thread count (each column block is one thread's, whole). */
-Test(quant_gemm, jobs_split_over_threads_with_stride_and_accumulate_match_reference)
+ * stride wider than n, the last accumulating onto what y held, by every
+ * kernel this CPU runs: every thread count gives the reference's numbers,
+ * bit for bit the same for every thread count (each column block is one
+ * thread's, whole). */
+static void check_jobs(enum q_kernel kernel)
 {
     const int k = 272, ns[3] = {48, 31, 129}, m_values[] = {1, 5, 40};
     struct q_format f = tq_w4a4(128, 16);
@@ -168,26 +169,27 @@ Test(quant_gemm, jobs_split_over_threads_with_stride_and_accumulate_match_refere
             struct q_gemm_job jobs[3];
             for (int j = 0; j < 3; j++)
                 jobs[j] = (struct q_gemm_job){layers[j], act, y[j], ldy, j == 2};
-            for (int ith = nth - 1; ith >= 0; ith--) q_gemm_jobs(jobs, 3, m, ith, nth);
+            for (int ith = nth - 1; ith >= 0; ith--) q_gemm_jobs_with(kernel, jobs, 3, m, ith, nth);
             for (int j = 0; j < 3; j++)
                 for (int t = 0; t < m; t++)
                     for (int c = 0; c < ldy; c++) {
                         float got = y[j][(size_t)t * ldy + c];
                         if (c >= ns[j]) {
-                            cr_assert_eq(got, j == 2 ? 1.0f : GUARD_VALUE, "wrote past n");
+                            cr_assert_eq(got, j == 2 ? 1.0f : GUARD_VALUE, "%s wrote past n",
+                                         q_kernel_name(kernel));
                             continue;
                         }
                         float want = ref[j][(size_t)t * ns[j] + c] + (j == 2 ? 1.0f : 0.0f);
                         cr_assert_leq(fabsf(got - want), 1e-4f * (fabsf(want) + 1.0f),
-                                      "job %d m=%d threads=%d (%d, %d): %g vs %g", j, m, nth, t, c,
-                                      got, want);
+                                      "%s job %d m=%d threads=%d (%d, %d): %g vs %g",
+                                      q_kernel_name(kernel), j, m, nth, t, c, got, want);
                     }
             if (!first) {
                 first = util_xmalloc((size_t)m * ldy * sizeof(float));
                 memcpy(first, y[0], (size_t)m * ldy * sizeof(float));
             } else {
                 cr_assert(memcmp(first, y[0], (size_t)m * ldy * sizeof(float)) == 0,
-                          "%d threads changed the numbers", nth);
+                          "%s: %d threads changed the numbers", q_kernel_name(kernel), nth);
             }
         }
         for (int j = 0; j < 3; j++) free(ref[j]), free(y[j]);
@@ -196,6 +198,13 @@ Test(quant_gemm, jobs_split_over_threads_with_stride_and_accumulate_match_refere
     }
     for (int j = 0; j < 3; j++) q_linear_free(layers[j]);
     free(perm);
+}
+
+Test(quant_gemm, jobs_split_over_threads_with_stride_and_accumulate_match_reference)
+{
+    for (int kernel = Q_KERNEL_SCALAR; kernel < Q_KERNEL_COUNT; kernel++)
+        if (kernel == Q_KERNEL_SCALAR || tq_kernel_runs_here((enum q_kernel)kernel))
+            check_jobs((enum q_kernel)kernel);
 }
 
 Test(quant_gemm, selected_kernel_is_available_and_named)
