@@ -7,6 +7,8 @@
  * compared. Links without Criterion or shared libraries (bench/device_check.sh
  * builds it static) for machines that have none of llmd's libraries.
  *
+ *   isa_check quantize IN OUT      Atom-quantizes IN (int8 head) into OUT, once,
+ *                                  so that every run below reads the same weights
  *   isa_check run MODEL OUT        the workload on MODEL (a quantized file:
  *                                  no calibration, so every run computes with
  *                                  the same weights); logits to OUT
@@ -136,11 +138,31 @@ static int compare(const char *a_path, const char *b_path, double tol)
     return ok ? 0 : 1;
 }
 
+static int quantize(const char *in, const char *out)
+{
+    struct llm_model_options o;
+    llm_model_options_default(&o);
+    o.precision = LLM_ATOM;
+    o.head = LLM_HEAD_INT8;
+    o.quant.calib_tokens = 4096;
+    o.kv_pages = 64;
+    llm_model *m;
+    char err[512];
+    int rc = llm_model_load(in, &o, &m, err, sizeof err);
+    if (!rc) {
+        rc = llm_model_save_quantized(m, in, out, err, sizeof err);
+        llm_model_free(m);
+    }
+    if (rc) fprintf(stderr, "isa_check: %s\n", err);
+    return rc ? 2 : 0;
+}
+
 int main(int argc, char **argv)
 {
+    if (argc == 4 && strcmp(argv[1], "quantize") == 0) return quantize(argv[2], argv[3]);
     if (argc == 4 && strcmp(argv[1], "run") == 0) return run(argv[2], argv[3]);
     if ((argc == 4 || argc == 5) && strcmp(argv[1], "compare") == 0)
         return compare(argv[2], argv[3], argc == 5 ? atof(argv[4]) : 2e-3);
-    fprintf(stderr, "usage: isa_check run MODEL OUT | isa_check compare A B [TOL]\n");
+    fprintf(stderr, "usage: isa_check quantize IN OUT | run MODEL OUT | compare A B [TOL]\n");
     return 2;
 }

@@ -2,9 +2,10 @@
 # bench/device/check.sh: llmd's kernels on a CPU this machine does not have
 # (the device machine's host: an Intel Xeon with AVX-512, AVX-VNNI and AMX).
 #
-#   bench/device/check.sh build   here: static binaries and a quantized model
-#                                 into build/device/ (the device machine has
-#                                 none of llmd's libraries)
+#   bench/device/check.sh build   here: static binaries, stripped and
+#                                 gzipped (the working tree that travels is
+#                                 small), into build/device/ (the device
+#                                 machine has none of llmd's libraries)
 #   bench/device/check.sh run     there (build/device carried along): every
 #                                 quantized kernel against the reference
 #                                 (quant_amx_check), the whole forward pass
@@ -30,18 +31,25 @@ build() {
           /usr/lib/x86_64-linux-gnu/blas/libblas.a -lgfortran -lquadmath -lm"
     for prog in quant_amx_check isa_check forward; do
         # shellcheck disable=SC2086
-        gcc -static -fopenmp "build/obj/bench/$prog.o" $objs -o "$out/$prog" $libs 2>&1 |
+        gcc -static -s -fopenmp "build/obj/bench/$prog.o" $objs -o "$out/$prog" $libs 2>&1 |
             grep -v -e dlopen -e gomp_target || true
+        gzip -9 -f "$out/$prog"
     done
-    # A quantized file, made here: every run there computes with the same weights.
-    [ -f "$out/llmd-20m-atom.gguf" ] ||
-        build/llmd quantize --calib-tokens 4096 --out "$out/llmd-20m-atom.gguf" >/dev/null
+    rm -f "$out/blas.o"
     ls -la "$out"
 }
 
 run() {
     export LLMD_NO_REEXEC=1 # static: no OpenBLAS to fix, and GOMP_SPINCOUNT is ours to leave
+    local bin=/tmp/llmd-device
+    mkdir -p $bin
+    for prog in quant_amx_check isa_check forward; do
+        gunzip -c "$out/$prog.gz" >"$bin/$prog" && chmod +x "$bin/$prog"
+    done
+    out=$bin
     grep -m1 'model name' /proc/cpuinfo
+    # one quantized file, made there once: every run below reads the same weights
+    "$out/isa_check" quantize models/llmd-20m.gguf "$out/llmd-20m-atom.gguf"
     "$out/quant_amx_check" --quick || status=1
     echo
     # The quantized kernels compute the same bits (the reference's rounding,
