@@ -198,6 +198,9 @@ static struct result run_once(llm_model *m, int B, int N, int steps, struct util
     int32_t *prompt = util_xmalloc(sizeof(int32_t) * (size_t)N);
     int32_t *next = util_xmalloc(sizeof(int32_t) * (size_t)B);
     struct llm_batch_item *items = util_xcalloc((size_t)B, sizeof *items);
+    struct llm_sampling sampling;
+    llm_sampling_default(&sampling);
+    llm_sampler *greedy = llm_sampler_create(&sampling, c->vocab_size);
 
     if (profile_this_run) llm_workspace_profile(ws, prefill_phases);
     double t0 = util_now();
@@ -211,19 +214,13 @@ static struct result run_once(llm_model *m, int B, int N, int steps, struct util
     }
     double t1 = util_now();
     if (profile_this_run) llm_workspace_profile(ws, decode_phases);
-    prefill_steps += B;
-    decode_steps += steps;
+    if (profile_this_run) prefill_steps += B, decode_steps += steps;
     for (int s = 0; s < steps; s++) {
         for (int b = 0; b < B; b++)
             items[b] = (struct llm_batch_item){.kv = seqs[b], .tokens = &next[b], .n_tokens = 1};
         UTIL_CHECK(llm_forward(m, ws, items, B, logits, NULL) == 0);
-        for (int b = 0; b < B; b++) { /* greedy, so the work is real decoding */
-            const float *row = logits + (size_t)b * c->vocab_size;
-            int32_t best = 0;
-            for (int v = 1; v < c->vocab_size; v++)
-                if (row[v] > row[best]) best = v;
-            next[b] = best;
-        }
+        for (int b = 0; b < B; b++) /* greedy, so the work is real decoding */
+            next[b] = llm_sampler_sample(greedy, logits + (size_t)b * c->vocab_size, NULL);
     }
     double t2 = util_now();
     struct result r = {
@@ -236,6 +233,7 @@ static struct result run_once(llm_model *m, int B, int N, int steps, struct util
     free(prompt);
     free(next);
     free(items);
+    llm_sampler_free(greedy);
     util_aligned_free(logits);
     llm_workspace_free(ws);
     return r;

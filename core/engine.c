@@ -14,14 +14,14 @@
  * Only the engine thread touches running sequences; the lock guards the
  * waiting queue, the cancel list and the counters read by llm_engine_stats.
  */
+#include "core/llm.h"
+#include "util/util.h"
+
 #include <errno.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
-
-#include "core/llm.h"
-#include "util/util.h"
 
 struct engine_seq {
     uint64_t id;
@@ -29,12 +29,12 @@ struct engine_seq {
     attn_seq *kv;
     llm_sampler *sampler;
     struct llm_detok detok;
-    int n_fed;          /* prompt tokens fed to the model so far */
+    int n_fed; /* prompt tokens fed to the model so far */
     int n_generated;
     int32_t next_token; /* the last sampled token, fed at the next decode step */
     char *held;         /* text held back: it may start a stop string */
     size_t held_len;
-    int pages_needed;   /* pages at full length (prompt + max_tokens) */
+    int pages_needed; /* pages at full length (prompt + max_tokens) */
     double t_submit, t_scheduled, t_first_token;
     enum llm_finish finish; /* set when it must end this step */
 };
@@ -63,14 +63,15 @@ struct llm_engine {
     struct engine_seq **running;
     int n_running;
     llm_workspace *ws;
-    float *logits;         /* (max_step_tokens, vocab) */
+    float *logits; /* (max_step_tokens, vocab) */
     struct llm_batch_item *items;
     struct engine_seq **item_seq;
-    char *piece;           /* one token's text */
+    char *piece; /* one token's text */
     size_t piece_cap;
 };
 
-static const char *const finish_names[] = {"none", "stop", "length", "cancelled", "timeout", "error"};
+static const char *const finish_names[] = {"none",      "stop",    "length",
+                                           "cancelled", "timeout", "error"};
 
 const char *llm_finish_name(enum llm_finish reason)
 {
@@ -160,7 +161,8 @@ int llm_engine_submit(llm_engine *e, struct llm_request *r, uint64_t *id)
     if (s->req.max_tokens > c->ctx_len - r->n_prompt) s->req.max_tokens = c->ctx_len - r->n_prompt;
     /* a sequence never needs more pages than the whole pool holds */
     int pool_tokens = e->pages_total * e->page_size;
-    if (s->req.max_tokens > pool_tokens - r->n_prompt) s->req.max_tokens = pool_tokens - r->n_prompt;
+    if (s->req.max_tokens > pool_tokens - r->n_prompt)
+        s->req.max_tokens = pool_tokens - r->n_prompt;
     if (s->req.quest_budget < 0) s->req.quest_budget = e->config.quest_budget;
     s->pages_needed = (r->n_prompt + s->req.max_tokens + e->page_size - 1) / e->page_size;
     s->t_submit = util_now();
@@ -206,7 +208,8 @@ static int apply_cancels_locked(llm_engine *e, struct engine_seq **dropped, int 
     for (int c = 0; c < e->n_cancels; c++) {
         uint64_t id = e->cancels[c];
         for (int i = 0; i < e->n_running; i++)
-            if (e->running[i]->id == id && !e->running[i]->finish) e->running[i]->finish = LLM_FINISH_CANCELLED;
+            if (e->running[i]->id == id && !e->running[i]->finish)
+                e->running[i]->finish = LLM_FINISH_CANCELLED;
         for (int i = 0; i < e->wait_count && n_dropped < cap; i++) {
             int at = (e->wait_head + i) % e->config.max_waiting;
             if (e->waiting[at]->id != id) continue;
@@ -298,7 +301,7 @@ static void take_token(llm_engine *e, struct engine_seq *s, float *logits)
         for (int i = 0; i < n_top; i++) top[i] = (struct llm_logprob){ids[i], lps[i]};
     }
     float logprob = 0;
-    int32_t token = llm_sampler_sample(s->sampler, logits, &logprob);
+    int32_t token = llm_sampler_sample(s->sampler, logits, s->req.logprobs ? &logprob : NULL);
     llm_sampler_accept(s->sampler, token);
     s->n_generated++;
     s->next_token = token;
@@ -317,9 +320,12 @@ static void take_token(llm_engine *e, struct engine_seq *s, float *logits)
         s->finish = LLM_FINISH_STOP;
         release = (size_t)stop_at;
     } else {
-        if (eos) s->finish = LLM_FINISH_STOP;
-        else if (s->n_generated >= s->req.max_tokens) s->finish = LLM_FINISH_LENGTH;
-        else if (s->req.deadline > 0 && now > s->req.deadline) s->finish = LLM_FINISH_TIMEOUT;
+        if (eos)
+            s->finish = LLM_FINISH_STOP;
+        else if (s->n_generated >= s->req.max_tokens)
+            s->finish = LLM_FINISH_LENGTH;
+        else if (s->req.deadline > 0 && now > s->req.deadline)
+            s->finish = LLM_FINISH_TIMEOUT;
         if (s->finish) {
             char tail[16];
             int n = llm_detok_flush(&s->detok, tail, sizeof tail);
@@ -355,7 +361,9 @@ static int build_batch(llm_engine *e)
     for (int i = 0; i < e->n_running && budget > 0; i++) { /* decodes first: one token each */
         struct engine_seq *s = e->running[i];
         if (s->finish || s->n_fed < s->req.n_prompt) continue;
-        e->items[n] = (struct llm_batch_item){.kv = s->kv, .tokens = &s->next_token, .n_tokens = 1,
+        e->items[n] = (struct llm_batch_item){.kv = s->kv,
+                                              .tokens = &s->next_token,
+                                              .n_tokens = 1,
                                               .quest_budget = s->req.quest_budget};
         e->item_seq[n++] = s;
         budget--;
@@ -368,8 +376,8 @@ static int build_batch(llm_engine *e)
         if (chunk > budget) chunk = budget;
         /* Prefill is dense (Quest is a decode method), also for a chunk of
          * one token, which attention could not tell from a decode step. */
-        e->items[n] = (struct llm_batch_item){.kv = s->kv, .tokens = s->req.prompt + s->n_fed,
-                                              .n_tokens = chunk, .quest_budget = 0};
+        e->items[n] = (struct llm_batch_item){
+            .kv = s->kv, .tokens = s->req.prompt + s->n_fed, .n_tokens = chunk, .quest_budget = 0};
         e->item_seq[n++] = s;
         budget -= chunk;
     }
@@ -401,7 +409,8 @@ static void retire_finished(llm_engine *e)
     int kept = 0;
     for (int i = 0; i < e->n_running; i++) {
         struct engine_seq *s = e->running[i];
-        if (!s->finish && s->req.deadline > 0 && util_now() > s->req.deadline) s->finish = LLM_FINISH_TIMEOUT;
+        if (!s->finish && s->req.deadline > 0 && util_now() > s->req.deadline)
+            s->finish = LLM_FINISH_TIMEOUT;
         if (!s->finish) {
             e->running[kept++] = s;
             continue;
@@ -472,8 +481,8 @@ static void *engine_main(void *arg)
 
 /* --------------------------------------------------------------- life */
 
-int llm_engine_create(llm_model *model, const struct llm_engine_config *config, llm_event_fn on_event,
-                      void *ctx, llm_engine **out)
+int llm_engine_create(llm_model *model, const struct llm_engine_config *config,
+                      llm_event_fn on_event, void *ctx, llm_engine **out)
 {
     *out = NULL;
     if (config->max_running <= 0 || config->max_waiting <= 0 || config->max_step_tokens <= 0 ||
@@ -484,14 +493,16 @@ int llm_engine_create(llm_model *model, const struct llm_engine_config *config, 
     llm_engine *e = util_xcalloc(1, sizeof *e);
     e->model = model;
     e->config = *config;
-    if (e->config.max_step_tokens < e->config.max_running) e->config.max_step_tokens = e->config.max_running;
+    if (e->config.max_step_tokens < e->config.max_running)
+        e->config.max_step_tokens = e->config.max_running;
     e->on_event = on_event;
     e->ctx = ctx;
     e->vocab_size = c->vocab_size;
     e->page_size = attn_cache_config(kv)->page_size;
     e->pages_total = attn_cache_pages_total(kv);
     if (e->pages_total * e->page_size < c->ctx_len)
-        LOG_WARN("KV pool holds %d tokens, less than the context (%d): longer prompts are refused and max_tokens is cut to fit",
+        LOG_WARN("KV pool holds %d tokens, less than the context (%d): longer prompts are refused "
+                 "and max_tokens is cut to fit",
                  e->pages_total * e->page_size, c->ctx_len);
     e->waiting = util_xcalloc((size_t)config->max_waiting, sizeof *e->waiting);
     e->running = util_xcalloc((size_t)config->max_running, sizeof *e->running);

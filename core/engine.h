@@ -14,31 +14,39 @@
 #ifndef LLMD_CORE_ENGINE_H
 #define LLMD_CORE_ENGINE_H
 
-#include <stdbool.h>
-#include <stdint.h>
-
 #include "core/model.h"
 #include "core/sampler.h"
 
-#define LLM_MAX_STOP 8
+#include <stdbool.h>
+#include <stdint.h>
+
+#define LLM_MAX_STOP     8
 #define LLM_MAX_LOGPROBS 20
 
-enum llm_finish { LLM_FINISH_NONE, LLM_FINISH_STOP, LLM_FINISH_LENGTH, LLM_FINISH_CANCELLED,
-                  LLM_FINISH_TIMEOUT, LLM_FINISH_ERROR };
+enum llm_finish {
+    LLM_FINISH_NONE,
+    LLM_FINISH_STOP,
+    LLM_FINISH_LENGTH,
+    LLM_FINISH_CANCELLED,
+    LLM_FINISH_TIMEOUT,
+    LLM_FINISH_ERROR
+};
 const char *llm_finish_name(enum llm_finish reason); /* "stop", "length", ... */
 
 struct llm_request {
-    int32_t *prompt;             /* token ids, BOS included if wanted; the engine takes ownership */
+    int32_t *prompt; /* token ids, BOS included if wanted; the engine takes ownership */
     int n_prompt;
-    int max_tokens;              /* generated tokens at most (> 0) */
+    int max_tokens; /* generated tokens at most (> 0) */
     struct llm_sampling sampling;
-    char *stop[LLM_MAX_STOP];    /* stop strings (owned by the engine after submit) */
+    char *stop[LLM_MAX_STOP]; /* stop strings (owned by the engine after submit) */
     int n_stop;
-    bool stop_at_eos;            /* end at the EOS token (default true) */
-    int n_logprobs;              /* 0 = none; else the top alternatives per token (<= 20) */
-    int quest_budget;            /* -1 = the engine's default; 0 = dense; else tokens */
-    double deadline;             /* util_now() time after which it ends with TIMEOUT; 0 = none */
-    void *user;                  /* passed back in every event */
+    bool stop_at_eos; /* end at the EOS token (default true) */
+    bool logprobs;    /* report each token's log-probability (a softmax over the
+                         vocabulary: only when asked for) */
+    int n_logprobs;   /* 0 = none; else the top alternatives per token (<= 20) */
+    int quest_budget; /* -1 = the engine's default; 0 = dense; else tokens */
+    double deadline;  /* util_now() time after which it ends with TIMEOUT; 0 = none */
+    void *user;       /* passed back in every event */
 };
 
 /* max_tokens 16, greedy sampling, stop at EOS, the engine's Quest budget. */
@@ -53,7 +61,7 @@ struct llm_logprob {
 
 struct llm_event {
     enum llm_event_type type;
-    uint64_t id;                 /* from llm_engine_submit */
+    uint64_t id; /* from llm_engine_submit */
     void *user;
     /* TOKEN: the sampled token, its text (complete UTF-8 only; bytes of a
      * character split over tokens come with the token that completes it, and
@@ -63,28 +71,28 @@ struct llm_event {
      * empty); the last one carries all text still held back, cut before a
      * stop string that matched (the stop string itself is never sent). */
     int32_t token;
-    const char *text;            /* valid during the callback only */
+    const char *text; /* valid during the callback only */
     int text_len;
-    float logprob;
+    float logprob; /* 0 unless the request asked for logprobs */
     const struct llm_logprob *top;
     int n_top;
     /* DONE: why it ended and what it used. */
     enum llm_finish finish;
     int prompt_tokens;
     int completion_tokens;
-    double queue_s;              /* submit to first scheduled */
-    double first_token_s;        /* submit to first token */
-    double total_s;              /* submit to done */
+    double queue_s;       /* submit to first scheduled */
+    double first_token_s; /* submit to first token */
+    double total_s;       /* submit to done */
 };
 
 typedef void (*llm_event_fn)(const struct llm_event *event, void *ctx);
 
 struct llm_engine_config {
-    int max_running;             /* sequences decoding at once */
-    int max_waiting;             /* bounded waiting queue; submit returns -EAGAIN when full */
-    int max_step_tokens;         /* tokens per forward step (prefill chunks included) */
-    int prefill_chunk;           /* prompt tokens a sequence prefills per step at most */
-    int quest_budget;            /* default per-request budget (0 = dense) */
+    int max_running;     /* sequences decoding at once */
+    int max_waiting;     /* bounded waiting queue; submit returns -EAGAIN when full */
+    int max_step_tokens; /* tokens per forward step (prefill chunks included) */
+    int prefill_chunk;   /* prompt tokens a sequence prefills per step at most */
+    int quest_budget;    /* default per-request budget (0 = dense) */
 };
 void llm_engine_config_default(struct llm_engine_config *config);
 

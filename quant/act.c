@@ -9,6 +9,7 @@
  */
 #include "quant/quant_internal.h"
 #include "util/util.h"
+#include "util/vec.h"
 
 #include <immintrin.h>
 #include <stdlib.h>
@@ -45,22 +46,6 @@ void q_act_free(q_act *act)
 
 /* ------------------------------------------------------------ per group */
 
-static inline float hmax256(__m256 v)
-{
-    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-    m = _mm_max_ss(m, _mm_movehdup_ps(m));
-    return _mm_cvtss_f32(m);
-}
-
-static inline int hsum256_epi32(__m256i v)
-{
-    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
-    return _mm_cvtsi128_si32(s);
-}
-
 /* Quantizes the floats of one token (layer order) into row t of act, 16
  * channels at a time (every group length is a multiple of 16). The
  * padding between groups was zeroed at creation and is never written. */
@@ -80,7 +65,7 @@ static void act_quantize_token(q_act *act, int t, const float *h)
             m1 = _mm256_max_ps(m1, _mm256_andnot_ps(sign, _mm256_loadu_ps(src + c + 8)));
         }
         float scale =
-            q_group_scale(hmax256(_mm256_max_ps(m0, m1)), grp->a_bits, act->format.act_clip);
+            q_group_scale(util_hmax8(_mm256_max_ps(m0, m1)), grp->a_bits, act->format.act_clip);
         float qmax = (float)q_group_qmax(grp->a_bits);
         const __m256 inv = _mm256_set1_ps(scale > 0.0f ? 1.0f / scale : 0.0f);
         const __m256 lo = _mm256_set1_ps(-qmax), hi = _mm256_set1_ps(qmax);
@@ -98,7 +83,7 @@ static void act_quantize_token(q_act *act, int t, const float *h)
             _mm_storeu_si128((__m128i *)(dst + c), _mm256_castsi256_si128(bytes));
         }
         act->scales[(size_t)t * lay->n_groups + g] = scale;
-        act->sums[(size_t)t * lay->n_groups + g] = hsum256_epi32(sum);
+        act->sums[(size_t)t * lay->n_groups + g] = util_hsum8_epi32(sum);
     }
 }
 
@@ -113,27 +98,6 @@ struct act_input {
     const int *perm;
 };
 
-/* e^x to about 2e-7 relative: 2^n * e^r with |r| <= ln2/2 and a degree-6
- * Taylor polynomial; x clamped to where the result stays a normal float. */
-static inline __m256 exp256(__m256 x)
-{
-    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.0f));
-    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145751953125f), x);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.42860682030941723212e-6f), r);
-    __m256 p = _mm256_set1_ps(1.0f / 720);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-    __m256i two_n =
-        _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    return _mm256_mul_ps(p, _mm256_castsi256_ps(two_n));
-}
-
 /* Token t of the input in the layer's channel order: into h (k floats),
  * or, when nothing needs computing, a pointer into the input itself. */
 static const float *act_load_token(const struct act_input *in, int k, int t, float *h)
@@ -145,7 +109,7 @@ static const float *act_load_token(const struct act_input *in, int k, int t, flo
         const __m256 one = _mm256_set1_ps(1.0f), sign = _mm256_set1_ps(-0.0f);
         for (int j = 0; j < k; j += 8) {
             __m256 g = _mm256_loadu_ps(gate + j);
-            __m256 silu = _mm256_div_ps(g, _mm256_add_ps(one, exp256(_mm256_xor_ps(g, sign))));
+            __m256 silu = _mm256_div_ps(g, _mm256_add_ps(one, util_exp8(_mm256_xor_ps(g, sign))));
             _mm256_storeu_ps(h + j, _mm256_mul_ps(silu, _mm256_loadu_ps(up + j)));
         }
         return h;

@@ -121,6 +121,7 @@ static void fill_engine_request(struct srv_request *r, struct srv_choice *c, int
     if (q->api == SRV_API_CHAT)
         req->stop[req->n_stop++] = util_xstrdup(srv_chat_turn_end(r->d->chat_format));
     req->stop_at_eos = !q->ignore_eos;
+    req->logprobs = q->logprobs;
     req->n_logprobs = q->logprobs ? q->top_logprobs : 0;
     req->quest_budget = q->quest_budget;
     req->deadline = deadline;

@@ -1,11 +1,11 @@
 /* Tests for core/sampler.c: greedy, seeded sampling, truncation, penalties,
  * logprobs and validation. */
+#include "core/llm.h"
+
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <math.h>
 #include <string.h>
-
-#include "core/llm.h"
 
 #define VOCAB 50
 
@@ -221,4 +221,76 @@ Test(sampler, validation_names_the_bad_field)
     s.presence_penalty = 2.5f;
     cr_assert_eq(llm_sampling_validate(&s, &field), -EINVAL);
     cr_assert_str_eq(field, "presence_penalty");
+}
+
+/* A real vocabulary's size: the truncated draws stay in the set a full sort
+ * of the vocabulary would keep (the sampler sorts only what it must). */
+static int by_value_desc(const void *a, const void *b, void *v)
+{
+    const float *x = v;
+    int i = *(const int *)a, j = *(const int *)b;
+    if (x[i] != x[j]) return x[i] < x[j] ? 1 : -1;
+    return (i > j) - (i < j);
+}
+
+Test(sampler, truncation_on_a_large_vocabulary_keeps_the_full_sorts_set)
+{
+    enum { BIG = 32000 };
+    float *logits = malloc(sizeof(float) * BIG), *copy = malloc(sizeof(float) * BIG);
+    struct util_rng rng;
+    util_rng_seed(&rng, 5);
+    for (int i = 0; i < BIG; i++) logits[i] = (float)util_rng_normal(&rng) * 3.0f;
+    int *order = malloc(sizeof(int) * BIG);
+    for (int i = 0; i < BIG; i++) order[i] = i;
+    qsort_r(order, BIG, sizeof(int), by_value_desc, logits);
+    double total = 0;
+    for (int i = 0; i < BIG; i++) total += exp((double)logits[i] - logits[order[0]]);
+    const float top_ps[] = {0.5f, 0.9f, 0.99f};
+    for (int k = 0; k < 3; k++) {
+        /* the reference: the smallest prefix of the sorted vocabulary reaching top_p */
+        bool *kept = calloc(BIG, sizeof(bool));
+        double cum = 0;
+        for (int i = 0; i < BIG && cum < top_ps[k] * total; i++) {
+            cum += exp((double)logits[order[i]] - logits[order[0]]);
+            kept[order[i]] = true;
+        }
+        struct llm_sampling s;
+        llm_sampling_default(&s);
+        s.temperature = 1.0f;
+        s.top_p = top_ps[k];
+        s.seed = 11;
+        llm_sampler *sm = llm_sampler_create(&s, BIG);
+        for (int draw = 0; draw < 300; draw++) {
+            memcpy(copy, logits, sizeof(float) * BIG);
+            int32_t t = llm_sampler_sample(sm, copy, NULL);
+            cr_assert(t >= 0 && t < BIG && kept[t], "top_p %g drew token %d outside the set",
+                      top_ps[k], t);
+        }
+        llm_sampler_free(sm);
+        free(kept);
+    }
+    /* top-k: only the k best */
+    struct llm_sampling s;
+    llm_sampling_default(&s);
+    s.temperature = 2.0f;
+    s.top_k = 40;
+    llm_sampler *sm = llm_sampler_create(&s, BIG);
+    for (int draw = 0; draw < 300; draw++) {
+        memcpy(copy, logits, sizeof(float) * BIG);
+        int32_t t = llm_sampler_sample(sm, copy, NULL);
+        bool among = false;
+        for (int i = 0; i < 40; i++) among |= order[i] == t;
+        cr_assert(among, "top_k 40 drew token %d", t);
+    }
+    llm_sampler_free(sm);
+    /* greedy: the largest, the lowest id on ties, anywhere in the row */
+    llm_sampling_default(&s);
+    sm = llm_sampler_create(&s, BIG);
+    memcpy(copy, logits, sizeof(float) * BIG);
+    cr_assert_eq(llm_sampler_sample(sm, copy, NULL), order[0]);
+    memcpy(copy, logits, sizeof(float) * BIG);
+    copy[31999] = copy[12345] = 1000.0f;
+    cr_assert_eq(llm_sampler_sample(sm, copy, NULL), 12345);
+    llm_sampler_free(sm);
+    free(order), free(logits), free(copy);
 }
