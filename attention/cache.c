@@ -2,6 +2,7 @@
  * quantization, and the Quest min/max kept beside each page. */
 #include "attention/attn_internal.h"
 #include "util/util.h"
+#include "util/vec.h"
 
 #include <errno.h>
 #include <immintrin.h>
@@ -224,27 +225,33 @@ static float quantize_int8(const float *x, int n, int8_t *codes)
     return scale;
 }
 
-/* Asymmetric INT4 of n values: codes 0..15 with x ~ code*scale + zero, where
- * zero is the minimum and scale spreads [min, max] over 15 steps. */
+/* Asymmetric INT4 of n values (a multiple of 16): codes 0..15 with
+ * x ~ code*scale + zero, where zero is the minimum and scale spreads
+ * [min, max] over 15 steps. AVX2, 8 values at a time; rounding to nearest
+ * even, as nearbyintf. NaN inputs give code 0. */
 static void quantize_int4(const float *x, int n, uint8_t *codes, float *scale, float *zero)
 {
-    float lo = x[0], hi = x[0];
-    for (int i = 1; i < n; i++) lo = attn_minf(lo, x[i]), hi = attn_maxf(hi, x[i]);
+    __m256 lo8 = _mm256_loadu_ps(x), hi8 = lo8;
+    for (int i = 8; i < n; i += 8) {
+        __m256 v = _mm256_loadu_ps(x + i);
+        lo8 = _mm256_min_ps(v, lo8);
+        hi8 = _mm256_max_ps(v, hi8);
+    }
+    float lo = -util_hmax8(_mm256_sub_ps(_mm256_setzero_ps(), lo8)), hi = util_hmax8(hi8);
     float s = (hi - lo) / 15.0f;
     float inv = s > 0 ? 1.0f / s : 0.0f;
-    for (int i = 0; i < n; i++) {
-        float c = nearbyintf((x[i] - lo) * inv);
-        codes[i] = (uint8_t)attn_minf(attn_maxf(c, 0.0f), 15.0f);
+    const __m256 vlo = _mm256_set1_ps(lo), vinv = _mm256_set1_ps(inv),
+                 fifteen = _mm256_set1_ps(15.0f);
+    for (int i = 0; i < n; i += 8) {
+        __m256 c = _mm256_round_ps(_mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), vlo), vinv),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        c = _mm256_min_ps(_mm256_max_ps(c, _mm256_setzero_ps()), fifteen); /* NaN -> 0 */
+        __m256i q = _mm256_cvtps_epi32(c);
+        __m128i w = _mm_packus_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
+        _mm_storel_epi64((__m128i *)(codes + i), _mm_packus_epi16(w, w));
     }
     *scale = s;
     *zero = lo;
-}
-
-static void int4_put(uint8_t *row, int i, uint8_t code)
-{
-    uint8_t *b = &row[attn_int4_byte(i)];
-    int sh = attn_int4_shift(i);
-    *b = (uint8_t)((*b & ~(0xf << sh)) | (code << sh));
 }
 
 /* Where element d of token t sits in a K (transposed) or V section. */
@@ -282,11 +289,20 @@ static void store_vector(const attn_cache *cache, unsigned char *data, float *sc
     case ATTN_KV_INT4: {
         uint8_t codes[ATTN_MAX_HEAD_DIM];
         quantize_int4(x, hd, codes, &scale[t], &zero[t]);
-        for (int d = 0; d < hd; d++) {
-            if (transposed)
-                int4_put(data + (size_t)d * (ps / 2), t, codes[d]);
-            else
-                int4_put(data + (size_t)t * (hd / 2), d, codes[d]);
+        if (transposed) { /* token t is one nibble of each channel's row */
+            size_t byte = attn_int4_byte(t);
+            int shift = attn_int4_shift(t);
+            for (int d = 0; d < hd; d++) {
+                uint8_t *b = data + (size_t)d * (ps / 2) + byte;
+                *b = (uint8_t)((*b & ~(0xf << shift)) | (codes[d] << shift));
+            }
+        } else { /* a chunk of 16: byte j = element j (low nibble) and j + 8 (high) */
+            uint8_t *row = data + (size_t)t * (hd / 2);
+            for (int c = 0; c < hd; c += 16) {
+                __m128i v = _mm_loadu_si128((const __m128i *)(codes + c));
+                __m128i packed = _mm_or_si128(v, _mm_slli_epi16(_mm_srli_si128(v, 8), 4));
+                _mm_storel_epi64((__m128i *)(row + c / 2), packed);
+            }
         }
         break;
     }
