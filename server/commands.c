@@ -733,7 +733,7 @@ static const char quantize_help[] =
     "file's precision and formats then win over --precision and the Atom options.\n\n"
     "  --out FILE         the quantized model to write\n"
     "  --precision P      w8a8 | w4a4-rtn | atom (default atom)\n"
-    "  --head H           the output head in the file: int8 (default) or int4, read in\n"
+    "  --head H           the output head in the file: int4 (default) or int8, read in\n"
     "                     place at load; f16/f32 keep the source's head as it is\n\n";
 
 int cmd_quantize(int argc, char **argv)
@@ -743,7 +743,7 @@ int cmd_quantize(int argc, char **argv)
     struct model_flags mf;
     model_flags_init(&mf);
     mf.options.precision = LLM_ATOM;
-    mf.options.head = LLM_HEAD_INT8;
+    mf.options.head = LLM_HEAD_INT4;
     mf.options.kv_sequences = 1; /* the KV cache only serves calibration */
     const char *out = NULL;
     int opt;

@@ -70,9 +70,9 @@ static const struct opt opts[] = {
      "FILE", "Atom: calibration text"},
     {"calib_tokens", OPT_INT, OFF(calib_tokens), 0, "16384", 16, 1 << 24, NULL, false, M, "N",
      "Atom: calibration tokens"},
-    {"head", OPT_STRING, OFF(head), 0, "int8", 0, 0, "f32|f16|int8|int4", false, M, "H",
-     "output head (lm_head): int8 (W8A8) reads a quarter of f32's bytes a decode step, int4 (W4A8) "
-     "an eighth, f16 half; a quantized file's own head wins"},
+    {"head", OPT_STRING, OFF(head), 0, "int4", 0, 0, "f32|f16|int8|int4", false, M, "H",
+     "output head (lm_head): int4 (W4A8) reads an eighth of f32's bytes a decode step, int8 (W8A8) "
+     "a quarter, f16 half; a quantized file's own head wins"},
     {"kv_pages", OPT_INT, OFF(kv_pages), 0, "0", 0, INT_MAX, NULL, false, M, "N",
      "KV cache pages; 0 = the context x max_running sequences"},
     {"page_size", OPT_INT, OFF(page_size), 0, "16", 1, 4096, NULL, false, M, "N",

@@ -4,6 +4,8 @@
  * generate is reproducible by seed, perplexity equals the forward pass's own
  * figure, and bad input gives a clear message and a non-zero status.
  */
+#include "core/llm.h"
+
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdio.h>
@@ -11,8 +13,6 @@
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
-
-#include "core/llm.h"
 
 #define TEST_MODEL "tests/data/tiny-random.gguf"
 #define VOCAB_ONLY "tests/data/vocab-test.gguf"
@@ -54,7 +54,8 @@ static void run_llmd(const char *const *args, const char *input, struct output *
     close(to_child[1]);
     size_t len = 0;
     ssize_t n;
-    while ((n = read(from_child[0], out->text + len, sizeof out->text - 1 - len)) > 0) len += (size_t)n;
+    while ((n = read(from_child[0], out->text + len, sizeof out->text - 1 - len)) > 0)
+        len += (size_t)n;
     out->text[len] = 0;
     close(from_child[0]);
     int status;
@@ -73,7 +74,8 @@ Test(cli, tokenize_on_a_vocabulary_only_file_prints_sentencepieces_ids, .timeout
     int cases = 0;
     while (fgets(line, sizeof line, f) && cases < 40) {
         char *vocab = strtok(line, "\t"), *text = strtok(NULL, "\t"), *ids = strtok(NULL, "\t");
-        if (!vocab || strcmp(vocab, "main") || !text || !ids || strchr(text, '\\') || !*text) continue;
+        if (!vocab || strcmp(vocab, "main") || !text || !ids || strchr(text, '\\') || !*text)
+            continue;
         strcat(input, text);
         strcat(input, "\n");
         strcat(expect, ids);
@@ -105,10 +107,32 @@ static void generated_part(const char *text, char *out, size_t cap)
 Test(cli, generate_gives_the_same_text_for_the_same_seed, .timeout = 120)
 {
     struct output a, b, c;
-    const char *args_a[] = {"generate", "--model", TEST_MODEL, "--prompt", "Once upon a time", "-n", "24",
-                            "--temperature", "1.0", "--seed", "7", "--ids", NULL};
-    const char *args_c[] = {"generate", "--model", TEST_MODEL, "--prompt", "Once upon a time", "-n", "24",
-                            "--temperature", "1.0", "--seed", "8", "--ids", NULL};
+    const char *args_a[] = {"generate",
+                            "--model",
+                            TEST_MODEL,
+                            "--prompt",
+                            "Once upon a time",
+                            "-n",
+                            "24",
+                            "--temperature",
+                            "1.0",
+                            "--seed",
+                            "7",
+                            "--ids",
+                            NULL};
+    const char *args_c[] = {"generate",
+                            "--model",
+                            TEST_MODEL,
+                            "--prompt",
+                            "Once upon a time",
+                            "-n",
+                            "24",
+                            "--temperature",
+                            "1.0",
+                            "--seed",
+                            "8",
+                            "--ids",
+                            NULL};
     run_llmd(args_a, NULL, &a);
     run_llmd(args_a, NULL, &b);
     run_llmd(args_c, NULL, &c);
@@ -127,8 +151,8 @@ Test(cli, perplexity_equals_the_forward_pass_computed_here, .timeout = 120)
 {
     /* the command's figure for two windows of 64 tokens of the held-out text */
     struct output out;
-    const char *args[] = {"perplexity", "--model", TEST_MODEL, "--file", "models/heldout.txt", "--ctx", "64",
-                          "--max-tokens", "128", NULL};
+    const char *args[] = {"perplexity", "--model", TEST_MODEL,     "--file", "models/heldout.txt",
+                          "--ctx",      "64",      "--max-tokens", "128",    NULL};
     run_llmd(args, NULL, &out);
     cr_assert_eq(out.status, 0, "%s", out.text);
     const char *at = strstr(out.text, "perplexity: ");
@@ -155,7 +179,8 @@ Test(cli, perplexity_equals_the_forward_pass_computed_here, .timeout = 120)
     double nll = 0;
     for (int w = 0; w < 2; w++) {
         attn_seq *seq = attn_seq_create(llm_model_kv_cache(m));
-        struct llm_batch_item item = {.kv = seq, .tokens = ids + 64 * w, .n_tokens = 63, .all_logits = true};
+        struct llm_batch_item item = {
+            .kv = seq, .tokens = ids + 64 * w, .n_tokens = 63, .all_logits = true};
         cr_assert_eq(llm_forward(m, ws, &item, 1, logits, NULL), 0);
         for (int t = 0; t < 63; t++) {
             const float *row = logits + (size_t)t * vocab;
@@ -181,7 +206,8 @@ Test(cli, bad_input_gives_a_message_and_a_non_zero_status, .timeout = 120)
     cr_assert_eq(out.status, 1);
     cr_assert(strstr(out.text, "/no/such/model.gguf: No such file or directory"), "%s", out.text);
 
-    const char *corrupt[] = {"generate", "--model", "tests/data/tokenizer-cases.tsv", "--prompt", "x", NULL};
+    const char *corrupt[] = {"generate", "--model", "tests/data/tokenizer-cases.tsv",
+                             "--prompt", "x",       NULL};
     run_llmd(corrupt, NULL, &out);
     cr_assert_eq(out.status, 1);
     cr_assert(strstr(out.text, "cannot load model"), "%s", out.text);
@@ -210,8 +236,8 @@ static llm_model *load_for_test(const char *path, enum llm_precision precision)
     struct llm_model_options o;
     llm_model_options_default(&o);
     o.precision = precision;
-    o.head = LLM_HEAD_INT8;      /* what `quantize` writes by default */
-    o.kv_pages = 8;              /* calibration has a cache of its own */
+    o.head = LLM_HEAD_INT4;   /* what `quantize` writes by default */
+    o.kv_pages = 8;           /* calibration has a cache of its own */
     o.kv_type = ATTN_KV_INT4; /* and an f32 one: `quantize` (--kv f32) agrees */
     o.quant.calib_tokens = atoi(QUANT_CALIB);
     llm_model *m;
@@ -237,12 +263,13 @@ static float *all_logits(llm_model *m, const int32_t *ids, int n)
 static void quantize_to(const char *path, const char *precision)
 {
     struct output out;
-    const char *args[] = {"quantize", "--model", TEST_MODEL, "--precision", precision, "--calib-tokens",
-                          QUANT_CALIB, "--out", path, NULL};
+    const char *args[] = {"quantize",       "--model",   TEST_MODEL, "--precision", precision,
+                          "--calib-tokens", QUANT_CALIB, "--out",    path,          NULL};
     run_llmd(args, NULL, &out);
     cr_assert_eq(out.status, 0, "%s", out.text);
     cr_assert(strstr(out.text, "wrote"), "%s", out.text);
-    if (strcmp(precision, "atom") == 0) cr_assert(strstr(out.text, "calibrating: 100%"), "%s", out.text);
+    if (strcmp(precision, "atom") == 0)
+        cr_assert(strstr(out.text, "calibrating: 100%"), "%s", out.text);
 }
 
 Test(cli, a_quantized_file_computes_what_quantizing_at_load_computes, .timeout = 120)
@@ -274,17 +301,20 @@ Test(cli, a_quantized_file_computes_what_quantizing_at_load_computes, .timeout =
 
     /* the command line agrees: the same perplexity, and no calibration */
     struct output loaded, quantized;
-    const char *args_load[] = {"perplexity", "--model", TEST_MODEL, "--precision", "w4a4-rtn", "--head",
-                               "int8", "--file", "models/heldout.txt", "--ctx", "64", "--max-tokens",
-                               "128", NULL};
-    const char *args_file[] = {"perplexity", "--model", path, "--file", "models/heldout.txt", "--ctx", "64",
-                               "--max-tokens", "128", NULL};
+    const char *args_load[] = {
+        "perplexity", "--model", TEST_MODEL,           "--precision", "w4a4-rtn", "--head",
+        "int4",       "--file",  "models/heldout.txt", "--ctx",       "64",       "--max-tokens",
+        "128",        NULL};
+    const char *args_file[] = {
+        "perplexity", "--model", path,           "--file", "models/heldout.txt",
+        "--ctx",      "64",      "--max-tokens", "128",    NULL};
     run_llmd(args_load, NULL, &loaded);
     run_llmd(args_file, NULL, &quantized);
     cr_assert_eq(quantized.status, 0, "%s", quantized.text);
     cr_assert_null(strstr(quantized.text, "quantizing"), "%s", quantized.text);
     cr_assert(strstr(quantized.text, "w4a4-rtn"), "%s", quantized.text);
-    const char *pa = strstr(loaded.text, "perplexity: "), *pb = strstr(quantized.text, "perplexity: ");
+    const char *pa = strstr(loaded.text, "perplexity: "),
+               *pb = strstr(quantized.text, "perplexity: ");
     cr_assert(pa && pb, "%s\n%s", loaded.text, quantized.text);
     cr_assert_eq(strncmp(pa, pb, 24), 0, "%.24s vs %.24s", pa, pb);
     remove(path);
@@ -331,13 +361,14 @@ Test(cli, a_corrupt_quantized_file_gives_a_clear_error, .timeout = 120)
     llm_gguf_close(g);
 
     struct output out;
-    const char *args[] = {"perplexity", "--model", path, "--file", "models/heldout.txt", "--ctx", "64",
-                          "--max-tokens", "128", NULL};
+    const char *args[] = {"perplexity", "--model", path,           "--file", "models/heldout.txt",
+                          "--ctx",      "64",      "--max-tokens", "128",    NULL};
     buf[at + 33] ^= 0x40; /* the layer's row count */
     spit(path, buf, len);
     run_llmd(args, NULL, &out);
     cr_assert_eq(out.status, 1, "%s", out.text);
-    cr_assert(strstr(out.text, "blk.1.ffn_up.weight is a malformed quantized layer"), "%s", out.text);
+    cr_assert(strstr(out.text, "blk.1.ffn_up.weight is a malformed quantized layer"), "%s",
+              out.text);
 
     buf[at + 33] ^= 0x40;
     spit(path, buf, len / 2); /* truncated */
