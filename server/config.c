@@ -77,8 +77,9 @@ static const struct opt opts[] = {
      "KV cache pages; 0 = the context x max_running sequences"},
     {"page_size", OPT_INT, OFF(page_size), 0, "16", 1, 4096, NULL, false, M, "N",
      "tokens per KV page"},
-    {"quest_budget", OPT_INT, OFF(quest_budget), 0, "0", 0, INT_MAX, NULL, false, M, "N",
-     "default Quest token budget per request; 0 = dense attention"},
+    {"quest_budget", OPT_INT, OFF(quest_budget), 0, "1024", 0, INT_MAX, NULL, false, M, "N",
+     "default Quest token budget per request: past it, decode attends to the top pages (the first "
+     "2 layers stay dense); 0 = dense attention"},
     {"max_running", OPT_INT, OFF(max_running), 0, "32", 1, 4096, NULL, false, S, "N",
      "sequences decoding at once"},
     {"max_waiting", OPT_INT, OFF(max_waiting), 0, "256", 0, 1 << 20, NULL, false, S, "N",
