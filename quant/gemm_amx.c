@@ -23,6 +23,7 @@
 #include "util/util.h"
 
 #include <immintrin.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define AMX_TILE_K   64   /* channels per tile step */
@@ -171,12 +172,12 @@ void q_gemm_amx(const struct q_linear *layer, const struct q_act *act, int t_beg
     int c0 = block_begin * Q_BLOCK_ROWS;
     int c1 = block_end * Q_BLOCK_ROWS < layer->n ? block_end * Q_BLOCK_ROWS : layer->n;
     int cols = (block_end - block_begin) * Q_BLOCK_ROWS, rows = t_end - t_begin;
-    float *part = util_aligned_alloc((size_t)rows * cols * sizeof(float));
+    float *part = util_xmalloc((size_t)rows * cols * sizeof(float)); /* heap: reused, not mapped anew */
     gemm_amx_store(layer, act, t_begin, t_end, block_begin, block_end, part, cols);
     for (int t = 0; t < rows; t++)
         for (int c = c0; c < c1; c++)
             y[(size_t)(t_begin + t) * ldy + c] += part[(size_t)t * cols + c - c0];
-    util_aligned_free(part);
+    free(part);
 }
 
 static void gemm_amx_store(const struct q_linear *layer, const struct q_act *act, int t_begin,

@@ -152,7 +152,7 @@ char *util_xstrdup(const char *s)
  * where written (a KV pool sized for full contexts costs what it holds);
  * small ones come from the heap and are cleared. */
 #define ALIGNED_HEADER   64
-#define ALIGNED_MMAP_MIN (1u << 20)
+#define ALIGNED_MMAP_MIN (8u << 20) /* below it: the heap (per-call scratch reuses it) */
 
 struct aligned_header {
     size_t size; /* bytes after the header */
