@@ -201,6 +201,9 @@ struct attn_rows {
     int n;
     const float *q;
     float *max, *sum, *acc;
+    /* Scratch of 2 * head_dim * page_size floats (or NULL): where a SIMD
+     * kernel widens a quantized page's codes once for many rows. */
+    float *codes;
 };
 
 /* Folds one page into the rows' online softmax. Row r sees the first

@@ -49,9 +49,13 @@ static void item_run(const struct attn_call *call, const struct attn_item *item)
     int hd = c->head_dim, ps = c->page_size, width = call->params->n_heads * hd;
     int heads = item->h1 - item->h0, n = (item->i1 - item->i0) * heads;
 
-    float *buf = util_xmalloc(sizeof(float) * (size_t)n * (2 * hd + 2) + sizeof(int) * (size_t)n);
+    size_t codes =
+        c->kv_type == ATTN_KV_INT8 || c->kv_type == ATTN_KV_INT4 ? 2 * (size_t)hd * ps : 0;
+    float *buf = util_aligned_alloc(sizeof(float) * ((size_t)n * (2 * hd + 2) + codes) +
+                                    sizeof(int) * (size_t)n);
     float *q = buf, *acc = q + (size_t)n * hd, *max = acc + (size_t)n * hd, *sum = max + n;
-    int *visible = (int *)(sum + n);
+    float *codes_buf = codes ? sum + n : NULL;
+    int *visible = (int *)(sum + n + codes);
     int last_pos = 0;
     for (int i = item->i0; i < item->i1; i++) {
         if (call->pos[i] > last_pos) last_pos = call->pos[i];
@@ -64,7 +68,8 @@ static void item_run(const struct attn_call *call, const struct attn_item *item)
         }
     }
     memset(acc, 0, sizeof(float) * (size_t)n * hd);
-    struct attn_rows rows = {.n = n, .q = q, .max = max, .sum = sum, .acc = acc};
+    struct attn_rows rows = {
+        .n = n, .q = q, .max = max, .sum = sum, .acc = acc, .codes = codes_buf};
     attn_page_fn page_fn = call->kernels->page[c->kv_type];
 
     int n_iter = item->pages ? item->n_pages : last_pos / ps + 1;
@@ -95,7 +100,7 @@ static void item_run(const struct attn_call *call, const struct attn_item *item)
             for (int d = 0; d < hd; d++) dst[d] = acc[(size_t)r * hd + d] * inv;
         }
     }
-    free(buf);
+    util_aligned_free(buf);
 }
 
 /* How many pieces to cut each KV head's query heads into so that the cores

@@ -30,10 +30,14 @@
 #define SIMD_ROWS   4 /* query rows per block: the 4 heads of a GQA 8/2 group */
 #define SIMD_INLINE static inline __attribute__((always_inline))
 
-SIMD_INLINE vec simd_load_key(enum attn_kv_type type, const struct attn_block *b, int page_size,
-                              int d, int t0)
+/* With `codes`, a quantized page's codes were already widened to floats
+ * (simd_widen_codes) and sit where f32 values would: a plain load, the
+ * same numbers the unpacking gives. */
+SIMD_INLINE vec simd_load_key(enum attn_kv_type type, bool codes, const struct attn_block *b,
+                              int page_size, int d, int t0)
 {
     size_t at = (size_t)d * page_size + t0;
+    if (codes) return vec_load((const float *)b->k + at);
     switch (type) {
     case ATTN_KV_F32:
         return vec_load((const float *)b->k + at);
@@ -47,10 +51,11 @@ SIMD_INLINE vec simd_load_key(enum attn_kv_type type, const struct attn_block *b
     return vec_zero();
 }
 
-SIMD_INLINE vec simd_load_value(enum attn_kv_type type, const struct attn_block *b, int head_dim,
-                                int t, int c0)
+SIMD_INLINE vec simd_load_value(enum attn_kv_type type, bool codes, const struct attn_block *b,
+                                int head_dim, int t, int c0)
 {
     size_t at = (size_t)t * head_dim + c0;
+    if (codes) return vec_load((const float *)b->v + at);
     switch (type) {
     case ATTN_KV_F32:
         return vec_load((const float *)b->v + at);
@@ -66,9 +71,9 @@ SIMD_INLINE vec simd_load_value(enum attn_kv_type type, const struct attn_block 
 
 /* Scores of rows q[0, R) against tokens [0, tmax) of the page, into
  * s[r][t] (already scaled for quantized keys). */
-SIMD_INLINE void simd_scores(enum attn_kv_type type, const int R, const struct attn_block *b,
-                             int head_dim, int page_size, const float *const *q, int tmax,
-                             float s[][ATTN_MAX_PAGE_SIZE])
+SIMD_INLINE void simd_scores(enum attn_kv_type type, bool codes, const int R,
+                             const struct attn_block *b, int head_dim, int page_size,
+                             const float *const *q, int tmax, float s[][ATTN_MAX_PAGE_SIZE])
 {
     float qsum[SIMD_ROWS] = {0};
     if (type == ATTN_KV_INT4)
@@ -80,8 +85,8 @@ SIMD_INLINE void simd_scores(enum attn_kv_type type, const int R, const struct a
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) a0[r] = a1[r] = vec_zero();
         for (int d = 0; d < head_dim; d += 2) {
-            vec k0 = simd_load_key(type, b, page_size, d, t0);
-            vec k1 = simd_load_key(type, b, page_size, d + 1, t0);
+            vec k0 = simd_load_key(type, codes, b, page_size, d, t0);
+            vec k1 = simd_load_key(type, codes, b, page_size, d + 1, t0);
 #pragma GCC unroll 4
             for (int r = 0; r < R; r++) {
                 a0[r] = vec_fmadd(vec_set1(q[r][d]), k0, a0[r]);
@@ -131,9 +136,9 @@ SIMD_INLINE float simd_softmax(enum attn_kv_type type, const struct attn_block *
 /* Rows [r0, r0 + R) of the rows against the page: R is a constant (1..4),
  * so that a decode step of one query head per KV head computes one row,
  * not four. */
-SIMD_INLINE void simd_block(enum attn_kv_type type, const int R, const struct attn_block *b,
-                            int head_dim, int page_size, const struct attn_rows *rows,
-                            const int *visible, int r0)
+SIMD_INLINE void simd_block(enum attn_kv_type type, bool codes, const int R,
+                            const struct attn_block *b, int head_dim, int page_size,
+                            const struct attn_rows *rows, const int *visible, int r0)
 {
     float s[SIMD_ROWS][ATTN_MAX_PAGE_SIZE] __attribute__((aligned(64)));
     int vis[SIMD_ROWS], tmax = 0;
@@ -147,7 +152,7 @@ SIMD_INLINE void simd_block(enum attn_kv_type type, const int R, const struct at
     if (tmax == 0) return;
     int tpad = (tmax + VEC_LANES - 1) / VEC_LANES * VEC_LANES;
 
-    simd_scores(type, R, b, head_dim, page_size, q, tmax, s);
+    simd_scores(type, codes, R, b, head_dim, page_size, q, tmax, s);
 
     float corr[SIMD_ROWS], zsum[SIMD_ROWS];
     for (int r = 0; r < R; r++) {
@@ -167,8 +172,8 @@ SIMD_INLINE void simd_block(enum attn_kv_type type, const int R, const struct at
         for (int r = 0; r < R; r++) o0[r] = o1[r] = vec_zero();
         int t = 0;
         for (; t + 1 < tmax; t += 2) {
-            vec v0 = simd_load_value(type, b, head_dim, t, c0);
-            vec v1 = simd_load_value(type, b, head_dim, t + 1, c0);
+            vec v0 = simd_load_value(type, codes, b, head_dim, t, c0);
+            vec v1 = simd_load_value(type, codes, b, head_dim, t + 1, c0);
 #pragma GCC unroll 4
             for (int r = 0; r < R; r++) {
                 o0[r] = vec_fmadd(vec_set1(s[r][t]), v0, o0[r]);
@@ -176,7 +181,7 @@ SIMD_INLINE void simd_block(enum attn_kv_type type, const int R, const struct at
             }
         }
         if (t < tmax) {
-            vec v0 = simd_load_value(type, b, head_dim, t, c0);
+            vec v0 = simd_load_value(type, codes, b, head_dim, t, c0);
 #pragma GCC unroll 4
             for (int r = 0; r < R; r++) o0[r] = vec_fmadd(vec_set1(s[r][t]), v0, o0[r]);
         }
@@ -191,22 +196,47 @@ SIMD_INLINE void simd_block(enum attn_kv_type type, const int R, const struct at
     }
 }
 
+/* A quantized page's codes as floats, in the f32 layouts (K transposed,
+ * V by token), into kc and vc: once per page for all the row blocks that
+ * read it, instead of unpacking it again for each. */
+SIMD_INLINE void simd_widen_codes(enum attn_kv_type type, const struct attn_block *b, int head_dim,
+                                  int page_size, float *kc, float *vc)
+{
+    for (int d = 0; d < head_dim; d++)
+        for (int t0 = 0; t0 < page_size; t0 += VEC_LANES)
+            vec_store(kc + (size_t)d * page_size + t0,
+                      simd_load_key(type, false, b, page_size, d, t0));
+    for (int t = 0; t < page_size; t++)
+        for (int c0 = 0; c0 < head_dim; c0 += VEC_LANES)
+            vec_store(vc + (size_t)t * head_dim + c0,
+                      simd_load_value(type, false, b, head_dim, t, c0));
+}
+
 SIMD_INLINE void simd_page(enum attn_kv_type type, const struct attn_block *b, int head_dim,
                            int page_size, const struct attn_rows *rows, const int *visible)
 {
+    bool quantized = type == ATTN_KV_INT8 || type == ATTN_KV_INT4;
+    bool codes = quantized && rows->n > SIMD_ROWS && rows->codes;
+    struct attn_block widened = *b;
+    if (codes) {
+        simd_widen_codes(type, b, head_dim, page_size, rows->codes,
+                         rows->codes + (size_t)head_dim * page_size);
+        widened.k = rows->codes;
+        widened.v = rows->codes + (size_t)head_dim * page_size;
+    }
     for (int r0 = 0; r0 < rows->n; r0 += SIMD_ROWS) {
         switch (rows->n - r0 < SIMD_ROWS ? rows->n - r0 : SIMD_ROWS) {
         case 1:
-            simd_block(type, 1, b, head_dim, page_size, rows, visible, r0);
+            simd_block(type, codes, 1, &widened, head_dim, page_size, rows, visible, r0);
             break;
         case 2:
-            simd_block(type, 2, b, head_dim, page_size, rows, visible, r0);
+            simd_block(type, codes, 2, &widened, head_dim, page_size, rows, visible, r0);
             break;
         case 3:
-            simd_block(type, 3, b, head_dim, page_size, rows, visible, r0);
+            simd_block(type, codes, 3, &widened, head_dim, page_size, rows, visible, r0);
             break;
         default:
-            simd_block(type, 4, b, head_dim, page_size, rows, visible, r0);
+            simd_block(type, codes, 4, &widened, head_dim, page_size, rows, visible, r0);
             break;
         }
     }

@@ -97,12 +97,27 @@ Test(attention_kernels, page_kernel_matches_scalar_on_awkward_shapes, .timeout =
                         }
                     }
                     state_copy(&ref, &init, n, hd);
-                    struct attn_rows rows = {n, ref.q, ref.max, ref.sum, ref.acc};
+                    struct attn_rows rows = {n, ref.q, ref.max, ref.sum, ref.acc, NULL};
                     attn_kernels_scalar()->page[type](&block, hd, ps, &rows, visible);
                     for (int s = 0; s < n_sets; s++) {
                         state_copy(&got, &init, n, hd);
-                        rows = (struct attn_rows){n, got.q, got.max, got.sum, got.acc};
+                        rows = (struct attn_rows){n, got.q, got.max, got.sum, got.acc, NULL};
                         sets[s]->page[type](&block, hd, ps, &rows, visible);
+                        /* with scratch, a quantized page is widened once for all the
+                         * rows: the same arithmetic, so the same bits */
+                        struct row_state wide;
+                        state_alloc(&wide, n, hd);
+                        state_copy(&wide, &init, n, hd);
+                        float *codes = malloc(sizeof(float) * 2 * (size_t)hd * ps);
+                        rows = (struct attn_rows){n, wide.q, wide.max, wide.sum, wide.acc, codes};
+                        sets[s]->page[type](&block, hd, ps, &rows, visible);
+                        cr_assert(memcmp(wide.acc, got.acc, sizeof(float) * (size_t)n * hd) == 0 &&
+                                      memcmp(wide.sum, got.sum, sizeof(float) * (size_t)n) == 0 &&
+                                      memcmp(wide.max, got.max, sizeof(float) * (size_t)n) == 0,
+                                  "%s type %d rows %d: the widened page computed other bits",
+                                  sets[s]->name, type, n);
+                        free(codes);
+                        state_free(&wide);
                         for (int r = 0; r < n; r++) {
                             const char *name = sets[s]->name;
                             if (visible[r] == 0) { /* the row must be left alone */
@@ -163,7 +178,7 @@ Test(attention_kernels, softmax_exp_is_within_two_ulps_of_expf)
         for (int s = 0; s < n_sets; s++) {
             max = -INFINITY, sum = 0;
             memset(acc, 0, sizeof acc);
-            struct attn_rows rows = {1, q, &max, &sum, acc};
+            struct attn_rows rows = {1, q, &max, &sum, acc, NULL};
             sets[s]->page[ATTN_KV_F32](&block, hd, ps, &rows, &visible);
             float expect = expf(x);
             if (expect >= 0x1p-126f) /* normal range: relative error in ulps */
