@@ -283,6 +283,7 @@ static void run_model(const char *path, const struct options *o, enum llm_precis
     mo.kv_pages = max_ctx / 16 + 4;
     mo.dense_layers = o->dense_layers;
     mo.threads = o->threads;
+    mo.head = LLM_HEAD_INT4; /* serve's default */
     /* Atom on synthetic weights: round to nearest (no GPTQ) after a short
      * calibration (outlier channels), so quantizing takes seconds. The
      * kernels, and so the speed, are those of the full recipe. */
@@ -306,12 +307,16 @@ static void run_model(const char *path, const struct options *o, enum llm_precis
         double *dense = util_xmalloc(sizeof(double) * (size_t)o->reps);
         double *quest = util_xmalloc(sizeof(double) * (size_t)o->reps);
         struct attn_stats stats = {0};
+        double phases[2][LLM_PHASE_COUNT] = {{0}};
         timed_step(m, ws, seq, 0, logits, NULL); /* warm-up */
         timed_step(m, ws, seq, o->budget, logits, NULL);
         for (int r = 0; r < o->reps; r++) { /* the two take turns */
+            llm_workspace_profile(ws, phases[0]);
             dense[r] = timed_step(m, ws, seq, 0, logits, NULL);
+            llm_workspace_profile(ws, phases[1]);
             quest[r] = timed_step(m, ws, seq, o->budget, logits, &stats);
         }
+        llm_workspace_profile(ws, NULL);
         double d = bench_median(dense, o->reps) * 1e3, q = bench_median(quest, o->reps) * 1e3;
         printf("| %-8s | %-4s | %6d | %9.2f | %7.1f | %9.2f | %7.1f | %5.2fx | %5.1f%% | %5.1f |\n",
                llm_precision_name(precision), attn_kv_type_name(kv), o->contexts[c], d, 1e3 / d, q,
@@ -319,6 +324,12 @@ static void run_model(const char *path, const struct options *o, enum llm_precis
                100.0 * (double)stats.sparse_pages_read /
                    (double)(stats.sparse_pages_total ? stats.sparse_pages_total : 1),
                t_fill);
+        for (int k = 0; k < 2; k++) {
+            printf("|   %s step, ms (wall):", k ? "quest" : "dense");
+            for (int p = 0; p < LLM_PHASE_COUNT; p++)
+                printf(" %s %.2f", llm_phase_name((enum llm_phase)p), 1e3 * phases[k][p] / o->reps);
+            printf(" |\n");
+        }
         fflush(stdout);
         free(dense);
         free(quest);
