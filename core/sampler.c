@@ -39,7 +39,7 @@ int llm_sampling_validate(const struct llm_sampling *s, const char **field)
         bad = "temperature";
     else if (s->top_k < 0)
         bad = "top_k";
-    else if (!(s->top_p > 0.0f && s->top_p <= 1.0f))
+    else if (!(s->top_p >= 0.0f && s->top_p <= 1.0f))
         bad = "top_p";
     else if (!(s->min_p >= 0.0f && s->min_p <= 1.0f))
         bad = "min_p";
@@ -275,7 +275,8 @@ int32_t llm_sampler_sample(llm_sampler *sm, float *logits, float *logprob)
 
     apply_penalties(sm, logits);
     int32_t chosen;
-    if (p->temperature == 0.0f) {
+    /* top_p 0 keeps the smallest set with any mass: the best token (OpenAI takes it so) */
+    if (p->temperature == 0.0f || p->top_p == 0.0f) {
         chosen = argmax(logits, n);
     } else {
         for (int i = 0; i < n; i++) logits[i] /= p->temperature; /* vectorised by the compiler */

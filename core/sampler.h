@@ -6,14 +6,14 @@
 #ifndef LLMD_CORE_SAMPLER_H
 #define LLMD_CORE_SAMPLER_H
 
-#include <stdint.h>
-
 #include "util/util.h"
+
+#include <stdint.h>
 
 struct llm_sampling {
     float temperature;        /* 0 = greedy */
     int top_k;                /* 0 = off */
-    float top_p;              /* 1 = off */
+    float top_p;              /* 1 = off; 0 = greedy */
     float min_p;              /* 0 = off */
     float repetition_penalty; /* 1 = off; divides positive logits of seen tokens (CTRL style) */
     float presence_penalty;   /* 0 = off; subtracted once from seen tokens */

@@ -44,6 +44,19 @@ int srv_bad_param(struct srv_error *e, const char *param, const char *fmt, ...)
     return -EINVAL;
 }
 
+/* 400 with OpenAI's code for a prompt (plus completion) longer than the
+ * model's context, so that clients can tell it from other bad input. */
+static int context_exceeded(struct srv_error *e, const char *param, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static int context_exceeded(struct srv_error *e, const char *param, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    error_vset(e, 400, "invalid_request_error", "context_length_exceeded", param, fmt, ap);
+    va_end(ap);
+    return -EINVAL;
+}
+
 json_t *srv_error_json(const struct srv_error *e)
 {
     json_t *inner = json_object();
@@ -132,10 +145,10 @@ static int parse_token_ids(const json_t *arr, const char *param, const struct sr
     size_t n = json_array_size(arr);
     if (n == 0) return srv_bad_param(err, param, "'%s' must not be empty", param);
     if (n >= (size_t)lim->ctx_len)
-        return srv_bad_param(err, param,
-                             "This model's maximum context length is %d tokens, and the prompt "
-                             "has %zu",
-                             lim->ctx_len, n);
+        return context_exceeded(err, param,
+                                "This model's maximum context length is %d tokens, and the prompt "
+                                "has %zu",
+                                lim->ctx_len, n);
     int32_t *ids = util_xmalloc(n * sizeof *ids);
     for (size_t i = 0; i < n; i++) {
         json_t *v = json_array_get(arr, i);
@@ -321,7 +334,7 @@ static int parse_sampling(const json_t *body, struct srv_completion_request *r,
     s->seed = 0;
     if ((rc = get_number(body, "temperature", 0, 2, false, &x, err)) < 0) return rc;
     if (rc) s->temperature = (float)x;
-    if ((rc = get_number(body, "top_p", 0, 1, true, &x, err)) < 0) return rc;
+    if ((rc = get_number(body, "top_p", 0, 1, false, &x, err)) < 0) return rc; /* 0: greedy */
     if (rc) s->top_p = (float)x;
     if ((rc = get_int(body, "top_k", "top_k", -1, 1 << 30, &k, err)) < 0) return rc;
     if (rc) s->top_k = k < 0 ? 0 : (int)k; /* -1 means off, as in vLLM */
@@ -520,16 +533,17 @@ int srv_resolve_max_tokens(const struct srv_completion_request *r, int n_prompt,
     const char *prompt_param = r->api == SRV_API_CHAT ? "messages" : "prompt";
     if (n_prompt <= 0) return srv_bad_param(err, prompt_param, "the prompt is empty");
     if (n_prompt >= ctx_len)
-        return srv_bad_param(err, prompt_param,
-                             "This model's maximum context length is %d tokens. However, your "
-                             "prompt has %d tokens",
-                             ctx_len, n_prompt);
+        return context_exceeded(err, prompt_param,
+                                "This model's maximum context length is %d tokens. However, your "
+                                "prompt has %d tokens",
+                                ctx_len, n_prompt);
     int room = ctx_len - n_prompt;
     if (r->max_tokens > room)
-        return srv_bad_param(err, r->api == SRV_API_CHAT ? "max_completion_tokens" : "max_tokens",
-                             "This model's maximum context length is %d tokens. However, you "
-                             "requested %lld tokens (%d in the prompt, %d for the completion)",
-                             ctx_len, (long long)n_prompt + r->max_tokens, n_prompt, r->max_tokens);
+        return context_exceeded(
+            err, r->api == SRV_API_CHAT ? "max_completion_tokens" : "max_tokens",
+            "This model's maximum context length is %d tokens. However, you requested %lld tokens "
+            "(%d in the prompt, %d for the completion)",
+            ctx_len, (long long)n_prompt + r->max_tokens, n_prompt, r->max_tokens);
     if (r->max_tokens > 0)
         *max_tokens = r->max_tokens;
     else
@@ -541,10 +555,10 @@ int srv_check_prompt_bytes(size_t bytes, size_t max_piece_len, int ctx_len, cons
                            struct srv_error *err)
 {
     if (max_piece_len == 0 || bytes / max_piece_len < (size_t)ctx_len) return 0;
-    return srv_bad_param(err, param,
-                         "This model's maximum context length is %d tokens, and the prompt "
-                         "(%zu bytes) is longer than that",
-                         ctx_len, bytes);
+    return context_exceeded(err, param,
+                            "This model's maximum context length is %d tokens, and the prompt "
+                            "(%zu bytes) is longer than that",
+                            ctx_len, bytes);
 }
 
 int srv_parse_tokenize(const json_t *body, const struct srv_model_limits *lim,
@@ -713,12 +727,18 @@ void srv_token_display(const llm_tokenizer *tok, int32_t id, struct srv_buf *out
 const char *srv_finish_reason(enum llm_finish f)
 {
     switch (f) {
-    case LLM_FINISH_STOP:
-        return "stop";
     case LLM_FINISH_NONE:
         return NULL;
-    default:
+    case LLM_FINISH_STOP:
+        return "stop";
+    case LLM_FINISH_LENGTH:
         return "length";
+    case LLM_FINISH_TIMEOUT: /* request_timeout_s ran out: not the model's length limit */
+        return "timeout";
+    case LLM_FINISH_CANCELLED:
+        return "cancelled";
+    default:
+        return "error";
     }
 }
 

@@ -96,6 +96,9 @@ static const struct opt opts[] = {
      "open connections at most; more are refused"},
     {"request_timeout_s", OPT_DOUBLE, OFF(request_timeout_s), 0, "600", 0, 1e9, NULL, false, S,
      "SEC", "a generation request ends after this long; 0 = no limit"},
+    {"sse_keepalive_s", OPT_DOUBLE, OFF(sse_keepalive_s), 0, "10", 0, 1e6, NULL, false, S, "SEC",
+     "a stream with nothing to send for this long (a long prompt prefilling) gets an SSE comment, "
+     "so that proxies keep it open; 0 = never"},
     {"idle_timeout_s", OPT_DOUBLE, OFF(idle_timeout_s), 0, "60", 1, 1e6, NULL, false, S, "SEC",
      "an idle connection is closed after this long"},
     {"grace_s", OPT_DOUBLE, OFF(grace_s), 0, "30", 0, 1e6, NULL, false, S, "SEC",

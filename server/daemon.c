@@ -331,6 +331,7 @@ static void close_handle(uv_handle_t *h)
 static void finish_shutdown(struct srv_daemon *d)
 {
     uv_timer_stop(&d->drain_timer);
+    uv_timer_stop(&d->keepalive_timer);
     srv_pim_stop(d);
     for (struct srv_request *r = d->requests; r; r = r->next)
         if (r->suspended) {
@@ -345,6 +346,7 @@ static void finish_shutdown(struct srv_daemon *d)
     }
     close_handle((uv_handle_t *)&d->mhd_timer);
     close_handle((uv_handle_t *)&d->drain_timer);
+    close_handle((uv_handle_t *)&d->keepalive_timer);
     close_handle((uv_handle_t *)&d->events_async);
     close_handle((uv_handle_t *)&d->loaded_async);
     close_handle((uv_handle_t *)&d->stopped_async);
@@ -436,17 +438,27 @@ static void print_usage(void)
            "grace_s seconds; a second signal exits at once.\n");
 }
 
+static void on_keepalive_timer(uv_timer_t *t)
+{
+    srv_streams_keepalive(t->data);
+}
+
 static int init_loop(struct srv_daemon *d)
 {
     UTIL_CHECK(uv_loop_init(&d->loop) == 0);
     uv_timer_init(&d->loop, &d->mhd_timer);
     uv_timer_init(&d->loop, &d->drain_timer);
+    uv_timer_init(&d->loop, &d->keepalive_timer);
     uv_async_init(&d->loop, &d->events_async, on_events);
     uv_async_init(&d->loop, &d->loaded_async, on_loaded);
     uv_async_init(&d->loop, &d->stopped_async, on_stopped);
     uv_signal_init(&d->loop, &d->sigterm);
     uv_signal_init(&d->loop, &d->sigint);
-    d->mhd_timer.data = d->drain_timer.data = d;
+    d->mhd_timer.data = d->drain_timer.data = d->keepalive_timer.data = d;
+    if (d->cfg->sse_keepalive_s > 0) { /* checked at a quarter of the interval */
+        uint64_t ms = (uint64_t)(d->cfg->sse_keepalive_s * 250);
+        uv_timer_start(&d->keepalive_timer, on_keepalive_timer, ms ? ms : 1, ms ? ms : 1);
+    }
     d->events_async.data = d->loaded_async.data = d->stopped_async.data = d;
     d->sigterm.data = d->sigint.data = d;
     uv_signal_start(&d->sigterm, on_signal, SIGTERM);

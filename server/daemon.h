@@ -104,6 +104,7 @@ struct srv_request {
     bool failed;          /* answered with an error; engine events are dropped */
     struct srv_buf sse;   /* SSE bytes not yet handed to MHD */
     bool stream_finished; /* [DONE] is in sse */
+    double sse_last;      /* util_now() when the stream last got bytes */
 
     /* a PIM job request waiting for its job (pim_http.c) */
     uint64_t pim_wait_id; /* 0 = not waiting */
@@ -138,6 +139,7 @@ struct srv_daemon {
     uv_async_t stopped_async;
     uv_signal_t sigterm, sigint;
     uv_timer_t drain_timer;
+    uv_timer_t keepalive_timer; /* SSE comments on quiet streams (generate.c) */
 
     /* the model, once loaded */
     atomic_int load_state;    /* enum srv_load_state */
@@ -173,6 +175,9 @@ struct srv_daemon {
     struct srv_metrics metrics;
     struct util_rng rng;
 };
+
+/* generate.c: an SSE comment for every stream quiet for sse_keepalive_s */
+void srv_streams_keepalive(struct srv_daemon *d);
 
 /* daemon.c */
 void srv_daemon_run_mhd(struct srv_daemon *d);

@@ -20,6 +20,19 @@ static void sse_append(struct srv_request *r, json_t *chunk)
 {
     srv_sse_append_json(&r->sse, chunk);
     json_decref(chunk);
+    r->sse_last = util_now();
+}
+
+void srv_streams_keepalive(struct srv_daemon *d)
+{
+    double now = util_now(), quiet = d->cfg->sse_keepalive_s;
+    for (struct srv_request *r = d->requests; r; r = r->next) {
+        if (r->state != SRV_REQ_STREAMING || r->stream_finished || r->client_gone) continue;
+        if (now - r->sse_last < quiet) continue;
+        srv_buf_puts(&r->sse, ": keep-alive\n\n"); /* a comment: clients skip it */
+        r->sse_last = now;
+        srv_request_wake(r);
+    }
 }
 
 static void sse_push(struct srv_request *r, json_t *chunk)
@@ -58,6 +71,7 @@ static void start_stream(struct srv_request *r)
     if (MHD_queue_response(r->conn, 200, resp) == MHD_YES) r->status = 200;
     MHD_destroy_response(resp);
     r->state = SRV_REQ_STREAMING;
+    r->sse_last = util_now();
     if (r->params.api == SRV_API_CHAT)
         for (int i = 0; i < r->n_choices; i++)
             sse_append(r, srv_chunk_json(&r->meta, i, NULL, 0, NULL, 0, LLM_FINISH_NONE, true,

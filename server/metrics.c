@@ -332,16 +332,17 @@ static void render_engine(const struct srv_engine_gauges *g, struct srv_buf *out
     srv_metrics_write_gauge(out, "llmd_num_requests_waiting",
                             "Sequences waiting in the engine's queue.", s->waiting);
     srv_metrics_write_gauge(out, "llmd_kv_pages_used", "KV cache pages in use.", s->kv_pages_used);
-    srv_metrics_write_gauge(out, "llmd_kv_pages_total", "KV cache pages in the pool.",
+    srv_metrics_write_gauge(out, "llmd_kv_pages_capacity", "KV cache pages in the pool.",
                             s->kv_pages_total);
     srv_metrics_write_gauge(out, "llmd_kv_cache_usage_perc",
                             "KV cache usage. 1 means 100 percent usage.",
                             s->kv_pages_total ? (double)s->kv_pages_used / s->kv_pages_total : 0);
     srv_metrics_write_counter(out, "llmd_engine_steps_total", "Forward steps the engine ran.",
                               (double)s->steps);
-    srv_metrics_write_counter(out, "llmd_quest_pages_read_total",
-                              "KV page reads made by sparse (Quest) decode steps (per layer and KV head).",
-                              (double)s->quest_pages_read);
+    srv_metrics_write_counter(
+        out, "llmd_quest_pages_read_total",
+        "KV page reads made by sparse (Quest) decode steps (per layer and KV head).",
+        (double)s->quest_pages_read);
     srv_metrics_write_counter(out, "llmd_quest_pages_dense_total",
                               "KV page reads dense attention would have made in those steps.",
                               (double)s->quest_pages_total);

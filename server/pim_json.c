@@ -609,10 +609,17 @@ static int p_device(struct parse_ctx *pc, const char *k, const json_t *v)
         return INVALID(pc->err, "device.preset", "'device.preset' must be a string");
     if (preset) {
         const struct pim_device *d = pc->presets ? pim_presets_find(pc->presets, preset) : NULL;
-        if (!d && strcmp(preset, "isaac") != 0)
+        if (!d && strcmp(preset, "isaac") != 0) {
+            char known[256] = "isaac";
+            for (int i = 0; pc->presets && i < pim_presets_count(pc->presets); i++) {
+                const char *name = pim_presets_at(pc->presets, i)->name;
+                if (strcmp(name, "isaac") != 0)
+                    snprintf(known + strlen(known), sizeof known - strlen(known), ", %s", name);
+            }
             return set_error(pc->err, -EINVAL, "unknown_preset",
                              json_is_string(v) ? "device" : "device.preset",
-                             "unknown device preset '%s'", preset);
+                             "unknown device preset '%.64s': one of %s", preset, known);
+        }
         if (d)
             pc->job->device = *d;
         else
@@ -621,12 +628,24 @@ static int p_device(struct parse_ctx *pc, const char *k, const json_t *v)
     return json_is_object(v) ? pim_json_device_apply(v, &pc->job->device, "device.", pc->err) : 0;
 }
 
+/* "isaac, cascade, neural_pim": the accepted dataflow names, for messages. */
+static const char *dataflow_names(void)
+{
+    static char names[128];
+    if (!names[0])
+        for (int k = 0; k < PIM_DF_COUNT; k++)
+            snprintf(names + strlen(names), sizeof names - strlen(names), "%s%s", k ? ", " : "",
+                     pim_dataflow_get((enum pim_dataflow_kind)k)->name);
+    return names;
+}
+
 static int p_dataflow(struct parse_ctx *pc, const char *k, const json_t *v)
 {
     const struct pim_dataflow *df =
         json_is_string(v) ? pim_dataflow_by_name(json_string_value(v)) : NULL;
     if (!df)
-        return INVALID(pc->err, k, "'dataflow' must be \"isaac\", \"cascade\" or \"neural_pim\"");
+        return set_error(pc->err, -EINVAL, "invalid_value", k, "'dataflow' must be one of %s",
+                         dataflow_names());
     pc->job->dataflow = df->kind;
     return 0;
 }
@@ -644,7 +663,10 @@ static int p_dataflows(struct parse_ctx *pc, const char *k, const json_t *v)
         const json_t *e = json_array_get(v, i);
         const struct pim_dataflow *df =
             json_is_string(e) ? pim_dataflow_by_name(json_string_value(e)) : NULL;
-        if (!df) return INVALID(pc->err, k, "'dataflows[%zu]' is not a known dataflow", i);
+        if (!df)
+            return set_error(pc->err, -EINVAL, "invalid_value", k,
+                             "'dataflows[%zu]' is not a dataflow: one of %s, or \"all\"", i,
+                             dataflow_names());
         mask |= 1u << df->kind;
     }
     pc->job->dataflows = mask;

@@ -44,14 +44,14 @@ struct srv_config {
     int page_size;           /* tokens per KV page */
     int quest_budget;        /* default Quest token budget; 0 = dense */
     /* Atom's recipe, step by step (ablation switches; see llm_quant_options) */
-    int group_size;          /* channels per int4 group; 0 = per row */
-    int outliers;            /* int8 outlier channels; -1 = width / 32, 0 = none */
-    double act_clip;         /* activation clipping ratio */
-    double weight_clip;      /* weight clipping ratio */
-    bool gptq;               /* GPTQ (else round to nearest) */
-    char *calib_file;        /* calibration text */
-    int calib_tokens;        /* calibration tokens used */
-    char *head;              /* output head: f32 | f16 | int8 */
+    int group_size;     /* channels per int4 group; 0 = per row */
+    int outliers;       /* int8 outlier channels; -1 = width / 32, 0 = none */
+    double act_clip;    /* activation clipping ratio */
+    double weight_clip; /* weight clipping ratio */
+    bool gptq;          /* GPTQ (else round to nearest) */
+    char *calib_file;   /* calibration text */
+    int calib_tokens;   /* calibration tokens used */
+    char *head;         /* output head: f32 | f16 | int8 */
     /* the engine */
     int max_running;
     int max_waiting;
@@ -62,6 +62,7 @@ struct srv_config {
     int max_header_bytes; /* per-connection memory for the request line and headers */
     int max_connections;
     double request_timeout_s; /* 0 = none */
+    double sse_keepalive_s;   /* a quiet stream gets an SSE comment this often; 0 = never */
     double idle_timeout_s;    /* an idle keep-alive connection is closed after this */
     double grace_s;           /* on SIGTERM, running requests get this long to finish */
     /* access */

@@ -113,6 +113,27 @@ Test(sampler, top_p_keeps_the_smallest_set_reaching_p)
     llm_sampler_free(sm);
 }
 
+Test(sampler, top_p_zero_is_greedy_whatever_the_temperature)
+{
+    struct llm_sampling s;
+    llm_sampling_default(&s);
+    s.temperature = 1.5f;
+    s.top_p = 0.0f;
+    s.seed = 3;
+    float logits[VOCAB];
+    fill_logits(logits, 4);
+    int32_t best = 0;
+    for (int i = 1; i < VOCAB; i++)
+        if (logits[i] > logits[best]) best = i;
+    llm_sampler *sm = llm_sampler_create(&s, VOCAB);
+    for (int i = 0; i < 50; i++) {
+        float copy[VOCAB];
+        memcpy(copy, logits, sizeof copy);
+        cr_assert_eq(llm_sampler_sample(sm, copy, NULL), best);
+    }
+    llm_sampler_free(sm);
+}
+
 Test(sampler, min_p_drops_tokens_below_the_fraction_of_the_best)
 {
     struct llm_sampling s;
@@ -210,9 +231,11 @@ Test(sampler, validation_names_the_bad_field)
     const char *field;
     llm_sampling_default(&s);
     cr_assert_eq(llm_sampling_validate(&s, &field), 0);
-    s.top_p = 0.0f;
+    s.top_p = -0.1f;
     cr_assert_eq(llm_sampling_validate(&s, &field), -EINVAL);
     cr_assert_str_eq(field, "top_p");
+    s.top_p = 0.0f; /* greedy, as OpenAI takes it */
+    cr_assert_eq(llm_sampling_validate(&s, &field), 0);
     llm_sampling_default(&s);
     s.temperature = NAN;
     cr_assert_eq(llm_sampling_validate(&s, &field), -EINVAL);

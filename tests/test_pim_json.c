@@ -178,6 +178,23 @@ Test(pim_json, every_bad_body_names_its_parameter)
     }
 }
 
+/* An unknown name is answered with the names that are known. */
+Test(pim_json, unknown_names_list_the_accepted_ones)
+{
+    struct pim_json_limits lim;
+    pim_json_limits_default(&lim);
+    const char *bodies[] = {"{" VMM_OK ",\"dataflow\":\"foo\"}",
+                            "{" EVAL_OK ",\"layers\":[{\"in\":4,\"out\":4}],\"dataflows\":[\"x\"]}",
+                            "{" VMM_OK ",\"device\":\"nonexistent\"}"};
+    const char *want[] = {"isaac, cascade, neural_pim", "isaac, cascade, neural_pim", "isaac"};
+    for (int i = 0; i < 3; i++) {
+        struct pim_job job;
+        struct pim_json_error err = {0};
+        cr_assert_lt(pim_json_parse_job(bodies[i], strlen(bodies[i]), &lim, NULL, &job, &err), 0);
+        cr_assert(strstr(err.message, want[i]), "%s: %s", bodies[i], err.message);
+    }
+}
+
 Test(pim_json, limits_are_enforced_with_e2big)
 {
     struct pim_json_limits lim;

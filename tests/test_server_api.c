@@ -52,7 +52,7 @@ static const struct bad_request bad_requests[] = {
     {C, "{\"prompt\": \"a\", \"temperature\": -0.1}", 400, "temperature"},
     {C, "{\"prompt\": \"a\", \"temperature\": 2.01}", 400, "temperature"},
     {C, "{\"prompt\": \"a\", \"temperature\": \"hot\"}", 400, "temperature"},
-    {C, "{\"prompt\": \"a\", \"top_p\": 0}", 400, "top_p"},
+    {C, "{\"prompt\": \"a\", \"top_p\": -0.01}", 400, "top_p"},
     {C, "{\"prompt\": \"a\", \"top_p\": 1.5}", 400, "top_p"},
     {C, "{\"prompt\": \"a\", \"top_k\": -2}", 400, "top_k"},
     {C, "{\"prompt\": \"a\", \"top_k\": 2.5}", 400, "top_k"},
@@ -165,6 +165,12 @@ Test(server_api, completion_defaults_are_openai_s)
     cr_assert_eq(r.quest_budget, -1);
     srv_completion_request_free(&r);
     json_decref(body);
+    /* top_p 0 is accepted, as OpenAI accepts it: greedy */
+    body = json_pack("{s:s, s:f}", "prompt", "Hello", "top_p", 0.0);
+    cr_assert_eq(srv_parse_completion(body, SRV_API_COMPLETIONS, &lim, &r, &e), 0, "%s", e.message);
+    cr_assert_float_eq(r.sampling.top_p, 0.0f, 0);
+    srv_completion_request_free(&r);
+    json_decref(body);
 }
 
 Test(server_api, every_parameter_lands_in_the_struct)
@@ -261,6 +267,7 @@ Test(server_api, token_prompt_as_long_as_the_context_is_refused)
     struct srv_error e;
     cr_assert_eq(srv_parse_completion(body, SRV_API_COMPLETIONS, &lim, &r, &e), -EINVAL);
     cr_assert_str_eq(e.param, "prompt");
+    cr_assert_str_eq(e.code, "context_length_exceeded");
     cr_assert(strstr(e.message, "maximum context length is 256"), "%s", e.message);
     json_decref(body);
 }
@@ -296,6 +303,11 @@ Test(server_api, max_tokens_is_resolved_against_the_context)
             cr_assert_eq(rc, -EINVAL, "case %zu accepted", i);
             cr_assert_eq(e.status, 400);
             cr_assert_str_eq(e.param, t->param, "case %zu", i);
+            /* too long for the context, or an empty prompt (plain bad input) */
+            if (t->n_prompt > 0)
+                cr_assert_str_eq(e.code, "context_length_exceeded", "case %zu", i);
+            else
+                cr_assert_null(e.code, "case %zu", i);
         } else {
             cr_assert_eq(rc, 0, "case %zu: %s", i, e.message);
             cr_assert_eq(got, t->want, "case %zu: %d", i, got);
@@ -311,6 +323,7 @@ Test(server_api, prompts_too_long_in_bytes_are_refused_before_tokenizing)
     cr_assert_eq(srv_check_prompt_bytes(8192, 16, 512, "prompt", &e), -EINVAL);
     cr_assert_eq(e.status, 400);
     cr_assert_str_eq(e.param, "prompt");
+    cr_assert_str_eq(e.code, "context_length_exceeded");
     cr_assert(strstr(e.message, "maximum context length is 512"), "%s", e.message);
     cr_assert_eq(srv_check_prompt_bytes(1u << 30, 16, 512, "messages", &e), -EINVAL);
     cr_assert_str_eq(e.param, "messages");
@@ -445,15 +458,27 @@ Test(server_api, completion_response_has_openai_s_shape)
     srv_choice_result_free(&cs[1]);
 }
 
-Test(server_api, chat_response_has_openai_s_shape_and_timeout_reads_length)
+/* A request cut by request_timeout_s says "timeout", not "length": the
+ * model's length limit was not what ended it (README, API). */
+Test(server_api, chat_response_has_openai_s_shape_and_timeout_reads_timeout)
 {
     struct srv_choice_result c = choice(0, "Hello.", LLM_FINISH_TIMEOUT, 7);
     assert_json(srv_response_json(&chat_meta, &c, 1, 11),
                 "{\"id\":\"chatcmpl-1\",\"object\":\"chat.completion\",\"created\":1700000000,"
                 "\"model\":\"tiny\",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\","
-                "\"content\":\"Hello.\"},\"logprobs\":null,\"finish_reason\":\"length\"}],"
+                "\"content\":\"Hello.\"},\"logprobs\":null,\"finish_reason\":\"timeout\"}],"
                 "\"usage\":{\"prompt_tokens\":11,\"completion_tokens\":7,\"total_tokens\":18}}");
     srv_choice_result_free(&c);
+}
+
+Test(server_api, finish_reasons_name_what_ended_the_choice)
+{
+    cr_assert_null(srv_finish_reason(LLM_FINISH_NONE));
+    cr_assert_str_eq(srv_finish_reason(LLM_FINISH_STOP), "stop");
+    cr_assert_str_eq(srv_finish_reason(LLM_FINISH_LENGTH), "length");
+    cr_assert_str_eq(srv_finish_reason(LLM_FINISH_TIMEOUT), "timeout");
+    cr_assert_str_eq(srv_finish_reason(LLM_FINISH_CANCELLED), "cancelled");
+    cr_assert_str_eq(srv_finish_reason(LLM_FINISH_ERROR), "error");
 }
 
 Test(server_api, stream_chunks_have_openai_s_shape)

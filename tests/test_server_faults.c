@@ -69,7 +69,7 @@ Test(server_faults, a_full_kv_pool_queues_new_requests_and_all_complete, .timeou
     struct daemon d;
     daemon_start(
         &d, (const char *[]){"--kv-pages", "32", "--page-size", "16", "--max-running", "16", NULL});
-    cr_assert_eq(metric(&d, "llmd_kv_pages_total"), 32);
+    cr_assert_eq(metric(&d, "llmd_kv_pages_capacity"), 32);
     enum { N = 10, TOKENS = 110 };
     struct http_job jobs[N];
     memset(jobs, 0, sizeof jobs);
@@ -168,8 +168,8 @@ Test(server_faults, sigterm_under_load_completes_every_accepted_request, .timeou
         if (i % 4 == 3) {
             cr_assert_eq(jobs[i].resp.status, 200, "chat %d: %ld", i, jobs[i].resp.status);
             json_t *r = json_loadb(jobs[i].resp.body.data, jobs[i].resp.body.len, 0, NULL);
-            cr_assert_eq(usage_of(r, "completion_tokens"), TOKENS, "chat %d finished short: %.*s", i,
-                         (int)jobs[i].resp.body.len, jobs[i].resp.body.data);
+            cr_assert_eq(usage_of(r, "completion_tokens"), TOKENS, "chat %d finished short: %.*s",
+                         i, (int)jobs[i].resp.body.len, jobs[i].resp.body.data);
             json_decref(r);
         } else {
             cr_assert_eq(job_tokens(&jobs[i], i % 2), TOKENS, "request %d finished in full", i);

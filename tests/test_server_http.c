@@ -2,6 +2,7 @@
  * endpoint and parameter, the bad-input matrix, auth, CORS, limits, and
  * /health while the model loads. */
 #include "tests/integration/harness.h"
+#include "tests/prometheus_names.h"
 
 #include <arpa/inet.h>
 #include <math.h>
@@ -78,6 +79,15 @@ Test(server_http, health_models_and_completion_shapes)
     cr_assert(json_is_string(json_object_get(msg, "content")));
     cr_assert(usage_of(chat, "completion_tokens") <= 6);
     json_decref(chat);
+
+    /* the whole /metrics page of a daemon that served (PIM and process
+     * families included) follows Prometheus's naming rules */
+    struct http_response page = {0};
+    http_request(&d, "GET", "/metrics", NULL, NULL, &page);
+    cr_assert_eq(page.status, 200);
+    cr_assert_gt(prom_check_names(page.body.data), 20);
+    cr_assert(strstr(page.body.data, "llmd_pim_jobs_total"), "PIM families on the page");
+    http_response_free(&page);
     cr_assert_eq(daemon_stop(&d), 0, "log %s:\n%s", d.log, daemon_log_tail(&d));
 }
 
@@ -344,6 +354,43 @@ Test(server_http, streaming_matches_the_whole_answer)
     json_decref(chat);
     http_response_free(&r);
     json_decref(whole);
+    cr_assert_eq(daemon_stop(&d), 0, "log %s:\n%s", d.log, daemon_log_tail(&d));
+}
+
+/* A stream whose prompt takes long to prefill gets SSE comments meanwhile,
+ * so that a proxy does not cut it; clients skip comments, so the events
+ * are those of the same request without them. Prefill is slowed by
+ * one-token chunks and the interval is short. */
+Test(server_http, a_stream_gets_keep_alive_comments_while_its_prompt_prefills)
+{
+    char body[8192] = "{\"prompt\": [1";
+    for (int i = 0; i < 400; i++)
+        snprintf(body + strlen(body), sizeof body - strlen(body), ", %d", 5 + i % 90);
+    strcat(body, "], \"max_tokens\": 2, \"temperature\": 0, \"stream\": true}");
+    struct daemon d;
+    daemon_start(&d, (const char *[]){"--prefill-chunk", "1", "--sse-keepalive-s", "0.002", NULL});
+    struct http_response r = {0};
+    http_request(&d, "POST", "/v1/completions", body, NULL, &r);
+    cr_assert_eq(r.status, 200);
+    const char *comment = strstr(r.body.data, ": keep-alive\n\n"),
+               *data = strstr(r.body.data, "data:");
+    cr_assert(comment && data && comment < data, "no keep-alive before the first event:\n%.300s",
+              r.body.data);
+    json_t *events = sse_events(&r.body); /* the comments skipped, as clients do */
+    size_t n = json_array_size(events);
+    cr_assert_geq(n, 1);
+    json_t *finish = json_array_get(json_object_get(json_array_get(events, n - 1), "choices"), 0);
+    cr_assert_str_eq(json_string_value(json_object_get(finish, "finish_reason")), "length");
+    json_decref(events);
+    http_response_free(&r);
+    cr_assert_eq(daemon_stop(&d), 0, "log %s:\n%s", d.log, daemon_log_tail(&d));
+
+    daemon_start(&d, (const char *[]){"--prefill-chunk", "1", "--sse-keepalive-s", "0", NULL});
+    memset(&r, 0, sizeof r);
+    http_request(&d, "POST", "/v1/completions", body, NULL, &r);
+    cr_assert_eq(r.status, 200);
+    cr_assert_null(strstr(r.body.data, ": keep-alive"), "0 turns them off");
+    http_response_free(&r);
     cr_assert_eq(daemon_stop(&d), 0, "log %s:\n%s", d.log, daemon_log_tail(&d));
 }
 

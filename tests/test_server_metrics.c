@@ -1,6 +1,7 @@
 /* Tests for /metrics: histograms, the text format, vLLM's buckets, the
  * server's families, process metrics and the collector hook. */
 #include "server/metrics.h"
+#include "tests/prometheus_names.h"
 
 #include <criterion/criterion.h>
 #include <ctype.h>
@@ -165,11 +166,12 @@ Test(server_metrics, page_holds_every_family_and_the_collector)
     srv_metrics_render(&m, &g, &out);
     const char *page = out.data;
     assert_exposition_format(page);
+    cr_assert_gt(prom_check_names(page), 10);
 
     cr_assert_float_eq(sample(page, "llmd_num_requests_running"), 3, 0);
     cr_assert_float_eq(sample(page, "llmd_num_requests_waiting"), 2, 0);
     cr_assert_float_eq(sample(page, "llmd_kv_pages_used"), 10, 0);
-    cr_assert_float_eq(sample(page, "llmd_kv_pages_total"), 40, 0);
+    cr_assert_float_eq(sample(page, "llmd_kv_pages_capacity"), 40, 0);
     cr_assert_float_eq(sample(page, "llmd_kv_cache_usage_perc"), 0.25, 0);
     cr_assert_float_eq(sample(page, "llmd_quest_pages_read_fraction"), 0.25, 0);
     cr_assert_float_eq(sample(page, "llmd_prompt_tokens_total"), 15, 0);

@@ -347,6 +347,12 @@ static inline json_t *sse_events(const struct srv_buf *body)
     const char *end = p + body->len;
     bool done = false;
     while (p < end) {
+        if (*p == ':') { /* a comment (keep-alive): skipped, as clients do */
+            const char *stop = strstr(p, "\n\n");
+            cr_assert(stop, "a comment without its blank line: %.100s", p);
+            p = stop + 2;
+            continue;
+        }
         cr_assert(!done, "data after [DONE]: %.100s", p);
         cr_assert(strncmp(p, "data: ", 6) == 0, "not an SSE data line: %.100s", p);
         const char *stop = strstr(p, "\n\n");
