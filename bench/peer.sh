@@ -36,11 +36,13 @@
 #       time = start to the first 200 from /health (median of 3 starts);
 #       peak RSS = VmHWM of the server after the 8-client run.
 #  Each side-by-side group runs holding /tmp/llmd-bench.lock (flock), so no
-#  other measurement overlaps it, and first waits for a quiet machine (less
-#  than 10% CPU use over 2 s, for up to PEER_QUIET_WAIT seconds, default
-#  300): other work (a `make test` beside it) starves llama.cpp's spinning
-#  threads most. Each table says how much of the CPUs other processes used
-#  while it was measured.
+#  other measurement overlaps it, and each program waits for a quiet machine
+#  first (less than 10% CPU use over 2 s, for up to PEER_QUIET_WAIT seconds,
+#  default 300): other work (a `make test` beside it) starves spinning
+#  threads, llama.cpp's and llmd's. Each table says how much of the CPUs
+#  other processes used while each side was measured. The programs run from
+#  private copies of build/ and conf/llmd.json (LLMD_CONFIG), so that a
+#  rebuild or an edit in this checkout during the run changes nothing.
 #
 # Output: one table per shape (what | llama.cpp | llmd | ratio, ratio > 1
 # meaning llmd is better: tok/s llmd/llama.cpp, latency, RSS and load time
@@ -116,12 +118,20 @@ value_of() {
 
 # ------------------------------------------------- the machine's other load
 
+SERVER_PID=""
 HZ=$(getconf CLK_TCK)
 NCPU=$(nproc)
 # CPU ticks the whole machine has spent busy.
 machine_busy_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9; exit }' /proc/stat; }
-# CPU ticks of the shell that runs main and of its finished children.
-own_ticks() { awk '{ print $14 + $15 + $16 + $17 }' "/proc/$MAIN_PID/stat"; }
+# CPU ticks of the shell that runs main, of its finished children, and of
+# the server it is running.
+own_ticks() {
+    local server=0
+    if [ -n "$SERVER_PID" ]; then
+        server=$(awk '{ print $14 + $15 }' "/proc/$SERVER_PID/stat" 2>/dev/null || echo 0)
+    fi
+    awk -v s="$server" '{ print $14 + $15 + $16 + $17 + s }' "/proc/$MAIN_PID/stat"
+}
 
 # Waits until the machine is quiet (see the top), or PEER_QUIET_WAIT passes.
 wait_quiet() {
@@ -143,24 +153,62 @@ wait_quiet() {
     done
 }
 
-# Others' CPU use while measuring: measure_begin / measure_end around each
-# side-by-side group add to OTHER_TICKS and WALL_TICKS.
-OTHER_TICKS=0
-WALL_TICKS=0
-measure_begin() {
+# measured SIDE COMMAND...: waits for a quiet machine, then runs the
+# command, adding the CPU ticks other processes used meanwhile to
+# OTHER[SIDE] and the machine's ticks to WALL[SIDE]; LAST_OTHERS is the
+# percentage of the CPUs others used during this command.
+declare -A OTHER WALL BUSY
+BUSY_LIMIT=${PEER_BUSY_LIMIT:-10}
+measured() {
+    local side=$1 busy own t0 wall other rc=0
+    shift
     wait_quiet
-    M_BUSY=$(machine_busy_ticks)
-    M_OWN=$(own_ticks)
-    M_T0=$(date +%s.%N)
-}
-measure_end() {
-    local busy own wall
-    busy=$(($(machine_busy_ticks) - M_BUSY))
-    own=$(($(own_ticks) - M_OWN))
-    wall=$(awk -v a="$M_T0" -v b="$(date +%s.%N)" -v hz="$HZ" -v n="$NCPU" \
+    busy=$(machine_busy_ticks)
+    own=$(own_ticks)
+    t0=$(date +%s.%N)
+    "$@" || rc=$?
+    busy=$(($(machine_busy_ticks) - busy))
+    own=$(($(own_ticks) - own))
+    wall=$(awk -v a="$t0" -v b="$(date +%s.%N)" -v hz="$HZ" -v n="$NCPU" \
         'BEGIN { printf "%d\n", (b - a) * hz * n }')
-    OTHER_TICKS=$((OTHER_TICKS + (busy > own ? busy - own : 0)))
-    WALL_TICKS=$((WALL_TICKS + wall))
+    other=$((busy > own ? busy - own : 0))
+    OTHER[$side]=$((${OTHER[$side]:-0} + other))
+    WALL[$side]=$((${WALL[$side]:-0} + wall))
+    LAST_OTHERS=$((other * 100 / (wall > 0 ? wall : 1)))
+    return $rc
+}
+
+# measure SIDE KEY COMMAND...: `measured`, and once more when other
+# processes took PEER_BUSY_LIMIT% (10) of the CPUs or more meanwhile (their
+# spinning threads suffer most from that: llama.cpp's decode at 4K once ran
+# 30x slower beside a `make test`). BUSY[SIDE:KEY] keeps the largest share
+# of the last tries of KEY's commands, for the table's marks.
+measure() {
+    local side=$1 key=$2 rc=0
+    shift 2
+    measured "$side" "$@" || rc=$?
+    if [ "$LAST_OTHERS" -ge "$BUSY_LIMIT" ]; then
+        say "other processes used $LAST_OTHERS% of the CPUs during $side $key; measuring it again"
+        rc=0
+        measured "$side" "$@" || rc=$?
+    fi
+    local before=${BUSY[$side:$key]:-0}
+    BUSY[$side:$key]=$((LAST_OTHERS > before ? LAST_OTHERS : before))
+    return $rc
+}
+
+# to OUT ERR COMMAND...: the command with its output in OUT and ERR (a
+# command that `measure` may run twice writes its files afresh each time).
+to() {
+    local out=$1 err=$2
+    shift 2
+    "$@" >"$out" 2>"$err"
+}
+
+# Others' share of the CPUs while SIDE was measured, in percent.
+others_percent() {
+    local w=${WALL[$1]:-0}
+    echo $((${OTHER[$1]:-0} * 100 / (w > 0 ? w : 1)))
 }
 
 TIMES=()
@@ -224,7 +272,7 @@ make_f16() {
         return
     fi
     say "$shape: writing $f16"
-    build/bench/peer_model --shape "$shape" --out "$f16" >&2 || die "peer_model failed"
+    "$BIN/peer_model" --shape "$shape" --out "$f16" >&2 || die "peer_model failed"
     echo "$key" >"$f16.key"
 }
 
@@ -251,7 +299,7 @@ make_llmd() {
     fi
     say "$shape: llmd quantize with its defaults (quant/core at $key; Atom calibrates: minutes for 1.1b)"
     local t0=$SECONDS
-    locked build/llmd quantize --model "$f16" --out "$out" 2>&1 | tee "$LOGS/$shape-llmd-quantize.log" |
+    locked "$BIN/llmd" quantize --model "$f16" --out "$out" 2>&1 | tee "$LOGS/$shape-llmd-quantize.log" |
         sed 's/^/    /' >&2 || true
     if ! [ -f "$out" ] || ! [ "$out" -nt "$f16" ]; then
         die "llmd quantize failed; see $LOGS/$shape-llmd-quantize.log"
@@ -274,48 +322,55 @@ samples_median() {
 }
 
 measure_llama() {
-    local shape=$1 q4=$MODELS/$1-q4_0.gguf depths=$2 log=$LOGS/$1-llama
-    local r
-    : >"$log-batched.jsonl"
+    local shape=$1 q4=$MODELS/$1-q4_0.gguf depths=$2 log=$LOGS/$1-llama r b d
     for r in $(seq 1 "$REPEAT"); do
-        "$LLAMA_BIN/llama-batched-bench" -m "$q4" -c 4096 -b 2048 -ub 512 -npp 32 -ntg 32 \
-            -npl 1,8,32 -t $THREADS --output-format jsonl >>"$log-batched.jsonl" 2>"$log-batched.err" ||
-            say "$shape: llama-batched-bench failed (run $r); see $log-batched.err"
+        measure llama decode to "$log-batched-$r.jsonl" "$log-batched-$r.err" \
+            "$LLAMA_BIN/llama-batched-bench" -m "$q4" -c 4096 -b 2048 -ub 512 -npp 32 -ntg 32 \
+            -npl 1,8,32 -t $THREADS --output-format jsonl ||
+            say "$shape: llama-batched-bench failed (run $r); see $log-batched-$r.err"
     done
-    local b
     for b in 1 8 32; do
-        LLAMA[decode_$b]=$(sed -n "s/.*\"pl\": $b,.*\"speed_tg\": \([0-9.]*\),.*/\1/p" "$log-batched.jsonl" | median)
+        LLAMA[decode_$b]=$(for r in $(seq 1 "$REPEAT"); do
+            sed -n "s/.*\"pl\": $b,.*\"speed_tg\": \([0-9.]*\),.*/\1/p" "$log-batched-$r.jsonl"
+        done | median)
     done
-    "$LLAMA_BIN/llama-bench" -m "$q4" -p 512 -n 0 -t $THREADS -o jsonl >"$log-prefill.jsonl" \
-        2>"$log-prefill.err" || say "$shape: llama-bench prefill failed; see $log-prefill.err"
+    measure llama prefill to "$log-prefill.jsonl" "$log-prefill.err" \
+        "$LLAMA_BIN/llama-bench" -m "$q4" -p 512 -n 0 -t $THREADS -o jsonl ||
+        say "$shape: llama-bench prefill failed; see $log-prefill.err"
     LLAMA[prefill_512]=$(samples_median <"$log-prefill.jsonl")
-    "$LLAMA_BIN/llama-bench" -m "$q4" -p 0 -n 16 -d "$depths" -t $THREADS -o jsonl \
-        >"$log-depth.jsonl" 2>"$log-depth.err" || say "$shape: llama-bench -d failed; see $log-depth.err"
-    local d
+    measure llama depth to "$log-depth.jsonl" "$log-depth.err" \
+        "$LLAMA_BIN/llama-bench" -m "$q4" -p 0 -n 16 -d "$depths" -t $THREADS -o jsonl ||
+        say "$shape: llama-bench -d failed; see $log-depth.err"
     for d in ${depths//,/ }; do
         LLAMA[depth_$d]=$(grep "\"n_depth\": $d," "$log-depth.jsonl" | samples_median)
     done
 }
 
+# One part of peer_llmd's measurements (the others off), as `measure` KEY.
+peer_llmd_part() {
+    local shape=$1 key=$2 log=$LOGS/$1-llmd-$2.txt
+    shift 2
+    measure llmd "$key" to "$log" "$log.err" "$BIN/peer_llmd" --model "$MODELS/$shape-llmd.gguf" \
+        --batches "" --prefill 0 --depths "" --repeat "$REPEAT" "$@" ||
+        say "$shape: peer_llmd ($key) failed; see $log.err"
+}
+
 measure_llmd() {
-    local shape=$1 depths=$2 log=$LOGS/$1-llmd-forward.txt
-    build/bench/peer_llmd --model "$MODELS/$shape-llmd.gguf" --batches 1,8,32 --prompt 32 \
-        --decode 32 --repeat "$REPEAT" --prefill 512 --depths "$depths" --depth-decode 16 \
-        >"$log" 2>"$log.err" || say "$shape: peer_llmd failed; see $log.err"
-    local b d
-    for b in 1 8 32; do LLMD[decode_$b]=$(value_of "$log" "decode_tps_b$b"); done
-    LLMD[prefill_512]=$(value_of "$log" prefill_tps_512)
-    for d in ${depths//,/ }; do LLMD[depth_$d]=$(value_of "$log" "decode_tps_depth$d"); done
-    LLMD_SETTINGS=$(sed -n 's/^# llmd on [^:]*: \(.*\); loaded in.*/\1/p' "$log")
+    local shape=$1 depths=$2 log=$LOGS/$1-llmd b d
+    peer_llmd_part "$shape" decode --batches 1,8,32 --prompt 32 --decode 32
+    for b in 1 8 32; do LLMD[decode_$b]=$(value_of "$log-decode.txt" "decode_tps_b$b"); done
+    LLMD_SETTINGS=$(sed -n 's/^# llmd on [^:]*: \(.*\); loaded in.*/\1/p' "$log-decode.txt")
+    peer_llmd_part "$shape" prefill --prefill 512
+    LLMD[prefill_512]=$(value_of "$log-prefill.txt" prefill_tps_512)
+    peer_llmd_part "$shape" depth --depths "$depths" --depth-decode 16
+    for d in ${depths//,/ }; do LLMD[depth_$d]=$(value_of "$log-depth.txt" "decode_tps_depth$d"); done
 }
 
 forward_pair() {
-    measure_begin
     say "$1: llama.cpp decode / prefill / depth $2"
     timed "$1 llama.cpp forward" measure_llama "$1" "$2"
     say "$1: llmd decode / prefill / depth $2"
     timed "$1 llmd forward" measure_llmd "$1" "$2"
-    measure_end
 }
 
 # A free TCP port on 127.0.0.1.
@@ -330,7 +385,6 @@ free_port() {
     die "no free port in 18090..18190"
 }
 
-SERVER_PID=""
 stop_server() {
     [ -n "$SERVER_PID" ] || return 0
     kill -TERM "$SERVER_PID" 2>/dev/null || true
@@ -351,7 +405,7 @@ start_server() {
         SERVER_PID=$!
         SERVER_URL=http://127.0.0.1:$port
     else
-        build/llmd serve --model "$model" --host 127.0.0.1 --port 0 >"$log.out" 2>"$log" 9>&- &
+        "$BIN/llmd" serve --model "$model" --host 127.0.0.1 --port 0 >"$log.out" 2>"$log" 9>&- &
         SERVER_PID=$!
     fi
     local deadline=$((SECONDS + 900))
@@ -380,13 +434,16 @@ serve_one() {
     local kind=$1 model=$2 shape=$3 log=$LOGS/$3-$1-serve loads=() i
     put "$kind" load_s n/a
     for i in $(seq 1 "$STARTS"); do
-        start_server "$kind" "$model" "$log.log" || return 0
+        # not measured twice: a second try would start a second server
+        measured "$kind" start_server "$kind" "$model" "$log.log" || return 0
+        if [ "$LAST_OTHERS" -gt "${BUSY[$kind:load]:-0}" ]; then BUSY[$kind:load]=$LAST_OTHERS; fi
         loads+=("$LOAD_S")
         if [ "$i" -lt "$STARTS" ]; then stop_server; fi
     done
     put "$kind" load_s "$(printf '%s\n' "${loads[@]}" | median)"
-    build/bench/loadgen --url "$SERVER_URL" --concurrency 1,8 --max-tokens 32 --no-wrk \
-        >"$log-loadgen.txt" 2>&1 9>&- || say "$shape: loadgen against $kind had failures; see $log-loadgen.txt"
+    measure "$kind" serve to "$log-loadgen.txt" "$log-loadgen.err" \
+        "$BIN/loadgen" --url "$SERVER_URL" --concurrency 1,8 --max-tokens 32 --no-wrk ||
+        say "$shape: loadgen against $kind had failures; see $log-loadgen.txt"
     local rss_kb
     rss_kb=$(awk '/^VmHWM:/ { print $2 }' "/proc/$SERVER_PID/status" 2>/dev/null || true)
     if [ -n "$rss_kb" ]; then
@@ -403,23 +460,36 @@ serve_one() {
 }
 
 serve_pair() {
-    measure_begin
     say "$1: llama-server under loadgen ($STARTS starts)"
     timed "$1 llama-server" serve_one llama "$MODELS/$1-q4_0.gguf" "$1"
     say "$1: llmd serve under loadgen ($STARTS starts)"
     timed "$1 llmd serve" serve_one llmd "$MODELS/$1-llmd.gguf" "$1"
-    measure_end
 }
 
 # ---------------------------------------------------------------- report
 
+file_mb() { awk -v b="$(stat -c %s "$1" 2>/dev/null || echo 0)" 'BEGIN { printf "%.1f\n", b / 1048576 }'; }
+
 RATIOS=()
-row() { # row NAME WHAT KEY DECIMALS HIGHER_IS_BETTER
-    local name=$1 what=$2 key=$3 dec=$4 higher=$5 a b r
+# A value, marked * when other processes took BUSY_LIMIT% of the CPUs
+# or more while it was measured (after the second try).
+cell() { # cell SIDE MEASUREMENT VALUE DECIMALS
+    local v
+    v=$(fmt "$3" "$4")
+    if [ "${BUSY[$1:$2]:-0}" -ge "$BUSY_LIMIT" ]; then v="$v*"; fi
+    echo "$v"
+}
+
+row() { # row NAME WHAT KEY MEASUREMENT DECIMALS HIGHER_IS_BETTER
+    local name=$1 what=$2 key=$3 m=$4 dec=$5 higher=$6 a b r
     a=${LLAMA[$key]:-n/a}
     b=${LLMD[$key]:-n/a}
     if [ "$higher" = 1 ]; then r=$(ratio "$b" "$a"); else r=$(ratio "$a" "$b"); fi
-    printf '| %-44s | %10s | %10s | %6s |\n' "$what" "$(fmt "$a" "$dec")" "$(fmt "$b" "$dec")" "$r"
+    printf '| %-44s | %10s | %10s | %6s |\n' "$what" "$(cell llama "$m" "$a" "$dec")" \
+        "$(cell llmd "$m" "$b" "$dec")" "$r"
+    if [ "${BUSY[llama:$m]:-0}" -ge "$BUSY_LIMIT" ] || [ "${BUSY[llmd:$m]:-0}" -ge "$BUSY_LIMIT" ]; then
+        MARKED=1
+    fi
     RATIOS+=("${name}_ratio_$SHAPE: $r")
 }
 
@@ -428,37 +498,57 @@ report_shape() {
     echo
     echo "## $shape: llama.cpp $LLAMA_COMMIT Q4_0 (head Q6_K), -t $THREADS vs llmd $LLMD_COMMIT ($LLMD_SETTINGS)"
     [ -z "$note" ] || echo "$note"
-    echo "(other processes used $((OTHER_TICKS * 100 / (WALL_TICKS > 0 ? WALL_TICKS : 1)))% of the CPUs while this was measured)"
+    echo "(files: $shape-q4_0.gguf $(file_mb "$MODELS/$shape-q4_0.gguf") MB," \
+        "$shape-llmd.gguf $(file_mb "$MODELS/$shape-llmd.gguf") MB)"
+    echo "(other processes used $(others_percent llama)% of the CPUs while llama.cpp was measured," \
+        "$(others_percent llmd)% while llmd was)"
     echo
     printf '| %-44s | %10s | %10s | %6s |\n' what llama.cpp llmd ratio
     printf '|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..46})" "$(printf -- '-%.0s' {1..11}):" \
         "$(printf -- '-%.0s' {1..11}):" "$(printf -- '-%.0s' {1..7}):"
     SHAPE=$shape
-    row decode_1 "decode, 1 sequence, tok/s" decode_1 1 1
-    row decode_8 "decode, 8 sequences, total tok/s" decode_8 1 1
-    row decode_32 "decode, 32 sequences, total tok/s" decode_32 1 1
-    row prefill_512 "prefill, 512 tokens, tok/s" prefill_512 1 1
+    MARKED=0
+    row decode_1 "decode, 1 sequence, tok/s" decode_1 decode 1 1
+    row decode_8 "decode, 8 sequences, total tok/s" decode_8 decode 1 1
+    row decode_32 "decode, 32 sequences, total tok/s" decode_32 decode 1 1
+    row prefill_512 "prefill, 512 tokens, tok/s" prefill_512 prefill 1 1
     for d in ${depths//,/ }; do
-        row "decode_depth$((d / 1024))k" "decode at $((d / 1024))K context, 1 sequence, tok/s" "depth_$d" 2 1
+        row "decode_depth$((d / 1024))k" "decode at $((d / 1024))K context, 1 sequence, tok/s" \
+            "depth_$d" depth 2 1
     done
-    row serve_tps_1 "serve, 1 client: output tok/s" serve_tps_1 1 1
-    row serve_p50_1 "serve, 1 client: p50 end-to-end, ms" serve_p50_1 0 0
-    row serve_tps_8 "serve, 8 clients: output tok/s" serve_tps_8 1 1
-    row serve_p50_8 "serve, 8 clients: p50 end-to-end, ms" serve_p50_8 0 0
-    row load "load, start to /health 200, s (median of $STARTS)" load_s 2 0
-    row rss "peak RSS after 8 clients (VmHWM), MB" rss_mb 0 0
+    row serve_tps_1 "serve, 1 client: output tok/s" serve_tps_1 serve 1 1
+    row serve_p50_1 "serve, 1 client: p50 end-to-end, ms" serve_p50_1 serve 0 0
+    row serve_tps_8 "serve, 8 clients: output tok/s" serve_tps_8 serve 1 1
+    row serve_p50_8 "serve, 8 clients: p50 end-to-end, ms" serve_p50_8 serve 0 0
+    row load "load, start to /health 200, s (median of $STARTS)" load_s load 2 0
+    row rss "peak RSS after 8 clients (VmHWM), MB" rss_mb serve 0 0
+    if [ "$MARKED" = 1 ]; then
+        echo
+        echo "* other processes took ${BUSY_LIMIT}% of the CPUs or more while this was measured" \
+            "(on the second try): read it as disturbed"
+    fi
 }
 
 # ------------------------------------------------------------------ main
 
 main() {
     local t0=$SECONDS shape depths note
-    trap stop_server EXIT
     MAIN_PID=$BASHPID
+    # Private copies, so that a rebuild in this checkout during the run (by
+    # someone else's make) does not change the programs measured.
+    BIN=$(mktemp -d /tmp/llmd-peer-bin.XXXXXX)
+    trap 'stop_server; rm -rf "$BIN"' EXIT
     local b
     for b in build/llmd build/bench/peer_model build/bench/peer_llmd build/bench/loadgen; do
         [ -x "$b" ] || die "$b is not built (make bench-peer builds it)"
+        cp "$b" "$BIN/"
     done
+    # and of the settings file they were built with (serve's defaults)
+    local conf=${LLMD_CONFIG:-conf/llmd.json}
+    if [ -f "$conf" ]; then
+        cp "$conf" "$BIN/llmd.json"
+        export LLMD_CONFIG=$BIN/llmd.json
+    fi
     timed "llama.cpp (get/build)" get_llama
     LLAMA_COMMIT=$(git -C "$CACHE/llama.cpp" log -1 --format=%h 2>/dev/null || echo "?")
     LLMD_COMMIT=$(git log -1 --format=%h)
@@ -482,8 +572,9 @@ main() {
         fi
         LLAMA=()
         LLMD=()
-        OTHER_TICKS=0
-        WALL_TICKS=0
+        OTHER=()
+        WALL=()
+        BUSY=()
         timed "$shape f16 model" make_f16 "$shape"
         timed "$shape llama-quantize" make_q4_0 "$shape"
         timed "$shape llmd quantize" make_llmd "$shape"

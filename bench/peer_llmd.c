@@ -61,8 +61,7 @@ static void serve_model_options(const struct srv_config *c, struct llm_model_opt
     o->quant.gptq = c->gptq;
     o->quant.calib_file = c->calib_file;
     o->quant.calib_tokens = c->calib_tokens;
-    o->head_f16 = c->head_f16;
-    o->head_int8 = c->head_int8;
+    UTIL_CHECK(llm_head_parse(c->head, &o->head) == 0);
 }
 
 /* What a run needs besides the model: serve's engine settings. */
