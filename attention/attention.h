@@ -12,7 +12,9 @@
  *
  * A sequence owns a page table: page i holds positions
  * [i*page_size, (i+1)*page_size). Pages go back to the pool when the
- * sequence is freed.
+ * sequence is freed. Full pages can be shared between sequences with the
+ * same prefix (prefix caching, below): reference-counted, never written
+ * once shared, kept after their last holder until the pool needs them.
  *
  * Threading: the cache's pool is not locked. One thread (the engine) creates,
  * grows and frees sequences; attention calls on different sequences may run
@@ -81,6 +83,33 @@ void attn_seq_write(attn_seq *seq, int layer, int pos, int n, const float *k, co
  * may be written by different threads at once. */
 void attn_seq_write_head(attn_seq *seq, int layer, int kv_head, int pos, int n, const float *k,
                          const float *v, int stride);
+
+/* ------------------------------------------------------- prefix caching */
+
+/* For an empty sequence: takes the longest run of published pages whose
+ * tokens are the first tokens of `tokens` (whole pages only), as `salt`
+ * (which names the model, precision and KV type) published them; they are
+ * shared, not copied. Returns the pages taken; the sequence's length is
+ * then that many pages. */
+int attn_seq_adopt_prefix(attn_seq *seq, const int32_t *tokens, int n_tokens, uint64_t salt);
+/* What attn_seq_adopt_prefix would take, without taking it: the pages, and
+ * in *idle how many of them no sequence holds now (adopting those takes
+ * them from the pool's free count). */
+int attn_cache_prefix_match(const attn_cache *cache, const int32_t *tokens, int n_tokens,
+                            uint64_t salt, int *idle);
+/* Publishes the sequence's full pages, whose tokens are tokens[0, n_tokens)
+ * (at least its length), so that later sequences can adopt them. Pages
+ * published before are skipped; a page whose prefix another sequence
+ * published first stays private. */
+void attn_seq_publish(attn_seq *seq, const int32_t *tokens, int n_tokens, uint64_t salt);
+
+struct attn_prefix_stats {
+    int pages_cached;  /* published pages (held or idle) */
+    int pages_shared;  /* held by more than one sequence */
+    int pages_idle;    /* published, held by none: given out again when the pool runs short */
+    int64_t evictions; /* idle published pages given out again */
+};
+void attn_cache_prefix_stats(const attn_cache *cache, struct attn_prefix_stats *out);
 
 /* Declares positions [0, len) written in every layer; len may only grow. */
 void attn_seq_commit(attn_seq *seq, int len);

@@ -46,6 +46,12 @@ struct attn_block_layout {
     size_t bytes;
 };
 
+/* What names a published page (prefix.c). */
+struct attn_page_key {
+    uint64_t hash, parent; /* its name, and its parent page's (the salt for the first) */
+    bool published;        /* in the table */
+};
+
 struct attn_cache {
     struct attn_cache_config config;
     struct attn_block_layout layout;
@@ -56,14 +62,35 @@ struct attn_cache {
     uint16_t *bounds; /* (n_layers, n_kv_heads, n_pages, 2, head_dim): kmax then kmin */
     uint16_t *fill;   /* (n_pages, n_layers, n_kv_heads): leading tokens written and folded
                          into the bounds (per KV head: heads are written by different threads) */
+    /* prefix caching (prefix.c) */
+    int *refs;                   /* (n_pages) sequences holding the page */
+    struct attn_page_key *keys;  /* (n_pages) */
+    int32_t *key_tokens;         /* (n_pages, page_size) token ids of published pages */
+    int *table;                  /* (table_size) hash -> published page, -1 empty */
+    int table_size;              /* a power of 2, at least twice n_pages */
+    int *lru_prev, *lru_next;    /* (n_pages) idle published pages, oldest first */
+    int lru_head, lru_tail, n_lru;
+    int n_published, n_shared;
+    int64_t evictions;
 };
 
 struct attn_seq {
     attn_cache *cache;
     int *pages; /* page table: pages[i] holds positions [i*page_size, (i+1)*page_size) */
     int n_pages, cap;
-    int len; /* committed tokens */
+    int len;         /* committed tokens */
+    int n_published; /* leading pages whose names are known (published, or adopted) */
+    uint64_t chain;  /* the name of page n_published - 1 */
 };
+
+/* The page pool's side of prefix caching (prefix.c): every page handed out
+ * or given back goes through these, so that idle published pages are kept
+ * until the pool needs them. */
+void attn_prefix_init(attn_cache *cache);
+void attn_prefix_free(attn_cache *cache);
+int attn_prefix_take_page(attn_cache *cache);           /* a free page, or evicts the LRU one */
+void attn_prefix_drop_page(attn_cache *cache, int page); /* one holder fewer */
+void attn_prefix_unpublish(attn_cache *cache, int page); /* before a page is changed */
 
 /* One page's block of one layer and KV head, read-only, as the kernels see it. */
 struct attn_block {

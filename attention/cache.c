@@ -127,6 +127,7 @@ int attn_cache_create(const struct attn_cache_config *config, attn_cache **out)
     cache->n_free = c->n_pages;
     cache->fill = util_xcalloc((size_t)c->n_pages * c->n_layers * c->n_kv_heads, sizeof(uint16_t));
     cache->bounds = util_aligned_alloc(bounds_bytes_per_page(c) * (size_t)c->n_pages);
+    attn_prefix_init(cache);
     *out = cache;
     return 0;
 }
@@ -134,7 +135,9 @@ int attn_cache_create(const struct attn_cache_config *config, attn_cache **out)
 void attn_cache_free(attn_cache *cache)
 {
     if (!cache) return;
-    UTIL_CHECK(cache->n_free == cache->config.n_pages); /* every sequence freed first */
+    /* every sequence freed first */
+    UTIL_CHECK(cache->n_free + cache->n_lru == cache->config.n_pages);
+    attn_prefix_free(cache);
     util_aligned_free(cache->pool);
     free(cache->free_pages);
     free(cache->fill);
@@ -148,7 +151,7 @@ const struct attn_cache_config *attn_cache_config(const attn_cache *cache)
 }
 int attn_cache_pages_free(const attn_cache *cache)
 {
-    return cache->n_free;
+    return cache->n_free + cache->n_lru; /* idle cached pages are given out when needed */
 }
 int attn_cache_pages_total(const attn_cache *cache)
 {
@@ -350,8 +353,7 @@ attn_seq *attn_seq_create(attn_cache *cache)
 static void release_pages(attn_seq *seq, int keep)
 {
     attn_cache *cache = seq->cache;
-    for (int i = seq->n_pages - 1; i >= keep; i--)
-        cache->free_pages[cache->n_free++] = seq->pages[i];
+    for (int i = seq->n_pages - 1; i >= keep; i--) attn_prefix_drop_page(cache, seq->pages[i]);
     seq->n_pages = keep;
 }
 
@@ -382,13 +384,13 @@ int attn_seq_reserve(attn_seq *seq, int n_new)
     if (need64 > cache->config.n_pages) return -ENOSPC;
     int need = (int)need64;
     if (need <= seq->n_pages) return 0;
-    if (need - seq->n_pages > cache->n_free) return -ENOSPC;
+    if (need - seq->n_pages > attn_cache_pages_free(cache)) return -ENOSPC;
     if (need > seq->cap) {
         seq->cap = need > 2 * seq->cap ? need : 2 * seq->cap;
         seq->pages = util_xrealloc(seq->pages, sizeof(int) * (size_t)seq->cap);
     }
     while (seq->n_pages < need) {
-        int page = cache->free_pages[--cache->n_free];
+        int page = attn_prefix_take_page(cache);
         /* A reused page must not carry its last owner's bounds. */
         for (int l = 0; l < cache->config.n_layers; l++)
             for (int h = 0; h < cache->config.n_kv_heads; h++) meta_reset(cache, page, l, h);
@@ -412,7 +414,12 @@ void attn_seq_write_head(attn_seq *seq, int layer, int kv_head, int pos, int n, 
         /* Writes go in order; rewriting a token drops the bounds of it and
          * everything after it in the page. */
         UTIL_CHECK(t <= *fill);
-        if (t < *fill) meta_rebuild(cache, page, layer, kv_head, t);
+        if (t < *fill) { /* a rewrite: only of a page no other sequence holds */
+            UTIL_CHECK(cache->refs[page] == 1);
+            attn_prefix_unpublish(cache, page);
+            if (seq->n_published > p / ps) seq->n_published = 0;
+            meta_rebuild(cache, page, layer, kv_head, t);
+        }
         unsigned char *b = attn_cache_block(cache, page, layer, kv_head);
         const float *kx = k + (size_t)i * stride, *vx = v + (size_t)i * stride;
         store_vector(cache, b + l->k, (float *)(b + l->k_scale), (float *)(b + l->k_zero), true, t,
@@ -449,8 +456,16 @@ void attn_seq_truncate(attn_seq *seq, int len)
     if (len < seq->len) seq->len = len;
     int keep = (len + ps - 1) / ps;
     if (keep < seq->n_pages) release_pages(seq, keep);
+    if (seq->n_published > len / ps) seq->n_published = 0; /* named again on the next publish */
     if (len % ps == 0 || keep == 0) return;
     int page = seq->pages[keep - 1], t = len % ps;
+    bool cut = false;
+    for (int layer = 0; layer < c->n_layers && !cut; layer++)
+        for (int h = 0; h < c->n_kv_heads; h++) cut |= *attn_cache_fill(cache, page, layer, h) > t;
+    if (cut) { /* the page changes: only one no other sequence holds */
+        UTIL_CHECK(cache->refs[page] == 1);
+        attn_prefix_unpublish(cache, page);
+    }
     for (int layer = 0; layer < c->n_layers; layer++)
         for (int h = 0; h < c->n_kv_heads; h++)
             if (*attn_cache_fill(cache, page, layer, h) > t) meta_rebuild(cache, page, layer, h, t);

@@ -6,11 +6,16 @@
  *   2. admits waiting requests first come, first served while the running
  *      set has room and the KV pool can hold every running sequence at its
  *      full length (prompt + max_tokens), so a running sequence never runs
- *      out of pages: new requests wait instead,
+ *      out of pages: new requests wait instead. With the prefix cache, a
+ *      new sequence first takes the pages of the longest prefix of its
+ *      prompt that is cached (counted once, however many hold them), and
+ *      one whose prompt starts like that of a sequence still prefilling
+ *      waits for its pages rather than computing them a second time,
  *   3. builds one batch: a decode token for every sequence past its prompt,
  *      then prompt chunks (at most prefill_chunk tokens a sequence) in
  *      admission order until max_step_tokens,
- *   4. runs the forward pass, samples, and reports tokens and finishes.
+ *   4. runs the forward pass, samples, and reports tokens and finishes,
+ *      and publishes the pages it filled for later prompts to take.
  * Only the engine thread touches running sequences; the lock guards the
  * waiting queue, the cancel list and the counters read by llm_engine_stats.
  */
@@ -29,7 +34,11 @@ struct engine_seq {
     attn_seq *kv;
     llm_sampler *sampler;
     struct llm_detok detok;
-    int n_fed; /* prompt tokens fed to the model so far */
+    /* req.prompt holds the prompt, then the tokens sampled: the tokens of
+     * the pages published */
+    int n_tokens, cap_tokens;
+    int n_fed;  /* prompt tokens in the KV cache so far */
+    int cached; /* of them, taken from the prefix cache */
     int n_generated;
     int32_t next_token; /* the last sampled token, fed at the next decode step */
     char *held;         /* text held back: it may start a stop string */
@@ -45,6 +54,7 @@ struct llm_engine {
     llm_event_fn on_event;
     void *ctx;
     int vocab_size, page_size, pages_total;
+    uint64_t salt; /* names this model's pages in the prefix cache */
 
     pthread_t thread;
     pthread_mutex_t lock;
@@ -85,6 +95,7 @@ void llm_engine_config_default(struct llm_engine_config *c)
     c->max_step_tokens = 512;
     c->prefill_chunk = 256;
     c->quest_budget = 0;
+    c->prefix_cache = true;
 }
 
 void llm_request_init(struct llm_request *r)
@@ -125,6 +136,7 @@ static void emit_done(llm_engine *e, struct engine_seq *s)
         .user = s->req.user,
         .finish = s->finish,
         .prompt_tokens = s->req.n_prompt,
+        .cached_tokens = s->cached,
         .completion_tokens = s->n_generated,
         .queue_s = (s->t_scheduled > 0 ? s->t_scheduled : now) - s->t_submit,
         .first_token_s = s->t_first_token > 0 ? s->t_first_token - s->t_submit : 0,
@@ -165,6 +177,7 @@ int llm_engine_submit(llm_engine *e, struct llm_request *r, uint64_t *id)
         s->req.max_tokens = pool_tokens - r->n_prompt;
     if (s->req.quest_budget < 0) s->req.quest_budget = e->config.quest_budget;
     s->pages_needed = (r->n_prompt + s->req.max_tokens + e->page_size - 1) / e->page_size;
+    s->n_tokens = s->cap_tokens = r->n_prompt;
     s->t_submit = util_now();
     e->waiting[(e->wait_head + e->wait_count) % e->config.max_waiting] = s;
     e->wait_count++;
@@ -225,24 +238,58 @@ static int apply_cancels_locked(llm_engine *e, struct engine_seq **dropped, int 
     return n_dropped;
 }
 
-static int pages_promised(const llm_engine *e)
+/* Pages the running sequences may still take from the pool before they end. */
+static int pages_to_grow(const llm_engine *e)
 {
     int sum = 0;
-    for (int i = 0; i < e->n_running; i++) sum += e->running[i]->pages_needed;
+    for (int i = 0; i < e->n_running; i++)
+        sum += e->running[i]->pages_needed - attn_seq_pages(e->running[i]->kv);
     return sum;
+}
+
+/* Whether a running sequence still prefilling a prompt that starts like
+ * s's will publish pages s could take beyond the `cached` ones: then s
+ * waits for them rather than computing the same pages again (n > 1
+ * choices, clients sending one system prompt at once). */
+static bool prefix_in_flight(const llm_engine *e, const struct engine_seq *s, int cached)
+{
+    int want = (cached + 1) * e->page_size; /* one page more than the cache has */
+    if (want > s->req.n_prompt - 1) return false;
+    for (int i = 0; i < e->n_running; i++) {
+        const struct engine_seq *r = e->running[i];
+        if (r->finish || r->n_fed >= r->req.n_prompt || r->req.n_prompt < want) continue;
+        if (memcmp(r->req.prompt, s->req.prompt, sizeof(int32_t) * (size_t)want) == 0) return true;
+    }
+    return false;
 }
 
 /* Moves waiting sequences into the running set, FCFS. Lock held. */
 static void admit_locked(llm_engine *e)
 {
-    int promised = pages_promised(e);
+    attn_cache *kv = llm_model_kv_cache(e->model);
+    int growth = pages_to_grow(e);
     while (e->wait_count > 0 && e->n_running < e->config.max_running) {
         struct engine_seq *s = e->waiting[e->wait_head];
-        if (promised + s->pages_needed > e->pages_total) break; /* waits for pages */
+        /* At least the prompt's last token is computed: its logits are the
+         * first sample's. */
+        int match = 0, idle = 0, n_match = s->req.n_prompt - 1;
+        if (e->config.prefix_cache) {
+            match = attn_cache_prefix_match(kv, s->req.prompt, n_match, e->salt, &idle);
+            if (prefix_in_flight(e, s, match)) break;
+        }
+        /* taking idle cached pages takes them from the free count */
+        int need = s->pages_needed - match;
+        if (growth + need + idle > attn_cache_pages_free(kv)) break; /* waits for pages */
         e->wait_head = (e->wait_head + 1) % e->config.max_waiting;
         e->wait_count--;
-        promised += s->pages_needed;
-        s->kv = attn_seq_create(llm_model_kv_cache(e->model));
+        growth += need;
+        s->kv = attn_seq_create(kv);
+        if (match > 0) {
+            UTIL_CHECK(attn_seq_adopt_prefix(s->kv, s->req.prompt, n_match, e->salt) == match);
+            s->n_fed = s->cached = match * e->page_size;
+        }
+        e->stats.prompt_tokens += s->req.n_prompt;
+        e->stats.cached_tokens += s->cached;
         s->sampler = llm_sampler_create(&s->req.sampling, e->vocab_size);
         for (int i = 0; i < s->req.n_prompt; i++) llm_sampler_accept(s->sampler, s->req.prompt[i]);
         llm_detok_init(&s->detok);
@@ -305,6 +352,11 @@ static void take_token(llm_engine *e, struct engine_seq *s, float *logits)
     llm_sampler_accept(s->sampler, token);
     s->n_generated++;
     s->next_token = token;
+    if (s->n_tokens == s->cap_tokens) {
+        s->cap_tokens = 2 * s->cap_tokens + 16;
+        s->req.prompt = util_xrealloc(s->req.prompt, sizeof(int32_t) * (size_t)s->cap_tokens);
+    }
+    s->req.prompt[s->n_tokens++] = token;
     double now = util_now();
     if (s->t_first_token == 0) s->t_first_token = now;
 
@@ -398,6 +450,7 @@ static void run_step(llm_engine *e, struct attn_stats *stats)
         struct engine_seq *s = e->item_seq[i];
         bool decoding = s->n_fed >= s->req.n_prompt;
         if (!decoding) s->n_fed += e->items[i].n_tokens;
+        if (e->config.prefix_cache) attn_seq_publish(s->kv, s->req.prompt, s->n_tokens, e->salt);
         if (s->n_fed >= s->req.n_prompt && !s->finish)
             take_token(e, s, e->logits + (size_t)i * e->vocab_size);
     }
@@ -434,6 +487,11 @@ static void publish_stats_locked(llm_engine *e, const struct attn_stats *quest)
      * their budget would dilute the fraction the page selection reads. */
     e->stats.quest_pages_read += quest->sparse_pages_read;
     e->stats.quest_pages_total += quest->sparse_pages_total;
+    struct attn_prefix_stats prefix;
+    attn_cache_prefix_stats(kv, &prefix);
+    e->stats.kv_pages_cached = prefix.pages_cached;
+    e->stats.kv_pages_shared = prefix.pages_shared;
+    e->stats.kv_pages_evicted = prefix.evictions;
 }
 
 static void *engine_main(void *arg)
@@ -481,6 +539,24 @@ static void *engine_main(void *arg)
 
 /* --------------------------------------------------------------- life */
 
+/* What a page's K/V depend on besides its tokens: the model, its precision
+ * and the KV type (the pool is the model's own, so this guards against a
+ * pool ever outliving or serving another configuration). */
+static uint64_t cache_salt(llm_model *model)
+{
+    const struct llm_config *c = llm_model_config(model);
+    const struct attn_cache_config *kc = attn_cache_config(llm_model_kv_cache(model));
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+    const char *name = llm_model_name(model);
+    for (const char *p = name ? name : ""; *p; p++) h = (h ^ (unsigned char)*p) * 1099511628211ull;
+    int64_t fields[] = {c->n_layers, c->dim,        c->ffn_dim, c->n_heads,
+                        c->n_kv_heads, c->vocab_size, c->ctx_len, llm_model_precision(model),
+                        kc->kv_type,  kc->page_size};
+    for (size_t i = 0; i < sizeof fields / sizeof *fields; i++)
+        h = (h ^ (uint64_t)fields[i]) * 1099511628211ull;
+    return h;
+}
+
 int llm_engine_create(llm_model *model, const struct llm_engine_config *config,
                       llm_event_fn on_event, void *ctx, llm_engine **out)
 {
@@ -500,6 +576,7 @@ int llm_engine_create(llm_model *model, const struct llm_engine_config *config,
     e->vocab_size = c->vocab_size;
     e->page_size = attn_cache_config(kv)->page_size;
     e->pages_total = attn_cache_pages_total(kv);
+    e->salt = cache_salt(model);
     if (e->pages_total * e->page_size < c->ctx_len)
         LOG_WARN("KV pool holds %d tokens, less than the context (%d): longer prompts are refused "
                  "and max_tokens is cut to fit",

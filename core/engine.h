@@ -79,6 +79,7 @@ struct llm_event {
     /* DONE: why it ended and what it used. */
     enum llm_finish finish;
     int prompt_tokens;
+    int cached_tokens; /* prompt tokens whose KV came from the prefix cache */
     int completion_tokens;
     double queue_s;       /* submit to first scheduled */
     double first_token_s; /* submit to first token */
@@ -93,6 +94,7 @@ struct llm_engine_config {
     int max_step_tokens; /* tokens per forward step (prefill chunks included) */
     int prefill_chunk;   /* prompt tokens a sequence prefills per step at most */
     int quest_budget;    /* default per-request budget (0 = dense) */
+    bool prefix_cache;   /* share the KV pages of prompts' common prefixes */
 };
 void llm_engine_config_default(struct llm_engine_config *config);
 
@@ -107,6 +109,14 @@ struct llm_engine_stats {
      * the reads dense attention would have made in those same steps. */
     int64_t quest_pages_read;
     int64_t quest_pages_total;
+    /* Prefix cache: prompt tokens admitted, and those taken from the cache;
+     * the pool's published pages, those shared by several sequences, and
+     * idle published pages given out again. */
+    int64_t prompt_tokens;
+    int64_t cached_tokens;
+    int kv_pages_cached;
+    int kv_pages_shared;
+    int64_t kv_pages_evicted;
 };
 
 typedef struct llm_engine llm_engine;

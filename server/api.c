@@ -852,10 +852,11 @@ static json_t *finish_json(enum llm_finish f)
     return reason ? json_string(reason) : json_null();
 }
 
-json_t *srv_usage_json(int prompt_tokens, int completion_tokens)
+json_t *srv_usage_json(int prompt_tokens, int cached_tokens, int completion_tokens)
 {
-    return json_pack("{s:i,s:i,s:i}", "prompt_tokens", prompt_tokens, "completion_tokens",
-                     completion_tokens, "total_tokens", prompt_tokens + completion_tokens);
+    return json_pack("{s:i,s:i,s:i,s:{s:i}}", "prompt_tokens", prompt_tokens, "completion_tokens",
+                     completion_tokens, "total_tokens", prompt_tokens + completion_tokens,
+                     "prompt_tokens_details", "cached_tokens", cached_tokens);
 }
 
 static json_t *envelope(const struct srv_response_meta *meta, const char *object)
@@ -865,7 +866,8 @@ static json_t *envelope(const struct srv_response_meta *meta, const char *object
 }
 
 json_t *srv_response_json(const struct srv_response_meta *meta,
-                          const struct srv_choice_result *choices, int n_choices, int prompt_tokens)
+                          const struct srv_choice_result *choices, int n_choices, int prompt_tokens,
+                          int cached_tokens)
 {
     bool chat = meta->api == SRV_API_CHAT;
     json_t *root = envelope(meta, chat ? "chat.completion" : "text_completion");
@@ -886,7 +888,8 @@ json_t *srv_response_json(const struct srv_response_meta *meta,
         completion_tokens += c->completion_tokens;
     }
     json_object_set_new(root, "choices", arr);
-    json_object_set_new(root, "usage", srv_usage_json(prompt_tokens, completion_tokens));
+    json_object_set_new(root, "usage",
+                        srv_usage_json(prompt_tokens, cached_tokens, completion_tokens));
     return root;
 }
 
@@ -918,12 +921,13 @@ json_t *srv_chunk_json(const struct srv_response_meta *meta, int index, const ch
 }
 
 json_t *srv_usage_chunk_json(const struct srv_response_meta *meta, int prompt_tokens,
-                             int completion_tokens)
+                             int cached_tokens, int completion_tokens)
 {
     json_t *root =
         envelope(meta, meta->api == SRV_API_CHAT ? "chat.completion.chunk" : "text_completion");
     json_object_set_new(root, "choices", json_array());
-    json_object_set_new(root, "usage", srv_usage_json(prompt_tokens, completion_tokens));
+    json_object_set_new(root, "usage",
+                        srv_usage_json(prompt_tokens, cached_tokens, completion_tokens));
     return root;
 }
 

@@ -202,14 +202,16 @@ struct srv_response_meta {
     const llm_tokenizer *tok; /* for token strings in logprobs */
 };
 
-/* "stop" or "length" as OpenAI reports them; a time limit reads "length"
- * (the output was cut by a limit, as llama.cpp reports it). */
+/* "stop" or "length" as OpenAI reports them, or what else ended the
+ * choice: "timeout" (request_timeout_s), "cancelled", "error"; NULL while
+ * it goes on. */
 const char *srv_finish_reason(enum llm_finish f);
 
-/* The complete non-streamed response. */
+/* The complete non-streamed response; `cached_tokens` of the prompt tokens
+ * came from the prefix cache (usage.prompt_tokens_details). */
 json_t *srv_response_json(const struct srv_response_meta *meta,
                           const struct srv_choice_result *choices, int n_choices,
-                          int prompt_tokens);
+                          int prompt_tokens, int cached_tokens);
 /* A streamed chunk for one choice: `text` (may be empty), the log-probs of
  * the tokens it covers, `finish` (LLM_FINISH_NONE while going on), and for
  * chat the role delta that opens a choice. `usage_null` adds "usage": null
@@ -219,8 +221,8 @@ json_t *srv_chunk_json(const struct srv_response_meta *meta, int index, const ch
                        enum llm_finish finish, bool role_delta, bool usage_null);
 /* The last chunk of include_usage: no choices, the usage totals. */
 json_t *srv_usage_chunk_json(const struct srv_response_meta *meta, int prompt_tokens,
-                             int completion_tokens);
-json_t *srv_usage_json(int prompt_tokens, int completion_tokens);
+                             int cached_tokens, int completion_tokens);
+json_t *srv_usage_json(int prompt_tokens, int cached_tokens, int completion_tokens);
 
 /* ---------------------------------------------------------------- text */
 

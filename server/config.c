@@ -88,6 +88,9 @@ static const struct opt opts[] = {
      "tokens per forward step, prefill chunks included"},
     {"prefill_chunk", OPT_INT, OFF(prefill_chunk), 0, "256", 1, 1 << 20, NULL, false, S, "N",
      "prompt tokens one sequence prefills per step at most"},
+    {"prefix_cache", OPT_BOOL, OFF(prefix_cache), 0, "true", 0, 0, NULL, false, S, NULL,
+     "share the KV pages of common prompt prefixes (a system prompt, a chat's history) between "
+     "requests and keep them until the pool needs the pages (--no-prefix-cache: off)"},
     {"max_body_bytes", OPT_INT, OFF(max_body_bytes), 0, "1048576", 64, 1 << 30, NULL, false, S, "N",
      "largest request body; more gets 413"},
     {"max_header_bytes", OPT_INT, OFF(max_header_bytes), 0, "32768", 4096, 1 << 24, NULL, false, S,

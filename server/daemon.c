@@ -268,6 +268,7 @@ static void engine_config(const struct srv_config *c, struct llm_engine_config *
     e->max_step_tokens = c->max_step_tokens;
     e->prefill_chunk = c->prefill_chunk;
     e->quest_budget = c->quest_budget;
+    e->prefix_cache = c->prefix_cache;
 }
 
 static void on_loaded(uv_async_t *a)

@@ -100,6 +100,7 @@ struct srv_request {
     int n_choices;
     int n_done;
     int prompt_tokens;
+    int cached_tokens; /* of them, from the prefix cache */
     int completion_tokens;
     bool failed;          /* answered with an error; engine events are dropped */
     struct srv_buf sse;   /* SSE bytes not yet handed to MHD */

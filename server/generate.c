@@ -275,7 +275,8 @@ static void request_done(struct srv_request *r)
         if (worst != LLM_FINISH_NONE)
             sse_append(r, srv_error_json(&e));
         else if (q->include_usage)
-            sse_append(r, srv_usage_chunk_json(&r->meta, r->prompt_tokens, r->completion_tokens));
+            sse_append(r, srv_usage_chunk_json(&r->meta, r->prompt_tokens, r->cached_tokens,
+                                                  r->completion_tokens));
         srv_sse_append_done(&r->sse);
         r->stream_finished = true;
         srv_request_wake(r);
@@ -288,7 +289,8 @@ static void request_done(struct srv_request *r)
     struct srv_choice_result *results = util_xmalloc(sizeof *results * (size_t)r->n_choices);
     for (int i = 0; i < r->n_choices; i++) results[i] = r->choices[i].result;
     srv_respond_later_json(r, 200,
-                           srv_response_json(&r->meta, results, r->n_choices, r->prompt_tokens));
+                           srv_response_json(&r->meta, results, r->n_choices, r->prompt_tokens,
+                                             r->cached_tokens));
     free(results);
 }
 
@@ -298,6 +300,9 @@ static void choice_done(struct srv_request *r, struct srv_choice *c, const struc
     c->result.finish = ev->finish;
     c->result.completion_tokens = ev->completion_tokens;
     r->completion_tokens += ev->completion_tokens;
+    /* a prompt counts once, as its first choice used it (the others share
+     * its pages) */
+    if (c->result.index % r->params.n == 0) r->cached_tokens += ev->cached_tokens;
     r->n_done++;
     if (ev->text_len > 0) choice_output(r, c, ev, false);
     bool ok = ev->finish != LLM_FINISH_ERROR && ev->finish != LLM_FINISH_CANCELLED;

@@ -331,7 +331,8 @@ static void render_engine(const struct srv_engine_gauges *g, struct srv_buf *out
                             s->running);
     srv_metrics_write_gauge(out, "llmd_num_requests_waiting",
                             "Sequences waiting in the engine's queue.", s->waiting);
-    srv_metrics_write_gauge(out, "llmd_kv_pages_used", "KV cache pages in use.", s->kv_pages_used);
+    srv_metrics_write_gauge(out, "llmd_kv_pages_used",
+                            "KV cache pages held by sequences (idle cached pages count as free).", s->kv_pages_used);
     srv_metrics_write_gauge(out, "llmd_kv_pages_capacity", "KV cache pages in the pool.",
                             s->kv_pages_total);
     srv_metrics_write_gauge(out, "llmd_kv_cache_usage_perc",
@@ -350,6 +351,24 @@ static void render_engine(const struct srv_engine_gauges *g, struct srv_buf *out
         out, "llmd_quest_pages_read_fraction",
         "Fraction of KV pages read in sparse decode steps since start (1 = none yet).",
         s->quest_pages_total ? (double)s->quest_pages_read / (double)s->quest_pages_total : 1.0);
+    srv_metrics_write_counter(out, "llmd_prefix_cache_query_tokens_total",
+                              "Prompt tokens of admitted sequences, looked up in the prefix cache.",
+                              (double)s->prompt_tokens);
+    srv_metrics_write_counter(out, "llmd_prefix_cache_hit_tokens_total",
+                              "Prompt tokens whose KV came from the prefix cache.",
+                              (double)s->cached_tokens);
+    srv_metrics_write_gauge(
+        out, "llmd_prefix_cache_hit_ratio",
+        "Fraction of admitted prompt tokens taken from the prefix cache since start.",
+        s->prompt_tokens ? (double)s->cached_tokens / (double)s->prompt_tokens : 0);
+    srv_metrics_write_gauge(out, "llmd_kv_pages_cached",
+                            "KV pages published to the prefix cache (held or idle).",
+                            s->kv_pages_cached);
+    srv_metrics_write_gauge(out, "llmd_kv_pages_shared",
+                            "KV pages held by more than one sequence.", s->kv_pages_shared);
+    srv_metrics_write_counter(out, "llmd_kv_pages_evicted_total",
+                              "Idle cached KV pages given out again when the pool ran short.",
+                              (double)s->kv_pages_evicted);
 }
 
 void srv_metrics_render(const struct srv_metrics *m, const struct srv_engine_gauges *g,

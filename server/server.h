@@ -57,6 +57,7 @@ struct srv_config {
     int max_waiting;
     int max_step_tokens;
     int prefill_chunk;
+    bool prefix_cache; /* share KV pages of common prompt prefixes */
     /* limits */
     int max_body_bytes;
     int max_header_bytes; /* per-connection memory for the request line and headers */

@@ -448,12 +448,13 @@ Test(server_api, completion_response_has_openai_s_shape)
 {
     struct srv_choice_result cs[2] = {choice(0, "Hi there", LLM_FINISH_STOP, 2),
                                       choice(1, "Hey", LLM_FINISH_LENGTH, 3)};
-    assert_json(srv_response_json(&completion_meta, cs, 2, 4),
+    assert_json(srv_response_json(&completion_meta, cs, 2, 4, 0),
                 "{\"id\":\"cmpl-1\",\"object\":\"text_completion\",\"created\":1700000000,"
                 "\"model\":\"tiny\",\"choices\":["
                 "{\"index\":0,\"text\":\"Hi there\",\"logprobs\":null,\"finish_reason\":\"stop\"},"
                 "{\"index\":1,\"text\":\"Hey\",\"logprobs\":null,\"finish_reason\":\"length\"}],"
-                "\"usage\":{\"prompt_tokens\":4,\"completion_tokens\":5,\"total_tokens\":9}}");
+                "\"usage\":{\"prompt_tokens\":4,\"completion_tokens\":5,\"total_tokens\":9,"
+                "\"prompt_tokens_details\":{\"cached_tokens\":0}}}");
     srv_choice_result_free(&cs[0]);
     srv_choice_result_free(&cs[1]);
 }
@@ -463,11 +464,12 @@ Test(server_api, completion_response_has_openai_s_shape)
 Test(server_api, chat_response_has_openai_s_shape_and_timeout_reads_timeout)
 {
     struct srv_choice_result c = choice(0, "Hello.", LLM_FINISH_TIMEOUT, 7);
-    assert_json(srv_response_json(&chat_meta, &c, 1, 11),
+    assert_json(srv_response_json(&chat_meta, &c, 1, 11, 8),
                 "{\"id\":\"chatcmpl-1\",\"object\":\"chat.completion\",\"created\":1700000000,"
                 "\"model\":\"tiny\",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\","
                 "\"content\":\"Hello.\"},\"logprobs\":null,\"finish_reason\":\"timeout\"}],"
-                "\"usage\":{\"prompt_tokens\":11,\"completion_tokens\":7,\"total_tokens\":18}}");
+                "\"usage\":{\"prompt_tokens\":11,\"completion_tokens\":7,\"total_tokens\":18,"
+                "\"prompt_tokens_details\":{\"cached_tokens\":8}}}");
     srv_choice_result_free(&c);
 }
 
@@ -505,10 +507,11 @@ Test(server_api, stream_chunks_have_openai_s_shape)
                 "{\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\","
                 "\"created\":1700000000,\"model\":\"tiny\",\"choices\":[{\"index\":2,"
                 "\"delta\":{},\"logprobs\":null,\"finish_reason\":\"length\"}]}");
-    assert_json(srv_usage_chunk_json(&chat_meta, 3, 4),
+    assert_json(srv_usage_chunk_json(&chat_meta, 3, 2, 4),
                 "{\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\","
                 "\"created\":1700000000,\"model\":\"tiny\",\"choices\":[],"
-                "\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4,\"total_tokens\":7}}");
+                "\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4,\"total_tokens\":7,"
+                "\"prompt_tokens_details\":{\"cached_tokens\":2}}}");
 }
 
 /* ------------------------------------------------------------------- SSE */

@@ -1,7 +1,7 @@
 /* Integration tests of `llmd serve` under load with the test model: many
  * concurrent clients each getting their own answer, cancellation when a
- * client leaves (KV pages freed), the bounded queue (429), per-request
- * deadlines, and SIGTERM draining. */
+ * client leaves (KV pages freed), the prefix cache, the bounded queue (429),
+ * per-request deadlines, and SIGTERM draining. */
 #include "tests/integration/harness.h"
 
 #include <arpa/inet.h>
@@ -146,6 +146,78 @@ Test(server_serving, a_client_that_leaves_frees_its_kv_pages)
     cr_assert(wait_metric(&d, "llmd_num_requests_running", 0, 5));
     free((char *)whole.body);
     http_response_free(&whole.resp);
+    cr_assert_eq(daemon_stop(&d), 0, "log %s:\n%s", d.log, daemon_log_tail(&d));
+}
+
+/* ------------------------------------------------------- prefix cache */
+
+static const char system_prompt[] =
+    "You are a careful assistant for a library. Answer in one sentence, name the shelf, "
+    "never invent a title, and say when a book is out. The shelves run from A at the door to "
+    "K at the back, poetry is on D, maps are on H, and children's books are on B and C.";
+
+/* Eight chats with one system prompt, all at once, twice. */
+static void run_chats(const struct daemon *d, char **texts, int *cached)
+{
+    enum { N = 8 };
+    struct http_job jobs[N];
+    memset(jobs, 0, sizeof jobs);
+    for (int i = 0; i < N; i++) {
+        char *body = malloc(2048);
+        snprintf(body, 2048,
+                 "{\"messages\": [{\"role\": \"system\", \"content\": \"%s\"}, {\"role\": "
+                 "\"user\", \"content\": \"%s\"}], \"temperature\": 0, \"max_tokens\": 12}",
+                 system_prompt, prompts[i]);
+        jobs[i].path = "/v1/chat/completions";
+        jobs[i].body = body;
+    }
+    http_run_jobs(d, jobs, N, NULL, NULL);
+    for (int i = 0; i < N; i++) {
+        cr_assert_eq(jobs[i].resp.status, 200, "%.300s", jobs[i].resp.body.data);
+        json_t *r = json_loadb(jobs[i].resp.body.data, jobs[i].resp.body.len, 0, NULL);
+        cr_assert(r);
+        json_t *details = json_object_get(json_object_get(r, "usage"), "prompt_tokens_details");
+        cr_assert(json_is_integer(json_object_get(details, "cached_tokens")));
+        cached[i] = (int)json_integer_value(json_object_get(details, "cached_tokens"));
+        cr_assert_lt(cached[i], usage_of(r, "prompt_tokens"));
+        texts[i] = strdup(choice_text(r, 0));
+        json_decref(r);
+        free((char *)jobs[i].body);
+        http_response_free(&jobs[i].resp);
+    }
+}
+
+Test(server_serving, a_shared_system_prompt_comes_from_the_prefix_cache)
+{
+    enum { N = 8 };
+    char *plain[N], *first[N], *second[N];
+    int cached_plain[N], cached_first[N], cached_second[N];
+    struct daemon d;
+    daemon_start(&d, (const char *[]){"--no-prefix-cache", NULL});
+    run_chats(&d, plain, cached_plain);
+    cr_assert_eq(metric(&d, "llmd_prefix_cache_hit_tokens_total"), 0);
+    cr_assert_eq(daemon_stop(&d), 0, "log %s:\n%s", d.log, daemon_log_tail(&d));
+
+    daemon_start(&d, NULL);
+    run_chats(&d, first, cached_first);
+    run_chats(&d, second, cached_second);
+    int hits_first = 0;
+    for (int i = 0; i < N; i++) {
+        cr_assert_eq(cached_plain[i], 0);
+        cr_assert_str_eq(first[i], plain[i], "chat %d: '%s' with the cache, '%s' without", i,
+                         first[i], plain[i]);
+        cr_assert_str_eq(second[i], plain[i]);
+        hits_first += cached_first[i] > 0;
+        cr_assert_gt(cached_second[i], cached_first[i] > 0 ? cached_first[i] - 1 : 0);
+        free(plain[i]);
+        free(first[i]);
+        free(second[i]);
+    }
+    cr_assert_geq(hits_first, N - 1, "the system prompt was computed once");
+    cr_assert_gt(metric(&d, "llmd_prefix_cache_hit_tokens_total"), 0);
+    cr_assert_gt(metric(&d, "llmd_prefix_cache_hit_ratio"), 0.4);
+    cr_assert_gt(metric(&d, "llmd_kv_pages_cached"), 0);
+    cr_assert(wait_metric(&d, "llmd_kv_pages_used", 0, 5), "idle cached pages count as free");
     cr_assert_eq(daemon_stop(&d), 0, "log %s:\n%s", d.log, daemon_log_tail(&d));
 }
 
