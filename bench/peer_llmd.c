@@ -43,27 +43,6 @@
 #define MAX_SERVE_FLAGS 64
 #define DEPTH_WINDOWS   3
 
-/* The model options of `llmd serve` for settings `c`: the same mapping as
- * server/daemon.c's (static there). */
-static void serve_model_options(const struct srv_config *c, struct llm_model_options *o)
-{
-    llm_model_options_default(o);
-    UTIL_CHECK(llm_precision_parse(c->precision, &o->precision) == 0);
-    UTIL_CHECK(attn_kv_type_parse(c->kv_type, &o->kv_type) == 0);
-    o->kv_pages = c->kv_pages;
-    o->kv_sequences = c->max_running;
-    o->page_size = c->page_size;
-    o->threads = c->threads;
-    o->quant.group_size = c->group_size;
-    o->quant.n_outlier = c->outliers;
-    o->quant.act_clip = (float)c->act_clip;
-    o->quant.weight_clip = (float)c->weight_clip;
-    o->quant.gptq = c->gptq;
-    o->quant.calib_file = c->calib_file;
-    o->quant.calib_tokens = c->calib_tokens;
-    UTIL_CHECK(llm_head_parse(c->head, &o->head) == 0);
-}
-
 /* What a run needs besides the model: serve's engine settings. */
 struct run_ctx {
     llm_model *model;
@@ -237,7 +216,7 @@ int main(int argc, char **argv)
         return 2;
     }
     struct llm_model_options o;
-    serve_model_options(&sc, &o);
+    srv_config_model_options(&sc, &o);
     struct run_ctx r = {.prefill_chunk = sc.prefill_chunk, .quest_budget = sc.quest_budget};
     double t0 = util_now();
     if (llm_model_load(model_path, &o, &r.model, err, sizeof err)) {

@@ -228,48 +228,17 @@ static void on_load_progress(const char *what, double fraction, void *ctx)
         LOG_INFO("loading model: %s %3.0f%%", what, fraction * 100.0);
 }
 
-static void model_options(const struct srv_config *c, struct llm_model_options *o)
-{
-    llm_model_options_default(o);
-    UTIL_CHECK(llm_precision_parse(c->precision, &o->precision) == 0);
-    UTIL_CHECK(attn_kv_type_parse(c->kv_type, &o->kv_type) == 0);
-    o->kv_pages = c->kv_pages;
-    /* The engine admits a request only when the pool can hold it at full
-     * length, so by default the pool holds max_running full contexts. */
-    o->kv_sequences = c->max_running;
-    o->page_size = c->page_size;
-    o->threads = c->threads;
-    o->quant.group_size = c->group_size;
-    o->quant.n_outlier = c->outliers;
-    o->quant.act_clip = (float)c->act_clip;
-    o->quant.weight_clip = (float)c->weight_clip;
-    o->quant.gptq = c->gptq;
-    o->quant.calib_file = c->calib_file;
-    o->quant.calib_tokens = c->calib_tokens;
-    UTIL_CHECK(llm_head_parse(c->head, &o->head) == 0); /* the table checked the choice */
-}
-
 static void loader_main(void *arg)
 {
     struct srv_daemon *d = arg;
     struct llm_model_options o;
-    model_options(d->cfg, &o);
+    srv_config_model_options(d->cfg, &o);
     o.progress = on_load_progress;
     o.progress_ctx = d;
     d->load_rc = llm_model_load(d->cfg->model, &o, &d->model, d->load_error, sizeof d->load_error);
     uv_async_send(&d->loaded_async);
 }
 
-static void engine_config(const struct srv_config *c, struct llm_engine_config *e)
-{
-    llm_engine_config_default(e);
-    e->max_running = c->max_running;
-    e->max_waiting = c->max_waiting;
-    e->max_step_tokens = c->max_step_tokens;
-    e->prefill_chunk = c->prefill_chunk;
-    e->quest_budget = c->quest_budget;
-    e->prefix_cache = c->prefix_cache;
-}
 
 static void on_loaded(uv_async_t *a)
 {
@@ -303,7 +272,7 @@ static void on_loaded(uv_async_t *a)
         return;
     }
     struct llm_engine_config ec;
-    engine_config(d->cfg, &ec);
+    srv_config_engine_config(d->cfg, &ec);
     int rc = llm_engine_create(d->model, &ec, on_engine_event, d, &d->engine);
     if (rc) {
         LOG_ERROR("cannot start the engine: %s", util_strerror(rc));

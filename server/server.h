@@ -15,6 +15,9 @@
 #ifndef LLMD_SERVER_SERVER_H
 #define LLMD_SERVER_SERVER_H
 
+#include "core/engine.h"
+#include "core/model.h"
+
 #include <jansson.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -128,6 +131,12 @@ int srv_config_validate(const struct srv_config *config, char *err, size_t err_l
  * srv_config_init'ed. */
 #define SRV_CONFIG_HELP 1
 int srv_config_load(struct srv_config *config, int argc, char **argv, char *err, size_t err_len);
+
+/* What the settings mean for the model and the engine: the options `llmd
+ * serve` loads the model and runs the engine with (benchmarks that measure
+ * serve's configuration in-process use them too). */
+void srv_config_model_options(const struct srv_config *config, struct llm_model_options *out);
+void srv_config_engine_config(const struct srv_config *config, struct llm_engine_config *out);
 
 /* All settings as a JSON object in the config file's format (new
  * reference), secrets replaced by "<redacted>": for the start-up log, and
