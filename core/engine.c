@@ -113,8 +113,11 @@ static void request_release(struct llm_request *r)
 {
     free(r->prompt);
     for (int i = 0; i < r->n_stop; i++) free(r->stop[i]);
+    free(r->logit_bias);
     r->prompt = NULL;
     r->n_stop = 0;
+    r->logit_bias = NULL;
+    r->n_logit_bias = 0;
 }
 
 static void seq_free(struct engine_seq *s)
@@ -158,6 +161,13 @@ int llm_engine_submit(llm_engine *e, struct llm_request *r, uint64_t *id)
         if (r->prompt[i] < 0 || r->prompt[i] >= e->vocab_size) return -EINVAL;
     for (int i = 0; i < r->n_stop; i++)
         if (!r->stop[i] || !r->stop[i][0]) return -EINVAL;
+    if (r->n_logit_bias < 0 || r->n_logit_bias > LLM_MAX_LOGIT_BIAS ||
+        (r->n_logit_bias > 0 && !r->logit_bias))
+        return -EINVAL;
+    for (int i = 0; i < r->n_logit_bias; i++)
+        if (r->logit_bias[i].token < 0 || r->logit_bias[i].token >= e->vocab_size ||
+            !(fabsf(r->logit_bias[i].bias) <= 100))
+            return -EINVAL;
 
     if (r->n_prompt >= e->pages_total * e->page_size) return -EINVAL;
 
@@ -189,6 +199,8 @@ int llm_engine_submit(llm_engine *e, struct llm_request *r, uint64_t *id)
     /* the engine owns these now */
     r->prompt = NULL;
     r->n_stop = 0;
+    r->logit_bias = NULL;
+    r->n_logit_bias = 0;
     return 0;
 }
 
@@ -335,10 +347,14 @@ static long find_stop(const struct engine_seq *s)
     return best;
 }
 
-/* Samples the next token of s from its logits row and reports it. */
+/* Samples the next token of s from its logits row (changed in place: the
+ * request's biases first) and reports it. Log-probabilities are those of
+ * the distribution sampled from. */
 static void take_token(llm_engine *e, struct engine_seq *s, float *logits)
 {
     const llm_tokenizer *tok = llm_model_tokenizer(e->model);
+    for (int i = 0; i < s->req.n_logit_bias; i++)
+        logits[s->req.logit_bias[i].token] += s->req.logit_bias[i].bias;
     struct llm_logprob top[LLM_MAX_LOGPROBS];
     int n_top = 0;
     if (s->req.n_logprobs > 0) {

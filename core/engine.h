@@ -20,8 +20,9 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#define LLM_MAX_STOP     8
-#define LLM_MAX_LOGPROBS 20
+#define LLM_MAX_STOP       8
+#define LLM_MAX_LOGPROBS   20
+#define LLM_MAX_LOGIT_BIAS 1024
 
 enum llm_finish {
     LLM_FINISH_NONE,
@@ -33,6 +34,13 @@ enum llm_finish {
 };
 const char *llm_finish_name(enum llm_finish reason); /* "stop", "length", ... */
 
+/* Added to a token's logit before sampling (OpenAI's logit_bias: -100
+ * bans a token, +100 all but forces it). */
+struct llm_logit_bias {
+    int32_t token;
+    float bias; /* -100..100 */
+};
+
 struct llm_request {
     int32_t *prompt; /* token ids, BOS included if wanted; the engine takes ownership */
     int n_prompt;
@@ -40,6 +48,8 @@ struct llm_request {
     struct llm_sampling sampling;
     char *stop[LLM_MAX_STOP]; /* stop strings (owned by the engine after submit) */
     int n_stop;
+    struct llm_logit_bias *logit_bias; /* owned by the engine after submit; may be NULL */
+    int n_logit_bias;                  /* <= LLM_MAX_LOGIT_BIAS */
     bool stop_at_eos; /* end at the EOS token (default true) */
     bool logprobs;    /* report each token's log-probability (a softmax over the
                          vocabulary: only when asked for) */

@@ -398,6 +398,39 @@ static int parse_stream(const json_t *body, struct srv_completion_request *r, st
     return rc < 0 ? rc : 0;
 }
 
+/* "logit_bias": {"<token id>": bias in [-100, 100], ...}, as OpenAI. */
+static int parse_logit_bias(const json_t *body, const struct srv_model_limits *lim,
+                            struct srv_completion_request *r, struct srv_error *err)
+{
+    json_t *map = json_object_get(body, "logit_bias");
+    if (!map || json_is_null(map)) return 0;
+    if (!json_is_object(map))
+        return srv_bad_param(err, "logit_bias",
+                             "'logit_bias' must be an object of token ids to biases");
+    if (json_object_size(map) > LLM_MAX_LOGIT_BIAS)
+        return srv_bad_param(err, "logit_bias", "'logit_bias' may have at most %d entries",
+                             LLM_MAX_LOGIT_BIAS);
+    r->logit_bias = util_xcalloc(json_object_size(map) + 1, sizeof *r->logit_bias);
+    const char *key;
+    json_t *v;
+    json_object_foreach((json_t *)map, key, v)
+    {
+        char *end;
+        errno = 0;
+        long id = strtol(key, &end, 10);
+        if (!*key || *end || errno || id < 0 || id >= lim->vocab_size)
+            return srv_bad_param(err, "logit_bias",
+                                 "'logit_bias' keys must be token ids from 0 to %d, not '%.40s'",
+                                 lim->vocab_size - 1, key);
+        if (!json_is_number(v) || !(fabs(json_number_value(v)) <= 100))
+            return srv_bad_param(err, "logit_bias",
+                                 "'logit_bias' values must be numbers from -100 to 100");
+        r->logit_bias[r->n_logit_bias++] =
+            (struct llm_logit_bias){(int32_t)id, (float)json_number_value(v)};
+    }
+    return 0;
+}
+
 static int parse_quest(const json_t *body, struct srv_completion_request *r, struct srv_error *err)
 {
     r->quest_budget = -1;
@@ -430,9 +463,6 @@ static int refuse_unsupported(const json_t *body, struct srv_error *err)
     if ((v = json_object_get(body, "suffix")) && !json_is_null(v) &&
         !(json_is_string(v) && json_string_length(v) == 0))
         return srv_bad_param(err, "suffix", "'suffix' is not supported");
-    if ((v = json_object_get(body, "logit_bias")) && !json_is_null(v) &&
-        !(json_is_object(v) && json_object_size(v) == 0))
-        return srv_bad_param(err, "logit_bias", "'logit_bias' is not supported");
     if ((v = json_object_get(body, "tools")) && !json_is_null(v) &&
         !(json_is_array(v) && json_array_size(v) == 0))
         return srv_bad_param(err, "tools", "'tools' are not supported");
@@ -498,6 +528,7 @@ static int parse_completion(const json_t *body, enum srv_api api,
     if ((rc = parse_logprobs(body, r, err))) return rc;
     if ((rc = parse_stream(body, r, err))) return rc;
     if ((rc = parse_quest(body, r, err))) return rc;
+    if ((rc = parse_logit_bias(body, lim, r, err))) return rc;
     if ((rc = get_bool(body, "ignore_eos", "ignore_eos", &r->ignore_eos, err)) < 0) return rc;
     const char *user;
     if ((rc = get_string(body, "user", &user, NULL, err)) < 0) return rc;
@@ -524,6 +555,7 @@ void srv_completion_request_free(struct srv_completion_request *r)
     free(r->prompts);
     messages_free(r->messages, r->n_messages);
     for (int i = 0; i < r->n_stop; i++) free(r->stop[i]);
+    free(r->logit_bias);
     memset(r, 0, sizeof *r);
 }
 

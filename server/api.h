@@ -79,6 +79,8 @@ struct srv_completion_request {
     bool stream;
     bool include_usage; /* stream_options.include_usage */
     int quest_budget;   /* quest.token_budget; -1 = the server's default */
+    struct llm_logit_bias *logit_bias; /* token id -> bias */
+    int n_logit_bias;
 };
 
 /* What validation needs to know about the served model. */
@@ -93,7 +95,7 @@ struct srv_model_limits {
  * model) and *out freed. Unknown fields are ignored, as OpenAI clients send
  * many; known fields of the wrong type or out of range are errors, and so
  * are features that are not supported (echo, best_of > 1, suffix,
- * logit_bias, tools, response_format other than text), rather than being
+ * tools, response_format other than text), rather than being
  * silently dropped. */
 int srv_parse_completion(const json_t *body, enum srv_api api, const struct srv_model_limits *lim,
                          struct srv_completion_request *out, struct srv_error *err);

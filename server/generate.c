@@ -138,6 +138,11 @@ static void fill_engine_request(struct srv_request *r, struct srv_choice *c, int
     req->logprobs = q->logprobs;
     req->n_logprobs = q->logprobs ? q->top_logprobs : 0;
     req->quest_budget = q->quest_budget;
+    if (q->n_logit_bias > 0) {
+        req->logit_bias = util_xmalloc(sizeof *req->logit_bias * (size_t)q->n_logit_bias);
+        memcpy(req->logit_bias, q->logit_bias, sizeof *req->logit_bias * (size_t)q->n_logit_bias);
+        req->n_logit_bias = q->n_logit_bias;
+    }
     req->deadline = deadline;
     req->user = c;
 }
@@ -146,6 +151,7 @@ static void free_engine_request(struct llm_request *req)
 {
     free(req->prompt);
     for (int i = 0; i < req->n_stop; i++) free(req->stop[i]);
+    free(req->logit_bias);
 }
 
 /* Answers an error from the handler; choices already submitted are

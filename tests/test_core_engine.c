@@ -269,3 +269,55 @@ Test(engine, shutdown_with_grace_lets_accepted_requests_finish)
         cr_assert_eq(c.results[i].n_tokens, 8);
     }
 }
+
+/* logit_bias: +100 makes a token the greedy choice every step; -100 on the
+ * tokens greedy decoding chose keeps each of them out. */
+Test(engine, logit_bias_forces_and_bans_tokens)
+{
+    enum { GEN = 8 };
+    static struct collector plain, forced, banned;
+    collector_init(&plain);
+    llm_engine *e = start(&plain, 4, 4);
+    struct llm_request r = make_request(31, GEN, 0);
+    uint64_t id;
+    cr_assert_eq(llm_engine_submit(e, &r, &id), 0);
+    wait_done(&plain, 1);
+    llm_engine_shutdown(e, 0);
+    const struct result *base = &plain.results[0];
+
+    int32_t target = 1000 + base->tokens[0] % 500;
+    collector_init(&forced);
+    e = start(&forced, 4, 4);
+    r = make_request(31, GEN, 0);
+    r.logit_bias = malloc(sizeof *r.logit_bias);
+    r.logit_bias[0] = (struct llm_logit_bias){target, 100};
+    r.n_logit_bias = 1;
+    cr_assert_eq(llm_engine_submit(e, &r, &id), 0);
+    wait_done(&forced, 1);
+    llm_engine_shutdown(e, 0);
+    for (int i = 0; i < GEN; i++) cr_assert_eq(forced.results[0].tokens[i], target);
+
+    collector_init(&banned);
+    e = start(&banned, 4, 4);
+    r = make_request(31, GEN, 0);
+    r.logit_bias = malloc(sizeof *r.logit_bias * GEN);
+    for (int i = 0; i < GEN; i++) r.logit_bias[i] = (struct llm_logit_bias){base->tokens[i], -100};
+    r.n_logit_bias = GEN;
+    cr_assert_eq(llm_engine_submit(e, &r, &id), 0);
+    wait_done(&banned, 1);
+    llm_engine_shutdown(e, 0);
+    for (int i = 0; i < GEN; i++)
+        for (int j = 0; j < GEN; j++)
+            cr_assert_neq(banned.results[0].tokens[i], base->tokens[j], "a banned token came");
+
+    r = make_request(31, GEN, 0); /* out of range: refused */
+    r.logit_bias = malloc(sizeof *r.logit_bias);
+    r.logit_bias[0] = (struct llm_logit_bias){0, 101};
+    r.n_logit_bias = 1;
+    collector_init(&banned);
+    e = start(&banned, 4, 4);
+    cr_assert_eq(llm_engine_submit(e, &r, &id), -EINVAL);
+    llm_engine_shutdown(e, 0);
+    free(r.prompt);
+    free(r.logit_bias);
+}

@@ -84,7 +84,14 @@ static const struct bad_request bad_requests[] = {
     {C, "{\"prompt\": \"a\", \"echo\": true}", 400, "echo"},
     {C, "{\"prompt\": \"a\", \"best_of\": 3}", 400, "best_of"},
     {C, "{\"prompt\": \"a\", \"suffix\": \"end\"}", 400, "suffix"},
-    {C, "{\"prompt\": \"a\", \"logit_bias\": {\"5\": 10}}", 400, "logit_bias"},
+    {C, "{\"prompt\": \"a\", \"logit_bias\": [5, 10]}", 400, "logit_bias"},
+    {C, "{\"prompt\": \"a\", \"logit_bias\": {\"x\": 10}}", 400, "logit_bias"},
+    {C, "{\"prompt\": \"a\", \"logit_bias\": {\"5x\": 10}}", 400, "logit_bias"},
+    {C, "{\"prompt\": \"a\", \"logit_bias\": {\"\": 10}}", 400, "logit_bias"},
+    {C, "{\"prompt\": \"a\", \"logit_bias\": {\"-1\": 10}}", 400, "logit_bias"},
+    {C, "{\"prompt\": \"a\", \"logit_bias\": {\"8000\": 10}}", 400, "logit_bias"},
+    {C, "{\"prompt\": \"a\", \"logit_bias\": {\"5\": 100.5}}", 400, "logit_bias"},
+    {C, "{\"prompt\": \"a\", \"logit_bias\": {\"5\": \"10\"}}", 400, "logit_bias"},
     {C, "{\"prompt\": \"a\", \"user\": 7}", 400, "user"},
     {H, "{}", 400, "messages"},
     {H, "{\"messages\": []}", 400, "messages"},
@@ -183,7 +190,8 @@ Test(server_api, every_parameter_lands_in_the_struct)
                          "\"stream_options\": {\"include_usage\": true}, "
                          "\"quest\": {\"token_budget\": 64}, \"ignore_eos\": true, "
                          "\"user\": \"u1\", \"unknown_field\": {\"x\": 1}, \"best_of\": 1, "
-                         "\"echo\": false, \"suffix\": null, \"logit_bias\": {}}");
+                         "\"echo\": false, \"suffix\": null, "
+                         "\"logit_bias\": {\"17\": -100, \"7999\": 2.5}}");
     struct srv_completion_request r;
     struct srv_error e;
     cr_assert_eq(srv_parse_completion(body, SRV_API_COMPLETIONS, &lim, &r, &e), 0, "%s", e.message);
@@ -212,6 +220,11 @@ Test(server_api, every_parameter_lands_in_the_struct)
     cr_assert(r.stream);
     cr_assert(r.include_usage);
     cr_assert_eq(r.quest_budget, 64);
+    cr_assert_eq(r.n_logit_bias, 2);
+    cr_assert_eq(r.logit_bias[0].token, 17);
+    cr_assert_float_eq(r.logit_bias[0].bias, -100.0f, 0);
+    cr_assert_eq(r.logit_bias[1].token, 7999);
+    cr_assert_float_eq(r.logit_bias[1].bias, 2.5f, 0);
     cr_assert(r.ignore_eos);
     srv_completion_request_free(&r);
     json_decref(body);

@@ -221,6 +221,25 @@ Test(server_serving, a_shared_system_prompt_comes_from_the_prefix_cache)
     cr_assert_eq(daemon_stop(&d), 0, "log %s:\n%s", d.log, daemon_log_tail(&d));
 }
 
+/* logit_bias reaches the engine: +100 on one token makes the whole output
+ * that token. */
+Test(server_serving, logit_bias_steers_the_output)
+{
+    struct daemon d;
+    daemon_start(&d, NULL);
+    long status;
+    json_t *text = http_json(&d, "POST", "/detokenize", "{\"tokens\": [300, 300, 300, 300]}", &status);
+    cr_assert_eq(status, 200);
+    char *body = completion_body(prompts[2], 4, false, "\"logit_bias\": {\"300\": 100}");
+    json_t *r = http_json(&d, "POST", "/v1/completions", body, &status);
+    cr_assert_eq(status, 200);
+    cr_assert_str_eq(choice_text(r, 0), json_string_value(json_object_get(text, "prompt")));
+    json_decref(r);
+    json_decref(text);
+    free(body);
+    cr_assert_eq(daemon_stop(&d), 0, "log %s:\n%s", d.log, daemon_log_tail(&d));
+}
+
 /* --------------------------------------------------------- the queue */
 
 Test(server_serving, a_full_queue_answers_429_with_retry_after)
