@@ -14,22 +14,9 @@
  *   build/bench/loadgen [--url URL] [--model PATH] [--concurrency 1,4,8,16,64]
  *                       [--requests N] [--max-tokens 32] [--server-arg ARG]...
  */
-#include "bench/bench.h"
-#include "server/buf.h"
-#include "util/util.h"
+#include "bench/sse_client.h"
 
-#include <curl/curl.h>
-#include <errno.h>
-#include <fcntl.h>
-#include <jansson.h>
-#include <math.h>
-#include <poll.h>
 #include <signal.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #define MAX_LEVELS      16
 #define MAX_SERVER_ARGS 32
@@ -47,88 +34,6 @@ struct options {
     int n_server_args;
 };
 
-/* ---------------------------------------------------------- statistics */
-
-struct samples {
-    double *v;
-    int n, cap;
-};
-
-static void samples_add(struct samples *s, double v)
-{
-    if (s->n == s->cap) {
-        s->cap = s->cap ? 2 * s->cap : 256;
-        s->v = util_xrealloc(s->v, sizeof *s->v * (size_t)s->cap);
-    }
-    s->v[s->n++] = v;
-}
-
-/* Nearest-rank percentile (p in 0..100); NAN for no samples. */
-static double percentile(struct samples *s, double p)
-{
-    if (s->n == 0) return NAN;
-    qsort(s->v, (size_t)s->n, sizeof *s->v, bench_cmp_double);
-    int rank = (int)((p / 100.0) * s->n + 0.999999);
-    if (rank < 1) rank = 1;
-    if (rank > s->n) rank = s->n;
-    return s->v[rank - 1];
-}
-
-/* -------------------------------------------------------- one request */
-
-struct stream {
-    CURL *easy;
-    struct srv_buf pending; /* bytes of an event not complete yet */
-    double start, first, last, end;
-    int tokens; /* from the usage chunk */
-    int chunks; /* chunks with text */
-    bool failed;
-    long status;
-    struct samples *itl; /* where inter-token gaps go */
-};
-
-/* Handles one SSE event's payload. */
-static void on_event(struct stream *s, const char *data, size_t len, double t)
-{
-    if (len == 6 && memcmp(data, "[DONE]", 6) == 0) return;
-    json_t *j = json_loadb(data, len, 0, NULL);
-    if (!j) {
-        s->failed = true;
-        return;
-    }
-    json_t *usage = json_object_get(j, "usage");
-    if (json_is_object(usage))
-        s->tokens = (int)json_integer_value(json_object_get(usage, "completion_tokens"));
-    if (json_object_get(j, "error")) s->failed = true;
-    json_t *choice = json_array_get(json_object_get(j, "choices"), 0);
-    json_t *text = json_object_get(choice, "text");
-    if (!text) text = json_object_get(json_object_get(choice, "delta"), "content");
-    if (json_is_string(text) && json_string_length(text) > 0) {
-        if (s->chunks == 0)
-            s->first = t;
-        else
-            samples_add(s->itl, t - s->last);
-        s->last = t;
-        s->chunks++;
-    }
-    json_decref(j);
-}
-
-static size_t on_data(char *data, size_t size, size_t n, void *ctx)
-{
-    struct stream *s = ctx;
-    double t = util_now();
-    srv_buf_append(&s->pending, data, size * n);
-    for (;;) {
-        char *end = strstr(s->pending.data, "\n\n");
-        if (!end) break;
-        if (strncmp(s->pending.data, "data: ", 6) == 0)
-            on_event(s, s->pending.data + 6, (size_t)(end - s->pending.data - 6), t);
-        srv_buf_consume(&s->pending, (size_t)(end + 2 - s->pending.data));
-    }
-    return size * n;
-}
-
 static char *request_body(const struct options *o)
 {
     json_t *body = json_pack("{s:s,s:i,s:f,s:b,s:b,s:{s:b}}", "prompt", o->prompt, "max_tokens",
@@ -137,24 +42,6 @@ static char *request_body(const struct options *o)
     char *text = json_dumps(body, JSON_COMPACT);
     json_decref(body);
     return text;
-}
-
-static void stream_start(struct stream *s, CURLM *multi, const char *url, const char *body,
-                         struct curl_slist *headers, struct samples *itl)
-{
-    memset(s, 0, sizeof *s);
-    s->itl = itl;
-    s->easy = curl_easy_init();
-    curl_easy_setopt(s->easy, CURLOPT_URL, url);
-    curl_easy_setopt(s->easy, CURLOPT_POSTFIELDS, body);
-    curl_easy_setopt(s->easy, CURLOPT_HTTPHEADER, headers);
-    curl_easy_setopt(s->easy, CURLOPT_WRITEFUNCTION, on_data);
-    curl_easy_setopt(s->easy, CURLOPT_WRITEDATA, s);
-    curl_easy_setopt(s->easy, CURLOPT_PRIVATE, s);
-    curl_easy_setopt(s->easy, CURLOPT_TIMEOUT, 600L);
-    curl_easy_setopt(s->easy, CURLOPT_NOSIGNAL, 1L);
-    s->start = util_now();
-    curl_multi_add_handle(multi, s->easy);
 }
 
 /* ---------------------------------------------------------- one level */
@@ -179,21 +66,13 @@ static void run_level(const struct options *o, const char *base, int concurrency
     int started = 0, done = 0, running = 0;
     double t0 = util_now();
     for (; started < concurrency && started < requests; started++)
-        stream_start(&streams[started], multi, url, body, headers, &res->itl);
+        stream_start(&streams[started], multi, url, body, headers, &res->itl, NULL);
     while (done < requests) {
         curl_multi_perform(multi, &running);
-        CURLMsg *msg;
-        int left;
-        while ((msg = curl_multi_info_read(multi, &left))) {
-            if (msg->msg != CURLMSG_DONE) continue;
-            struct stream *s;
-            curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&s);
-            curl_easy_getinfo(msg->easy_handle, CURLINFO_RESPONSE_CODE, &s->status);
-            s->end = util_now();
+        struct stream *s;
+        while ((s = stream_next_done(multi))) {
             /* With ignore_eos an answer short of max_tokens did not complete. */
-            if (msg->data.result != CURLE_OK || s->status != 200 || s->chunks == 0 ||
-                s->tokens != o->max_tokens)
-                s->failed = true;
+            if (s->tokens != o->max_tokens) s->failed = true;
             if (s->failed) {
                 res->failed++;
             } else {
@@ -203,12 +82,10 @@ static void run_level(const struct options *o, const char *base, int concurrency
                 if (s->tokens > 1)
                     samples_add(&res->tpot, (s->last - s->first) / (double)(s->tokens - 1));
             }
-            curl_multi_remove_handle(multi, s->easy);
-            curl_easy_cleanup(s->easy);
-            srv_buf_free(&s->pending);
+            stream_free(s);
             done++;
             if (started < requests) {
-                stream_start(s, multi, url, body, headers, &res->itl);
+                stream_start(s, multi, url, body, headers, &res->itl, NULL);
                 started++;
             }
         }
@@ -235,31 +112,6 @@ static int start_server(const struct options *o, char *base, size_t len)
     argv[argc] = NULL;
     server_pid = bench_start_server(argv, "/tmp/llmd-loadgen-server.log", 120, base, len);
     return server_pid < 0 ? (int)server_pid : 0;
-}
-
-static size_t discard(char *d, size_t s, size_t n, void *c)
-{
-    (void)d;
-    (void)c;
-    return s * n;
-}
-
-static int wait_ready(const char *base)
-{
-    char url[512];
-    snprintf(url, sizeof url, "%s/health", base);
-    double deadline = util_now() + 600; /* quantizing a model at load takes a while */
-    while (util_now() < deadline) {
-        CURL *c = curl_easy_init();
-        curl_easy_setopt(c, CURLOPT_URL, url);
-        curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, discard);
-        long status = 0;
-        if (curl_easy_perform(c) == CURLE_OK) curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
-        curl_easy_cleanup(c);
-        if (status == 200) return 0;
-        usleep(100000);
-    }
-    return -ETIMEDOUT;
 }
 
 /* Runs wrk on /health; returns requests/s or NAN. */
@@ -351,7 +203,7 @@ int main(int argc, char **argv)
                 "loadgen: could not start build/llmd serve (see /tmp/llmd-loadgen-server.log)\n");
         return 1;
     }
-    if (wait_ready(base)) {
+    if (bench_wait_ready(base)) {
         fprintf(stderr, "loadgen: %s/health never said 200\n", base);
         if (server_pid > 0) kill(server_pid, SIGKILL);
         return 1;
