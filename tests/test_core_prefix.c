@@ -12,53 +12,10 @@
 #include <unistd.h>
 
 #include "core/llm.h"
+#include "tests/engine_events.h"
 
 #define MODEL_PATH "tests/data/tiny-random.gguf"
 #define PAGE 16
-#define MAX_REQ 16
-#define MAX_GEN 32
-
-struct result {
-    int32_t tokens[MAX_GEN];
-    int n_tokens;
-    struct llm_event final;
-};
-
-struct collector {
-    pthread_mutex_t lock;
-    pthread_cond_t cond;
-    struct result results[MAX_REQ];
-    int n_done;
-};
-
-static void on_event(const struct llm_event *ev, void *ctx)
-{
-    struct collector *c = ctx;
-    struct result *r = &c->results[(intptr_t)ev->user];
-    pthread_mutex_lock(&c->lock);
-    if (ev->type == LLM_EVENT_TOKEN) {
-        if (r->n_tokens < MAX_GEN) r->tokens[r->n_tokens++] = ev->token;
-    } else {
-        r->final = *ev;
-        c->n_done++;
-        pthread_cond_broadcast(&c->cond);
-    }
-    pthread_mutex_unlock(&c->lock);
-}
-
-static void collector_init(struct collector *c)
-{
-    memset(c, 0, sizeof *c);
-    pthread_mutex_init(&c->lock, NULL);
-    pthread_cond_init(&c->cond, NULL);
-}
-
-static void wait_done(struct collector *c, int n)
-{
-    pthread_mutex_lock(&c->lock);
-    while (c->n_done < n) pthread_cond_wait(&c->cond, &c->lock);
-    pthread_mutex_unlock(&c->lock);
-}
 
 static llm_model *load(int kv_pages)
 {
