@@ -17,11 +17,11 @@
 
 BUILD       ?= build
 CC          ?= gcc
-MODULES     := util core quant attention pim server
+MODULES     := util grammar core quant attention pim server
 PKGS        := libmicrohttpd jansson libuv openblas lapacke
 DEB_PACKAGES := build-essential pkg-config libmicrohttpd-dev libjansson-dev libuv1-dev \
                 libopenblas-dev liblapacke-dev libcriterion-dev clang libclang-rt-14-dev libomp-dev \
-                curl wrk libcurl4-openssl-dev
+                curl wrk libcurl4-openssl-dev python3-jsonschema
 MODEL       ?= models/llmd-20m.gguf
 FUZZ_SECONDS ?= 60
 SOAK_SECONDS ?= 60
