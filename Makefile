@@ -17,7 +17,7 @@
 
 BUILD       ?= build
 CC          ?= gcc
-MODULES     := util grammar core quant attention pim server
+MODULES     := util core quant attention pim server
 PKGS        := libmicrohttpd jansson libuv openblas lapacke
 DEB_PACKAGES := build-essential pkg-config libmicrohttpd-dev libjansson-dev libuv1-dev \
                 libopenblas-dev liblapacke-dev libcriterion-dev clang libclang-rt-14-dev libomp-dev \

@@ -33,6 +33,7 @@ struct engine_seq {
     struct llm_request req;
     attn_seq *kv;
     llm_sampler *sampler;
+    llm_grammar_matcher *matcher; /* with a grammar */
     struct llm_detok detok;
     /* req.prompt holds the prompt, then the tokens sampled: the tokens of
      * the pages published */
@@ -78,6 +79,7 @@ struct llm_engine {
     struct engine_seq **item_seq;
     char *piece; /* one token's text */
     size_t piece_cap;
+    llm_grammar_vocab *vocab; /* the vocabulary as grammars see it; built at the first grammar */
 };
 
 static const char *const finish_names[] = {"none",      "stop",    "length",
@@ -114,6 +116,8 @@ static void request_release(struct llm_request *r)
     free(r->prompt);
     for (int i = 0; i < r->n_stop; i++) free(r->stop[i]);
     free(r->logit_bias);
+    llm_grammar_unref(r->grammar);
+    r->grammar = NULL;
     r->prompt = NULL;
     r->n_stop = 0;
     r->logit_bias = NULL;
@@ -126,6 +130,7 @@ static void seq_free(struct engine_seq *s)
     request_release(&s->req);
     attn_seq_free(s->kv);
     llm_sampler_free(s->sampler);
+    llm_grammar_matcher_free(s->matcher);
     free(s->held);
     free(s);
 }
@@ -201,6 +206,7 @@ int llm_engine_submit(llm_engine *e, struct llm_request *r, uint64_t *id)
     r->n_stop = 0;
     r->logit_bias = NULL;
     r->n_logit_bias = 0;
+    r->grammar = NULL;
     return 0;
 }
 
@@ -275,6 +281,25 @@ static bool prefix_in_flight(const llm_engine *e, const struct engine_seq *s, in
     return false;
 }
 
+/* The vocabulary as grammars see it: each token's output bytes. */
+static const llm_grammar_vocab *grammar_vocab(llm_engine *e)
+{
+    if (e->vocab) return e->vocab;
+    const llm_tokenizer *tok = llm_model_tokenizer(e->model);
+    struct llm_grammar_token *tokens = util_xcalloc((size_t)e->vocab_size, sizeof *tokens);
+    for (int32_t id = 0; id < e->vocab_size; id++) {
+        bool loses_space;
+        int len = llm_tokenizer_token_text(tok, id, &tokens[id].text, &loses_space);
+        if (len < 0) continue; /* adds no text: never allowed (EOS aside) */
+        tokens[id].len = len;
+        tokens[id].space_first = loses_space;
+    }
+    e->vocab = llm_grammar_vocab_create(tokens, e->vocab_size, llm_tokenizer_eos(tok));
+    UTIL_CHECK(e->vocab);
+    free(tokens);
+    return e->vocab;
+}
+
 /* Moves waiting sequences into the running set, FCFS. Lock held. */
 static void admit_locked(llm_engine *e)
 {
@@ -303,6 +328,7 @@ static void admit_locked(llm_engine *e)
         e->stats.prompt_tokens += s->req.n_prompt;
         e->stats.cached_tokens += s->cached;
         s->sampler = llm_sampler_create(&s->req.sampling, e->vocab_size);
+        if (s->req.grammar) s->matcher = llm_grammar_matcher_create(s->req.grammar, grammar_vocab(e));
         for (int i = 0; i < s->req.n_prompt; i++) llm_sampler_accept(s->sampler, s->req.prompt[i]);
         llm_detok_init(&s->detok);
         s->t_scheduled = util_now();
@@ -355,13 +381,22 @@ static void take_token(llm_engine *e, struct engine_seq *s, float *logits)
     const llm_tokenizer *tok = llm_model_tokenizer(e->model);
     for (int i = 0; i < s->req.n_logit_bias; i++)
         logits[s->req.logit_bias[i].token] += s->req.logit_bias[i].bias;
+    if (s->matcher && llm_grammar_matcher_mask_logits(s->matcher, logits) == 0) {
+        /* no token can go on (a vocabulary that cannot spell a byte the
+         * grammar needs, or a grammar too ambiguous to follow) */
+        LOG_WARN("request %llu: the grammar allows no token; ending it",
+                 (unsigned long long)s->id);
+        s->finish = LLM_FINISH_ERROR;
+        return;
+    }
     struct llm_logprob top[LLM_MAX_LOGPROBS];
     int n_top = 0;
     if (s->req.n_logprobs > 0) {
         int32_t ids[LLM_MAX_LOGPROBS];
         float lps[LLM_MAX_LOGPROBS];
-        n_top = llm_top_logprobs(logits, e->vocab_size, s->req.n_logprobs, ids, lps);
-        for (int i = 0; i < n_top; i++) top[i] = (struct llm_logprob){ids[i], lps[i]};
+        int n = llm_top_logprobs(logits, e->vocab_size, s->req.n_logprobs, ids, lps);
+        for (int i = 0; i < n; i++) /* masked tokens are not alternatives */
+            if (isfinite(lps[i])) top[n_top++] = (struct llm_logprob){ids[i], lps[i]};
     }
     float logprob = 0;
     int32_t token = llm_sampler_sample(s->sampler, logits, s->req.logprobs ? &logprob : NULL);
@@ -376,7 +411,8 @@ static void take_token(llm_engine *e, struct engine_seq *s, float *logits)
     double now = util_now();
     if (s->t_first_token == 0) s->t_first_token = now;
 
-    bool eos = s->req.stop_at_eos && token == llm_tokenizer_eos(tok);
+    bool eos = (s->req.stop_at_eos || s->matcher) && token == llm_tokenizer_eos(tok);
+    if (s->matcher) UTIL_CHECK(llm_grammar_matcher_accept(s->matcher, token) == 0); /* the mask allowed it */
     if (!eos) {
         int n = llm_detok_push(tok, &s->detok, token, e->piece, e->piece_cap);
         UTIL_CHECK(n >= 0); /* the token is in range and piece_cap always suffices */
@@ -388,7 +424,7 @@ static void take_token(llm_engine *e, struct engine_seq *s, float *logits)
         s->finish = LLM_FINISH_STOP;
         release = (size_t)stop_at;
     } else {
-        if (eos)
+        if (eos || (s->matcher && llm_grammar_matcher_finished(s->matcher))) /* complete */
             s->finish = LLM_FINISH_STOP;
         else if (s->n_generated >= s->req.max_tokens)
             s->finish = LLM_FINISH_LENGTH;
@@ -639,5 +675,6 @@ void llm_engine_shutdown(llm_engine *e, double grace_s)
     free(e->running);
     free(e->cancels);
     free(e->piece);
+    llm_grammar_vocab_free(e->vocab);
     free(e);
 }

@@ -16,6 +16,7 @@
 
 #include "core/model.h"
 #include "core/sampler.h"
+#include "core/grammar.h"
 
 #include <stdbool.h>
 #include <stdint.h>
@@ -50,7 +51,10 @@ struct llm_request {
     int n_stop;
     struct llm_logit_bias *logit_bias; /* owned by the engine after submit; may be NULL */
     int n_logit_bias;                  /* <= LLM_MAX_LOGIT_BIAS */
-    bool stop_at_eos; /* end at the EOS token (default true) */
+    llm_grammar *grammar; /* the output must be a sentence of it (structured
+                              outputs); the engine takes this reference; NULL = none */
+    bool stop_at_eos; /* end at the EOS token (default true; with a grammar, EOS
+                         always ends: it is allowed only where the output is complete) */
     bool logprobs;    /* report each token's log-probability (a softmax over the
                          vocabulary: only when asked for) */
     int n_logprobs;   /* 0 = none; else the top alternatives per token (<= 20) */

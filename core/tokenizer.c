@@ -445,6 +445,22 @@ const char *llm_tokenizer_piece(const llm_tokenizer *tok, int32_t id)
     return tok->arena + tok->tokens[id].text;
 }
 
+int llm_tokenizer_token_text(const llm_tokenizer *tok, int32_t id, const char **text,
+                             bool *loses_space)
+{
+    if (!tok || id < 0 || id >= tok->n_vocab) return -1;
+    const struct tokenizer_token *t = &tok->tokens[id];
+    *loses_space = false;
+    if (t->type == TOKENIZER_BYTE) {
+        *text = (const char *)&t->byte;
+        return 1;
+    }
+    if (t->type == TOKENIZER_CONTROL || t->type == TOKENIZER_UNKNOWN) return -1;
+    *text = tok->arena + t->decoded;
+    *loses_space = tok->add_space_prefix && t->space_first; /* as tokenizer_decode_token */
+    return (int)t->decoded_len;
+}
+
 bool llm_tokenizer_is_control(const llm_tokenizer *tok, int32_t id)
 {
     return tok && id >= 0 && id < tok->n_vocab && tok->tokens[id].type == TOKENIZER_CONTROL;

@@ -46,6 +46,15 @@ size_t llm_tokenizer_max_piece_len(const llm_tokenizer *tok);
  * is out of range. */
 const char *llm_tokenizer_piece(const llm_tokenizer *tok, int32_t id);
 
+/* The bytes token `id` adds to the output, as llm_detok_push writes them
+ * (U+2581 as a space, a byte piece's single byte), in *text (not
+ * NUL-terminated), and in *loses_space whether it loses its first byte (the
+ * dummy prefix's space) as the output's first token. Returns the length;
+ * -1 for tokens that add no text (control tokens), for UNK (its text is a
+ * stand-in, not the input's) and for ids out of range. */
+int llm_tokenizer_token_text(const llm_tokenizer *tok, int32_t id, const char **text,
+                             bool *loses_space);
+
 /* Encodes `len` bytes of text (invalid UTF-8 is encoded byte by byte through
  * the byte pieces). Writes at most `cap` ids; returns the number of ids the
  * whole text needs (call again with a larger buffer when it is > cap), or a

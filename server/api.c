@@ -431,6 +431,52 @@ static int parse_logit_bias(const json_t *body, const struct srv_model_limits *l
     return 0;
 }
 
+/* Structured outputs: "response_format" {"type": "text" | "json_object" |
+ * "json_schema", "json_schema": {"schema": {...}}}, or llama.cpp's
+ * "grammar" (GBNF text); compiled here, once for all choices. */
+static int parse_structured(const json_t *body, struct srv_completion_request *r,
+                            struct srv_error *err)
+{
+    char msg[400];
+    const char *gbnf;
+    size_t gbnf_len;
+    int rc = get_string(body, "grammar", &gbnf, &gbnf_len, err);
+    if (rc < 0) return rc;
+    json_t *format = json_object_get(body, "response_format");
+    const char *type = "text";
+    if (format && !json_is_null(format)) {
+        if (!json_is_object(format) || !json_is_string(json_object_get(format, "type")))
+            return srv_bad_param(err, "response_format",
+                                 "'response_format' must be an object with a 'type'");
+        type = json_string_value(json_object_get(format, "type"));
+    }
+    bool text = strcmp(type, "text") == 0;
+    if (rc && !text)
+        return srv_bad_param(err, "grammar", "give 'grammar' or 'response_format', not both");
+    if (rc) {
+        if (llm_grammar_compile_gbnf(gbnf, gbnf_len, &r->grammar, msg, sizeof msg))
+            return srv_bad_param(err, "grammar", "the grammar does not compile: %s", msg);
+        return 0;
+    }
+    if (text) return 0;
+    if (strcmp(type, "json_object") == 0) {
+        UTIL_CHECK(llm_grammar_compile_json_object(&r->grammar) == 0);
+        return 0;
+    }
+    if (strcmp(type, "json_schema") != 0)
+        return srv_bad_param(err, "response_format.type",
+                             "'response_format.type' must be one of: text, json_object, "
+                             "json_schema");
+    json_t *spec = json_object_get(format, "json_schema");
+    json_t *schema = json_object_get(spec, "schema");
+    if (!json_is_object(spec) || !(json_is_object(schema) || json_is_boolean(schema)))
+        return srv_bad_param(err, "response_format.json_schema",
+                             "'response_format.json_schema' must be an object with a 'schema'");
+    if (llm_grammar_compile_json_schema(schema, &r->grammar, msg, sizeof msg))
+        return srv_bad_param(err, "response_format.json_schema.schema", "%s", msg);
+    return 0;
+}
+
 static int parse_quest(const json_t *body, struct srv_completion_request *r, struct srv_error *err)
 {
     r->quest_budget = -1;
@@ -466,12 +512,6 @@ static int refuse_unsupported(const json_t *body, struct srv_error *err)
     if ((v = json_object_get(body, "tools")) && !json_is_null(v) &&
         !(json_is_array(v) && json_array_size(v) == 0))
         return srv_bad_param(err, "tools", "'tools' are not supported");
-    if ((v = json_object_get(body, "response_format")) && !json_is_null(v)) {
-        json_t *type = json_object_get(v, "type");
-        if (!json_is_string(type) || strcmp(json_string_value(type), "text") != 0)
-            return srv_bad_param(err, "response_format",
-                                 "only 'response_format': {\"type\": \"text\"} is supported");
-    }
     return 0;
 }
 
@@ -529,6 +569,7 @@ static int parse_completion(const json_t *body, enum srv_api api,
     if ((rc = parse_stream(body, r, err))) return rc;
     if ((rc = parse_quest(body, r, err))) return rc;
     if ((rc = parse_logit_bias(body, lim, r, err))) return rc;
+    if ((rc = parse_structured(body, r, err))) return rc;
     if ((rc = get_bool(body, "ignore_eos", "ignore_eos", &r->ignore_eos, err)) < 0) return rc;
     const char *user;
     if ((rc = get_string(body, "user", &user, NULL, err)) < 0) return rc;
@@ -556,6 +597,7 @@ void srv_completion_request_free(struct srv_completion_request *r)
     messages_free(r->messages, r->n_messages);
     for (int i = 0; i < r->n_stop; i++) free(r->stop[i]);
     free(r->logit_bias);
+    llm_grammar_unref(r->grammar);
     memset(r, 0, sizeof *r);
 }
 

@@ -81,6 +81,7 @@ struct srv_completion_request {
     int quest_budget;   /* quest.token_budget; -1 = the server's default */
     struct llm_logit_bias *logit_bias; /* token id -> bias */
     int n_logit_bias;
+    llm_grammar *grammar; /* response_format json_object/json_schema, or grammar (GBNF) */
 };
 
 /* What validation needs to know about the served model. */
@@ -95,7 +96,7 @@ struct srv_model_limits {
  * model) and *out freed. Unknown fields are ignored, as OpenAI clients send
  * many; known fields of the wrong type or out of range are errors, and so
  * are features that are not supported (echo, best_of > 1, suffix,
- * tools, response_format other than text), rather than being
+ * tools), rather than being
  * silently dropped. */
 int srv_parse_completion(const json_t *body, enum srv_api api, const struct srv_model_limits *lim,
                          struct srv_completion_request *out, struct srv_error *err);

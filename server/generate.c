@@ -143,6 +143,7 @@ static void fill_engine_request(struct srv_request *r, struct srv_choice *c, int
         memcpy(req->logit_bias, q->logit_bias, sizeof *req->logit_bias * (size_t)q->n_logit_bias);
         req->n_logit_bias = q->n_logit_bias;
     }
+    if (q->grammar) req->grammar = llm_grammar_ref(q->grammar);
     req->deadline = deadline;
     req->user = c;
 }
@@ -152,6 +153,7 @@ static void free_engine_request(struct llm_request *req)
     free(req->prompt);
     for (int i = 0; i < req->n_stop; i++) free(req->stop[i]);
     free(req->logit_bias);
+    llm_grammar_unref(req->grammar);
 }
 
 /* Answers an error from the handler; choices already submitted are

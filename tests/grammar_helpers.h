@@ -8,7 +8,7 @@
 #define LLMD_TESTS_GRAMMAR_HELPERS_H
 
 #include "core/tokenizer.h"
-#include "grammar/grammar.h"
+#include "core/grammar.h"
 #include "util/util.h"
 
 #include <math.h>
@@ -16,10 +16,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* A vocabulary with the token texts kept beside the gram_vocab, for
+/* A vocabulary with the token texts kept beside the llm_grammar_vocab, for
  * building outputs and reference checks. */
 struct gh_vocab {
-    gram_vocab *v;
+    llm_grammar_vocab *v;
     int n;
     int32_t eos;
     char **texts; /* NULL: never allowed */
@@ -27,7 +27,7 @@ struct gh_vocab {
     bool *space_first;
 };
 
-static inline struct gh_vocab gh_vocab_make(struct gram_token *t, int n, int32_t eos)
+static inline struct gh_vocab gh_vocab_make(struct llm_grammar_token *t, int n, int32_t eos)
 {
     struct gh_vocab g = {.n = n, .eos = eos};
     g.texts = util_xcalloc((size_t)n, sizeof *g.texts);
@@ -41,13 +41,13 @@ static inline struct gh_vocab gh_vocab_make(struct gram_token *t, int n, int32_t
         g.lens[i] = t[i].len;
         g.space_first[i] = t[i].space_first;
     }
-    g.v = gram_vocab_create(t, n, eos);
+    g.v = llm_grammar_vocab_create(t, n, eos);
     return g;
 }
 
 static inline void gh_vocab_free(struct gh_vocab *g)
 {
-    gram_vocab_free(g->v);
+    llm_grammar_vocab_free(g->v);
     for (int i = 0; i < g->n; i++) free(g->texts[i]);
     free(g->texts);
     free(g->lens);
@@ -60,13 +60,35 @@ static inline void gh_vocab_free(struct gh_vocab *g)
 static inline struct gh_vocab gh_byte_vocab(void)
 {
     char bytes[256];
-    struct gram_token t[257];
+    struct llm_grammar_token t[257];
     for (int b = 0; b < 256; b++) {
         bytes[b] = (char)b;
-        t[b] = (struct gram_token){bytes + b, 1, false};
+        t[b] = (struct llm_grammar_token){bytes + b, 1, false};
     }
-    t[256] = (struct gram_token){NULL, 0, false};
+    t[256] = (struct llm_grammar_token){NULL, 0, false};
     return gh_vocab_make(t, 257, GH_BYTE_EOS);
+}
+
+/* Every byte as a token, then multi-byte tokens (some space_first, some
+ * ending inside a UTF-8 character) and EOS last: small, but it takes the
+ * mask's trie walk and the first-token rule through their paces. */
+static inline struct gh_vocab gh_mixed_vocab(void)
+{
+    static const char *const pieces[] = {
+        "ab",  " a",     " {",   "{\"",   "\":",    "\", \"", "true", "null", "12",  "0.5",
+        "\\u00", "\xc3\xa9", "\xe2\x82", "\xac",  "}}",     "]}",     " ",    "  ",   "\n  ", "aaaa",
+        "\"}",  "\",",    "-1",   "e+",    "()",     ")(",     "xyz"};
+    enum { N_PIECES = sizeof pieces / sizeof *pieces };
+    char bytes[256];
+    struct llm_grammar_token t[256 + N_PIECES + 1];
+    for (int b = 0; b < 256; b++) {
+        bytes[b] = (char)b;
+        t[b] = (struct llm_grammar_token){bytes + b, 1, false};
+    }
+    for (int i = 0; i < N_PIECES; i++)
+        t[256 + i] = (struct llm_grammar_token){pieces[i], (int)strlen(pieces[i]), pieces[i][0] == ' '};
+    t[256 + N_PIECES] = (struct llm_grammar_token){NULL, 0, false};
+    return gh_vocab_make(t, 256 + N_PIECES + 1, 256 + N_PIECES);
 }
 
 /* The output text of each token under SentencePiece decoding (as
@@ -76,7 +98,7 @@ static inline struct gh_vocab gh_byte_vocab(void)
 static inline struct gh_vocab gh_tokenizer_vocab(const llm_tokenizer *tok)
 {
     int n = llm_tokenizer_vocab_size(tok);
-    struct gram_token *t = util_xcalloc((size_t)n, sizeof *t);
+    struct llm_grammar_token *t = util_xcalloc((size_t)n, sizeof *t);
     char *buf = util_xmalloc(llm_tokenizer_max_piece_len(tok) + 1);
     char **keep = util_xcalloc((size_t)n, sizeof *keep);
     for (int32_t id = 0; id < n; id++) {
@@ -174,7 +196,7 @@ struct gh_walk {
  * (after lean_after steps, half of the time one that leaves the JSON text
  * least open, see gh_json_lex), and
  * appends the token's output to out. Free the result's ids. */
-static inline struct gh_walk gh_random_walk(gram_matcher *m, const struct gh_vocab *v,
+static inline struct gh_walk gh_random_walk(llm_grammar_matcher *m, const struct gh_vocab *v,
                                             struct util_rng *rng, int max_steps, int lean_after,
                                             struct gh_text *out)
 {
@@ -191,7 +213,7 @@ static inline struct gh_walk gh_random_walk(gram_matcher *m, const struct gh_voc
     struct gh_json_lex lex = {0};
     while (w.steps < max_steps) {
         for (int i = 0; i < n_vocab; i++) logits[i] = 0.0f;
-        int n = gram_matcher_mask_logits(m, logits);
+        int n = llm_grammar_matcher_mask_logits(m, logits);
         int k = 0;
         for (int i = 0; i < n_vocab; i++)
             if (logits[i] == 0.0f) allowed[k++] = i;
@@ -218,7 +240,7 @@ static inline struct gh_walk gh_random_walk(gram_matcher *m, const struct gh_voc
         } else {
             pick = allowed[util_rng_next(rng) % (uint64_t)k];
         }
-        if (gram_matcher_accept(m, pick) != 0) {
+        if (llm_grammar_matcher_accept(m, pick) != 0) {
             w.inconsistent = true;
             break;
         }

@@ -116,10 +116,27 @@ static const struct bad_request bad_requests[] = {
      400, "max_completion_tokens"},
     {H, "{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}], \"tools\": [{}]}", 400,
      "tools"},
+    {H, "{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}], \"response_format\": 5}",
+     400, "response_format"},
     {H,
      "{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}], \"response_format\": "
+     "{\"type\": \"xml\"}}",
+     400, "response_format.type"},
+    {H,
+     "{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}], \"response_format\": "
+     "{\"type\": \"json_schema\"}}",
+     400, "response_format.json_schema"},
+    {H,
+     "{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}], \"response_format\": "
+     "{\"type\": \"json_schema\", \"json_schema\": {\"schema\": {\"type\": \"string\", "
+     "\"pattern\": \"^a+$\"}}}}",
+     400, "response_format.json_schema.schema"},
+    {C, "{\"prompt\": \"a\", \"grammar\": 5}", 400, "grammar"},
+    {C, "{\"prompt\": \"a\", \"grammar\": \"root ::= undefined-rule\"}", 400, "grammar"},
+    {C,
+     "{\"prompt\": \"a\", \"grammar\": \"root ::= \\\"x\\\"\", \"response_format\": "
      "{\"type\": \"json_object\"}}",
-     400, "response_format"},
+     400, "grammar"},
 };
 #undef C
 #undef H
@@ -612,4 +629,41 @@ Test(server_api, cors_allows_listed_origins_or_any)
     cr_assert_null(srv_cors_allow_origin("https://a.example", list, 0), "off by default");
     cr_assert_null(srv_cors_allow_origin(NULL, list, 2));
     cr_assert_str_eq(srv_cors_allow_origin("https://b.example", any, 1), "*");
+}
+
+/* response_format and grammar compile into one grammar for the request; an
+ * unsupported schema keyword is named in the error. */
+Test(server_api, structured_output_requests_compile_once)
+{
+    const char *ok[] = {
+        "{\"prompt\": \"a\", \"response_format\": {\"type\": \"json_object\"}}",
+        "{\"prompt\": \"a\", \"response_format\": {\"type\": \"json_schema\", \"json_schema\": "
+        "{\"name\": \"x\", \"strict\": true, \"schema\": {\"type\": \"object\", \"properties\": "
+        "{\"n\": {\"type\": \"integer\"}}, \"required\": [\"n\"]}}}}",
+        "{\"prompt\": \"a\", \"grammar\": \"root ::= [a-z]+\"}",
+    };
+    for (size_t i = 0; i < sizeof ok / sizeof *ok; i++) {
+        json_t *body = parse(ok[i]);
+        struct srv_completion_request r;
+        struct srv_error e;
+        cr_assert_eq(srv_parse_completion(body, SRV_API_COMPLETIONS, &lim, &r, &e), 0, "%s: %s",
+                     ok[i], e.message);
+        cr_assert_not_null(r.grammar, "%s", ok[i]);
+        srv_completion_request_free(&r);
+        json_decref(body);
+    }
+    json_t *body = parse("{\"prompt\": \"a\", \"response_format\": {\"type\": \"text\"}}");
+    struct srv_completion_request r;
+    struct srv_error e;
+    cr_assert_eq(srv_parse_completion(body, SRV_API_COMPLETIONS, &lim, &r, &e), 0);
+    cr_assert_null(r.grammar);
+    srv_completion_request_free(&r);
+    json_decref(body);
+
+    body = parse("{\"prompt\": \"a\", \"response_format\": {\"type\": \"json_schema\", "
+                 "\"json_schema\": {\"schema\": {\"type\": \"object\", \"properties\": {\"s\": "
+                 "{\"type\": \"string\", \"pattern\": \"^a$\"}}}}}}");
+    cr_assert_eq(srv_parse_completion(body, SRV_API_COMPLETIONS, &lim, &r, &e), -EINVAL);
+    cr_assert(strstr(e.message, "pattern"), "%s", e.message);
+    json_decref(body);
 }

@@ -1,5 +1,5 @@
 /*
- * Tests for grammar/schema.c: JSON Schemas compiled to grammars.
+ * Tests for core/grammar_schema.c: JSON Schemas compiled to grammars.
  *
  * The main check walks each schema's matcher at random over the real
  * vocabulary of models/llmd-20m.gguf (its tokenizer, decoded as the engine
@@ -14,8 +14,9 @@
  */
 #include "core/gguf.h"
 #include "core/tokenizer.h"
-#include "grammar/grammar.h"
+#include "core/grammar.h"
 #include "tests/grammar_helpers.h"
+#include "tests/jsonschema_check.h"
 #include "util/util.h"
 
 #include <criterion/criterion.h>
@@ -64,11 +65,11 @@ static json_t *parse(const char *text)
     return j;
 }
 
-static gram_grammar *compile_schema(const json_t *schema)
+static llm_grammar *compile_schema(const json_t *schema)
 {
-    gram_grammar *g = NULL;
+    llm_grammar *g = NULL;
     char err[1024];
-    int rc = gram_compile_json_schema(schema, &g, err, sizeof err);
+    int rc = llm_grammar_compile_json_schema(schema, &g, err, sizeof err);
     char *dump = json_dumps(schema, JSON_COMPACT);
     cr_assert_eq(rc, 0, "%s: %s", dump, err);
     free(dump);
@@ -79,12 +80,12 @@ static gram_grammar *compile_schema(const json_t *schema)
 
 /* WALKS random outputs of g, each checked on the spot and appended to
  * batch as [schema, text] for the validator. */
-static void walk(gram_grammar *g, const json_t *schema, uint64_t seed, json_t *batch,
+static void walk(llm_grammar *g, const json_t *schema, uint64_t seed, json_t *batch,
                  bool want_object)
 {
     int total_steps = 0;
     for (int w = 0; w < WALKS; w++) {
-        gram_matcher *m = gram_matcher_create(g, vocab.v);
+        llm_grammar_matcher *m = llm_grammar_matcher_create(g, vocab.v);
         struct util_rng rng;
         util_rng_seed(&rng, seed * 1000 + (uint64_t)w);
         struct gh_text out = {0};
@@ -105,58 +106,9 @@ static void walk(gram_grammar *g, const json_t *schema, uint64_t seed, json_t *b
         json_array_append_new(batch, json_pack("[O s]", schema, out.s));
         free(r.ids);
         free(out.s);
-        gram_matcher_free(m);
+        llm_grammar_matcher_free(m);
     }
     cr_assert_gt(total_steps, WALKS, "the walks do take tokens");
-}
-
-static const char validator_py[] = "import json, sys\n"
-                                   "from jsonschema import Draft202012Validator\n"
-                                   "from jsonschema.validators import validator_for\n"
-                                   "bad = n = 0\n"
-                                   "for line in open(sys.argv[1], encoding='utf-8'):\n"
-                                   "    schema, text = json.loads(line)\n"
-                                   "    cls = validator_for(schema, default=Draft202012Validator)\n"
-                                   "    v = cls(schema, format_checker=cls.FORMAT_CHECKER)\n"
-                                   "    errors = list(v.iter_errors(json.loads(text)))\n"
-                                   "    n += 1\n"
-                                   "    if errors:\n"
-                                   "        bad += 1\n"
-                                   "        print('INVALID', text, '--', errors[0].message)\n"
-                                   "print('checked', n, 'invalid', bad)\n"
-                                   "sys.exit(1 if bad else 0)\n";
-
-/* Validates every [schema, text] of batch in one python3 run. */
-static void validate(json_t *batch)
-{
-    char data[] = "/tmp/llmd-gram-XXXXXX", script[] = "/tmp/llmd-gram-py-XXXXXX";
-    int fd = mkstemp(data), fs = mkstemp(script);
-    cr_assert(fd >= 0 && fs >= 0);
-    FILE *f = fdopen(fd, "w"), *s = fdopen(fs, "w");
-    size_t i;
-    json_t *e;
-    json_array_foreach(batch, i, e)
-    {
-        cr_assert_eq(json_dumpf(e, f, JSON_COMPACT), 0);
-        fputc('\n', f);
-    }
-    fputs(validator_py, s);
-    fclose(f);
-    fclose(s);
-    char cmd[256], line[4096], report[8192] = "";
-    snprintf(cmd, sizeof cmd, "/usr/bin/python3 %s %s 2>&1", script, data);
-    FILE *p = popen(cmd, "r");
-    cr_assert(p);
-    long checked = -1;
-    while (fgets(line, sizeof line, p)) {
-        if (!strncmp(line, "checked ", 8)) checked = strtol(line + 8, NULL, 10);
-        if (strlen(report) + strlen(line) < sizeof report) strcat(report, line);
-    }
-    int status = pclose(p);
-    unlink(data);
-    unlink(script);
-    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "jsonschema says:\n%s", report);
-    cr_assert_eq(checked, (long)json_array_size(batch), "%s", report);
 }
 
 /* Random outputs of each schema, validated together. */
@@ -165,12 +117,12 @@ static void check_schemas(const char *const *schemas, int n)
     json_t *batch = json_array();
     for (int i = 0; i < n; i++) {
         json_t *schema = parse(schemas[i]);
-        gram_grammar *g = compile_schema(schema);
+        llm_grammar *g = compile_schema(schema);
         walk(g, schema, (uint64_t)i + 1, batch, false);
-        gram_grammar_unref(g);
+        llm_grammar_unref(g);
         json_decref(schema);
     }
-    validate(batch);
+    jsonschema_check(batch);
     json_decref(batch);
 }
 
@@ -272,20 +224,20 @@ Test(schema, refs_defs_and_alternatives)
 
 Test(schema, json_object_mode_gives_objects)
 {
-    gram_grammar *g = NULL;
-    cr_assert_eq(gram_compile_json_object(&g), 0);
+    llm_grammar *g = NULL;
+    cr_assert_eq(llm_grammar_compile_json_object(&g), 0);
     json_t *batch = json_array(), *schema = parse("{\"type\":\"object\"}");
     walk(g, schema, 99, batch, true);
-    validate(batch);
+    jsonschema_check(batch);
     /* and only objects: a bare value or array is refused */
-    gram_matcher *m = gram_matcher_create(g, bytes.v);
-    cr_assert_eq(gram_matcher_accept(m, '['), -EINVAL);
-    cr_assert_eq(gram_matcher_accept(m, '"'), -EINVAL);
-    cr_assert_eq(gram_matcher_accept(m, '{'), 0);
-    gram_matcher_free(m);
+    llm_grammar_matcher *m = llm_grammar_matcher_create(g, bytes.v);
+    cr_assert_eq(llm_grammar_matcher_accept(m, '['), -EINVAL);
+    cr_assert_eq(llm_grammar_matcher_accept(m, '"'), -EINVAL);
+    cr_assert_eq(llm_grammar_matcher_accept(m, '{'), 0);
+    llm_grammar_matcher_free(m);
     json_decref(schema);
     json_decref(batch);
-    gram_grammar_unref(g);
+    llm_grammar_unref(g);
 }
 
 /* The output's first token loses the space of a piece like "▁{": the
@@ -293,55 +245,123 @@ Test(schema, json_object_mode_gives_objects)
  * that way, starts the grammar, and a later step must read the space. */
 Test(schema, the_first_token_space_rule_follows_the_tokenizer)
 {
-    gram_grammar *g = NULL;
+    llm_grammar *g = NULL;
     const char *text = "root ::= \"the\" (\" the\")*";
-    cr_assert_eq(gram_compile_gbnf(text, strlen(text), &g, NULL, 0), 0);
-    gram_matcher *m = gram_matcher_create(g, vocab.v);
+    cr_assert_eq(llm_grammar_compile_gbnf(text, strlen(text), &g, NULL, 0), 0);
+    llm_grammar_matcher *m = llm_grammar_matcher_create(g, vocab.v);
     float *logits = util_xcalloc((size_t)vocab.n, sizeof *logits);
-    gram_matcher_mask_logits(m, logits);
+    llm_grammar_matcher_mask_logits(m, logits);
     int32_t space_the = -1;
     for (int32_t t = 0; t < vocab.n; t++) {
         if (!vocab.texts[t]) continue;
         const char *s = vocab.texts[t];
         int len = vocab.lens[t];
         if (vocab.space_first[t]) s++, len--;
-        bool want = len > 0 && len <= 3 && !strncmp(s, "the", (size_t)len);
+        /* a lone "▁" (nothing once its space is lost) is allowed too */
+        bool want = (len > 0 || vocab.space_first[t]) && len <= 3 && !strncmp(s, "the", (size_t)len);
         cr_assert_eq(logits[t] == 0.0f, want, "first token %d \"%s\"", t, vocab.texts[t]);
         if (vocab.space_first[t] && !strcmp(vocab.texts[t], " the")) space_the = t;
     }
     cr_assert_geq(space_the, 0, "the vocabulary has \"\u2581the\"");
-    cr_assert_eq(gram_matcher_accept(m, space_the), 0);
-    cr_assert(gram_matcher_accepting(m));
+    cr_assert_eq(llm_grammar_matcher_accept(m, space_the), 0);
+    cr_assert(llm_grammar_matcher_accepting(m));
     for (int32_t t = 0; t < vocab.n; t++) logits[t] = 0.0f;
-    gram_matcher_mask_logits(m, logits);
+    llm_grammar_matcher_mask_logits(m, logits);
     cr_assert_eq(logits[space_the], 0.0f, "later, \"\u2581the\" reads \" the\"");
-    cr_assert_eq(gram_matcher_accept(m, space_the), 0);
+    cr_assert_eq(llm_grammar_matcher_accept(m, space_the), 0);
     int32_t ids[2] = {space_the, space_the};
     char *decoded = llm_detokenize(tok, ids, 2);
     cr_assert_str_eq(decoded, "the the");
     free(decoded);
     free(logits);
-    gram_matcher_free(m);
-    gram_grammar_unref(g);
+    llm_grammar_matcher_free(m);
+    llm_grammar_unref(g);
+}
+
+/* The mask of every step of a few random outputs equals the tokens
+ * checked one by one: the output so far plus the token's text fed byte by
+ * byte to a matcher of the same grammar (the trie walk and its shortcuts
+ * against the plain definition). */
+Test(schema, masks_over_the_real_vocabulary_equal_token_by_token_checks)
+{
+    static const char *const schemas[] = {
+        "{\"type\":\"object\",\"properties\":{\"text\":{\"type\":\"string\"},\"n\":{\"type\":"
+        "\"integer\"}},\"required\":[\"text\",\"n\"]}",
+        "{\"type\":\"array\",\"items\":{\"type\":\"string\",\"maxLength\":3},\"minItems\":6}",
+        "{\"type\":\"array\",\"items\":{\"anyOf\":[{\"type\":\"number\"},{\"enum\":[\"x\\u00e9\","
+        "true]}]},\"minItems\":8}",
+    };
+    float *logits = util_xmalloc((size_t)vocab.n * sizeof *logits);
+    for (size_t i = 0; i < sizeof schemas / sizeof *schemas; i++) {
+        json_t *schema = parse(schemas[i]);
+        llm_grammar *g = compile_schema(schema), *ref = compile_schema(schema);
+        struct util_rng rng;
+        util_rng_seed(&rng, 40 + i);
+        llm_grammar_matcher *m = llm_grammar_matcher_create(g, vocab.v);
+        struct gh_text out = {0};
+        gh_text_put(&out, "", 0);
+        int step = 0;
+        for (; step < 24; step++) {
+            for (int t = 0; t < vocab.n; t++) logits[t] = 0.0f;
+            int n = llm_grammar_matcher_mask_logits(m, logits);
+            int count = 0, pick = -1;
+            for (int t = 0; t < vocab.n; t++) {
+                bool want;
+                if (t == vocab.eos) {
+                    want = llm_grammar_matcher_accepting(m);
+                } else if (!vocab.texts[t]) {
+                    want = false;
+                } else {
+                    const char *text = vocab.texts[t];
+                    int len = vocab.lens[t];
+                    if (step == 0 && vocab.space_first[t]) text++, len--;
+                    llm_grammar_matcher *r = llm_grammar_matcher_create(ref, bytes.v);
+                    want = len > 0 || vocab.space_first[t];
+                    for (size_t k = 0; k < out.n && want; k++)
+                        want = !llm_grammar_matcher_accept(r, (uint8_t)out.s[k]);
+                    for (int k = 0; k < len && want; k++)
+                        want = !llm_grammar_matcher_accept(r, (uint8_t)text[k]);
+                    llm_grammar_matcher_free(r);
+                }
+                cr_assert_eq(logits[t] == 0.0f, want, "%s: token %d \"%s\" after \"%s\"",
+                             schemas[i], t, vocab.texts[t] ? vocab.texts[t] : "", out.s);
+                if (want && t != vocab.eos && util_rng_next(&rng) % (uint64_t)++count == 0) pick = t;
+            }
+            cr_assert_gt(n, 0);
+            if (pick < 0) break;
+            cr_assert_eq(llm_grammar_matcher_accept(m, pick), 0);
+            const char *text = vocab.texts[pick];
+            int len = vocab.lens[pick];
+            if (step == 0 && vocab.space_first[pick]) text++, len--;
+            gh_text_put(&out, text, (size_t)len);
+        }
+        cr_assert_eq(step, 24, "the output went on: %s", out.s);
+        free(out.s);
+        llm_grammar_matcher_free(m);
+        llm_grammar_unref(g);
+        llm_grammar_unref(ref);
+        json_decref(schema);
+    }
+    free(logits);
 }
 
 /* ---------------------------------------------------- exact languages */
 
 /* Whether the grammar takes the whole of s, byte by byte. */
-static bool takes(gram_grammar *g, const char *s)
+static bool takes(llm_grammar *g, const char *s)
 {
-    gram_matcher *m = gram_matcher_create(g, bytes.v);
+    llm_grammar_matcher *m = llm_grammar_matcher_create(g, bytes.v);
     bool ok = true;
-    for (const char *p = s; *p && ok; p++) ok = gram_matcher_accept(m, (uint8_t)*p) == 0;
-    ok = ok && gram_matcher_accepting(m);
-    gram_matcher_free(m);
+    for (const char *p = s; *p && ok; p++) ok = llm_grammar_matcher_accept(m, (uint8_t)*p) == 0;
+    ok = ok && llm_grammar_matcher_accepting(m);
+    llm_grammar_matcher_free(m);
     return ok;
 }
 
-static gram_grammar *compile_text(const char *schema_text)
+static llm_grammar *compile_text(const char *schema_text)
 {
     json_t *s = parse(schema_text);
-    gram_grammar *g = compile_schema(s);
+    llm_grammar *g = compile_schema(s);
     json_decref(s);
     return g;
 }
@@ -363,7 +383,7 @@ Test(schema, integer_bounds_take_exactly_the_integers_in_range)
         {"{\"type\":\"integer\",\"maximum\":-3}", -9999999999999999L, -3},
     };
     for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
-        gram_grammar *g = compile_text(cases[c].schema);
+        llm_grammar *g = compile_text(cases[c].schema);
         for (long v = -1200; v <= 1200; v++) {
             char s[32];
             snprintf(s, sizeof s, "%ld", v);
@@ -380,13 +400,13 @@ Test(schema, integer_bounds_take_exactly_the_integers_in_range)
         cr_assert(!takes(g, "10000000000000000"), "17 digits never");
         cr_assert(!takes(g, "-0"), "bounded integers are never written -0");
         cr_assert(!takes(g, "007"));
-        gram_grammar_unref(g);
+        llm_grammar_unref(g);
     }
 }
 
 Test(schema, string_lengths_count_characters_not_bytes_or_escapes)
 {
-    gram_grammar *g = compile_text("{\"type\":\"string\",\"minLength\":2,\"maxLength\":3}");
+    llm_grammar *g = compile_text("{\"type\":\"string\",\"minLength\":2,\"maxLength\":3}");
     cr_assert(takes(g, "\"ab\""));
     cr_assert(takes(g, "\"\xce\xb1\xce\xb2\xce\xb3\"")); /* αβγ: 6 bytes, 3 characters */
     cr_assert(takes(g, "\"a\\nb\""));
@@ -397,12 +417,12 @@ Test(schema, string_lengths_count_characters_not_bytes_or_escapes)
     cr_assert(!takes(g, "\"\\ude00x\""), "a lone low surrogate");
     cr_assert(!takes(g, "\"\\u0000x\""), "NUL, which strict parsers refuse");
     cr_assert(!takes(g, "\"a\tb\""), "raw control characters");
-    gram_grammar_unref(g);
+    llm_grammar_unref(g);
 }
 
 Test(schema, extra_keys_never_repeat_a_declared_one)
 {
-    gram_grammar *g =
+    llm_grammar *g =
         compile_text("{\"properties\":{\"a\":{\"type\":\"integer\"},\"ab\":{\"type\":\"integer\"}},"
                      "\"additionalProperties\":{\"type\":\"string\"}}");
     cr_assert(takes(g, "{\"a\":1,\"x\":\"s\"}"));
@@ -414,7 +434,7 @@ Test(schema, extra_keys_never_repeat_a_declared_one)
     cr_assert(!takes(g, "{\"ab\":\"s\"}"));
     cr_assert(!takes(g, "{\"a\":\"s\"}"));
     cr_assert(!takes(g, "{\"\\u0061\":\"s\"}"), "an escape that spells a declared name");
-    gram_grammar_unref(g);
+    llm_grammar_unref(g);
     /* whitespace is bounded: one space, or a newline and 20 blanks at most */
     g = compile_text("{\"type\":\"object\",\"properties\":{\"a\":{\"type\":\"null\"}}}");
     cr_assert(takes(g, "{ \"a\" : null }"));
@@ -422,7 +442,7 @@ Test(schema, extra_keys_never_repeat_a_declared_one)
     cr_assert(!takes(g, "{  \"a\":null}"));
     cr_assert(!takes(g, "{\n                     \"a\":null}"));
     cr_assert(!takes(g, " {}"), "nothing before the value");
-    gram_grammar_unref(g);
+    llm_grammar_unref(g);
 }
 
 Test(schema, gbnf_text_is_readable_and_deterministic)
@@ -430,8 +450,8 @@ Test(schema, gbnf_text_is_readable_and_deterministic)
     json_t *s = parse("{\"type\":\"object\",\"properties\":{\"name\":{\"type\":\"string\"}},"
                       "\"required\":[\"name\"]}");
     char err[256];
-    char *a = gram_json_schema_to_gbnf(s, err, sizeof err),
-         *b = gram_json_schema_to_gbnf(s, err, sizeof err);
+    char *a = llm_grammar_json_schema_to_gbnf(s, err, sizeof err),
+         *b = llm_grammar_json_schema_to_gbnf(s, err, sizeof err);
     cr_assert(a && b, "%s", err);
     cr_assert_str_eq(a, b);
     cr_assert(strstr(a, "root ::= \"{\" space root-name-kv \"}\" space\n"), "%s", a);
@@ -449,15 +469,15 @@ Test(schema, gbnf_text_is_readable_and_deterministic)
 static void schema_fails_at(const char *schema_text, const char *const *wants, bool in_grammar)
 {
     json_t *s = parse(schema_text);
-    gram_grammar *g = (gram_grammar *)1;
+    llm_grammar *g = (llm_grammar *)1;
     char err[1024];
-    cr_assert_eq(gram_compile_json_schema(s, &g, err, sizeof err), -EINVAL, "%s compiled",
+    cr_assert_eq(llm_grammar_compile_json_schema(s, &g, err, sizeof err), -EINVAL, "%s compiled",
                  schema_text);
     cr_assert_null(g);
     for (int i = 0; wants[i]; i++)
         cr_assert(strstr(err, wants[i]), "%s: \"%s\" lacks \"%s\"", schema_text, err, wants[i]);
     cr_assert(!strchr(err, '\n'));
-    char *text = gram_json_schema_to_gbnf(s, err, sizeof err);
+    char *text = llm_grammar_json_schema_to_gbnf(s, err, sizeof err);
     cr_assert_eq(text != NULL, in_grammar);
     free(text);
     json_decref(s);

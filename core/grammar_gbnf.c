@@ -1,5 +1,5 @@
 /*
- * gbnf.c: GBNF text -> a byte-level grammar (grammar_internal.h).
+ * grammar_gbnf.c: GBNF text -> a byte-level grammar (grammar_internal.h).
  *
  * The parser builds rules whose alternatives are sequences of terminals
  * (byte sets) and rule references:
@@ -17,7 +17,7 @@
  * and every rule reachable from root can complete (so every live state can
  * still reach the end of the text).
  */
-#include "grammar/grammar_internal.h"
+#include "core/grammar_internal.h"
 #include "util/util.h"
 
 #include <errno.h>
@@ -60,7 +60,7 @@ struct gbnf {
     int32_t n_rules, cap_rules;
     int32_t *names; /* open addressing: name -> rule id; -1 empty */
     size_t names_cap;
-    struct gram_byteset *sets;
+    struct llm_grammar_byteset *sets;
     int32_t n_sets, cap_sets;
     int32_t singleton[256]; /* set id of {b}, or -1 */
     int64_t n_syms;         /* every symbol pushed, with one END per alternative */
@@ -163,9 +163,9 @@ static struct gbnf_alt *gbnf_new_alt(struct gbnf *p, int32_t rule)
 
 static int gbnf_push(struct gbnf *p, struct gbnf_alt *a, int32_t sym)
 {
-    if (++p->n_syms > GRAM_MAX_SYMBOLS)
+    if (++p->n_syms > LLM_GRAMMAR_MAX_SYMBOLS)
         return gbnf_fail_at(p, p->at, "grammar too large (over %d symbols once expanded)",
-                            GRAM_MAX_SYMBOLS);
+                            LLM_GRAMMAR_MAX_SYMBOLS);
     if (a->n == a->cap) {
         a->cap = a->cap ? 2 * a->cap : 8;
         a->syms = util_xrealloc(a->syms, (size_t)a->cap * sizeof *a->syms);
@@ -174,11 +174,11 @@ static int gbnf_push(struct gbnf *p, struct gbnf_alt *a, int32_t sym)
     return 0;
 }
 
-static int32_t gbnf_add_set(struct gbnf *p, const struct gram_byteset *s)
+static int32_t gbnf_add_set(struct gbnf *p, const struct llm_grammar_byteset *s)
 {
     int count = 0, only = 0;
     for (int b = 0; b < 256 && count < 2; b++)
-        if (gram_byteset_has(s, (uint8_t)b)) count++, only = b;
+        if (llm_grammar_byteset_has(s, (uint8_t)b)) count++, only = b;
     if (count == 1 && p->singleton[only] >= 0) return p->singleton[only];
     if (p->n_sets == p->cap_sets) {
         p->cap_sets = p->cap_sets ? 2 * p->cap_sets : 64;
@@ -189,14 +189,14 @@ static int32_t gbnf_add_set(struct gbnf *p, const struct gram_byteset *s)
     return p->n_sets++;
 }
 
-static void byteset_add_range(struct gram_byteset *s, unsigned lo, unsigned hi)
+static void byteset_add_range(struct llm_grammar_byteset *s, unsigned lo, unsigned hi)
 {
     for (unsigned b = lo; b <= hi; b++) s->bits[b >> 6] |= 1ull << (b & 63);
 }
 
 static int32_t gbnf_byte(struct gbnf *p, uint8_t b)
 {
-    struct gram_byteset s = {{0}};
+    struct llm_grammar_byteset s = {{0}};
     byteset_add_range(&s, b, b);
     return gbnf_add_set(p, &s);
 }
@@ -342,7 +342,7 @@ static int cp_range_cmp(const void *a, const void *b)
 /* Sorts and merges; with negate, the complement within [0, U+10FFFF]. */
 static void cp_ranges_normalize(struct cp_ranges *r, bool negate)
 {
-    qsort(r->v, (size_t)r->n, sizeof *r->v, cp_range_cmp);
+    if (r->n > 1) qsort(r->v, (size_t)r->n, sizeof *r->v, cp_range_cmp);
     int n = 0;
     for (int i = 0; i < r->n; i++) {
         if (n > 0 && r->v[i].lo <= r->v[n - 1].hi + 1) {
@@ -376,11 +376,11 @@ static int gbnf_push_class(struct gbnf *p, struct gbnf_alt *a, struct cp_ranges 
         free(seqs.v);
         return gbnf_fail_at(p, at, "character class matches no character");
     }
-    struct gram_byteset *first = util_xcalloc((size_t)seqs.n, sizeof *first);
+    struct llm_grammar_byteset *first = util_xcalloc((size_t)seqs.n, sizeof *first);
     int n_groups = 0;
     int *group_of = util_xmalloc((size_t)seqs.n * sizeof *group_of);
     int *leader = util_xmalloc((size_t)seqs.n * sizeof *leader);
-    struct gram_byteset ascii = {{0}};
+    struct llm_grammar_byteset ascii = {{0}};
     bool has_ascii = false;
     for (int i = 0; i < seqs.n; i++) {
         const struct utf8_seq *q = &seqs.v[i];
@@ -412,7 +412,7 @@ static int gbnf_push_class(struct gbnf *p, struct gbnf_alt *a, struct cp_ranges 
             struct gbnf_alt *alt = gbnf_new_alt(p, rule);
             rc = gbnf_push(p, alt, gbnf_add_set(p, &first[g]));
             for (int k = 1; k < l->n && !rc; k++) {
-                struct gram_byteset s = {{0}};
+                struct llm_grammar_byteset s = {{0}};
                 byteset_add_range(&s, l->lo[k], l->hi[k]);
                 /* the new alternative may have moved the rule's array */
                 alt = &p->rules[rule].alts[p->rules[rule].n_alts - 1];
@@ -570,8 +570,8 @@ static int gbnf_number(struct gbnf *p, int *out)
     long v = 0;
     while (gbnf_peek(p) >= '0' && gbnf_peek(p) <= '9') {
         v = v * 10 + (gbnf_peek(p) - '0');
-        if (v > GRAM_MAX_REPEAT)
-            return gbnf_fail_at(p, start, "repetition count over %d", GRAM_MAX_REPEAT);
+        if (v > LLM_GRAMMAR_MAX_REPEAT)
+            return gbnf_fail_at(p, start, "repetition count over %d", LLM_GRAMMAR_MAX_REPEAT);
         p->at++;
     }
     if (p->at == start) return gbnf_fail_at(p, start, "expected a number");
@@ -778,7 +778,7 @@ struct gbnf_index {
     int32_t *users;       /* alternatives */
 };
 
-static void gbnf_index_build(const gram_grammar *g, struct gbnf_index *x)
+static void gbnf_index_build(const llm_grammar *g, struct gbnf_index *x)
 {
     x->alt_rule = util_xmalloc((size_t)g->n_alts * sizeof *x->alt_rule);
     x->users_begin = util_xcalloc((size_t)g->n_rules + 1, sizeof *x->users_begin);
@@ -786,16 +786,16 @@ static void gbnf_index_build(const gram_grammar *g, struct gbnf_index *x)
     for (int32_t r = 0; r < g->n_rules; r++)
         for (int32_t a = g->rules[r].alt_begin; a < g->rules[r].alt_end; a++) {
             x->alt_rule[a] = r;
-            for (int32_t i = g->alts[a]; g->syms[i].kind != GRAM_END; i++)
-                if (g->syms[i].kind == GRAM_REF) x->users_begin[g->syms[i].arg + 1]++, n_refs++;
+            for (int32_t i = g->alts[a]; g->syms[i].kind != LLM_GRAMMAR_END; i++)
+                if (g->syms[i].kind == LLM_GRAMMAR_REF) x->users_begin[g->syms[i].arg + 1]++, n_refs++;
         }
     for (int32_t r = 0; r < g->n_rules; r++) x->users_begin[r + 1] += x->users_begin[r];
     x->users = util_xmalloc((size_t)(n_refs ? n_refs : 1) * sizeof *x->users);
     int32_t *fill = util_xmalloc((size_t)g->n_rules * sizeof *fill);
     memcpy(fill, x->users_begin, (size_t)g->n_rules * sizeof *fill);
     for (int32_t a = 0; a < g->n_alts; a++)
-        for (int32_t i = g->alts[a]; g->syms[i].kind != GRAM_END; i++)
-            if (g->syms[i].kind == GRAM_REF) x->users[fill[g->syms[i].arg]++] = a;
+        for (int32_t i = g->alts[a]; g->syms[i].kind != LLM_GRAMMAR_END; i++)
+            if (g->syms[i].kind == LLM_GRAMMAR_REF) x->users[fill[g->syms[i].arg]++] = a;
     free(fill);
 }
 
@@ -810,7 +810,7 @@ static void gbnf_index_free(struct gbnf_index *x)
  * where a terminal is good when terminals_good: nullable rules (false) or
  * productive ones (true). Counts each alternative's pending symbols; a
  * rule that turns good releases its users' counts. */
-static bool *gbnf_fixpoint(const gram_grammar *g, const struct gbnf_index *x, bool terminals_good)
+static bool *gbnf_fixpoint(const llm_grammar *g, const struct gbnf_index *x, bool terminals_good)
 {
     bool *good = util_xcalloc((size_t)g->n_rules, 1);
     int32_t *pending = util_xmalloc((size_t)g->n_alts * sizeof *pending);
@@ -818,8 +818,8 @@ static bool *gbnf_fixpoint(const gram_grammar *g, const struct gbnf_index *x, bo
     int32_t head = 0, tail = 0;
     for (int32_t a = 0; a < g->n_alts; a++) {
         int32_t n = 0;
-        for (int32_t i = g->alts[a]; g->syms[i].kind != GRAM_END; i++)
-            if (g->syms[i].kind == GRAM_REF)
+        for (int32_t i = g->alts[a]; g->syms[i].kind != LLM_GRAMMAR_END; i++)
+            if (g->syms[i].kind == LLM_GRAMMAR_REF)
                 n++;
             else if (!terminals_good)
                 n = INT32_MAX / 2; /* never nullable */
@@ -852,7 +852,7 @@ struct gbnf_edges {
     bool *tail;
 };
 
-static void gbnf_left_edges(const gram_grammar *g, const bool *nullable, struct gbnf_edges *e)
+static void gbnf_left_edges(const llm_grammar *g, const bool *nullable, struct gbnf_edges *e)
 {
     e->begin = util_xcalloc((size_t)g->n_rules + 1, sizeof *e->begin);
     for (int pass = 0; pass < 2; pass++) {
@@ -860,10 +860,10 @@ static void gbnf_left_edges(const gram_grammar *g, const bool *nullable, struct 
         for (int32_t r = 0; r < g->n_rules; r++) {
             if (pass == 0) e->begin[r] = n;
             for (int32_t a = g->rules[r].alt_begin; a < g->rules[r].alt_end; a++)
-                for (int32_t i = g->alts[a]; g->syms[i].kind == GRAM_REF; i++) {
+                for (int32_t i = g->alts[a]; g->syms[i].kind == LLM_GRAMMAR_REF; i++) {
                     if (pass == 1) {
                         e->to[n] = (int32_t)g->syms[i].arg;
-                        e->tail[n] = g->syms[i + 1].kind == GRAM_END;
+                        e->tail[n] = g->syms[i + 1].kind == LLM_GRAMMAR_END;
                     }
                     n++;
                     if (!nullable[g->syms[i].arg]) break;
@@ -877,7 +877,7 @@ static void gbnf_left_edges(const gram_grammar *g, const bool *nullable, struct 
     }
 }
 
-static int32_t gbnf_left_recursive(const gram_grammar *g, const bool *nullable)
+static int32_t gbnf_left_recursive(const llm_grammar *g, const bool *nullable)
 {
     struct gbnf_edges e;
     gbnf_left_edges(g, nullable, &e);
@@ -948,7 +948,7 @@ static int32_t gbnf_left_recursive(const gram_grammar *g, const bool *nullable)
     return found;
 }
 
-static bool *gbnf_reachable(const gram_grammar *g)
+static bool *gbnf_reachable(const llm_grammar *g)
 {
     bool *seen = util_xcalloc((size_t)g->n_rules, 1);
     int32_t *queue = util_xmalloc((size_t)g->n_rules * sizeof *queue);
@@ -958,8 +958,8 @@ static bool *gbnf_reachable(const gram_grammar *g)
     while (head < tail) {
         int32_t r = queue[head++];
         for (int32_t a = g->rules[r].alt_begin; a < g->rules[r].alt_end; a++)
-            for (int32_t i = g->alts[a]; g->syms[i].kind != GRAM_END; i++)
-                if (g->syms[i].kind == GRAM_REF && !seen[g->syms[i].arg]) {
+            for (int32_t i = g->alts[a]; g->syms[i].kind != LLM_GRAMMAR_END; i++)
+                if (g->syms[i].kind == LLM_GRAMMAR_REF && !seen[g->syms[i].arg]) {
                     seen[g->syms[i].arg] = true;
                     queue[tail++] = (int32_t)g->syms[i].arg;
                 }
@@ -974,7 +974,7 @@ static const char *gbnf_rule_label(const struct gbnf *p, int32_t r)
     return p->rules[p->rules[r].owner >= 0 ? p->rules[r].owner : r].name;
 }
 
-static int gbnf_check(struct gbnf *p, gram_grammar *g)
+static int gbnf_check(struct gbnf *p, llm_grammar *g)
 {
     struct gbnf_index x;
     gbnf_index_build(g, &x);
@@ -997,8 +997,8 @@ static int gbnf_check(struct gbnf *p, gram_grammar *g)
             if (stuck < 0) stuck = r;
             bool self = false;
             for (int32_t a = g->rules[r].alt_begin; a < g->rules[r].alt_end && !self; a++)
-                for (int32_t i = g->alts[a]; g->syms[i].kind != GRAM_END; i++)
-                    if (g->syms[i].kind == GRAM_REF && (int32_t)g->syms[i].arg == r) self = true;
+                for (int32_t i = g->alts[a]; g->syms[i].kind != LLM_GRAMMAR_END; i++)
+                    if (g->syms[i].kind == LLM_GRAMMAR_REF && (int32_t)g->syms[i].arg == r) self = true;
             if (self) {
                 stuck = r;
                 break;
@@ -1020,9 +1020,9 @@ static int gbnf_check(struct gbnf *p, gram_grammar *g)
 
 /* -------------------------------------------------------------- assembly */
 
-static gram_grammar *gbnf_flatten(struct gbnf *p, int32_t root)
+static llm_grammar *gbnf_flatten(struct gbnf *p, int32_t root)
 {
-    gram_grammar *g = util_xcalloc(1, sizeof *g);
+    llm_grammar *g = util_xcalloc(1, sizeof *g);
     int64_t n_alts = 0;
     for (int32_t r = 0; r < p->n_rules; r++) n_alts += p->rules[r].n_alts;
     g->n_rules = p->n_rules;
@@ -1037,10 +1037,10 @@ static gram_grammar *gbnf_flatten(struct gbnf *p, int32_t root)
             g->alts[na++] = ns;
             for (int i = 0; i < a->n; i++) {
                 int32_t s = a->syms[i];
-                g->syms[ns++] = s >= 0 ? (struct gram_sym){GRAM_TERM, (uint32_t)s}
-                                       : (struct gram_sym){GRAM_REF, (uint32_t)(-s - 1)};
+                g->syms[ns++] = s >= 0 ? (struct llm_grammar_sym){LLM_GRAMMAR_TERM, (uint32_t)s}
+                                       : (struct llm_grammar_sym){LLM_GRAMMAR_REF, (uint32_t)(-s - 1)};
             }
-            g->syms[ns++] = (struct gram_sym){GRAM_END, 0};
+            g->syms[ns++] = (struct llm_grammar_sym){LLM_GRAMMAR_END, 0};
         }
         g->rules[r].alt_end = na;
     }
@@ -1066,9 +1066,9 @@ static void gbnf_free(struct gbnf *p)
     free(p->sets);
 }
 
-/* Frees what grammar.c allocated in a grammar (matcher.c frees the rest). */
-void gram_grammar_free_tables(gram_grammar *g);
-void gram_grammar_free_tables(gram_grammar *g)
+/* Frees what grammar_gbnf.c allocated in a grammar (grammar_matcher.c frees the rest). */
+void llm_grammar_free_tables(llm_grammar *g);
+void llm_grammar_free_tables(llm_grammar *g)
 {
     free(g->syms);
     free(g->sets);
@@ -1076,7 +1076,7 @@ void gram_grammar_free_tables(gram_grammar *g)
     free(g->rules);
 }
 
-int gram_compile_gbnf(const char *text, size_t len, gram_grammar **out, char *err, size_t err_len)
+int llm_grammar_compile_gbnf(const char *text, size_t len, llm_grammar **out, char *err, size_t err_len)
 {
     if (err && err_len) err[0] = '\0';
     if (!out || (!text && len)) return -EINVAL;
@@ -1100,11 +1100,11 @@ int gram_compile_gbnf(const char *text, size_t len, gram_grammar **out, char *er
         root = p.names_cap ? gbnf_rule_named(&p, "root", 4, 0) : -1;
         if (root < 0 || !p.rules[root].defined) gbnf_fail_at(&p, 0, "no rule named 'root'");
     }
-    gram_grammar *g = NULL;
+    llm_grammar *g = NULL;
     if (!p.rc) {
         g = gbnf_flatten(&p, root);
         if (gbnf_check(&p, g)) {
-            gram_grammar_free_tables(g);
+            llm_grammar_free_tables(g);
             free(g);
             g = NULL;
         }
@@ -1112,6 +1112,6 @@ int gram_compile_gbnf(const char *text, size_t len, gram_grammar **out, char *er
     int rc = p.rc;
     gbnf_free(&p);
     if (rc) return rc;
-    *out = gram_grammar_finish(g);
+    *out = llm_grammar_finish(g);
     return 0;
 }

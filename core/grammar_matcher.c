@@ -1,5 +1,5 @@
 /*
- * matcher.c: following outputs through a compiled grammar, and the token
+ * grammar_matcher.c: following outputs through a compiled grammar, and the token
  * masks.
  *
  * A parse stack is a persistent list of grammar positions: a node is (pos,
@@ -25,7 +25,7 @@
  * the grammar's limit they are dropped before the next mask or accept and
  * rebuilt with only the live matchers' stacks (copied into the new tables).
  */
-#include "grammar/grammar_internal.h"
+#include "core/grammar_internal.h"
 #include "util/util.h"
 
 #include <errno.h>
@@ -45,11 +45,16 @@
 struct trie_node {
     int32_t end;
     int32_t tok_begin, tok_sf;
+    int32_t below; /* the bytes of the nodes under it: sets[below], or -1 when not all ASCII */
     uint16_t depth; /* the root is depth 0 and not stored */
     uint8_t byte;
 };
 
-struct gram_vocab {
+struct ascii_set {
+    uint64_t w[2];
+};
+
+struct llm_grammar_vocab {
     int32_t n_tokens, eos;
     uint32_t id; /* tells cached masks of different vocabularies apart */
     char *text;
@@ -61,6 +66,8 @@ struct gram_vocab {
     int32_t *trie_tokens;
     int32_t space_child; /* the root's child for ' ', or -1 */
     int max_depth;
+    struct ascii_set *below; /* distinct byte sets of subtrees */
+    int32_t n_below;
 };
 
 #define VOCAB_MAX_TOKEN_LEN 65535 /* trie depth is 16 bits; longer tokens are never allowed */
@@ -70,7 +77,7 @@ static atomic_uint vocab_ids = 1;
 static int vocab_cmp(const void *pa, const void *pb, void *ctx)
 {
     int32_t a = *(const int32_t *)pa, b = *(const int32_t *)pb;
-    const gram_vocab *v = ctx;
+    const llm_grammar_vocab *v = ctx;
     int32_t la = v->len[a], lb = v->len[b];
     int c = memcmp(v->text + v->off[a], v->text + v->off[b], (size_t)(la < lb ? la : lb));
     if (c) return c;
@@ -79,7 +86,60 @@ static int vocab_cmp(const void *pa, const void *pb, void *ctx)
     return (a > b) - (a < b);
 }
 
-static void vocab_build_trie(gram_vocab *v)
+/* The set of bytes under each node (deduplicated: most are small), for
+ * the mask walk's shortcut through subtrees that a state loops over. The
+ * sum of subtree sizes is the sum of depths: cheap. */
+static void vocab_subtree_bytes(llm_grammar_vocab *v)
+{
+    int32_t cap = 64, table_cap = 1024;
+    v->below = util_xmalloc((size_t)cap * sizeof *v->below);
+    int32_t *table = util_xmalloc((size_t)table_cap * sizeof *table);
+    memset(table, 0xff, (size_t)table_cap * sizeof *table);
+    for (int32_t i = 0; i < v->n_trie; i++) {
+        struct ascii_set set = {{0, 0}};
+        bool ascii = true;
+        for (int32_t j = i + 1; j < v->trie[i].end && ascii; j++) {
+            uint8_t b = v->trie[j].byte;
+            ascii = b < 128;
+            set.w[b >> 6 & 1] |= 1ull << (b & 63);
+        }
+        if (!ascii) {
+            v->trie[i].below = -1;
+            continue;
+        }
+        uint64_t h = (set.w[0] * 0x9e3779b97f4a7c15ull) ^ (set.w[1] * 0xc2b2ae3d27d4eb4full);
+        size_t k = (size_t)(h >> 32) & (size_t)(table_cap - 1);
+        for (; table[k] >= 0; k = (k + 1) & (size_t)(table_cap - 1))
+            if (!memcmp(&v->below[table[k]], &set, sizeof set)) break;
+        if (table[k] < 0) {
+            if (v->n_below == cap) {
+                cap *= 2;
+                v->below = util_xrealloc(v->below, (size_t)cap * sizeof *v->below);
+            }
+            v->below[v->n_below] = set;
+            table[k] = v->n_below++;
+            if (2 * v->n_below > table_cap) { /* rehash */
+                free(table);
+                table_cap *= 2;
+                table = util_xmalloc((size_t)table_cap * sizeof *table);
+                memset(table, 0xff, (size_t)table_cap * sizeof *table);
+                for (int32_t e = 0; e < v->n_below; e++) {
+                    const struct ascii_set *b = &v->below[e];
+                    uint64_t he = (b->w[0] * 0x9e3779b97f4a7c15ull) ^ (b->w[1] * 0xc2b2ae3d27d4eb4full);
+                    size_t q = (size_t)(he >> 32) & (size_t)(table_cap - 1);
+                    while (table[q] >= 0) q = (q + 1) & (size_t)(table_cap - 1);
+                    table[q] = e;
+                }
+                v->trie[i].below = v->n_below - 1;
+                continue;
+            }
+        }
+        v->trie[i].below = table[k];
+    }
+    free(table);
+}
+
+static void vocab_build_trie(llm_grammar_vocab *v)
 {
     int32_t n = 0;
     size_t nodes_cap = 1;
@@ -126,12 +186,13 @@ static void vocab_build_trie(gram_vocab *v)
     v->n_trie = n_nodes;
     free(path);
     free(order);
+    vocab_subtree_bytes(v);
 }
 
-gram_vocab *gram_vocab_create(const struct gram_token *tokens, int n_tokens, int32_t eos)
+llm_grammar_vocab *llm_grammar_vocab_create(const struct llm_grammar_token *tokens, int n_tokens, int32_t eos)
 {
     if (!tokens || n_tokens < 1 || eos < -1 || eos >= n_tokens) return NULL;
-    gram_vocab *v = util_xcalloc(1, sizeof *v);
+    llm_grammar_vocab *v = util_xcalloc(1, sizeof *v);
     v->n_tokens = n_tokens;
     v->eos = eos;
     v->id = atomic_fetch_add(&vocab_ids, 1);
@@ -156,7 +217,7 @@ gram_vocab *gram_vocab_create(const struct gram_token *tokens, int n_tokens, int
     return v;
 }
 
-void gram_vocab_free(gram_vocab *v)
+void llm_grammar_vocab_free(llm_grammar_vocab *v)
 {
     if (!v) return;
     free(v->text);
@@ -165,10 +226,11 @@ void gram_vocab_free(gram_vocab *v)
     free(v->space_first);
     free(v->trie);
     free(v->trie_tokens);
+    free(v->below);
     free(v);
 }
 
-int gram_vocab_size(const gram_vocab *v)
+int llm_grammar_vocab_size(const llm_grammar_vocab *v)
 {
     return v ? v->n_tokens : 0;
 }
@@ -188,9 +250,11 @@ struct state {
     uint64_t *mask; /* for vocabulary mask_vocab, or NULL */
     uint32_t mask_vocab;
     int32_t mask_allowed;
+    bool loops_known;
+    struct ascii_set loops; /* ASCII bytes b with next(state, b) == state */
 };
 
-struct gram_cache {
+struct llm_grammar_cache {
     struct node *nodes;
     uint32_t *stamp; /* per node: the closure that last reached it */
     int32_t n_nodes, cap_nodes;
@@ -221,13 +285,13 @@ struct gram_cache {
     size_t bytes;
 };
 
-struct gram_matcher {
-    gram_grammar *g;
-    const gram_vocab *v;
+struct llm_grammar_matcher {
+    llm_grammar *g;
+    const llm_grammar_vocab *v;
     int32_t state;
     bool started; /* a token with text was accepted: space_first no longer applies */
     bool ended;   /* EOS was accepted */
-    gram_matcher *prev, *next;
+    llm_grammar_matcher *prev, *next;
 };
 
 static uint32_t mix32(uint64_t x)
@@ -240,7 +304,7 @@ static uint32_t mix32(uint64_t x)
     return (uint32_t)x;
 }
 
-static void *cache_grow(struct gram_cache *c, void *p, int64_t *cap, int64_t need, size_t elem)
+static void *cache_grow(struct llm_grammar_cache *c, void *p, int64_t *cap, int64_t need, size_t elem)
 {
     if (need <= *cap) return p;
     int64_t n = *cap ? *cap : 64;
@@ -250,7 +314,7 @@ static void *cache_grow(struct gram_cache *c, void *p, int64_t *cap, int64_t nee
     return util_xrealloc(p, (size_t)n * elem);
 }
 
-static void node_table_rehash(struct gram_cache *c)
+static void node_table_rehash(struct llm_grammar_cache *c)
 {
     size_t cap = c->node_table_cap ? 2 * c->node_table_cap : 1024;
     c->bytes += (cap - c->node_table_cap) * sizeof(int32_t);
@@ -267,7 +331,7 @@ static void node_table_rehash(struct gram_cache *c)
     }
 }
 
-static int32_t node_intern(struct gram_cache *c, int32_t pos, int32_t parent)
+static int32_t node_intern(struct llm_grammar_cache *c, int32_t pos, int32_t parent)
 {
     if (2 * (size_t)(c->n_nodes + 1) > c->node_table_cap) node_table_rehash(c);
     size_t mask = c->node_table_cap - 1;
@@ -299,7 +363,7 @@ static uint32_t state_hash(const int32_t *tops, int32_t n, bool accepting)
     return mix32(h);
 }
 
-static void state_table_rehash(struct gram_cache *c)
+static void state_table_rehash(struct llm_grammar_cache *c)
 {
     size_t cap = c->state_table_cap ? 2 * c->state_table_cap : 256;
     c->bytes += (cap - c->state_table_cap) * sizeof(int32_t);
@@ -315,7 +379,7 @@ static void state_table_rehash(struct gram_cache *c)
 }
 
 /* The id of the state (tops sorted, no duplicates; accepting). */
-static int32_t state_intern(struct gram_cache *c, const int32_t *tops, int32_t n, bool accepting)
+static int32_t state_intern(struct llm_grammar_cache *c, const int32_t *tops, int32_t n, bool accepting)
 {
     if (n == 0 && !accepting) return STATE_DEAD;
     if (2 * (size_t)(c->n_states + 1) > c->state_table_cap) state_table_rehash(c);
@@ -327,7 +391,7 @@ static int32_t state_intern(struct gram_cache *c, const int32_t *tops, int32_t n
         if (id < 0) break;
         const struct state *s = &c->states[id];
         if (s->hash == h && s->n_tops == n && s->accepting == accepting &&
-            !memcmp(c->tops + s->tops, tops, (size_t)n * sizeof *tops))
+            (n == 0 || !memcmp(c->tops + s->tops, tops, (size_t)n * sizeof *tops)))
             return id;
     }
     int64_t cap = c->cap_states;
@@ -337,15 +401,15 @@ static int32_t state_intern(struct gram_cache *c, const int32_t *tops, int32_t n
     int32_t id = c->n_states++;
     c->states[id] =
         (struct state){.tops = c->n_tops, .n_tops = n, .accepting = accepting, .hash = h};
-    memcpy(c->tops + c->n_tops, tops, (size_t)n * sizeof *tops);
+    if (n > 0) memcpy(c->tops + c->n_tops, tops, (size_t)n * sizeof *tops);
     c->n_tops += n;
     c->state_table[i] = id;
     return id;
 }
 
-static struct gram_cache *cache_create(void)
+static struct llm_grammar_cache *cache_create(void)
 {
-    struct gram_cache *c = util_xcalloc(1, sizeof *c);
+    struct llm_grammar_cache *c = util_xcalloc(1, sizeof *c);
     int64_t cap = 0;
     c->states = cache_grow(c, NULL, &cap, 64, sizeof *c->states);
     c->cap_states = (int32_t)cap;
@@ -359,7 +423,7 @@ static struct gram_cache *cache_create(void)
     return c;
 }
 
-static void cache_free(struct gram_cache *c)
+static void cache_free(struct llm_grammar_cache *c)
 {
     if (!c) return;
     for (int32_t id = 0; id < c->n_states; id++) {
@@ -381,7 +445,7 @@ static void cache_free(struct gram_cache *c)
 
 /* -------------------------------------------------------------- closures */
 
-static void closure_visit(struct gram_cache *c, int32_t node)
+static void closure_visit(struct llm_grammar_cache *c, int32_t node)
 {
     if (c->stamp[node] == c->gen) return;
     c->stamp[node] = c->gen;
@@ -395,9 +459,9 @@ static void closure_visit(struct gram_cache *c, int32_t node)
 
 /* Continues a stack at position pos: at the end of an alternative it
  * returns to the parent (or completes the text at the bottom). */
-static void closure_add(const gram_grammar *g, struct gram_cache *c, int32_t pos, int32_t parent)
+static void closure_add(const llm_grammar *g, struct llm_grammar_cache *c, int32_t pos, int32_t parent)
 {
-    if (g->syms[pos].kind == GRAM_END) {
+    if (g->syms[pos].kind == LLM_GRAMMAR_END) {
         if (parent < 0)
             c->accepting = true;
         else
@@ -413,7 +477,7 @@ static int cmp_i32(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-static void closure_begin(struct gram_cache *c)
+static void closure_begin(struct llm_grammar_cache *c)
 {
     if (++c->gen == 0) { /* wrapped: forget every stamp */
         memset(c->stamp, 0, (size_t)c->cap_nodes * sizeof *c->stamp);
@@ -429,14 +493,14 @@ static void closure_begin(struct gram_cache *c)
  * the tail call that keeps repetitions from growing the stacks). The stamps
  * make each node expand once per closure, which also ends the loops of
  * rules that reach themselves in tail position without reading. */
-static int32_t closure_end(const gram_grammar *g, struct gram_cache *c)
+static int32_t closure_end(llm_grammar *g, struct llm_grammar_cache *c)
 {
     while (c->n_work > 0 && !c->overflow) {
         int32_t id = c->work[--c->n_work];
         struct node nd = c->nodes[id];
-        struct gram_sym sym = g->syms[nd.pos];
-        if (sym.kind == GRAM_TERM) {
-            if (c->n_found == GRAM_MAX_STACKS) {
+        struct llm_grammar_sym sym = g->syms[nd.pos];
+        if (sym.kind == LLM_GRAMMAR_TERM) {
+            if (c->n_found == LLM_GRAMMAR_MAX_STACKS) {
                 c->overflow = true;
                 break;
             }
@@ -448,26 +512,29 @@ static int32_t closure_end(const gram_grammar *g, struct gram_cache *c)
             c->found[c->n_found++] = id;
             continue;
         }
-        UTIL_CHECK(sym.kind == GRAM_REF);
+        UTIL_CHECK(sym.kind == LLM_GRAMMAR_REF);
         int32_t parent = nd.parent;
-        if (g->syms[nd.pos + 1].kind != GRAM_END) parent = node_intern(c, nd.pos + 1, nd.parent);
-        const struct gram_rule *r = &g->rules[sym.arg];
+        if (g->syms[nd.pos + 1].kind != LLM_GRAMMAR_END) parent = node_intern(c, nd.pos + 1, nd.parent);
+        const struct llm_grammar_rule *r = &g->rules[sym.arg];
         for (int32_t a = r->alt_begin; a < r->alt_end; a++) closure_add(g, c, g->alts[a], parent);
     }
-    if (c->overflow) return STATE_DEAD;
-    qsort(c->found, (size_t)c->n_found, sizeof *c->found, cmp_i32);
+    if (c->overflow) {
+        g->stats.stack_overflows++;
+        return STATE_DEAD;
+    }
+    if (c->n_found > 1) qsort(c->found, (size_t)c->n_found, sizeof *c->found, cmp_i32);
     return state_intern(c, c->found, c->n_found, c->accepting);
 }
 
-static int32_t initial_state(const gram_grammar *g, struct gram_cache *c)
+static int32_t initial_state(llm_grammar *g, struct llm_grammar_cache *c)
 {
     closure_begin(c);
-    const struct gram_rule *r = &g->rules[g->root];
+    const struct llm_grammar_rule *r = &g->rules[g->root];
     for (int32_t a = r->alt_begin; a < r->alt_end; a++) closure_add(g, c, g->alts[a], -1);
     return closure_end(g, c);
 }
 
-static uint32_t next_slow(gram_grammar *g, struct gram_cache *c, int32_t s, uint8_t b)
+static uint32_t next_slow(llm_grammar *g, struct llm_grammar_cache *c, int32_t s, uint8_t b)
 {
     if (!c->states[s].next) {
         c->states[s].next = util_xcalloc(256, sizeof(uint32_t));
@@ -477,7 +544,7 @@ static uint32_t next_slow(gram_grammar *g, struct gram_cache *c, int32_t s, uint
     const struct state *st = &c->states[s];
     for (int32_t k = 0; k < st->n_tops; k++) {
         struct node nd = c->nodes[c->tops[st->tops + k]];
-        if (gram_byteset_has(&g->sets[g->syms[nd.pos].arg], b))
+        if (llm_grammar_byteset_has(&g->sets[g->syms[nd.pos].arg], b))
             closure_add(g, c, nd.pos + 1, nd.parent);
     }
     int32_t next = closure_end(g, c);
@@ -487,7 +554,7 @@ static uint32_t next_slow(gram_grammar *g, struct gram_cache *c, int32_t s, uint
 }
 
 /* The state after byte b from state s. */
-static inline uint32_t next_state(gram_grammar *g, struct gram_cache *c, uint32_t s, uint8_t b)
+static inline uint32_t next_state(llm_grammar *g, struct llm_grammar_cache *c, uint32_t s, uint8_t b)
 {
     const uint32_t *row = c->states[s].next;
     if (row && row[b]) return row[b];
@@ -498,7 +565,7 @@ static inline uint32_t next_state(gram_grammar *g, struct gram_cache *c, uint32_
 
 /* The node `id` of `from` interned in `to`, parents first; map[] holds the
  * copies made so far (-1: none). chain is scratch for the unmapped part. */
-static int32_t copy_node(const struct gram_cache *from, struct gram_cache *to, int32_t *map,
+static int32_t copy_node(const struct llm_grammar_cache *from, struct llm_grammar_cache *to, int32_t *map,
                          int32_t id, int32_t **chain, int64_t *chain_cap)
 {
     int64_t n = 0;
@@ -519,14 +586,14 @@ static int32_t copy_node(const struct gram_cache *from, struct gram_cache *to, i
     return map[id];
 }
 
-static void cache_reset(gram_grammar *g)
+static void cache_reset(llm_grammar *g)
 {
-    struct gram_cache *old = g->cache, *c = cache_create();
+    struct llm_grammar_cache *old = g->cache, *c = cache_create();
     int32_t *map = util_xmalloc(((size_t)old->n_nodes + 1) * sizeof *map);
     memset(map, 0xff, ((size_t)old->n_nodes + 1) * sizeof *map);
     int32_t *tops = NULL, *chain = NULL;
     int64_t chain_cap = 0;
-    for (gram_matcher *m = g->matchers; m; m = m->next) {
+    for (llm_grammar_matcher *m = g->matchers; m; m = m->next) {
         if (m->state < STATE_FIRST) continue;
         const struct state *s = &old->states[m->state];
         tops = util_xrealloc(tops, ((size_t)s->n_tops + 1) * sizeof *tops);
@@ -544,45 +611,45 @@ static void cache_reset(gram_grammar *g)
     g->stats.cache_resets++;
 }
 
-static void cache_check(gram_grammar *g)
+static void cache_check(llm_grammar *g)
 {
     if (g->cache->bytes > g->cache_limit) cache_reset(g);
 }
 
 /* --------------------------------------------------------------- grammars */
 
-void gram_grammar_free_tables(gram_grammar *g); /* gbnf.c */
+void llm_grammar_free_tables(llm_grammar *g); /* grammar_gbnf.c */
 
-gram_grammar *gram_grammar_finish(gram_grammar *g)
+llm_grammar *llm_grammar_finish(llm_grammar *g)
 {
     atomic_init(&g->refs, 1);
-    g->cache_limit = GRAM_DEFAULT_CACHE_BYTES;
+    g->cache_limit = LLM_GRAMMAR_DEFAULT_CACHE_BYTES;
     g->cache = cache_create();
     g->cache->initial = initial_state(g, g->cache);
     return g;
 }
 
-gram_grammar *gram_grammar_ref(gram_grammar *g)
+llm_grammar *llm_grammar_ref(llm_grammar *g)
 {
     if (g) atomic_fetch_add(&g->refs, 1);
     return g;
 }
 
-void gram_grammar_unref(gram_grammar *g)
+void llm_grammar_unref(llm_grammar *g)
 {
     if (!g || atomic_fetch_sub(&g->refs, 1) != 1) return;
     UTIL_CHECK(!g->matchers);
     cache_free(g->cache);
-    gram_grammar_free_tables(g);
+    llm_grammar_free_tables(g);
     free(g);
 }
 
-void gram_grammar_set_cache_limit(gram_grammar *g, size_t bytes)
+void llm_grammar_set_cache_limit(llm_grammar *g, size_t bytes)
 {
     if (g) g->cache_limit = bytes;
 }
 
-void gram_grammar_stats(const gram_grammar *g, struct gram_stats *out)
+void llm_grammar_stats(const llm_grammar *g, struct llm_grammar_stats *out)
 {
     *out = g->stats;
     out->cache_bytes = g->cache->bytes;
@@ -594,13 +661,29 @@ void gram_grammar_stats(const gram_grammar *g, struct gram_stats *out)
 
 enum walk_tokens { WALK_ALL, WALK_PLAIN, WALK_SPACE_FIRST };
 
+/* The ASCII bytes that lead from s back to s (inside a JSON string: all but
+ * '"', '\\' and controls). */
+static const struct ascii_set *state_loops(llm_grammar *g, struct llm_grammar_cache *c, uint32_t s)
+{
+    if (!c->states[s].loops_known) {
+        struct ascii_set set = {{0, 0}};
+        for (int b = 0; b < 128; b++)
+            if (next_state(g, c, s, (uint8_t)b) == s) set.w[b >> 6] |= 1ull << (b & 63);
+        c->states[s].loops = set; /* states[] may have moved */
+        c->states[s].loops_known = true;
+    }
+    return &c->states[s].loops;
+}
+
 /* Marks in bits the tokens of trie nodes [from, to) that the grammar allows
  * from state s, where s is the state at depth base (the nodes' parent).
- * Returns how many it marked. */
-static int32_t mask_walk(gram_grammar *g, const gram_vocab *v, uint32_t s, int32_t from, int32_t to,
+ * Returns how many it marked. Where a path comes back to s and every byte
+ * below it loops on s, the whole subtree is allowed without walking it:
+ * inside a string, that is most of the vocabulary. */
+static int32_t mask_walk(llm_grammar *g, const llm_grammar_vocab *v, uint32_t s, int32_t from, int32_t to,
                          int base, enum walk_tokens which, uint64_t *bits)
 {
-    struct gram_cache *c = g->cache;
+    struct llm_grammar_cache *c = g->cache;
     if (c->walk_cap < v->max_depth + 1) {
         c->bytes += (size_t)(v->max_depth + 1 - c->walk_cap) * sizeof *c->walk;
         c->walk_cap = v->max_depth + 1;
@@ -618,6 +701,16 @@ static int32_t mask_walk(gram_grammar *g, const gram_vocab *v, uint32_t s, int32
             continue;
         }
         st[nd->depth] = (int32_t)next;
+        if (next == s && which == WALK_ALL && nd->below >= 0 && nd->end > i + 1) {
+            const struct ascii_set *need = &v->below[nd->below], *loops = state_loops(g, c, s);
+            if (!(need->w[0] & ~loops->w[0]) && !(need->w[1] & ~loops->w[1])) {
+                int32_t lo = nd->tok_begin, hi = trie[nd->end].tok_begin;
+                for (int32_t k = lo; k < hi; k++) bits[tokens[k] >> 6] |= 1ull << (tokens[k] & 63);
+                allowed += hi - lo;
+                i = nd->end;
+                continue;
+            }
+        }
         int32_t lo = nd->tok_begin, hi = trie[i + 1].tok_begin;
         if (which == WALK_PLAIN) hi = nd->tok_sf;
         if (which == WALK_SPACE_FIRST) lo = nd->tok_sf;
@@ -633,10 +726,10 @@ static int32_t mask_walk(gram_grammar *g, const gram_vocab *v, uint32_t s, int32
 
 /* The mask of state s for the vocabulary, computed on a miss. first: the
  * output's first token, which loses the space of space_first tokens. */
-static const uint64_t *state_mask(gram_grammar *g, const gram_vocab *v, int32_t s, bool first,
+static const uint64_t *state_mask(llm_grammar *g, const llm_grammar_vocab *v, int32_t s, bool first,
                                   int32_t *allowed)
 {
-    struct gram_cache *c = g->cache;
+    struct llm_grammar_cache *c = g->cache;
     size_t words = ((size_t)v->n_tokens + 63) / 64;
     if (first ? c->first_mask && c->first_vocab == v->id
               : c->states[s].mask && c->states[s].mask_vocab == v->id) {
@@ -652,9 +745,14 @@ static const uint64_t *state_mask(gram_grammar *g, const gram_vocab *v, int32_t 
             n = mask_walk(g, v, (uint32_t)s, 0, v->n_trie, 0, WALK_ALL, bits);
         } else {
             n = mask_walk(g, v, (uint32_t)s, 0, v->n_trie, 0, WALK_PLAIN, bits);
-            if (v->space_child >= 0) /* " x" read as "x": the walk starts below the space */
+            if (v->space_child >= 0) { /* " x" read as "x": the walk starts below the space */
                 n += mask_walk(g, v, (uint32_t)s, v->space_child + 1, v->trie[v->space_child].end,
                                1, WALK_SPACE_FIRST, bits);
+                /* a lone "▁" reads as nothing: it only uses up the dummy prefix */
+                const struct trie_node *sp = &v->trie[v->space_child];
+                for (int32_t k = sp->tok_sf; k < v->trie[v->space_child + 1].tok_begin; k++, n++)
+                    bits[v->trie_tokens[k] >> 6] |= 1ull << (v->trie_tokens[k] & 63);
+            }
         }
         c = g->cache;
         if (c->states[s].accepting && v->eos >= 0) {
@@ -679,31 +777,13 @@ static const uint64_t *state_mask(gram_grammar *g, const gram_vocab *v, int32_t 
     return bits;
 }
 
-/* logits[i] = -inf where bit i is clear. Whole words are the common case:
- * all set inside a string, all clear around structure. */
-static void apply_mask(const uint64_t *bits, int32_t n, float *logits)
-{
-    for (int32_t base = 0; base < n; base += 64) {
-        uint64_t w = bits[base >> 6];
-        int32_t count = n - base < 64 ? n - base : 64;
-        if (count == 64 && w == ~0ull) continue;
-        float *l = logits + base;
-        if (w == 0) {
-            for (int32_t j = 0; j < count; j++) l[j] = -INFINITY;
-            continue;
-        }
-        for (int32_t j = 0; j < count; j++)
-            if (!(w >> j & 1)) l[j] = -INFINITY;
-    }
-}
-
 /* --------------------------------------------------------------- matchers */
 
-gram_matcher *gram_matcher_create(gram_grammar *g, const gram_vocab *v)
+llm_grammar_matcher *llm_grammar_matcher_create(llm_grammar *g, const llm_grammar_vocab *v)
 {
     if (!g || !v) return NULL;
-    gram_matcher *m = util_xcalloc(1, sizeof *m);
-    m->g = gram_grammar_ref(g);
+    llm_grammar_matcher *m = util_xcalloc(1, sizeof *m);
+    m->g = llm_grammar_ref(g);
     m->v = v;
     m->state = g->cache->initial;
     m->next = g->matchers;
@@ -712,7 +792,7 @@ gram_matcher *gram_matcher_create(gram_grammar *g, const gram_vocab *v)
     return m;
 }
 
-void gram_matcher_free(gram_matcher *m)
+void llm_grammar_matcher_free(llm_grammar_matcher *m)
 {
     if (!m) return;
     if (m->prev)
@@ -720,14 +800,14 @@ void gram_matcher_free(gram_matcher *m)
     else
         m->g->matchers = m->next;
     if (m->next) m->next->prev = m->prev;
-    gram_grammar_unref(m->g);
+    llm_grammar_unref(m->g);
     free(m);
 }
 
-int gram_matcher_mask_logits(gram_matcher *m, float *logits)
+int llm_grammar_matcher_mask_logits(llm_grammar_matcher *m, float *logits)
 {
     if (!m || !logits) return -EINVAL;
-    const gram_vocab *v = m->v;
+    const llm_grammar_vocab *v = m->v;
     if (m->ended) {
         for (int32_t i = 0; i < v->n_tokens; i++) logits[i] = -INFINITY;
         return 0;
@@ -735,18 +815,18 @@ int gram_matcher_mask_logits(gram_matcher *m, float *logits)
     cache_check(m->g);
     int32_t allowed;
     const uint64_t *bits = state_mask(m->g, v, m->state, !m->started, &allowed);
-    apply_mask(bits, v->n_tokens, logits);
+    llm_grammar_apply_mask(bits, v->n_tokens, logits);
     return allowed;
 }
 
-int gram_matcher_accept(gram_matcher *m, int32_t token)
+int llm_grammar_matcher_accept(llm_grammar_matcher *m, int32_t token)
 {
     if (!m || m->ended) return -EINVAL;
-    const gram_vocab *v = m->v;
+    const llm_grammar_vocab *v = m->v;
     if (token < 0 || token >= v->n_tokens) return -EINVAL;
-    gram_grammar *g = m->g;
+    llm_grammar *g = m->g;
     cache_check(g);
-    struct gram_cache *c = g->cache;
+    struct llm_grammar_cache *c = g->cache;
     if (token == v->eos) {
         if (!c->states[m->state].accepting) return -EINVAL;
         m->ended = true;
@@ -755,7 +835,13 @@ int gram_matcher_accept(gram_matcher *m, int32_t token)
     const uint8_t *text = (const uint8_t *)v->text + v->off[token];
     int32_t len = v->len[token];
     if (len > VOCAB_MAX_TOKEN_LEN) return -EINVAL;
-    if (!m->started && v->space_first[token]) text++, len--;
+    if (!m->started && v->space_first[token]) {
+        text++, len--;
+        if (len == 0) { /* a lone "▁" first: no text, the dummy prefix is used up */
+            m->started = true;
+            return 0;
+        }
+    }
     if (len <= 0) return -EINVAL;
     uint32_t s = (uint32_t)m->state;
     for (int32_t i = 0; i < len && s != STATE_DEAD; i++) s = next_state(g, g->cache, s, text[i]);
@@ -765,12 +851,12 @@ int gram_matcher_accept(gram_matcher *m, int32_t token)
     return 0;
 }
 
-bool gram_matcher_accepting(const gram_matcher *m)
+bool llm_grammar_matcher_accepting(const llm_grammar_matcher *m)
 {
     return m && !m->ended && m->g->cache->states[m->state].accepting;
 }
 
-bool gram_matcher_finished(const gram_matcher *m)
+bool llm_grammar_matcher_finished(const llm_grammar_matcher *m)
 {
     if (!m || m->ended) return false;
     const struct state *s = &m->g->cache->states[m->state];

@@ -1,5 +1,5 @@
 /*
- * schema.c: JSON Schema -> GBNF text, which gbnf.c then compiles.
+ * grammar_schema.c: JSON Schema -> GBNF text, which grammar_gbnf.c then compiles.
  *
  * The output is compact JSON with bounded whitespace (llama.cpp's
  * json-schema-to-grammar shapes): after every value and every ':' or ','
@@ -34,7 +34,7 @@
  * (properties -> object, items -> array, minLength -> string); with none,
  * any JSON value.
  */
-#include "grammar/grammar_internal.h"
+#include "core/grammar_internal.h"
 #include "util/util.h"
 
 #include <errno.h>
@@ -422,9 +422,9 @@ static long long sc_count(struct sc *c, const json_t *s, const char *key, long l
         sc_pop(c, old);
         return -2;
     }
-    if (d > GRAM_MAX_REPEAT) {
+    if (d > LLM_GRAMMAR_MAX_REPEAT) {
         size_t old = sc_push(c, key);
-        sc_error(c, "'%s' at %s is over the supported %d", key, c->ptr.s, GRAM_MAX_REPEAT);
+        sc_error(c, "'%s' at %s is over the supported %d", key, c->ptr.s, LLM_GRAMMAR_MAX_REPEAT);
         sc_pop(c, old);
         return -2;
     }
@@ -1307,7 +1307,7 @@ static void sc_free(struct sc *c)
     free(c->ptr.s);
 }
 
-char *gram_json_schema_to_gbnf(const json_t *schema, char *err, size_t err_len)
+char *llm_grammar_json_schema_to_gbnf(const json_t *schema, char *err, size_t err_len)
 {
     if (err && err_len) err[0] = '\0';
     if (!schema) {
@@ -1340,27 +1340,27 @@ char *gram_json_schema_to_gbnf(const json_t *schema, char *err, size_t err_len)
     return out.s;
 }
 
-int gram_compile_json_schema(const json_t *schema, gram_grammar **out, char *err, size_t err_len)
+int llm_grammar_compile_json_schema(const json_t *schema, llm_grammar **out, char *err, size_t err_len)
 {
     if (!out) return -EINVAL;
     *out = NULL;
-    char *text = gram_json_schema_to_gbnf(schema, err, err_len);
+    char *text = llm_grammar_json_schema_to_gbnf(schema, err, err_len);
     if (!text) return -EINVAL;
     char gerr[256];
-    int rc = gram_compile_gbnf(text, strlen(text), out, gerr, sizeof gerr);
+    int rc = llm_grammar_compile_gbnf(text, strlen(text), out, gerr, sizeof gerr);
     if (rc && err && err_len) snprintf(err, err_len, "the schema's grammar: %s", gerr);
     free(text);
     return rc;
 }
 
-int gram_compile_json_object(gram_grammar **out)
+int llm_grammar_compile_json_object(llm_grammar **out)
 {
     if (!out) return -EINVAL;
     struct sb text = {0};
     sb_puts(&text, "root ::= object\n");
     sc_emit_builtins(BIT(B_OBJECT), &text);
     char err[256];
-    int rc = gram_compile_gbnf(text.s, text.n, out, err, sizeof err);
+    int rc = llm_grammar_compile_gbnf(text.s, text.n, out, err, sizeof err);
     UTIL_CHECK(rc == 0); /* a fixed grammar */
     free(text.s);
     return rc;
