@@ -380,26 +380,6 @@ static struct timing time_workload(const struct workload *w, const struct gh_voc
 
 /* --------------------------------------------------------------- steps */
 
-/* The model options of `llmd serve` for settings c (as bench/peer_llmd). */
-static void serve_model_options(const struct srv_config *c, struct llm_model_options *o)
-{
-    llm_model_options_default(o);
-    UTIL_CHECK(llm_precision_parse(c->precision, &o->precision) == 0);
-    UTIL_CHECK(attn_kv_type_parse(c->kv_type, &o->kv_type) == 0);
-    o->kv_pages = c->kv_pages;
-    o->kv_sequences = c->max_running;
-    o->page_size = c->page_size;
-    o->threads = c->threads;
-    o->quant.group_size = c->group_size;
-    o->quant.n_outlier = c->outliers;
-    o->quant.act_clip = (float)c->act_clip;
-    o->quant.weight_clip = (float)c->weight_clip;
-    o->quant.gptq = c->gptq;
-    o->quant.calib_file = c->calib_file;
-    o->quant.calib_tokens = c->calib_tokens;
-    UTIL_CHECK(llm_head_parse(c->head, &o->head) == 0);
-}
-
 struct step_result {
     double step_s; /* median seconds of a batch-8 decode step */
     int vocab;
@@ -419,7 +399,7 @@ static int time_steps(const char *path, const char *save_path, int prompt, int s
     if (srv_config_load(&sc, 1, (char **)argv, err, sizeof err))
         util_die("grammar_mask: serve's settings: %s", err);
     struct llm_model_options o;
-    serve_model_options(&sc, &o);
+    srv_config_model_options(&sc, &o);
     struct stat st;
     const char *load = save_path && stat(save_path, &st) == 0 ? save_path : path;
     llm_model *model;
