@@ -75,10 +75,21 @@ SIMD_INLINE void simd_scores(enum attn_kv_type type, bool codes, const int R,
                              const struct attn_block *b, int head_dim, int page_size,
                              const float *const *q, int tmax, float s[][ATTN_MAX_PAGE_SIZE])
 {
+    /* sum(q) for the zero points, in vectors: a scalar chain of head_dim
+     * dependent adds per row and page was a quarter of a prefill's INT4
+     * attention */
     float qsum[SIMD_ROWS] = {0};
     if (type == ATTN_KV_INT4)
-        for (int r = 0; r < R; r++)
-            for (int d = 0; d < head_dim; d++) qsum[r] += q[r][d];
+        for (int r = 0; r < R; r++) {
+            vec s0 = vec_zero(), s1 = vec_zero();
+            int d = 0;
+            for (; d + 2 * VEC_LANES <= head_dim; d += 2 * VEC_LANES) {
+                s0 = vec_add(s0, vec_load(q[r] + d));
+                s1 = vec_add(s1, vec_load(q[r] + d + VEC_LANES));
+            }
+            if (d < head_dim) s0 = vec_add(s0, vec_load(q[r] + d));
+            qsum[r] = vec_reduce_add(vec_add(s0, s1));
+        }
     for (int t0 = 0; t0 < tmax; t0 += VEC_LANES) {
         /* two accumulators per row: even and odd channels, to hide latency */
         vec a0[SIMD_ROWS], a1[SIMD_ROWS];
