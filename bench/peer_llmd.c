@@ -75,21 +75,22 @@ static double decode(struct run_ctx *r, attn_seq **seqs, int32_t *next, int B, i
 {
     struct llm_batch_item *items = util_xcalloc((size_t)B, sizeof *items);
     int vocab = r->cfg->vocab_size;
+    /* greedy through the engine's own sampler (a vectorised argmax), as
+     * serving picks each token */
+    struct llm_sampling greedy;
+    llm_sampling_default(&greedy);
+    llm_sampler *sampler = llm_sampler_create(&greedy, vocab);
     double t0 = util_now();
     for (int s = 0; s < steps; s++) {
         for (int b = 0; b < B; b++)
             items[b] = (struct llm_batch_item){
                 .kv = seqs[b], .tokens = &next[b], .n_tokens = 1, .quest_budget = r->quest_budget};
         UTIL_CHECK(llm_forward(r->model, r->ws, items, B, r->logits, NULL) == 0);
-        for (int b = 0; b < B; b++) {
-            const float *row = r->logits + (size_t)b * vocab;
-            int32_t best = 0;
-            for (int v = 1; v < vocab; v++)
-                if (row[v] > row[best]) best = v;
-            next[b] = best;
-        }
+        for (int b = 0; b < B; b++)
+            next[b] = llm_sampler_sample(sampler, r->logits + (size_t)b * vocab, NULL);
     }
     double t = util_now() - t0;
+    llm_sampler_free(sampler);
     free(items);
     return t;
 }
