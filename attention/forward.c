@@ -8,7 +8,7 @@
 #include <string.h>
 
 /* Query rows (queries x heads of one KV head) handled by one work item. */
-#define ROWS_PER_ITEM 32
+#define ROWS_PER_ITEM 128
 
 void attn_params_default(struct attn_params *params, int n_heads, int head_dim)
 {

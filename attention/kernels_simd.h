@@ -176,8 +176,38 @@ SIMD_INLINE void simd_block(enum attn_kv_type type, bool codes, const int R,
                                &zsum[r]);
     }
 
-    for (int c0 = 0; c0 < head_dim; c0 += VEC_LANES) {
-        /* even and odd tokens in separate accumulators, to hide latency */
+    int c0 = 0;
+    /* Two blocks of channels at once: each weight broadcast feeds two FMAs,
+     * and the two blocks' accumulators hide the latency. */
+    for (; c0 + 2 * VEC_LANES <= head_dim; c0 += 2 * VEC_LANES) {
+        vec o0[SIMD_ROWS], o1[SIMD_ROWS];
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) o0[r] = o1[r] = vec_zero();
+        for (int t = 0; t < tmax; t++) {
+            vec v0 = simd_load_value(type, codes, b, head_dim, t, c0);
+            vec v1 = simd_load_value(type, codes, b, head_dim, t, c0 + VEC_LANES);
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++) {
+                vec p = vec_set1(s[r][t]);
+                o0[r] = vec_fmadd(p, v0, o0[r]);
+                o1[r] = vec_fmadd(p, v1, o1[r]);
+            }
+        }
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) {
+            if (vis[r] == 0) continue;
+            float *acc = rows->acc + (size_t)(r0 + r) * head_dim + c0;
+            vec x0 = o0[r], x1 = o1[r];
+            if (type == ATTN_KV_INT4) {
+                x0 = vec_add(x0, vec_set1(zsum[r]));
+                x1 = vec_add(x1, vec_set1(zsum[r]));
+            }
+            vec_store(acc, vec_fmadd(vec_load(acc), vec_set1(corr[r]), x0));
+            vec_store(acc + VEC_LANES, vec_fmadd(vec_load(acc + VEC_LANES), vec_set1(corr[r]), x1));
+        }
+    }
+    for (; c0 < head_dim; c0 += VEC_LANES) {
+        /* one block: even and odd tokens in separate accumulators */
         vec o0[SIMD_ROWS], o1[SIMD_ROWS];
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) o0[r] = o1[r] = vec_zero();
