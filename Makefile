@@ -2,7 +2,8 @@
 #
 #   make            build build/llmd
 #   make run        install missing packages, build, serve the default model
-#   make test       unit tests, then the same tests under ASan + UBSan
+#   make test       unit tests, then the same tests under ASan + UBSan, then the web page
+#                   in headless Chromium (tests/web/run.sh)
 #   make bench      build and run the benchmarks in bench/
 #   make bench-peer llmd against llama.cpp side by side (bench/peer.sh; not in test or CI)
 #   make fuzz       run each libFuzzer target for FUZZ_SECONDS
@@ -65,7 +66,7 @@ FUZZ_REPLAY  := $(patsubst tests/fuzz/%.c,$(BUILD)/asan/fuzz-replay/%,$(FUZZ_SRC
 FUZZERS      := $(patsubst tests/fuzz/%.c,$(BUILD)/fuzz/%,$(FUZZ_SRC))
 
 .SECONDARY:
-.PHONY: all deps run test test-build unit-tests isa-tests asan-tests fuzz-replay bench fuzz soak format clean
+.PHONY: all deps run test test-build unit-tests isa-tests asan-tests fuzz-replay web-test bench fuzz soak format clean
 .DEFAULT_GOAL := all
 
 all: $(BUILD)/llmd
@@ -113,6 +114,10 @@ $(eval $(call flavour,$(BUILD),$(CC),))
 $(eval $(call flavour,$(BUILD)/asan,$(CC),$(SAN_FLAGS)))
 $(eval $(call flavour,$(BUILD)/fuzz,clang,$(FUZZ_FLAGS)))
 
+# The web page's files are assembled into web.o (.incbin): rebuild it when they change.
+WEB_FILES := $(wildcard server/web/*)
+$(BUILD)/obj/server/web.o $(BUILD)/asan/obj/server/web.o $(BUILD)/fuzz/obj/server/web.o: $(WEB_FILES)
+
 $(BUILD)/llmd: $(LIB_OBJ) $(BUILD)/obj/server/main.o
 	@echo "  LINK  $@"
 	$(Q)$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
@@ -156,7 +161,7 @@ run: deps
 
 test: deps
 	@$(MAKE) --no-print-directory test-build
-	@$(MAKE) --no-print-directory unit-tests isa-tests asan-tests fuzz-replay
+	@$(MAKE) --no-print-directory unit-tests isa-tests asan-tests fuzz-replay web-test
 
 test-build: $(BUILD)/llmd $(BUILD)/asan/llmd $(TESTS) $(ASAN_TESTS) $(FUZZ_REPLAY)
 
@@ -180,6 +185,10 @@ isa-tests: $(ISA_TESTS)
 asan-tests: $(ASAN_TESTS) $(BUILD)/asan/llmd
 	@set -e; for t in $(ASAN_TESTS); do echo "== $$t (asan+ubsan)"; \
 	  ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 $$t --jobs 2; done
+
+# The web page in headless Chromium (skips with a message where it cannot run).
+web-test: $(BUILD)/llmd
+	@tests/web/run.sh $(BUILD)/llmd
 
 fuzz-replay: $(FUZZ_REPLAY)
 	@set -e; for f in $(FUZZ_REPLAY); do n=$$(basename $$f); echo "== $$n corpus replay"; \

@@ -45,6 +45,7 @@ struct srv_route {
     bool prefix; /* matches path + anything */
     bool open;   /* no API key needed unless auth_health_metrics */
     void (*handle)(struct srv_request *r, const char *url);
+    bool page; /* the web page's files: never a key (the page asks for one) */
 };
 
 /* ------------------------------------------------------------- requests */
@@ -233,6 +234,9 @@ void srv_pim_free(struct srv_daemon *d);
 void srv_pim_handle_submit(struct srv_request *r, const char *url);
 void srv_pim_handle_job(struct srv_request *r, const char *url);
 void srv_pim_handle_devices(struct srv_request *r, const char *url);
+
+/* The web page (web.c): GET / and /ui/app.js, /ui/style.css. */
+void srv_web_handle(struct srv_request *r, const char *url);
 
 /* generate.c */
 void srv_generate_start(struct srv_request *r, enum srv_api api, json_t *body);

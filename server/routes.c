@@ -24,17 +24,19 @@ static void handle_health(struct srv_request *r, const char *url);
 static void handle_metrics(struct srv_request *r, const char *url);
 
 static const struct srv_route routes[] = {
-    {"/v1/completions", SRV_POST, false, false, handle_completions},
-    {"/v1/chat/completions", SRV_POST, false, false, handle_chat},
-    {"/v1/models", SRV_GET, false, false, handle_models},
-    {"/v1/models/", SRV_GET, true, false, handle_model},
-    {"/tokenize", SRV_POST, false, false, handle_tokenize},
-    {"/detokenize", SRV_POST, false, false, handle_detokenize},
-    {"/health", SRV_GET, false, true, handle_health},
-    {"/metrics", SRV_GET, false, true, handle_metrics},
-    {"/v1/pim/jobs", SRV_POST, false, false, srv_pim_handle_submit},
-    {"/v1/pim/jobs/", SRV_GET | SRV_DELETE, true, false, srv_pim_handle_job},
-    {"/v1/pim/devices", SRV_GET, false, false, srv_pim_handle_devices},
+    {"/v1/completions", SRV_POST, false, false, handle_completions, false},
+    {"/v1/chat/completions", SRV_POST, false, false, handle_chat, false},
+    {"/v1/models", SRV_GET, false, false, handle_models, false},
+    {"/v1/models/", SRV_GET, true, false, handle_model, false},
+    {"/tokenize", SRV_POST, false, false, handle_tokenize, false},
+    {"/detokenize", SRV_POST, false, false, handle_detokenize, false},
+    {"/health", SRV_GET, false, true, handle_health, false},
+    {"/metrics", SRV_GET, false, true, handle_metrics, false},
+    {"/v1/pim/jobs", SRV_POST, false, false, srv_pim_handle_submit, false},
+    {"/v1/pim/jobs/", SRV_GET | SRV_DELETE, true, false, srv_pim_handle_job, false},
+    {"/v1/pim/devices", SRV_GET, false, false, srv_pim_handle_devices, false},
+    {"/", SRV_GET, false, true, srv_web_handle, true},
+    {"/ui/", SRV_GET, true, true, srv_web_handle, true},
 };
 
 /* The metrics label of paths that are not routes. */
@@ -330,7 +332,7 @@ static bool reject_early(struct srv_request *r, const char *url, const char *met
         srv_respond_json(r, 405, srv_error_json(&e), allow);
         return true;
     }
-    if (c->n_api_keys > 0 && (!r->route->open || c->auth_health_metrics)) {
+    if (c->n_api_keys > 0 && !r->route->page && (!r->route->open || c->auth_health_metrics)) {
         const char *auth = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Authorization");
         if (!srv_auth_bearer_ok(auth, c->api_keys, c->n_api_keys)) {
             srv_error_set(&e, 401, "invalid_request_error", "invalid_api_key", NULL,

@@ -616,6 +616,46 @@ Test(server_http, api_keys_guard_the_api_but_not_health_and_metrics)
     cr_assert_eq(daemon_stop(&d), 0, "log %s:\n%s", d.log, daemon_log_tail(&d));
 }
 
+/* The web page: its three files from the binary, with their types, open
+ * even when every other route needs a key (the page asks for it). */
+Test(server_http, the_web_page_is_served_at_the_root_without_a_key)
+{
+    struct daemon d;
+    daemon_start(&d, (const char *[]){"--api-keys", "sk-first", "--auth-health-metrics", NULL});
+    static const struct {
+        const char *path, *type, *contains;
+    } files[] = {
+        {"/", "text/html; charset=utf-8", "<script src=\"/ui/app.js\""},
+        {"/ui/app.js", "text/javascript; charset=utf-8", "function parseMetrics("},
+        {"/ui/style.css", "text/css; charset=utf-8", ".chart polyline"},
+    };
+    for (size_t i = 0; i < sizeof files / sizeof *files; i++) {
+        struct http_response r = {0};
+        http_request(&d, "GET", files[i].path, NULL, NULL, &r);
+        cr_assert_eq(r.status, 200, "%s", files[i].path);
+        cr_assert_str_eq(http_header(&r, "Content-Type"), files[i].type);
+        cr_assert(r.body.data && memmem(r.body.data, r.body.len, files[i].contains,
+                                        strlen(files[i].contains)),
+                  "%s lacks %s", files[i].path, files[i].contains);
+        http_response_free(&r);
+    }
+    static const struct {
+        const char *method, *path;
+        long status;
+    } refused[] = {
+        {"GET", "/ui/missing.js", 404}, {"GET", "/ui/", 404}, {"POST", "/", 405},
+        {"GET", "/v1/models", 401},     {"GET", "/metrics", 401},
+    };
+    for (size_t i = 0; i < sizeof refused / sizeof *refused; i++) {
+        struct http_response r = {0};
+        http_request(&d, refused[i].method, refused[i].path, NULL, NULL, &r);
+        cr_assert_eq(r.status, refused[i].status, "%s %s -> %ld", refused[i].method,
+                     refused[i].path, r.status);
+        http_response_free(&r);
+    }
+    cr_assert_eq(daemon_stop(&d), 0, "log %s:\n%s", d.log, daemon_log_tail(&d));
+}
+
 Test(server_http, cors_is_off_by_default_and_follows_the_origin_list)
 {
     struct daemon d;
