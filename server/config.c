@@ -128,6 +128,9 @@ static const struct opt opts[] = {
      "device preset of PIM jobs that name none"},
     {"pim_presets_dir", OPT_STRING, OFF(pim_presets_dir), 0, "conf/pim", 0, 0, NULL, false, S,
      "DIR", "folder of PIM device presets (*.json); missing = the built-in isaac only"},
+    {"replica_id", OPT_STRING, OFF(replica_id), 0, "", 0, 0, NULL, false, S, "ID",
+     "this replica's name behind a load balancer (letters, digits, _; up to 32): prefixed to PIM "
+     "job ids (pim-ID-N, so that a balancer can send polls home) and a label of llmd_build_info"},
     {"log_level", OPT_STRING, OFF(log_level), 0, "info", 0, 0, "error|warn|info|debug", false, S,
      "L", "log level"},
     {"log_json", OPT_BOOL, OFF(log_json), 0, "false", 0, 0, NULL, false, S, NULL,
@@ -517,6 +520,13 @@ int srv_config_validate(const struct srv_config *c, char *err, size_t err_len)
     if (c->outliers != -1 && c->outliers % 16)
         return fail(err, err_len, "outliers (%d) must be a multiple of 16, or -1 for width/32",
                     c->outliers);
+    size_t rid = strlen(c->replica_id);
+    if (rid > 32 || strspn(c->replica_id, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                          "0123456789_") != rid)
+        return fail(err, err_len,
+                    "replica_id: '%.40s' must be up to 32 letters, digits or _ (it goes into "
+                    "PIM job ids and metric labels)",
+                    c->replica_id);
     for (int i = 0; i < c->n_cors_origins; i++)
         if (strcmp(c->cors_origins[i], "*") != 0 && !strstr(c->cors_origins[i], "://"))
             return fail(err, err_len,

@@ -480,7 +480,8 @@ int srv_serve_main(int argc, char **argv)
         printf("llmd: listening on http://%s%s%s:%d\n", strchr(cfg.host, ':') ? "[" : "", cfg.host,
                strchr(cfg.host, ':') ? "]" : "", d->port);
         fflush(stdout);
-        LOG_INFO("listening on %s port %d; loading %s", cfg.host, d->port, cfg.model);
+        LOG_INFO("listening on %s port %d; loading %s%s%s", cfg.host, d->port, cfg.model,
+                 cfg.replica_id[0] ? "; replica " : "", cfg.replica_id);
         UTIL_CHECK(uv_thread_create(&d->loader, loader_main, d) == 0);
         srv_daemon_run_mhd(d);
     }

@@ -94,8 +94,8 @@ static void answer_waiter(struct srv_request *r)
     bool finished = false;
     json_t *j = job_json(p, id, &finished);
     if (!j) {
-        char name[32];
-        pim_json_format_job_id(id, name);
+        char name[PIM_JOB_ID_MAX];
+        pim_json_format_job_id(p->lim.replica_id, id, name);
         struct srv_error e;
         srv_error_set(&e, 404, "invalid_request_error", "job_not_found", "id",
                       "No PIM job '%s' (its result expired)", name);
@@ -154,8 +154,8 @@ static void answer_or_wait(struct srv_request *r, uint64_t id, double wait_s, in
     bool finished = false;
     json_t *j = job_json(r->d->pim, id, &finished);
     if (!j) {
-        char name[32];
-        pim_json_format_job_id(id, name);
+        char name[PIM_JOB_ID_MAX];
+        pim_json_format_job_id(r->d->pim->lim.replica_id, id, name);
         not_found(r, name);
         return;
     }
@@ -330,7 +330,7 @@ void srv_pim_handle_job(struct srv_request *r, const char *url)
     struct srv_pim *p = r->d->pim;
     const char *name = url + strlen("/v1/pim/jobs/");
     uint64_t id;
-    if (pim_json_parse_job_id(name, &id) != 0) {
+    if (pim_json_parse_job_id(p->lim.replica_id, name, &id) != 0) {
         not_found(r, name);
         return;
     }
@@ -367,7 +367,7 @@ void srv_pim_handle_devices(struct srv_request *r, const char *url)
     if (n > PIM_MAX_LISTED_DEVICES) n = PIM_MAX_LISTED_DEVICES;
     struct pim_pool_stats stats;
     pim_pool_stats(p->pool, &stats);
-    json_t *o = pim_json_devices(info, n, pim_pool_device_config(p->pool), &stats);
+    json_t *o = pim_json_devices(info, n, pim_pool_device_config(p->pool), &stats, p->lim.replica_id);
     json_t *presets = json_array();
     for (int i = 0; i < pim_presets_count(p->presets); i++)
         json_array_append_new(presets, json_string(pim_presets_at(p->presets, i)->name));
@@ -449,6 +449,7 @@ int srv_pim_create(struct srv_daemon *d, char *err, size_t err_len)
     }
     pim_json_limits_default(&p->lim);
     p->lim.max_tensor_elements = c->pim_max_tensor_elements;
+    p->lim.replica_id = c->replica_id; /* the config outlives the pool */
     if (p->lim.max_total_elements < 2 * p->lim.max_tensor_elements)
         p->lim.max_total_elements = 2 * p->lim.max_tensor_elements;
 

@@ -44,6 +44,7 @@ void pim_json_limits_default(struct pim_json_limits *lim)
     lim->max_dim = 1 << 20;
     lim->max_layers = 4096;
     lim->max_output_elements_nested = 1 << 16;
+    lim->replica_id = NULL;
 }
 
 /* ---------------------------------------------------------- scalar values */
@@ -911,15 +912,23 @@ int pim_json_parse_job(const char *body, size_t len, const struct pim_json_limit
     return rc;
 }
 
-void pim_json_format_job_id(uint64_t id, char buf[32])
+void pim_json_format_job_id(const char *replica_id, uint64_t id, char buf[PIM_JOB_ID_MAX])
 {
-    snprintf(buf, 32, "pim-%" PRIu64, id);
+    if (replica_id && replica_id[0])
+        snprintf(buf, PIM_JOB_ID_MAX, "pim-%.32s-%" PRIu64, replica_id, id);
+    else
+        snprintf(buf, PIM_JOB_ID_MAX, "pim-%" PRIu64, id);
 }
 
-int pim_json_parse_job_id(const char *text, uint64_t *id)
+int pim_json_parse_job_id(const char *replica_id, const char *text, uint64_t *id)
 {
     if (!text || strncmp(text, "pim-", 4) != 0) return -EINVAL;
     const char *p = text + 4;
+    if (replica_id && replica_id[0]) {
+        size_t n = strlen(replica_id);
+        if (strncmp(p, replica_id, n) != 0 || p[n] != '-') return -EINVAL;
+        p += n + 1;
+    }
     if (*p < '1' || *p > '9') return -EINVAL;
     uint64_t v = 0;
     for (; *p; p++) {
@@ -1077,8 +1086,8 @@ json_t *pim_json_job(const struct pim_job_view *view, const struct pim_json_limi
         pim_json_limits_default(&defaults);
         lim = &defaults;
     }
-    char id[32];
-    pim_json_format_job_id(view->id, id);
+    char id[PIM_JOB_ID_MAX];
+    pim_json_format_job_id(lim->replica_id, view->id, id);
     json_t *o =
         json_pack("{s:s, s:s, s:s, s:s}", "id", id, "object", "pim.job", "type",
                   pim_job_type_name(view->type), "status", pim_job_status_name(view->status));
@@ -1125,13 +1134,14 @@ json_t *pim_json_error_body(const struct pim_json_error *err)
 }
 
 json_t *pim_json_devices(const struct pim_device_info *devices, int n,
-                         const struct pim_device *config, const struct pim_pool_stats *stats)
+                         const struct pim_device *config, const struct pim_pool_stats *stats,
+                         const char *replica_id)
 {
     json_t *data = json_array();
     for (int i = 0; i < n; i++) {
         const struct pim_device_info *d = &devices[i];
-        char id[32];
-        pim_json_format_job_id(d->current_job, id);
+        char id[PIM_JOB_ID_MAX];
+        pim_json_format_job_id(replica_id, d->current_job, id);
         json_array_append_new(data, json_pack("{s:i, s:s, s:s, s:b, s:o, s:I, s:f, s:f}", "id",
                                               d->index, "object", "pim.device", "name", d->name,
                                               "busy", d->busy, "current_job",
@@ -1140,6 +1150,9 @@ json_t *pim_json_devices(const struct pim_device_info *devices, int n,
                                               d->busy_seconds, "energy_j", d->energy));
     }
     json_t *o = json_pack("{s:s, s:o}", "object", "list", "data", data);
+    /* which replica answered, through a load balancer */
+    json_object_set_new(o, "replica_id",
+                        replica_id && replica_id[0] ? json_string(replica_id) : json_null());
     if (config) json_object_set_new(o, "config", pim_json_device(config));
     if (stats) {
         json_object_set_new(o, "queue",

@@ -60,6 +60,7 @@ struct pim_json_limits {
     int64_t max_dim;                    /* any one dimension; default 2^20 */
     int max_layers;                     /* dataflow_eval layers; default 4096 */
     int64_t max_output_elements_nested; /* larger outputs render as base64; default 2^16 */
+    const char *replica_id;             /* job ids are pim-REPLICA-N; NULL or "" = pim-N */
 };
 
 void pim_json_limits_default(struct pim_json_limits *lim);
@@ -103,10 +104,13 @@ int pim_json_parse_job_object(const json_t *root, const struct pim_json_limits *
                               const pim_presets *presets, struct pim_job *job,
                               struct pim_json_error *err);
 
-/* Job ids are rendered "pim-<n>". */
-void pim_json_format_job_id(uint64_t id, char buf[32]);
+/* Job ids are rendered "pim-<n>", or "pim-<replica>-<n>" with a replica id
+ * (a balancer maps the id to its replica). Parsing takes only this
+ * replica's ids. */
+#define PIM_JOB_ID_MAX 64
+void pim_json_format_job_id(const char *replica_id, uint64_t id, char buf[PIM_JOB_ID_MAX]);
 /* Returns 0 and the id, or -EINVAL. */
-int pim_json_parse_job_id(const char *text, uint64_t *id);
+int pim_json_parse_job_id(const char *replica_id, const char *text, uint64_t *id);
 
 /* ---------------------------------------------------------------- render */
 
@@ -118,7 +122,8 @@ json_t *pim_json_job(const struct pim_job_view *view, const struct pim_json_limi
 /* {"object": "list", "data": [devices], "config": {device fields},
  *  "queue": {"length", "capacity"}, "jobs": {...counters}}. New reference. */
 json_t *pim_json_devices(const struct pim_device_info *devices, int n,
-                         const struct pim_device *config, const struct pim_pool_stats *stats);
+                         const struct pim_device *config, const struct pim_pool_stats *stats,
+                         const char *replica_id); /* "replica_id" too: who answered */
 
 /* All fields of a device (what presets and overrides accept). New reference. */
 json_t *pim_json_device(const struct pim_device *dev);

@@ -617,6 +617,13 @@ static void handle_metrics(struct srv_request *r, const char *url)
     struct srv_engine_gauges g;
     srv_daemon_engine_gauges(r->d, &g);
     struct srv_buf out = SRV_BUF_INIT;
+    /* Which replica this is, so that series scraped from several stay apart
+     * (replica_id holds only letters, digits and _: no escaping needed). */
+    char labels[64];
+    snprintf(labels, sizeof labels, "replica_id=\"%s\"", r->d->cfg->replica_id);
+    srv_metrics_write_header(&out, "llmd_build_info", "gauge",
+                             "Always 1: its labels name this replica (replica_id).");
+    srv_metrics_write_sample(&out, "llmd_build_info", labels, 1);
     srv_metrics_render(&r->d->metrics, &g, &out);
     size_t len = out.len;
     srv_respond(r, 200, "text/plain; version=0.0.4; charset=utf-8", srv_buf_take(&out), len, NULL);

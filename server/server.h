@@ -85,6 +85,7 @@ struct srv_config {
     char *pim_preset;            /* device of jobs that name none */
     char *pim_presets_dir;       /* conf/pim */
     /* logs */
+    char *replica_id;            /* "" = none */
     char *log_level;
     bool log_json;
     bool access_log;

@@ -323,16 +323,25 @@ Test(pim_json, conv_and_llama_layers_parse)
 
 Test(pim_json, job_ids_round_trip_and_reject_junk)
 {
-    char buf[32];
+    char buf[PIM_JOB_ID_MAX];
     uint64_t id;
-    pim_json_format_job_id(12345, buf);
+    pim_json_format_job_id(NULL, 12345, buf);
     cr_assert_str_eq(buf, "pim-12345");
-    cr_assert_eq(pim_json_parse_job_id(buf, &id), 0);
+    cr_assert_eq(pim_json_parse_job_id("", buf, &id), 0);
     cr_assert_eq(id, 12345);
-    const char *junk[] = {
-        "", "pim-", "pim-0", "pim-01", "pim-1x", "job-1", "pim-99999999999999999999", "pim--1"};
+    const char *junk[] = {"",       "pim-",   "pim-0",  "pim-01", "pim-1x", "job-1",
+                          "pim-99999999999999999999", "pim--1", "pim-r1-5"};
     for (size_t i = 0; i < sizeof junk / sizeof *junk; i++)
-        cr_assert_eq(pim_json_parse_job_id(junk[i], &id), -EINVAL, "%s", junk[i]);
+        cr_assert_eq(pim_json_parse_job_id(NULL, junk[i], &id), -EINVAL, "%s", junk[i]);
+    /* A replica's ids name it, and it takes only its own. */
+    pim_json_format_job_id("r2", 7, buf);
+    cr_assert_str_eq(buf, "pim-r2-7");
+    cr_assert_eq(pim_json_parse_job_id("r2", buf, &id), 0);
+    cr_assert_eq(id, 7);
+    const char *others[] = {"pim-7", "pim-r1-7", "pim-r22-7", "pim-r-7", "pim-r2-", "pim-r2-07",
+                            "pim-r27"};
+    for (size_t i = 0; i < sizeof others / sizeof *others; i++)
+        cr_assert_eq(pim_json_parse_job_id("r2", others[i], &id), -EINVAL, "%s", others[i]);
 }
 
 Test(pim_json, results_render_with_cost_and_type_fields)
@@ -413,11 +422,12 @@ Test(pim_json, devices_and_errors_render)
     st.finished[PIM_JOB_VMM][PIM_STATUS_DONE] = 2;
     struct pim_device cfg;
     pim_device_default(&cfg);
-    json_t *o = pim_json_devices(d, 2, &cfg, &st);
+    json_t *o = pim_json_devices(d, 2, &cfg, &st, "r1");
+    cr_assert_str_eq(json_string_value(json_object_get(o, "replica_id")), "r1");
     json_t *data = json_object_get(o, "data");
     cr_assert_eq(json_array_size(data), 2);
     cr_assert_str_eq(json_string_value(json_object_get(json_array_get(data, 0), "current_job")),
-                     "pim-4");
+                     "pim-r1-4");
     cr_assert(json_is_null(json_object_get(json_array_get(data, 1), "current_job")));
     cr_assert_eq(json_integer_value(json_object_get(json_object_get(o, "queue"), "length")), 3);
     cr_assert_eq(json_integer_value(

@@ -850,3 +850,37 @@ Test(server_pim, sigterm_answers_the_waiters_at_once, .timeout = TIMEOUT)
     cr_assert(daemon_wait_exit(&d, STOP_TIMEOUT_S));
     cr_assert_eq(d.status, 0, "log %s:\n%s", d.log, daemon_log_tail(&d));
 }
+
+/* Behind a load balancer: a replica's job ids name it, it answers only its
+ * own, and /v1/pim/devices and /metrics say which replica this is. */
+Test(server_pim, a_replica_names_its_jobs_and_itself)
+{
+    struct daemon d;
+    daemon_start(&d, (const char *[]){"--replica-id", "r7", NULL});
+    long status;
+    json_t *j = http_json(&d, "POST", "/v1/pim/jobs",
+                          "{\"type\": \"vmm\", \"matrix\": [[1, 2]], \"input\": [3, 4], \"wait\": 10}",
+                          &status);
+    cr_assert_eq(status, 200);
+    const char *id = json_string_value(json_object_get(j, "id"));
+    cr_assert(id && strncmp(id, "pim-r7-", 7) == 0, "id %s", id ? id : "(none)");
+    char path[128];
+    snprintf(path, sizeof path, "/v1/pim/jobs/%s", id);
+    json_t *again = http_json(&d, "GET", path, NULL, &status);
+    cr_assert_eq(status, 200);
+    cr_assert_str_eq(json_string_value(json_object_get(again, "status")), "done");
+    json_decref(again);
+    /* the same number without the replica, or under another, is not this job */
+    snprintf(path, sizeof path, "/v1/pim/jobs/pim-%s", id + 7);
+    json_decref(http_json(&d, "GET", path, NULL, &status));
+    cr_assert_eq(status, 404);
+    snprintf(path, sizeof path, "/v1/pim/jobs/pim-r8-%s", id + 7);
+    json_decref(http_json(&d, "GET", path, NULL, &status));
+    cr_assert_eq(status, 404);
+    json_decref(j);
+    json_t *devices = http_json(&d, "GET", "/v1/pim/devices", NULL, &status);
+    cr_assert_str_eq(json_string_value(json_object_get(devices, "replica_id")), "r7");
+    json_decref(devices);
+    cr_assert_eq(metric(&d, "llmd_build_info{replica_id=\"r7\"}"), 1.0);
+    cr_assert_eq(daemon_stop(&d), 0, "log %s:\n%s", d.log, daemon_log_tail(&d));
+}
