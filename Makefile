@@ -3,7 +3,9 @@
 #   make            build build/llmd
 #   make run        install missing packages, build, serve the default model
 #   make test       unit tests, then the same tests under ASan + UBSan, then the web page
-#                   in headless Chromium (tests/web/run.sh)
+#                   in headless Chromium (tests/web/run.sh) and replicas behind nginx
+#                   (tests/cluster/run.sh)
+#   make cluster    replicas of the default model behind nginx on 127.0.0.1:8080 (conf/nginx/)
 #   make bench      build and run the benchmarks in bench/
 #   make bench-peer llmd against llama.cpp side by side (bench/peer.sh; not in test or CI)
 #   make fuzz       run each libFuzzer target for FUZZ_SECONDS
@@ -66,7 +68,7 @@ FUZZ_REPLAY  := $(patsubst tests/fuzz/%.c,$(BUILD)/asan/fuzz-replay/%,$(FUZZ_SRC
 FUZZERS      := $(patsubst tests/fuzz/%.c,$(BUILD)/fuzz/%,$(FUZZ_SRC))
 
 .SECONDARY:
-.PHONY: all deps run test test-build unit-tests isa-tests asan-tests fuzz-replay web-test bench fuzz soak format clean
+.PHONY: all deps run test test-build unit-tests isa-tests asan-tests fuzz-replay web-test cluster-test cluster bench fuzz soak format clean
 .DEFAULT_GOAL := all
 
 all: $(BUILD)/llmd
@@ -161,7 +163,7 @@ run: deps
 
 test: deps
 	@$(MAKE) --no-print-directory test-build
-	@$(MAKE) --no-print-directory unit-tests isa-tests asan-tests fuzz-replay web-test
+	@$(MAKE) --no-print-directory unit-tests isa-tests asan-tests fuzz-replay web-test cluster-test
 
 test-build: $(BUILD)/llmd $(BUILD)/asan/llmd $(TESTS) $(ASAN_TESTS) $(FUZZ_REPLAY)
 
@@ -189,6 +191,17 @@ asan-tests: $(ASAN_TESTS) $(BUILD)/asan/llmd
 # The web page in headless Chromium (skips with a message where it cannot run).
 web-test: $(BUILD)/llmd
 	@tests/web/run.sh $(BUILD)/llmd
+
+# Three replicas behind nginx, one killed, one stopped (skips without nginx).
+cluster-test: $(BUILD)/llmd
+	@tests/cluster/run.sh $(BUILD)/llmd
+
+# N replicas (CLUSTER_REPLICAS, default 3) of the default model behind nginx on
+# 127.0.0.1:8080, in the foreground; Ctrl-C stops them all (conf/nginx/cluster.sh).
+CLUSTER_REPLICAS ?= 3
+cluster: $(BUILD)/llmd
+	@command -v nginx >/dev/null || $(MAKE) --no-print-directory deps DEB_PACKAGES=nginx-light
+	LLMD=$(BUILD)/llmd MODEL=$(MODEL) conf/nginx/cluster.sh run $(CLUSTER_REPLICAS)
 
 fuzz-replay: $(FUZZ_REPLAY)
 	@set -e; for f in $(FUZZ_REPLAY); do n=$$(basename $$f); echo "== $$n corpus replay"; \

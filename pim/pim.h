@@ -615,6 +615,7 @@ struct pim_pool_config {
     int queue_capacity;       /* queued jobs before submit says -EAGAIN, default 64 */
     double result_ttl;        /* seconds a finished job stays readable, default 600 */
     int threads_per_job;      /* OpenMP threads a job may use, 0 = cores / devices */
+    uint64_t first_id;        /* the first job's id (then +1 a job); 0 = 1 */
     struct pim_device device; /* what the devices are (for the listing) */
     /* Called on the worker thread when a job finishes, fails or is
      * cancelled while running (and on the cancelling thread for a queued

@@ -245,7 +245,7 @@ int pim_pool_create(const struct pim_pool_config *cfg, pim_pool **out)
     pthread_condattr_destroy(&attr);
     pool->n_buckets = 1024;
     pool->buckets = util_xcalloc(pool->n_buckets, sizeof *pool->buckets);
-    pool->next_id = 1;
+    pool->next_id = cfg->first_id ? cfg->first_id : 1;
     pool->devices = util_xcalloc((size_t)cfg->n_devices, sizeof *pool->devices);
     pool->threads = util_xcalloc((size_t)cfg->n_devices, sizeof *pool->threads);
     pool->stats.n_devices = cfg->n_devices;

@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define PIM_MAX_LISTED_DEVICES 256
 /* DELETE of a running job waits this long for it to reach a check point. */
@@ -460,6 +461,14 @@ int srv_pim_create(struct srv_daemon *d, char *err, size_t err_len)
     pc.result_ttl = c->pim_result_ttl_s;
     pc.threads_per_job = c->pim_threads_per_job;
     pc.device = *dev;
+    if (c->replica_id[0]) {
+        /* Behind a balancer a replica restarts while clients hold its job
+         * ids: number from the boot time in microseconds, so that a new
+         * job never takes an old id. */
+        struct timespec now;
+        clock_gettime(CLOCK_REALTIME, &now);
+        pc.first_id = (uint64_t)now.tv_sec * 1000000u + (uint64_t)now.tv_nsec / 1000u;
+    }
     pc.on_complete = on_pool_complete;
     pc.user = p;
     pthread_mutex_init(&p->lock, NULL);
