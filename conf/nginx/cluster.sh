@@ -127,6 +127,10 @@ run() {
     mkdir -p "$dir/logs" "$dir/tmp"
     write_conf "$n" "$base" "$listen" >"$dir/nginx.conf"
     [ "$(id -u)" = 0 ] && sed -i '1i user root;' "$dir/nginx.conf"
+    # The replicas share this machine's cores: each gets its share as threads
+    # (llmd's default, all cores, makes their spinning workers fight:
+    # bench/cluster.sh measured 2-3x less throughput that way).
+    local threads=$(( $(nproc) / n > 0 ? $(nproc) / n : 1 ))
     local pids=() i
     stop() {
         trap - INT TERM EXIT
@@ -139,9 +143,9 @@ run() {
     for i in $(seq 1 "$n"); do
         # shellcheck disable=SC2086
         "$llmd" serve --model "$model" --host 127.0.0.1 --port $((base + i)) --replica-id "r$i" \
-            ${LLMD_ARGS:-} >"$dir/r$i.log" 2>&1 &
+            --threads "$threads" ${LLMD_ARGS:-} >"$dir/r$i.log" 2>&1 &
         pids+=($!)
-        echo "cluster: replica r$i on 127.0.0.1:$((base + i)), log $dir/r$i.log"
+        echo "cluster: replica r$i on 127.0.0.1:$((base + i)) ($threads threads), log $dir/r$i.log"
     done
     echo "cluster: nginx on http://127.0.0.1:$listen ($dir/nginx.conf); Ctrl-C stops everything"
     nginx -p "$dir" -c nginx.conf -g 'daemon off;' &
