@@ -302,6 +302,8 @@ async function refreshPim() {
       for (const v of [d.id, d.name, d.busy ? 'yes' : 'no', d.current_job || '-', d.jobs_done,
         d.busy_seconds.toFixed(4), d.energy_j.toExponential(3)]) cell(row, v);
     }
+    $('pim-presets').textContent = 'presets: ' + devices.presets.join(', ') + ' (jobs that name none: ' +
+      devices.default_preset + ')' + (devices.replica_id ? '; replica ' + devices.replica_id : '');
     $('pim-error').textContent = '';
   } catch (e) {
     $('pim-error').textContent = e.message;

@@ -142,7 +142,7 @@ try {
   // The PIM pool: devices, a VMM job and a solve that round-trip.
   await page.click('button[data-view=pim]');
   await page.waitForFunction(() => document.querySelectorAll('#pim-devices tbody tr').length > 0);
-  check(true, 'the PIM devices are listed');
+  check(/^presets: .*isaac/.test(await page.textContent('#pim-presets')), 'the PIM devices and presets are listed');
   await page.selectOption('#pim-type', 'vmm');
   await page.fill('#pim-matrix', '[[1, 2], [3, 4]]');
   await page.fill('#pim-vector', '[1, -1]');
