@@ -20,7 +20,7 @@
 
 BUILD       ?= build
 CC          ?= gcc
-MODULES     := util core quant attention pim server
+MODULES     := util core quant attention pim server cli
 PKGS        := libmicrohttpd jansson libuv openblas lapacke
 DEB_PACKAGES := build-essential pkg-config libmicrohttpd-dev libjansson-dev libuv1-dev \
                 libopenblas-dev liblapacke-dev libcriterion-dev clang libclang-rt-14-dev libomp-dev \
@@ -51,7 +51,7 @@ AMX_FLAGS    := $(AVX512_FLAGS) -mamx-tile -mamx-int8
 AVXVNNI_FLAGS := -mavxvnni
 SAN_FLAGS    := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 
-LIB_SRC   := $(filter-out server/main.c,$(wildcard $(addsuffix /*.c,$(MODULES))))
+LIB_SRC   := $(filter-out cli/main.c,$(wildcard $(addsuffix /*.c,$(MODULES))))
 TEST_SRC  := $(wildcard tests/test_*.c)
 BENCH_SRC := $(wildcard bench/*.c)
 FUZZ_SRC  := $(wildcard tests/fuzz/fuzz_*.c)
@@ -120,11 +120,11 @@ $(eval $(call flavour,$(BUILD)/fuzz,clang,$(FUZZ_FLAGS)))
 WEB_FILES := $(wildcard server/web/*)
 $(BUILD)/obj/server/web.o $(BUILD)/asan/obj/server/web.o $(BUILD)/fuzz/obj/server/web.o: $(WEB_FILES)
 
-$(BUILD)/llmd: $(LIB_OBJ) $(BUILD)/obj/server/main.o
+$(BUILD)/llmd: $(LIB_OBJ) $(BUILD)/obj/cli/main.o
 	@echo "  LINK  $@"
 	$(Q)$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
 
-$(BUILD)/asan/llmd: $(ASAN_LIB_OBJ) $(BUILD)/asan/obj/server/main.o
+$(BUILD)/asan/llmd: $(ASAN_LIB_OBJ) $(BUILD)/asan/obj/cli/main.o
 	@echo "  LINK  $@"
 	$(Q)$(CC) $(CFLAGS) $(SAN_FLAGS) $^ -o $@ $(LDLIBS)
 

@@ -34,9 +34,9 @@
  * Output: a table, then `name: value` lines.
  */
 #include "bench/bench.h"
+#include "cli/settings.h"
 #include "core/llm.h"
 #include "core/grammar.h"
-#include "server/server.h"
 #include "tests/grammar_helpers.h"
 #include "util/util.h"
 
@@ -393,10 +393,10 @@ static int time_steps(const char *path, const char *save_path, int prompt, int s
                       int lock_fd, struct step_result *out)
 {
     struct srv_config sc;
-    srv_config_init(&sc);
+    cmd_settings_init(&sc);
     char err[512];
     const char *argv[] = {"serve", NULL};
-    if (srv_config_load(&sc, 1, (char **)argv, err, sizeof err))
+    if (cmd_settings_load(&sc, 1, (char **)argv, err, sizeof err))
         util_die("grammar_mask: serve's settings: %s", err);
     struct llm_model_options o;
     srv_config_model_options(&sc, &o);
@@ -406,7 +406,7 @@ static int time_steps(const char *path, const char *save_path, int prompt, int s
     double t0 = util_now();
     if (llm_model_load(load, &o, &model, err, sizeof err)) {
         fprintf(stderr, "grammar_mask: cannot load %s: %s\n", load, err);
-        srv_config_free(&sc);
+        cmd_settings_free(&sc);
         return -1;
     }
     double load_s = util_now() - t0;
@@ -464,7 +464,7 @@ static int time_steps(const char *path, const char *save_path, int prompt, int s
     util_aligned_free(logits);
     llm_workspace_free(ws);
     llm_model_free(model);
-    srv_config_free(&sc);
+    cmd_settings_free(&sc);
     return 0;
 }
 

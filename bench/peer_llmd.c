@@ -31,7 +31,7 @@
  */
 #include "bench/bench.h"
 #include "core/llm.h"
-#include "server/server.h"
+#include "cli/settings.h"
 #include "util/util.h"
 
 #include <stdio.h>
@@ -210,9 +210,9 @@ int main(int argc, char **argv)
     serve_argv[serve_argc] = NULL;
 
     struct srv_config sc;
-    srv_config_init(&sc);
+    cmd_settings_init(&sc);
     char err[512];
-    if (srv_config_load(&sc, serve_argc, (char **)serve_argv, err, sizeof err)) {
+    if (cmd_settings_load(&sc, serve_argc, (char **)serve_argv, err, sizeof err)) {
         fprintf(stderr, "peer_llmd: serve's settings: %s\n", err);
         return 2;
     }
@@ -280,6 +280,6 @@ int main(int argc, char **argv)
     util_aligned_free(r.logits);
     llm_workspace_free(r.ws);
     llm_model_free(r.model);
-    srv_config_free(&sc);
+    cmd_settings_free(&sc);
     return 0;
 }

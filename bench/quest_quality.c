@@ -4,7 +4,7 @@
  * page + the most recent pages) at the same budget.
  *
  *  (a) passkey accuracy at --ctx tokens (the prompts of `llmd passkey`,
- *      server/passkey.c), greedy, 8 answer tokens;
+ *      cli/passkey.c), greedy, 8 answer tokens;
  *  (b) held-out perplexity of the last --ppl-tail tokens of --ppl-windows
  *      windows of --ctx tokens (BOS + models/heldout.txt, as
  *      `llmd perplexity` cuts it), each scored token decoded one at a time.
@@ -25,8 +25,8 @@
  * fraction) that tools/plot_quest.py plots.
  */
 #include "bench/bench.h"
+#include "cli/passkey.h"
 #include "core/llm.h"
-#include "server/passkey.h"
 #include "util/util.h"
 
 #include <errno.h>

@@ -135,7 +135,7 @@ typedef bool (*llm_linear_hook_fn)(void *ctx, int layer, enum llm_linear_kind ki
 /* Routes the linear layers of an fp32 model through fn (NULL removes it).
  * Returns 0, or -ENOTSUP when the model is quantized (its float weights
  * are gone). For running chosen layers on other hardware, simulated or not
- * (the PIM crossbars: server/pim_llm.c). */
+ * (the PIM crossbars: cli/pim_llm.c). */
 int llm_model_set_linear_hook(llm_model *model, llm_linear_hook_fn fn, void *ctx);
 
 /* ---------------------------------------------------------- forward pass */

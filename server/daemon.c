@@ -239,7 +239,6 @@ static void loader_main(void *arg)
     uv_async_send(&d->loaded_async);
 }
 
-
 static void on_loaded(uv_async_t *a)
 {
     struct srv_daemon *d = a->data;
@@ -391,23 +390,6 @@ static void on_signal(uv_signal_t *s, int signum)
 
 /* ---------------------------------------------------------------- main */
 
-static void print_usage(void)
-{
-    printf("usage: llmd serve [options]\n\n"
-           "Serves the model over HTTP: OpenAI-compatible /v1/completions and\n"
-           "/v1/chat/completions (SSE with \"stream\": true), /v1/models, /tokenize,\n"
-           "/detokenize, /health and Prometheus /metrics; and the simulated ReRAM PIM\n"
-           "accelerator pool: /v1/pim/jobs, /v1/pim/jobs/{id}, /v1/pim/devices.\n\n"
-           "Settings come from %s (or --config FILE, or LLMD_CONFIG), then\n"
-           "LLMD_* environment variables, then these flags:\n\n"
-           "  --config FILE                      JSON settings file\n"
-           "  --help                             this text\n",
-           SRV_CONFIG_DEFAULT_PATH);
-    srv_config_print_help(stdout, SRV_CONFIG_GROUP_ALL);
-    printf("\nSIGTERM or SIGINT stops accepting and lets running requests finish for\n"
-           "grace_s seconds; a second signal exits at once.\n");
-}
-
 static void on_keepalive_timer(uv_timer_t *t)
 {
     srv_streams_keepalive(t->data);
@@ -436,36 +418,23 @@ static int init_loop(struct srv_daemon *d)
     return 0;
 }
 
-int srv_serve_main(int argc, char **argv)
+int srv_serve(struct srv_config *config)
 {
-    struct srv_config cfg;
-    srv_config_init(&cfg);
     char err[512];
-    int rc = srv_config_load(&cfg, argc, argv, err, sizeof err);
-    if (rc == SRV_CONFIG_HELP) {
-        print_usage();
-        srv_config_free(&cfg);
-        return 0;
-    }
-    if (rc) {
-        fprintf(stderr, "llmd serve: %s\n", err);
-        srv_config_free(&cfg);
-        return 2;
-    }
     enum util_log_level level;
-    UTIL_CHECK(util_log_level_parse(cfg.log_level, &level) == 0);
-    util_log_configure(level, cfg.log_json);
+    UTIL_CHECK(util_log_level_parse(config->log_level, &level) == 0);
+    util_log_configure(level, config->log_json);
     signal(SIGPIPE, SIG_IGN);
 
     struct srv_daemon *d = util_xcalloc(1, sizeof *d);
-    d->cfg = &cfg;
+    d->cfg = config;
     pthread_mutex_init(&d->events_lock, NULL);
     srv_metrics_init(&d->metrics);
     util_rng_seed(&d->rng,
                   (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(util_now() * 1e9));
     atomic_init(&d->load_state, SRV_LOADING);
     init_loop(d);
-    if (cfg.config_path) LOG_INFO("settings from %s", cfg.config_path);
+    if (config->config_path) LOG_INFO("settings from %s", config->config_path);
 
     if (srv_pim_create(d, err, sizeof err)) {
         fprintf(stderr, "llmd serve: %s\n", err);
@@ -477,11 +446,11 @@ int srv_serve_main(int argc, char **argv)
         atomic_store(&d->load_state, SRV_LOAD_FAILED);
         begin_shutdown(d, "cannot listen");
     } else {
-        printf("llmd: listening on http://%s%s%s:%d\n", strchr(cfg.host, ':') ? "[" : "", cfg.host,
-               strchr(cfg.host, ':') ? "]" : "", d->port);
+        printf("llmd: listening on http://%s%s%s:%d\n", strchr(config->host, ':') ? "[" : "",
+               config->host, strchr(config->host, ':') ? "]" : "", d->port);
         fflush(stdout);
-        LOG_INFO("listening on %s port %d; loading %s%s%s", cfg.host, d->port, cfg.model,
-                 cfg.replica_id[0] ? "; replica " : "", cfg.replica_id);
+        LOG_INFO("listening on %s port %d; loading %s%s%s", config->host, d->port, config->model,
+                 config->replica_id[0] ? "; replica " : "", config->replica_id);
         UTIL_CHECK(uv_thread_create(&d->loader, loader_main, d) == 0);
         srv_daemon_run_mhd(d);
     }
@@ -495,6 +464,5 @@ int srv_serve_main(int argc, char **argv)
     srv_metrics_free(&d->metrics);
     pthread_mutex_destroy(&d->events_lock);
     free(d);
-    srv_config_free(&cfg);
     return exit_code;
 }

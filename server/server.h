@@ -24,11 +24,13 @@
 
 /* ------------------------------------------------------------ the daemon */
 
-/* `llmd serve [flags]`: argv[0] is "serve". Runs until SIGTERM or SIGINT,
- * then drains (see the grace_s setting). Returns the process exit status:
- * 0 after a clean shutdown, 1 when the model cannot be loaded or the port
- * cannot be bound, 2 for bad settings. */
-int srv_serve_main(int argc, char **argv);
+/* Serves with settings that cli/settings.c has loaded and validated (the
+ * daemon parses nothing itself). Runs until SIGTERM or SIGINT, then drains
+ * (see the grace_s setting). Returns the process exit status: 0 after a
+ * clean shutdown, 1 when the model cannot be loaded or the port cannot be
+ * bound, 2 for settings the PIM pool refuses (its presets). */
+struct srv_config;
+int srv_serve(struct srv_config *config);
 
 /* -------------------------------------------------------- configuration */
 
@@ -85,67 +87,16 @@ struct srv_config {
     char *pim_preset;            /* device of jobs that name none */
     char *pim_presets_dir;       /* conf/pim */
     /* logs */
-    char *replica_id;            /* "" = none */
+    char *replica_id; /* "" = none */
     char *log_level;
     bool log_json;
     bool access_log;
 };
-
-/* Setting groups for srv_config_print_help: the model settings are shared
- * with the other commands that load a model (generate, perplexity, ...). */
-enum { SRV_CONFIG_GROUP_MODEL = 1, SRV_CONFIG_GROUP_SERVER = 2, SRV_CONFIG_GROUP_ALL = 3 };
-
-/* The default config file, read when it exists and no other is named. */
-#define SRV_CONFIG_DEFAULT_PATH "conf/llmd.json"
-
-/* Fills every setting with its compiled default. Free with srv_config_free. */
-void srv_config_init(struct srv_config *config);
-void srv_config_free(struct srv_config *config);
-
-/* Applies a JSON object of settings; `origin` names it in messages.
- * Unknown keys, wrong types and out-of-range values are errors (-EINVAL
- * with a message in err). Values of secret settings never appear in
- * messages. */
-int srv_config_apply_json(struct srv_config *config, const json_t *object, const char *origin,
-                          char *err, size_t err_len);
-/* Reads and applies a config file. -ENOENT when it does not exist. */
-int srv_config_apply_file(struct srv_config *config, const char *path, char *err, size_t err_len);
-/* Applies the LLMD_* environment variables that are set. */
-int srv_config_apply_env(struct srv_config *config, char *err, size_t err_len);
-
-/* Tries argv[*i] as a setting flag (`--port 9000`, `--port=9000`,
- * `--log-json`, `--no-log-json`). Returns 1 and advances *i past what it
- * used, 0 when argv[*i] is not a setting flag (leaving *i), or -EINVAL with
- * a message. For commands that mix these flags with their own. */
-int srv_config_parse_flag(struct srv_config *config, int argc, char **argv, int *i, char *err,
-                          size_t err_len);
-
-/* Checks the settings together (ranges are checked as they are applied).
- * 0 or -EINVAL with a message. */
-int srv_config_validate(const struct srv_config *config, char *err, size_t err_len);
-
-/* The whole precedence chain for `llmd serve`: defaults, the config file
- * (--config FILE, else LLMD_CONFIG, else conf/llmd.json when it exists),
- * the environment, the flags (argv[0] is the command name), then
- * srv_config_validate. Returns 0, SRV_CONFIG_HELP when --help/-h was given,
- * or -EINVAL/-ENOENT with a message. The config must have been
- * srv_config_init'ed. */
-#define SRV_CONFIG_HELP 1
-int srv_config_load(struct srv_config *config, int argc, char **argv, char *err, size_t err_len);
 
 /* What the settings mean for the model and the engine: the options `llmd
  * serve` loads the model and runs the engine with (benchmarks that measure
  * serve's configuration in-process use them too). */
 void srv_config_model_options(const struct srv_config *config, struct llm_model_options *out);
 void srv_config_engine_config(const struct srv_config *config, struct llm_engine_config *out);
-
-/* All settings as a JSON object in the config file's format (new
- * reference), secrets replaced by "<redacted>": for the start-up log, and
- * for checking conf/llmd.json against the compiled defaults. */
-json_t *srv_config_to_json(const struct srv_config *config);
-
-/* Lists the settings of `groups` as flags, each with its environment
- * variable and default. */
-void srv_config_print_help(FILE *out, unsigned groups);
 
 #endif

@@ -1,5 +1,5 @@
 /*
- * Tests for the offline commands (server/commands.c) through the real
+ * Tests for the offline commands (cli/commands.c) through the real
  * binary: tokenize on a vocabulary-only GGUF gives sentencepiece's ids,
  * generate is reproducible by seed, perplexity equals the forward pass's own
  * figure, and bad input gives a clear message and a non-zero status.

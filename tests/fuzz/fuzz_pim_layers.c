@@ -1,7 +1,7 @@
-/* Fuzz target for the --pim-layers spec parser (server/pim_llm.c): any
+/* Fuzz target for the --pim-layers spec parser (cli/pim_llm.c): any
  * bytes parse to a selection or fail with a message, never crash; a parsed
  * spec selects something. */
-#include "server/pim_llm.h"
+#include "cli/pim_llm.h"
 
 #include <stdint.h>
 #include <stdlib.h>

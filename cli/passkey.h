@@ -3,8 +3,8 @@
  * shared with training): the prompt builder and the answer check. Used by
  * `llmd passkey` and by bench/quest_quality.c, so both ask the same thing.
  */
-#ifndef LLMD_SERVER_PASSKEY_H
-#define LLMD_SERVER_PASSKEY_H
+#ifndef LLMD_CLI_PASSKEY_H
+#define LLMD_CLI_PASSKEY_H
 
 #include "core/tokenizer.h"
 #include "util/util.h"

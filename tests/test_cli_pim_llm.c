@@ -1,8 +1,8 @@
-/* The PIM linear-layer hook (server/pim_llm.c over core's
+/* The PIM linear-layer hook (cli/pim_llm.c over core's
  * llm_model_set_linear_hook): the layer spec, an ideal device matching the
  * float forward pass, a noisy one not, the cost it reports, and refusal of
  * quantized models. */
-#include "server/pim_llm.h"
+#include "cli/pim_llm.h"
 
 #include <criterion/criterion.h>
 #include <errno.h>

@@ -8,7 +8,7 @@
  * of them at a random depth. The answer is right when the first run of
  * digits the model generates (greedy) is the key.
  */
-#include "server/passkey.h"
+#include "cli/passkey.h"
 
 #include <stdarg.h>
 #include <stdint.h>

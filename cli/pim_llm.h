@@ -15,8 +15,8 @@
  * use; every product then goes through it with the device's converters and
  * read noise. Not thread-safe: one forward pass at a time.
  */
-#ifndef LLMD_SERVER_PIM_LLM_H
-#define LLMD_SERVER_PIM_LLM_H
+#ifndef LLMD_CLI_PIM_LLM_H
+#define LLMD_CLI_PIM_LLM_H
 
 #include "core/llm.h"
 #include "pim/pim.h"

@@ -1,11 +1,13 @@
 /*
- * commands.h: the offline subcommands of llmd (everything but `serve`).
+ * commands.h: the subcommands of llmd: `serve` (cli/serve.c) and the offline
+ * ones (cli/commands.c).
  * Each takes argv with argv[0] = the subcommand name and returns an exit
  * status.
  */
-#ifndef LLMD_SERVER_COMMANDS_H
-#define LLMD_SERVER_COMMANDS_H
+#ifndef LLMD_CLI_COMMANDS_H
+#define LLMD_CLI_COMMANDS_H
 
+int cmd_serve(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
 int cmd_perplexity(int argc, char **argv);
 int cmd_passkey(int argc, char **argv);

@@ -2,7 +2,7 @@
  * pim_llm.c: chosen LLM linear layers on the simulated crossbars (see
  * pim_llm.h).
  */
-#include "server/pim_llm.h"
+#include "cli/pim_llm.h"
 
 #include "util/util.h"
 

@@ -1,9 +1,9 @@
 /*
- * fuzz_server_config: any bytes as the JSON settings file. Applying them
+ * fuzz_cli_settings: any bytes as the JSON settings file. Applying them
  * must succeed or fail with a message, never crash or leak, and what
  * succeeds must dump back to JSON.
  */
-#include "server/server.h"
+#include "cli/settings.h"
 
 #include <stdint.h>
 #include <stdlib.h>
@@ -14,15 +14,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     json_t *root = json_loadb((const char *)data, size, 0, &jerr);
     if (!root) return 0;
     struct srv_config c;
-    srv_config_init(&c);
+    cmd_settings_init(&c);
     char err[256];
-    if (srv_config_apply_json(&c, root, "fuzz", err, sizeof err) == 0) {
-        srv_config_validate(&c, err, sizeof err);
-        json_decref(srv_config_to_json(&c));
+    if (cmd_settings_apply_json(&c, root, "fuzz", err, sizeof err) == 0) {
+        cmd_settings_validate(&c, err, sizeof err);
+        json_decref(cmd_settings_to_json(&c));
     } else if (!err[0]) {
         abort();
     }
-    srv_config_free(&c);
+    cmd_settings_free(&c);
     json_decref(root);
     return 0;
 }

@@ -3,12 +3,12 @@
  * tokenize. They share the model flags (precision, KV type, Quest budget,
  * threads) so that every path can be measured from the command line.
  */
-#include "server/commands.h"
+#include "cli/commands.h"
 
+#include "cli/passkey.h"
+#include "cli/pim_llm.h"
 #include "core/llm.h"
-#include "server/passkey.h"
 #include "server/pim_json.h"
-#include "server/pim_llm.h"
 #include "util/util.h"
 
 #include <errno.h>

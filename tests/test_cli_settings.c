@@ -1,7 +1,7 @@
 /* Tests for the settings of `llmd serve`: defaults, file < env < flags,
  * errors, --help. Each Criterion test runs in its own process, so setenv
  * does not leak between tests. */
-#include "server/server.h"
+#include "cli/settings.h"
 
 #include <criterion/criterion.h>
 #include <ctype.h>
@@ -25,24 +25,24 @@ static const char *temp_file(const char *text)
     return path;
 }
 
-/* srv_config_load over a NULL-terminated flag list (argv[0] = "serve"). */
+/* cmd_settings_load over a NULL-terminated flag list (argv[0] = "serve"). */
 static int load(struct srv_config *c, const char *const *flags)
 {
     char *argv[32] = {"serve"};
     int argc = 1;
     for (; flags && flags[argc - 1]; argc++) argv[argc] = (char *)flags[argc - 1];
-    return srv_config_load(c, argc, argv, err, sizeof err);
+    return cmd_settings_load(c, argc, argv, err, sizeof err);
 }
 
-Test(server_config, conf_file_lists_every_setting_with_the_compiled_default)
+Test(cli_settings, conf_file_lists_every_setting_with_the_compiled_default)
 {
     struct srv_config defaults, from_file;
-    srv_config_init(&defaults);
-    srv_config_init(&from_file);
+    cmd_settings_init(&defaults);
+    cmd_settings_init(&from_file);
     json_error_t jerr;
     json_t *file = json_load_file("conf/llmd.json", 0, &jerr);
     cr_assert(file, "conf/llmd.json: %s", jerr.text);
-    json_t *want = srv_config_to_json(&defaults);
+    json_t *want = cmd_settings_to_json(&defaults);
     cr_assert_eq(json_object_size(file), json_object_size(want),
                  "the file has %zu settings, not %zu", json_object_size(file),
                  json_object_size(want));
@@ -50,9 +50,9 @@ Test(server_config, conf_file_lists_every_setting_with_the_compiled_default)
     json_t *v;
     json_object_foreach(want, key, v)
         cr_assert(json_object_get(file, key), "conf/llmd.json lacks '%s'", key);
-    cr_assert_eq(srv_config_apply_file(&from_file, "conf/llmd.json", err, sizeof err), 0, "%s",
+    cr_assert_eq(cmd_settings_apply_file(&from_file, "conf/llmd.json", err, sizeof err), 0, "%s",
                  err);
-    json_t *got = srv_config_to_json(&from_file);
+    json_t *got = cmd_settings_to_json(&from_file);
     json_object_foreach(want, key, v)
     {
         cr_assert(json_equal(json_object_get(got, key), v), "'%s' differs from its default", key);
@@ -60,64 +60,64 @@ Test(server_config, conf_file_lists_every_setting_with_the_compiled_default)
     json_decref(file);
     json_decref(want);
     json_decref(got);
-    srv_config_free(&defaults);
-    srv_config_free(&from_file);
+    cmd_settings_free(&defaults);
+    cmd_settings_free(&from_file);
 }
 
-Test(server_config, defaults_are_the_documented_ones)
+Test(cli_settings, defaults_are_the_documented_ones)
 {
     struct srv_config c;
-    srv_config_init(&c);
+    cmd_settings_init(&c);
     cr_assert_str_eq(c.host, "127.0.0.1");
     cr_assert_eq(c.port, 8080);
     cr_assert_str_eq(c.model, "models/llmd-20m.gguf");
     cr_assert_eq(c.n_api_keys, 0);
     cr_assert_eq(c.n_cors_origins, 0);
     cr_assert_not(c.auth_health_metrics);
-    cr_assert_eq(srv_config_validate(&c, err, sizeof err), 0, "%s", err);
-    srv_config_free(&c);
+    cr_assert_eq(cmd_settings_validate(&c, err, sizeof err), 0, "%s", err);
+    cmd_settings_free(&c);
 }
 
-Test(server_config, env_overrides_file_and_flags_override_env)
+Test(cli_settings, env_overrides_file_and_flags_override_env)
 {
     const char *path = temp_file("{\"port\": 9001, \"log_level\": \"debug\", \"grace_s\": 2.5}");
     struct srv_config c;
 
-    srv_config_init(&c);
+    cmd_settings_init(&c);
     cr_assert_eq(load(&c, (const char *[]){"--config", path, NULL}), 0, "%s", err);
     cr_assert_eq(c.port, 9001);
     cr_assert_str_eq(c.log_level, "debug");
     cr_assert_float_eq(c.grace_s, 2.5, 1e-12);
     cr_assert_str_eq(c.config_path, path);
-    srv_config_free(&c);
+    cmd_settings_free(&c);
 
     setenv("LLMD_PORT", "9002", 1);
-    srv_config_init(&c);
+    cmd_settings_init(&c);
     cr_assert_eq(load(&c, (const char *[]){"--config", path, NULL}), 0, "%s", err);
     cr_assert_eq(c.port, 9002);
     cr_assert_str_eq(c.log_level, "debug",
                      "a setting the env does not name keeps the file's value");
-    srv_config_free(&c);
+    cmd_settings_free(&c);
 
-    srv_config_init(&c);
+    cmd_settings_init(&c);
     cr_assert_eq(load(&c, (const char *[]){"--port", "9003", "--config", path, NULL}), 0, "%s",
                  err);
     cr_assert_eq(c.port, 9003, "a flag wins even before --config");
-    srv_config_free(&c);
+    cmd_settings_free(&c);
 
     setenv("LLMD_CONFIG", path, 1);
     unsetenv("LLMD_PORT");
-    srv_config_init(&c);
+    cmd_settings_init(&c);
     cr_assert_eq(load(&c, NULL), 0, "%s", err);
     cr_assert_eq(c.port, 9001, "LLMD_CONFIG names the file");
-    srv_config_free(&c);
+    cmd_settings_free(&c);
     unlink(path);
 }
 
-Test(server_config, flag_forms_equals_booleans_negation_and_lists)
+Test(cli_settings, flag_forms_equals_booleans_negation_and_lists)
 {
     struct srv_config c;
-    srv_config_init(&c);
+    cmd_settings_init(&c);
     int rc =
         load(&c, (const char *[]){"--config", "conf/llmd.json", "--port=0", "--log-json",
                                   "--no-access-log", "--api-keys", "k1, k2,,k3", "--cors-origins=*",
@@ -134,22 +134,22 @@ Test(server_config, flag_forms_equals_booleans_negation_and_lists)
     cr_assert_str_eq(c.cors_origins[0], "*");
     cr_assert_float_eq(c.request_timeout_s, 1.5, 1e-12);
     cr_assert_str_eq(c.precision, "fp32");
-    srv_config_free(&c);
+    cmd_settings_free(&c);
 }
 
-Test(server_config, env_lists_and_booleans_parse)
+Test(cli_settings, env_lists_and_booleans_parse)
 {
     setenv("LLMD_API_KEYS", "alpha,beta", 1);
     setenv("LLMD_LOG_JSON", "yes", 1);
     setenv("LLMD_AUTH_HEALTH_METRICS", "1", 1);
     struct srv_config c;
-    srv_config_init(&c);
-    cr_assert_eq(srv_config_apply_env(&c, err, sizeof err), 0, "%s", err);
+    cmd_settings_init(&c);
+    cr_assert_eq(cmd_settings_apply_env(&c, err, sizeof err), 0, "%s", err);
     cr_assert_eq(c.n_api_keys, 2);
     cr_assert_str_eq(c.api_keys[1], "beta");
     cr_assert(c.log_json);
     cr_assert(c.auth_health_metrics);
-    srv_config_free(&c);
+    cmd_settings_free(&c);
 }
 
 /* One bad input and a word its message must contain. */
@@ -160,7 +160,7 @@ struct bad_case {
     const char *message_has;
 };
 
-Test(server_config, bad_settings_are_refused_with_a_clear_message)
+Test(cli_settings, bad_settings_are_refused_with_a_clear_message)
 {
     static const struct bad_case cases[] = {
         {"{\"prot\": 1}", {0}, NULL, NULL, "unknown setting 'prot'"},
@@ -202,62 +202,62 @@ Test(server_config, bad_settings_are_refused_with_a_clear_message)
         flags[n] = NULL;
         if (t->env_name) setenv(t->env_name, t->env_value, 1);
         struct srv_config c;
-        srv_config_init(&c);
+        cmd_settings_init(&c);
         err[0] = '\0';
         int rc = load(&c, flags);
         cr_assert_eq(rc, -EINVAL, "case %zu: rc %d (%s)", i, rc, err);
         cr_assert(strstr(err, t->message_has), "case %zu: '%s' lacks '%s'", i, err, t->message_has);
-        srv_config_free(&c);
+        cmd_settings_free(&c);
         if (t->env_name) unsetenv(t->env_name);
         if (t->file) unlink(path);
     }
 }
 
-Test(server_config, a_named_config_file_must_exist_but_the_default_need_not)
+Test(cli_settings, a_named_config_file_must_exist_but_the_default_need_not)
 {
     struct srv_config c;
-    srv_config_init(&c);
+    cmd_settings_init(&c);
     cr_assert_eq(load(&c, (const char *[]){"--config", "/nonexistent/llmd.json", NULL}), -ENOENT);
-    srv_config_free(&c);
+    cmd_settings_free(&c);
     cr_assert_eq(chdir("/tmp"), 0); /* no conf/llmd.json here */
-    srv_config_init(&c);
+    cmd_settings_init(&c);
     cr_assert_eq(load(&c, NULL), 0, "%s", err);
     cr_assert_null(c.config_path);
-    srv_config_free(&c);
+    cmd_settings_free(&c);
 }
 
-Test(server_config, help_is_detected_before_anything_else)
+Test(cli_settings, help_is_detected_before_anything_else)
 {
     struct srv_config c;
-    srv_config_init(&c);
-    cr_assert_eq(load(&c, (const char *[]){"--bogus", "--help", NULL}), SRV_CONFIG_HELP);
-    srv_config_free(&c);
+    cmd_settings_init(&c);
+    cr_assert_eq(load(&c, (const char *[]){"--bogus", "--help", NULL}), CMD_SETTINGS_HELP);
+    cmd_settings_free(&c);
 }
 
-Test(server_config, api_keys_never_appear_in_the_dump)
+Test(cli_settings, api_keys_never_appear_in_the_dump)
 {
     struct srv_config c;
-    srv_config_init(&c);
+    cmd_settings_init(&c);
     cr_assert_eq(load(&c, (const char *[]){"--api-keys", "sekret-1,sekret-2", NULL}), 0, "%s", err);
-    json_t *j = srv_config_to_json(&c);
+    json_t *j = cmd_settings_to_json(&c);
     char *text = json_dumps(j, 0);
     cr_assert_null(strstr(text, "sekret"), "%s", text);
     cr_assert_eq(json_array_size(json_object_get(j, "api_keys")), 2);
     free(text);
     json_decref(j);
-    srv_config_free(&c);
+    cmd_settings_free(&c);
 }
 
-Test(server_config, help_lists_every_setting_with_flag_env_and_default)
+Test(cli_settings, help_lists_every_setting_with_flag_env_and_default)
 {
     char *text = NULL;
     size_t len = 0;
     FILE *f = open_memstream(&text, &len);
-    srv_config_print_help(f, SRV_CONFIG_GROUP_ALL);
+    cmd_settings_print_help(f, CMD_SETTINGS_GROUP_ALL);
     fclose(f);
     struct srv_config c;
-    srv_config_init(&c);
-    json_t *all = srv_config_to_json(&c);
+    cmd_settings_init(&c);
+    json_t *all = cmd_settings_to_json(&c);
     const char *key;
     json_t *v;
     json_object_foreach(all, key, v)
@@ -274,16 +274,16 @@ Test(server_config, help_lists_every_setting_with_flag_env_and_default)
     cr_assert(strstr(text, "default: 8080; env LLMD_PORT"), "port default");
     cr_assert(strstr(text, "default: \"127.0.0.1\"; env LLMD_HOST"), "host default");
     json_decref(all);
-    srv_config_free(&c);
+    cmd_settings_free(&c);
     free(text);
 }
 
-Test(server_config, model_group_is_a_subset_for_other_commands)
+Test(cli_settings, model_group_is_a_subset_for_other_commands)
 {
     char *text = NULL;
     size_t len = 0;
     FILE *f = open_memstream(&text, &len);
-    srv_config_print_help(f, SRV_CONFIG_GROUP_MODEL);
+    cmd_settings_print_help(f, CMD_SETTINGS_GROUP_MODEL);
     fclose(f);
     cr_assert(strstr(text, "--model PATH"));
     cr_assert(strstr(text, "--precision"));
@@ -291,14 +291,14 @@ Test(server_config, model_group_is_a_subset_for_other_commands)
     free(text);
 
     struct srv_config c;
-    srv_config_init(&c);
+    cmd_settings_init(&c);
     char *argv[] = {"generate", "--precision", "w8a8", "--prompt", "hi"};
     int i = 1;
-    cr_assert_eq(srv_config_parse_flag(&c, 5, argv, &i, err, sizeof err), 1);
+    cr_assert_eq(cmd_settings_parse_flag(&c, 5, argv, &i, err, sizeof err), 1);
     cr_assert_eq(i, 3);
     cr_assert_str_eq(c.precision, "w8a8");
-    cr_assert_eq(srv_config_parse_flag(&c, 5, argv, &i, err, sizeof err), 0,
+    cr_assert_eq(cmd_settings_parse_flag(&c, 5, argv, &i, err, sizeof err), 0,
                  "--prompt is not ours");
     cr_assert_eq(i, 3);
-    srv_config_free(&c);
+    cmd_settings_free(&c);
 }
