@@ -7,6 +7,7 @@
 
 #include "cli/passkey.h"
 #include "cli/pim_llm.h"
+#include "cli/settings.h"
 #include "core/llm.h"
 #include "server/pim_json.h"
 #include "util/util.h"
@@ -22,30 +23,10 @@
 #include <string.h>
 #include <unistd.h>
 
-#define DEFAULT_MODEL "models/llmd-20m.gguf"
-
 /* ------------------------------------------------------------ model flags */
 
 enum {
-    OPT_MODEL = 256,
-    OPT_THREADS,
-    OPT_PRECISION,
-    OPT_KV,
-    OPT_QUEST_BUDGET,
-    OPT_DENSE_LAYERS,
-    OPT_SPARSE_MODE,
-    OPT_KV_PAGES,
-    OPT_GROUP_SIZE,
-    OPT_OUTLIERS,
-    OPT_ACT_CLIP,
-    OPT_WEIGHT_CLIP,
-    OPT_NO_GPTQ,
-    OPT_CALIB_FILE,
-    OPT_CALIB_TOKENS,
-    OPT_HEAD,
-    OPT_HEAD_F16,
-    OPT_HEAD_INT8,
-    OPT_HELP,
+    OPT_HELP = 256,
     /* per command */
     OPT_PROMPT,
     OPT_N,
@@ -74,66 +55,65 @@ enum {
     OPT_PIM_DATAFLOW,
 };
 
+/* The model settings come from the one table (cli/settings.c), in its order:
+ * defaults < config file < LLMD_* < flags. One command runs per process, so
+ * they live here for its whole life. */
+static struct srv_config settings;
+
 struct model_flags {
     const char *path;
     struct llm_model_options options;
+    int kv_sequences; /* full contexts the KV pool holds when kv_pages is 0 */
     int quest_budget;
     bool precision_given; /* --precision was on the command line */
+    bool failed;          /* the config file or a variable was refused (message printed) */
 };
 
-static const struct option model_options[] = {
-    {"model", required_argument, 0, OPT_MODEL},
-    {"threads", required_argument, 0, OPT_THREADS},
-    {"precision", required_argument, 0, OPT_PRECISION},
-    {"kv", required_argument, 0, OPT_KV},
-    {"quest-budget", required_argument, 0, OPT_QUEST_BUDGET},
-    {"dense-layers", required_argument, 0, OPT_DENSE_LAYERS},
-    {"sparse-mode", required_argument, 0, OPT_SPARSE_MODE},
-    {"kv-pages", required_argument, 0, OPT_KV_PAGES},
-    {"group-size", required_argument, 0, OPT_GROUP_SIZE},
-    {"outliers", required_argument, 0, OPT_OUTLIERS},
-    {"act-clip", required_argument, 0, OPT_ACT_CLIP},
-    {"weight-clip", required_argument, 0, OPT_WEIGHT_CLIP},
-    {"no-gptq", no_argument, 0, OPT_NO_GPTQ},
-    {"calib-file", required_argument, 0, OPT_CALIB_FILE},
-    {"calib-tokens", required_argument, 0, OPT_CALIB_TOKENS},
-    {"head", required_argument, 0, OPT_HEAD},
-    {"head-f16", no_argument, 0, OPT_HEAD_F16},
-    {"head-int8", no_argument, 0, OPT_HEAD_INT8},
-    {"help", no_argument, 0, OPT_HELP},
-};
-#define N_MODEL_OPTIONS (sizeof model_options / sizeof model_options[0])
-
-static const char model_help[] =
-    "Model options:\n"
-    "  --model FILE          GGUF model (default " DEFAULT_MODEL ")\n"
-    "  --threads N           worker threads (default: all cores)\n"
-    "  --precision P         fp32 | w8a8 | w4a4-rtn | atom (default fp32)\n"
-    "  --kv T                KV cache: f32 | f16 | int8 | int4 (default f32)\n"
-    "  --quest-budget N      Quest token budget per head in decode; 0 = dense (default 0)\n"
-    "  --sparse-mode M       quest | window (query-agnostic sinks + recent baseline)\n"
-    "  --dense-layers N      layers that always attend densely (default 2)\n"
-    "  --kv-pages N          KV page pool size (default: 8 full contexts)\n"
-    "  --group-size N        Atom: channels per int4 group, a multiple of 16 up to 512;\n"
-    "                        0 = per row (in groups of 512 where a row is wider) (default 128)\n"
-    "  --outliers N          Atom: int8 outlier channels, 0 = none, -1 = width/32 (default -1)\n"
-    "  --act-clip F          Atom: activation clipping ratio, 1 = none (default 0.9)\n"
-    "  --weight-clip F       Atom: weight clipping ratio, 1 = none (default 0.85)\n"
-    "  --no-gptq             Atom: round weights to nearest instead of GPTQ\n"
-    "  --calib-file FILE     Atom: calibration text (default models/calibration.txt)\n"
-    "  --calib-tokens N      Atom: calibration tokens (default 16384)\n"
-    "  --head H              output head (lm_head): f32 (default), f16 (half the bytes a\n"
-    "                        decode step reads), int8 (W8A8, a quarter) or int4 (W4A8,\n"
-    "                        an eighth); a quantized file's own head wins\n"
-    "  --head-f16, --head-int8   the same as --head f16, --head int8\n"
-    "  --help                this text\n";
-
-static void model_flags_init(struct model_flags *f)
+/* Defaults, then the config file and the LLMD_* variables; the flags follow
+ * in the command's getopt loop (parse_model_flag). */
+static void model_flags_init(struct model_flags *f, int argc, char **argv)
 {
-    f->path = DEFAULT_MODEL;
-    llm_model_options_default(&f->options);
-    f->quest_budget = 0;
-    f->precision_given = false;
+    memset(f, 0, sizeof *f);
+    struct llm_model_options defaults;
+    llm_model_options_default(&defaults);
+    f->kv_sequences = defaults.kv_sequences;
+    cmd_settings_init(&settings);
+    bool help = false;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--help") == 0) help = true;
+        if (strcmp(argv[i], "--precision") == 0 || strncmp(argv[i], "--precision=", 12) == 0)
+            f->precision_given = true;
+    }
+    char err[512];
+    if (!help && cmd_settings_apply_file_and_env(&settings, argc, argv, err, sizeof err)) {
+        fprintf(stderr, "llmd %s: %s\n", argv[0], err);
+        f->failed = true;
+    }
+}
+
+/* After the flags: checks the settings together and maps them to the model's
+ * options. False (message printed) when they do not fit. */
+static bool model_flags_finish(struct model_flags *f)
+{
+    char err[512];
+    if (cmd_settings_validate(&settings, err, sizeof err)) {
+        fprintf(stderr, "llmd: %s\n", err);
+        return false;
+    }
+    srv_config_model_options(&settings, &f->options);
+    f->options.kv_sequences = f->kv_sequences; /* serve's is max_running */
+    f->path = settings.model;
+    f->quest_budget = settings.quest_budget;
+    return true;
+}
+
+static void print_model_help(void)
+{
+    printf("Model settings (defaults < %s or --config FILE < LLMD_* variables < flags):\n"
+           "  %-36s JSON settings file (llmd serve reads the same)\n",
+           CMD_SETTINGS_DEFAULT_PATH, "--config FILE");
+    cmd_settings_print_help(stdout, CMD_SETTINGS_GROUP_MODEL);
+    printf("  %-36s this text\n", "--help");
 }
 
 static bool parse_int(const char *s, long lo, long hi, int *out)
@@ -156,90 +136,29 @@ static bool parse_float(const char *s, float lo, float hi, float *out)
     return true;
 }
 
-/* Returns 1 when `opt` was a model flag (parsed), 0 when it is not one, -1
- * on a bad value (message printed). */
+/* Returns 1 when `opt` was a model setting (applied), 0 when it is not one,
+ * -1 on a bad value (message printed). */
 static int parse_model_flag(int opt, const char *arg, struct model_flags *f)
 {
-    struct llm_model_options *o = &f->options;
-    bool ok = true;
-    switch (opt) {
-    case OPT_MODEL:
-        f->path = arg;
-        break;
-    case OPT_THREADS:
-        ok = parse_int(arg, 1, 1024, &o->threads);
-        break;
-    case OPT_PRECISION:
-        ok = llm_precision_parse(arg, &o->precision) == 0;
-        f->precision_given = true;
-        break;
-    case OPT_KV:
-        ok = attn_kv_type_parse(arg, &o->kv_type) == 0;
-        break;
-    case OPT_QUEST_BUDGET:
-        ok = parse_int(arg, 0, 1 << 24, &f->quest_budget);
-        break;
-    case OPT_DENSE_LAYERS:
-        ok = parse_int(arg, 0, 1 << 16, &o->dense_layers);
-        break;
-    case OPT_SPARSE_MODE:
-        if (strcmp(arg, "quest") == 0)
-            o->sparse_mode = ATTN_QUEST;
-        else if (strcmp(arg, "window") == 0)
-            o->sparse_mode = ATTN_WINDOW;
-        else
-            ok = false;
-        break;
-    case OPT_KV_PAGES:
-        ok = parse_int(arg, 1, 1 << 24, &o->kv_pages);
-        break;
-    case OPT_GROUP_SIZE:
-        ok = parse_int(arg, 0, 512, &o->quant.group_size) && o->quant.group_size % 16 == 0;
-        break;
-    case OPT_OUTLIERS:
-        ok = parse_int(arg, -1, 1 << 16, &o->quant.n_outlier) &&
-             (o->quant.n_outlier == -1 || o->quant.n_outlier % 16 == 0);
-        break;
-    case OPT_ACT_CLIP:
-        ok = parse_float(arg, 0.01f, 1.0f, &o->quant.act_clip);
-        break;
-    case OPT_WEIGHT_CLIP:
-        ok = parse_float(arg, 0.01f, 1.0f, &o->quant.weight_clip);
-        break;
-    case OPT_NO_GPTQ:
-        o->quant.gptq = false;
-        break;
-    case OPT_HEAD:
-        ok = llm_head_parse(arg, &o->head) == 0;
-        break;
-    case OPT_HEAD_F16:
-        o->head = LLM_HEAD_F16;
-        break;
-    case OPT_HEAD_INT8:
-        o->head = LLM_HEAD_INT8;
-        break;
-    case OPT_CALIB_FILE:
-        o->quant.calib_file = arg;
-        break;
-    case OPT_CALIB_TOKENS:
-        ok = parse_int(arg, 16, 1 << 24, &o->quant.calib_tokens);
-        break;
-    default:
-        return 0;
-    }
-    if (!ok) {
-        fprintf(stderr, "llmd: bad value '%s' for an option (see --help)\n", arg);
+    (void)f;
+    if (opt < CMD_SETTINGS_OPT_BASE) return 0;
+    char err[512];
+    if (cmd_settings_apply_option(&settings, opt, arg, err, sizeof err)) {
+        fprintf(stderr, "llmd: %s\n", err);
         return -1;
     }
     return 1;
 }
 
-/* Joins a command's own options with the model options for getopt_long. */
+/* A command's own options, --help, and the model settings, for getopt_long.
+ * Free with cmd_settings_free_options. */
 static struct option *join_options(const struct option *own, size_t n_own)
 {
-    struct option *all = util_xcalloc(n_own + N_MODEL_OPTIONS + 1, sizeof *all);
-    memcpy(all, own, n_own * sizeof *own);
-    memcpy(all + n_own, model_options, sizeof model_options);
+    struct option *with_help = util_xcalloc(n_own + 1, sizeof *with_help);
+    memcpy(with_help, own, n_own * sizeof *own);
+    with_help[n_own] = (struct option){"help", no_argument, 0, OPT_HELP};
+    struct option *all = cmd_settings_options(with_help, n_own + 1, CMD_SETTINGS_GROUP_MODEL);
+    free(with_help);
     return all;
 }
 
@@ -252,6 +171,7 @@ static void print_progress(const char *what, double fraction, void *ctx)
 
 static llm_model *load_model(struct model_flags *f)
 {
+    if (!model_flags_finish(f)) return NULL;
     f->options.progress = print_progress;
     llm_model *model;
     char err[512];
@@ -356,14 +276,14 @@ int cmd_generate(int argc, char **argv)
     };
     struct option *options = join_options(own, sizeof own / sizeof own[0]);
     struct model_flags mf;
-    model_flags_init(&mf);
+    model_flags_init(&mf, argc, argv);
     struct llm_request req;
     llm_request_init(&req);
     req.max_tokens = 64;
     const char *prompt = NULL;
     bool bos = true, print_ids = false;
     int opt, rc = 2, seed = 0;
-    bool ok = true;
+    bool ok = !mf.failed;
     optind = 1;
     while (ok && (opt = getopt_long(argc, argv, "n:", options, NULL)) != -1) {
         struct llm_sampling *s = &req.sampling;
@@ -411,7 +331,8 @@ int cmd_generate(int argc, char **argv)
             bos = false;
             break;
         case OPT_HELP:
-            printf("%s%s", generate_help, model_help);
+            printf("%s", generate_help);
+            print_model_help();
             rc = 0;
             goto out;
         default: {
@@ -492,7 +413,7 @@ int cmd_generate(int argc, char **argv)
 out:
     free(req.prompt);
     for (int i = 0; i < req.n_stop; i++) free(req.stop[i]);
-    free(options);
+    cmd_settings_free_options(options);
     return rc;
 }
 
@@ -615,10 +536,10 @@ int cmd_perplexity(int argc, char **argv)
     };
     struct option *options = join_options(own, sizeof own / sizeof own[0]);
     struct model_flags mf;
-    model_flags_init(&mf);
+    model_flags_init(&mf, argc, argv);
     const char *file = NULL, *pim_layers = NULL, *pim_device = "isaac", *pim_dataflow = "isaac";
     int ctx = 0, max_tokens = 0, batch = 512, opt, rc = 2;
-    bool ok = true;
+    bool ok = !mf.failed;
     optind = 1;
     while (ok && (opt = getopt_long(argc, argv, "", options, NULL)) != -1) {
         switch (opt) {
@@ -644,14 +565,15 @@ int cmd_perplexity(int argc, char **argv)
             pim_dataflow = optarg;
             break;
         case OPT_HELP:
-            printf("%s%s", perplexity_help, model_help);
-            free(options);
+            printf("%s", perplexity_help);
+            print_model_help();
+            cmd_settings_free_options(options);
             return 0;
         default:
             ok = parse_model_flag(opt, optarg, &mf) > 0;
         }
     }
-    free(options);
+    cmd_settings_free_options(options);
     if (!ok || !file || optind != argc) {
         fprintf(stderr, "llmd perplexity: %s; see --help\n",
                 !file && ok ? "--file is required" : "bad arguments");
@@ -741,25 +663,25 @@ int cmd_quantize(int argc, char **argv)
     static const struct option own[] = {{"out", required_argument, 0, OPT_OUT}};
     struct option *options = join_options(own, sizeof own / sizeof own[0]);
     struct model_flags mf;
-    model_flags_init(&mf);
-    mf.options.precision = LLM_ATOM;
-    mf.options.head = LLM_HEAD_INT4;
-    mf.options.kv_sequences = 1; /* the KV cache only serves calibration */
+    model_flags_init(&mf, argc, argv);
+    mf.kv_sequences = 1; /* the KV cache only serves calibration */
     const char *out = NULL;
     int opt;
-    bool ok = true;
+    bool ok = !mf.failed;
     optind = 1;
     while (ok && (opt = getopt_long(argc, argv, "", options, NULL)) != -1) {
         if (opt == OPT_OUT)
             out = optarg;
         else if (opt == OPT_HELP) {
-            printf("%s%s", quantize_help, model_help);
-            free(options);
+            printf("%s", quantize_help);
+            print_model_help();
+            cmd_settings_free_options(options);
             return 0;
         } else
             ok = parse_model_flag(opt, optarg, &mf) > 0;
     }
-    free(options);
+    cmd_settings_free_options(options);
+    if (ok && !model_flags_finish(&mf)) return 2;
     if (!ok || !out || optind != argc || mf.options.precision == LLM_FP32) {
         fprintf(stderr, "llmd quantize: %s; see --help\n",
                 !ok || optind != argc ? "bad arguments"
@@ -786,40 +708,36 @@ int cmd_quantize(int argc, char **argv)
 static const char tokenize_help[] =
     "Usage: llmd tokenize [--model FILE] [--bos]\n"
     "Reads lines on stdin and prints each line's token ids, space-separated, one\n"
-    "line per input line. Works on a vocabulary-only GGUF (no tensors needed).\n\n"
-    "  --model FILE   GGUF file with a llama tokenizer (default " DEFAULT_MODEL ")\n"
-    "  --bos          prepend the BOS token\n"
-    "  --threads N    accepted like every command's; tokenizing runs on one thread\n";
+    "line per input line. Works on a vocabulary-only GGUF (no tensors needed); of the\n"
+    "model settings only --model matters (the others are accepted like every command's).\n\n"
+    "  --bos          prepend the BOS token\n\n";
 
 int cmd_tokenize(int argc, char **argv)
 {
-    static const struct option options[] = {
-        {"model", required_argument, 0, OPT_MODEL},
-        {"bos", no_argument, 0, OPT_BOS},
-        {"threads", required_argument, 0, OPT_THREADS},
-        {"help", no_argument, 0, OPT_HELP},
-        {0, 0, 0, 0},
-    };
-    const char *path = DEFAULT_MODEL;
-    bool bos = false;
+    static const struct option own[] = {{"bos", no_argument, 0, OPT_BOS}};
+    struct option *options = join_options(own, sizeof own / sizeof own[0]);
+    struct model_flags mf;
+    model_flags_init(&mf, argc, argv);
+    bool bos = false, ok = !mf.failed;
     int opt;
     optind = 1;
-    while ((opt = getopt_long(argc, argv, "", options, NULL)) != -1) {
-        int threads;
-        if (opt == OPT_MODEL)
-            path = optarg;
-        else if (opt == OPT_BOS)
+    while (ok && (opt = getopt_long(argc, argv, "", options, NULL)) != -1) {
+        if (opt == OPT_BOS)
             bos = true;
-        else if (opt == OPT_THREADS && parse_int(optarg, 1, 1024, &threads))
-            continue;
         else if (opt == OPT_HELP) {
             fputs(tokenize_help, stdout);
+            print_model_help();
+            cmd_settings_free_options(options);
             return 0;
-        } else {
-            fprintf(stderr, "see llmd tokenize --help\n");
-            return 2;
-        }
+        } else
+            ok = parse_model_flag(opt, optarg, &mf) > 0;
     }
+    cmd_settings_free_options(options);
+    if (!ok || optind != argc || !model_flags_finish(&mf)) {
+        fprintf(stderr, "see llmd tokenize --help\n");
+        return 2;
+    }
+    const char *path = mf.path;
     llm_gguf *g;
     llm_tokenizer *tok;
     char err[512];
@@ -902,10 +820,10 @@ int cmd_passkey(int argc, char **argv)
     };
     struct option *options = join_options(own, sizeof own / sizeof own[0]);
     struct model_flags mf;
-    model_flags_init(&mf);
+    model_flags_init(&mf, argc, argv);
     const char *filler_path = "models/heldout.txt";
     int ctx = 4096, trials = 50, seed = 1, opt;
-    bool ok = true, depth_table = false;
+    bool ok = !mf.failed, depth_table = false;
     optind = 1;
     while (ok && (opt = getopt_long(argc, argv, "", options, NULL)) != -1) {
         switch (opt) {
@@ -925,14 +843,15 @@ int cmd_passkey(int argc, char **argv)
             depth_table = true;
             break;
         case OPT_HELP:
-            printf("%s%s", passkey_help, model_help);
-            free(options);
+            printf("%s", passkey_help);
+            print_model_help();
+            cmd_settings_free_options(options);
             return 0;
         default:
             ok = parse_model_flag(opt, optarg, &mf) > 0;
         }
     }
-    free(options);
+    cmd_settings_free_options(options);
     if (!ok || optind != argc) {
         fprintf(stderr, "llmd passkey: bad arguments; see --help\n");
         return 2;

@@ -75,12 +75,17 @@ static const struct opt opts[] = {
      "output head (lm_head): int4 (W4A8) reads an eighth of f32's bytes a decode step, int8 (W8A8) "
      "a quarter, f16 half; a quantized file's own head wins"},
     {"kv_pages", OPT_INT, OFF(kv_pages), 0, "0", 0, INT_MAX, NULL, false, M, "N",
-     "KV cache pages; 0 = the context x max_running sequences"},
+     "KV cache pages; 0 = the context x max_running sequences (serve), x 8 (the other commands)"},
     {"page_size", OPT_INT, OFF(page_size), 0, "16", 1, 4096, NULL, false, M, "N",
      "tokens per KV page"},
     {"quest_budget", OPT_INT, OFF(quest_budget), 0, "1024", 0, INT_MAX, NULL, false, M, "N",
      "default Quest token budget per request: past it, decode attends to the top pages (the first "
      "2 layers stay dense); 0 = dense attention"},
+    {"sparse_mode", OPT_STRING, OFF(sparse_mode), 0, "quest", 0, 0, "quest|window", false, M, "M",
+     "what a Quest budget selects: quest (query-aware top pages), or window (attention sinks and "
+     "the recent pages, the query-agnostic baseline)"},
+    {"dense_layers", OPT_INT, OFF(dense_layers), 0, "2", 0, 65536, NULL, false, M, "N",
+     "layers that always attend densely under a Quest budget"},
     {"max_running", OPT_INT, OFF(max_running), 0, "32", 1, 4096, NULL, false, S, "N",
      "sequences decoding at once"},
     {"max_waiting", OPT_INT, OFF(max_waiting), 0, "256", 0, 1 << 20, NULL, false, S, "N",
@@ -145,6 +150,20 @@ static const struct opt opts[] = {
 #undef OFF
 
 #define N_OPTS (sizeof opts / sizeof opts[0])
+
+/* Flags users already type, kept working: another spelling of a setting, or
+ * a shortcut for one of its values (value == NULL: the flag takes one). */
+static const struct alias {
+    const char *flag;
+    const char *key;
+    const char *value;
+} aliases[] = {
+    {"kv", "kv_type", NULL},
+    {"head-f16", "head", "f16"},
+    {"head-int8", "head", "int8"},
+};
+
+#define N_ALIASES (sizeof aliases / sizeof aliases[0])
 
 static void *opt_field(struct srv_config *c, const struct opt *o)
 {
@@ -502,7 +521,92 @@ int cmd_settings_parse_flag(struct srv_config *c, int argc, char **argv, int *i,
         int rc = apply_text(c, o, value, origin, err, err_len);
         return rc ? rc : 1;
     }
+    for (size_t k = 0; k < N_ALIASES && !negated; k++) {
+        const struct alias *a = &aliases[k];
+        if (strlen(a->flag) != name_len || strncmp(a->flag, name, name_len) != 0) continue;
+        char origin[80];
+        snprintf(origin, sizeof origin, "--%s", a->flag);
+        const char *value = a->value;
+        if (a->value && eq) return fail(err, err_len, "%s takes no value", origin);
+        if (!value && eq) {
+            value = eq + 1;
+            *i += 1;
+        } else if (!value) {
+            if (*i + 1 >= argc) return fail(err, err_len, "%s needs a value", origin);
+            value = argv[*i + 1];
+            *i += 2;
+        } else {
+            *i += 1;
+        }
+        int rc = apply_text(c, find_opt_key(a->key), value, origin, err, err_len);
+        return rc ? rc : 1;
+    }
     return 0;
+}
+
+/* getopt_long values: setting i is BASE + 2i (BASE + 2i + 1 for --no-),
+ * alias k is BASE + 2 (N_OPTS + k), --config the one after. */
+#define OPT_VAL_CONFIG (CMD_SETTINGS_OPT_BASE + 2 * (int)(N_OPTS + N_ALIASES))
+
+struct option *cmd_settings_options(const struct option *own, size_t n_own, unsigned groups)
+{
+    size_t cap = n_own + 2 * N_OPTS + N_ALIASES + 2;
+    struct option *all = util_xcalloc(cap, sizeof *all);
+    size_t n = 0;
+    for (size_t i = 0; i < n_own; i++) all[n++] = own[i];
+    for (size_t i = 0; i < N_OPTS; i++) {
+        const struct opt *o = &opts[i];
+        if (!(o->group & groups)) continue;
+        char flag[64];
+        flag_name(o, flag, sizeof flag);
+        bool is_bool = o->type == OPT_BOOL;
+        all[n++] =
+            (struct option){util_xstrdup(flag), is_bool ? optional_argument : required_argument,
+                            NULL, CMD_SETTINGS_OPT_BASE + 2 * (int)i};
+        if (is_bool) {
+            char no[80];
+            snprintf(no, sizeof no, "no-%s", flag);
+            all[n++] = (struct option){util_xstrdup(no), no_argument, NULL,
+                                       CMD_SETTINGS_OPT_BASE + 2 * (int)i + 1};
+        }
+    }
+    for (size_t k = 0; k < N_ALIASES; k++)
+        if (find_opt_key(aliases[k].key)->group & groups)
+            all[n++] = (struct option){util_xstrdup(aliases[k].flag),
+                                       aliases[k].value ? no_argument : required_argument, NULL,
+                                       CMD_SETTINGS_OPT_BASE + 2 * (int)(N_OPTS + k)};
+    all[n++] = (struct option){util_xstrdup("config"), required_argument, NULL, OPT_VAL_CONFIG};
+    return all;
+}
+
+void cmd_settings_free_options(struct option *options)
+{
+    if (!options) return;
+    for (struct option *o = options; o->name; o++)
+        if (o->val >= CMD_SETTINGS_OPT_BASE) free((char *)o->name);
+    free(options);
+}
+
+int cmd_settings_apply_option(struct srv_config *c, int val, const char *arg, char *err,
+                              size_t err_len)
+{
+    if (val == OPT_VAL_CONFIG) return 0; /* read before the flags */
+    if (val < CMD_SETTINGS_OPT_BASE || val > OPT_VAL_CONFIG)
+        return fail(err, err_len, "not a setting");
+    size_t i = (size_t)(val - CMD_SETTINGS_OPT_BASE) / 2;
+    bool negated = (val - CMD_SETTINGS_OPT_BASE) % 2;
+    char origin[80];
+    if (i >= N_OPTS) {
+        const struct alias *a = &aliases[i - N_OPTS];
+        snprintf(origin, sizeof origin, "--%s", a->flag);
+        return apply_text(c, find_opt_key(a->key), a->value ? a->value : arg, origin, err, err_len);
+    }
+    const struct opt *o = &opts[i];
+    char flag[64];
+    flag_name(o, flag, sizeof flag);
+    snprintf(origin, sizeof origin, "--%s", flag);
+    if (negated) return apply_text(c, o, "false", origin, err, err_len);
+    return apply_text(c, o, arg ? arg : "true", origin, err, err_len);
 }
 
 int cmd_settings_validate(const struct srv_config *c, char *err, size_t err_len)
@@ -536,13 +640,13 @@ int cmd_settings_validate(const struct srv_config *c, char *err, size_t err_len)
     return 0;
 }
 
-int cmd_settings_load(struct srv_config *c, int argc, char **argv, char *err, size_t err_len)
+int cmd_settings_apply_file_and_env(struct srv_config *c, int argc, char **argv, char *err,
+                                    size_t err_len)
 {
     /* The config file comes first, so find --config before the rest. */
     const char *path = getenv("LLMD_CONFIG");
     bool named = path != NULL;
     for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) return CMD_SETTINGS_HELP;
         if (strcmp(argv[i], "--config") == 0) {
             if (i + 1 >= argc) return fail(err, err_len, "--config needs a value");
             path = argv[++i];
@@ -556,7 +660,15 @@ int cmd_settings_load(struct srv_config *c, int argc, char **argv, char *err, si
     int rc = cmd_settings_apply_file(c, path, err, err_len);
     if (rc == -ENOENT && !named) rc = 0;
     if (rc) return rc;
-    if ((rc = cmd_settings_apply_env(c, err, err_len))) return rc;
+    return cmd_settings_apply_env(c, err, err_len);
+}
+
+int cmd_settings_load(struct srv_config *c, int argc, char **argv, char *err, size_t err_len)
+{
+    for (int i = 1; i < argc; i++)
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) return CMD_SETTINGS_HELP;
+    int rc = cmd_settings_apply_file_and_env(c, argc, argv, err, err_len);
+    if (rc) return rc;
     for (int i = 1; i < argc;) {
         if (strcmp(argv[i], "--config") == 0) {
             i += 2;
@@ -623,5 +735,17 @@ void cmd_settings_print_help(FILE *out, unsigned groups)
         fprintf(out, "  %-36s default: %s%s%s; env %s\n", "", o->type == OPT_STRING ? "\"" : "",
                 o->def[0] || o->type == OPT_STRING ? o->def : "(none)",
                 o->type == OPT_STRING ? "\"" : "", env);
+    }
+    for (size_t k = 0; k < N_ALIASES; k++) {
+        const struct alias *a = &aliases[k];
+        const struct opt *o = find_opt_key(a->key);
+        if (!(o->group & groups)) continue;
+        char flag[64], left[96], right[96];
+        flag_name(o, flag, sizeof flag);
+        snprintf(left, sizeof left, "--%s%s%s", a->flag, a->value ? "" : " ",
+                 a->value ? "" : o->metavar);
+        snprintf(right, sizeof right, "the same as --%s %s", flag,
+                 a->value ? a->value : o->metavar);
+        fprintf(out, "  %-36s %s\n", left, right);
     }
 }

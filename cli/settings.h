@@ -11,6 +11,7 @@
 
 #include "server/server.h"
 
+#include <getopt.h>
 #include <jansson.h>
 #include <stdio.h>
 
@@ -55,6 +56,25 @@ int cmd_settings_validate(const struct srv_config *config, char *err, size_t err
  * cmd_settings_init'ed. */
 #define CMD_SETTINGS_HELP 1
 int cmd_settings_load(struct srv_config *config, int argc, char **argv, char *err, size_t err_len);
+
+/* For the offline commands, which mix settings with their own inputs
+ * (--prompt, -n, --file ...) in one getopt_long loop, so that a value of
+ * theirs is never taken for a flag. Their order: cmd_settings_init, then
+ * cmd_settings_apply_file_and_env (the file named by --config in argv, else
+ * LLMD_CONFIG, else conf/llmd.json when it exists; then LLMD_*), then the
+ * flags as getopt_long returns them, then cmd_settings_validate. */
+int cmd_settings_apply_file_and_env(struct srv_config *config, int argc, char **argv, char *err,
+                                    size_t err_len);
+/* getopt_long's table: `own` (n_own entries) followed by the settings of
+ * `groups`, their aliases (--kv, --head-f16, --head-int8) and --config, all
+ * with values >= CMD_SETTINGS_OPT_BASE. Free with cmd_settings_free_options. */
+#define CMD_SETTINGS_OPT_BASE 0x10000
+struct option *cmd_settings_options(const struct option *own, size_t n_own, unsigned groups);
+void cmd_settings_free_options(struct option *options);
+/* Applies what getopt_long returned for one of those entries: 0, or
+ * -EINVAL with a message. */
+int cmd_settings_apply_option(struct srv_config *config, int val, const char *arg, char *err,
+                              size_t err_len);
 
 /* All settings as a JSON object in the config file's format (new
  * reference), secrets replaced by "<redacted>": for the start-up log, and

@@ -5,6 +5,8 @@
 #include "server/server.h"
 #include "util/util.h"
 
+#include <string.h>
+
 void srv_config_model_options(const struct srv_config *c, struct llm_model_options *o)
 {
     llm_model_options_default(o);
@@ -16,6 +18,8 @@ void srv_config_model_options(const struct srv_config *c, struct llm_model_optio
     o->kv_sequences = c->max_running;
     o->page_size = c->page_size;
     o->threads = c->threads;
+    o->sparse_mode = strcmp(c->sparse_mode, "window") == 0 ? ATTN_WINDOW : ATTN_QUEST;
+    o->dense_layers = c->dense_layers;
     o->quant.group_size = c->group_size;
     o->quant.n_outlier = c->outliers;
     o->quant.act_clip = (float)c->act_clip;

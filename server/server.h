@@ -48,6 +48,8 @@ struct srv_config {
     int kv_pages;            /* 0 = the context x max_running sequences */
     int page_size;           /* tokens per KV page */
     int quest_budget;        /* default Quest token budget; 0 = dense */
+    char *sparse_mode;       /* quest | window: what a budget selects */
+    int dense_layers;        /* layers that stay dense under a budget */
     /* Atom's recipe, step by step (ablation switches; see llm_quant_options) */
     int group_size;     /* channels per int4 group; 0 = per row */
     int outliers;       /* int8 outlier channels; -1 = width / 32, 0 = none */

@@ -149,10 +149,27 @@ Test(cli, generate_gives_the_same_text_for_the_same_seed, .timeout = 120)
 
 Test(cli, perplexity_equals_the_forward_pass_computed_here, .timeout = 120)
 {
-    /* the command's figure for two windows of 64 tokens of the held-out text */
+    /* the command's figure for two windows of 64 tokens of the held-out text,
+     * on the fp32 reference path (the defaults are serve's: atom, INT4 KV) */
     struct output out;
-    const char *args[] = {"perplexity", "--model", TEST_MODEL,     "--file", "models/heldout.txt",
-                          "--ctx",      "64",      "--max-tokens", "128",    NULL};
+    const char *args[] = {"perplexity",
+                          "--model",
+                          TEST_MODEL,
+                          "--file",
+                          "models/heldout.txt",
+                          "--ctx",
+                          "64",
+                          "--max-tokens",
+                          "128",
+                          "--precision",
+                          "fp32",
+                          "--kv",
+                          "f32",
+                          "--head",
+                          "f32",
+                          "--quest-budget",
+                          "0",
+                          NULL};
     run_llmd(args, NULL, &out);
     cr_assert_eq(out.status, 0, "%s", out.text);
     const char *at = strstr(out.text, "perplexity: ");
@@ -225,6 +242,75 @@ Test(cli, bad_input_gives_a_message_and_a_non_zero_status, .timeout = 120)
     run_llmd(help, NULL, &out);
     cr_assert_eq(out.status, 0);
     cr_assert(strstr(out.text, "--max-tokens"), "%s", out.text);
+}
+
+/* The last "...; PRECISION, KV TYPE" start-up line of a command's output. */
+static void loaded_as(const struct output *out, char *what, size_t len)
+{
+    const char *line = strstr(out->text, "context ");
+    cr_assert_not_null(line, "%s", out->text);
+    const char *semi = strchr(line, ';'), *end = strchr(line, '\n');
+    cr_assert(semi && end && semi < end, "%s", out->text);
+    snprintf(what, len, "%.*s", (int)(end - semi - 2), semi + 2);
+}
+
+Test(cli, settings_come_from_the_table_defaults_file_env_flags, .timeout = 120)
+{
+    /* serve's defaults, for every command */
+    struct output out;
+    char what[64];
+    const char *plain[] = {"generate", "--model", TEST_MODEL, "--prompt", "x", "-n", "1", NULL};
+    run_llmd(plain, NULL, &out);
+    cr_assert_eq(out.status, 0, "%s", out.text);
+    loaded_as(&out, what, sizeof what);
+    cr_assert_str_eq(what, "atom, KV int4");
+
+    /* the file beats the defaults, a variable the file, a flag the variable */
+    char path[] = "/tmp/llmd-cli-settings-XXXXXX";
+    int fd = mkstemp(path);
+    cr_assert_geq(fd, 0);
+    const char *json = "{\"precision\": \"w8a8\", \"kv_type\": \"int8\", \"head\": \"f16\"}";
+    cr_assert_eq(write(fd, json, strlen(json)), (ssize_t)strlen(json));
+    close(fd);
+    const char *with_file[] = {"generate", "--config", path, "--model", TEST_MODEL,
+                               "--prompt", "x",        "-n", "1",       NULL};
+    run_llmd(with_file, NULL, &out);
+    cr_assert_eq(out.status, 0, "%s", out.text);
+    loaded_as(&out, what, sizeof what);
+    cr_assert_str_eq(what, "w8a8, KV int8");
+
+    setenv("LLMD_KV_TYPE", "f16", 1);
+    run_llmd(with_file, NULL, &out);
+    loaded_as(&out, what, sizeof what);
+    cr_assert_str_eq(what, "w8a8, KV f16");
+
+    /* flags, with the spellings users already type (--kv, --head-int8) */
+    const char *with_flags[] = {"generate", "--config", path,  "--model",     TEST_MODEL,
+                                "--prompt", "x",        "-n",  "1",           "--precision",
+                                "fp32",     "--kv",     "f32", "--head-int8", NULL};
+    run_llmd(with_flags, NULL, &out);
+    cr_assert_eq(out.status, 0, "%s", out.text);
+    loaded_as(&out, what, sizeof what);
+    cr_assert_str_eq(what, "fp32, KV f32");
+
+    /* a bad value names its source; every command's --help comes from the table */
+    setenv("LLMD_DENSE_LAYERS", "many", 1);
+    run_llmd(with_flags, NULL, &out);
+    cr_assert_eq(out.status, 2, "%s", out.text);
+    cr_assert(strstr(out.text, "dense_layers (LLMD_DENSE_LAYERS): 'many' is not an integer"), "%s",
+              out.text);
+    unsetenv("LLMD_DENSE_LAYERS");
+    const char *commands[] = {"generate", "perplexity", "passkey", "quantize", "tokenize"};
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++) {
+        const char *help[] = {commands[i], "--help", NULL};
+        run_llmd(help, NULL, &out);
+        cr_assert_eq(out.status, 0, "%s", out.text);
+        cr_assert(strstr(out.text, "--precision fp32|w8a8|w4a4-rtn|atom"), "%s", out.text);
+        cr_assert(strstr(out.text, "default: \"atom\"; env LLMD_PRECISION"), "%s", out.text);
+        cr_assert(strstr(out.text, "--sparse-mode quest|window"), "%s", out.text);
+        cr_assert(strstr(out.text, "--kv T"), "%s", out.text);
+    }
+    unlink(path);
 }
 
 /* ------------------------------------------------------------ quantize */

@@ -137,6 +137,62 @@ Test(cli_settings, flag_forms_equals_booleans_negation_and_lists)
     cmd_settings_free(&c);
 }
 
+Test(cli_settings, old_spellings_are_aliases_of_the_table_settings)
+{
+    struct srv_config c;
+    cmd_settings_init(&c);
+    cr_assert_eq(load(&c, (const char *[]){"--kv", "f16", "--head-int8", "--sparse-mode=window",
+                                           "--dense-layers", "3", NULL}),
+                 0, "%s", err);
+    cr_assert_str_eq(c.kv_type, "f16");
+    cr_assert_str_eq(c.head, "int8");
+    cr_assert_str_eq(c.sparse_mode, "window");
+    cr_assert_eq(c.dense_layers, 3);
+    struct llm_model_options o;
+    srv_config_model_options(&c, &o);
+    cr_assert_eq(o.kv_type, ATTN_KV_F16);
+    cr_assert_eq(o.head, LLM_HEAD_INT8);
+    cr_assert_eq(o.sparse_mode, ATTN_WINDOW);
+    cr_assert_eq(o.dense_layers, 3);
+    cr_assert_eq(load(&c, (const char *[]){"--head-f16=yes", NULL}), -EINVAL);
+    cr_assert(strstr(err, "--head-f16 takes no value"), "%s", err);
+    cr_assert_eq(load(&c, (const char *[]){"--kv", "int3", NULL}), -EINVAL);
+    cr_assert(strstr(err, "kv_type (--kv): 'int3' is not one of"), "%s", err);
+    cmd_settings_free(&c);
+}
+
+/* The offline commands read the same table through getopt_long, so that a
+ * value of their own (a prompt "--kv f16") is never taken for a flag. */
+Test(cli_settings, getopt_entries_apply_like_flags)
+{
+    static const struct option own[] = {{"prompt", required_argument, 0, 'p'}};
+    struct option *options = cmd_settings_options(own, 1, CMD_SETTINGS_GROUP_MODEL);
+    char *argv[] = {"generate",    "--prompt",   "--kv f16", "--kv",   "int8", "--no-gptq",
+                    "--threads=3", "--head-f16", "--config", "x.json", NULL};
+    int argc = (int)(sizeof argv / sizeof argv[0]) - 1;
+    struct srv_config c;
+    cmd_settings_init(&c);
+    int opt, seen_port = 0;
+    const char *prompt = NULL;
+    optind = 1;
+    while ((opt = getopt_long(argc, argv, "", options, NULL)) != -1) {
+        if (opt == 'p')
+            prompt = optarg;
+        else
+            cr_assert_eq(cmd_settings_apply_option(&c, opt, optarg, err, sizeof err), 0, "%s", err);
+    }
+    cr_assert_str_eq(prompt, "--kv f16");
+    cr_assert_str_eq(c.kv_type, "int8");
+    cr_assert_not(c.gptq);
+    cr_assert_eq(c.threads, 3);
+    cr_assert_str_eq(c.head, "f16");
+    /* only the model group: a server setting is not an option of a command */
+    for (struct option *o = options; o->name; o++) seen_port += strcmp(o->name, "port") == 0;
+    cr_assert_eq(seen_port, 0);
+    cmd_settings_free_options(options);
+    cmd_settings_free(&c);
+}
+
 Test(cli_settings, env_lists_and_booleans_parse)
 {
     setenv("LLMD_API_KEYS", "alpha,beta", 1);
