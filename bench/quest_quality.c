@@ -182,22 +182,22 @@ static void decode(llm_model *m, llm_workspace *ws, attn_seq *seq, int32_t token
 /* ------------------------------------------------------------- passkey */
 
 /* Greedy answer of configuration c from a prefilled prompt: the first token
- * from the prefill, then up to PASSKEY_ANSWER_BUDGET - 1 decode steps. */
+ * from the prefill, then up to CMD_PASSKEY_ANSWER_BUDGET - 1 decode steps. */
 static bool passkey_answer(llm_model *m, llm_workspace *ws, attn_seq *seq,
                            const float *prefill_logits, struct config *c, int key, float *logits)
 {
     const llm_tokenizer *tok = llm_model_tokenizer(m);
     int vocab = llm_model_config(m)->vocab_size;
-    int32_t answer[PASSKEY_ANSWER_BUDGET];
+    int32_t answer[CMD_PASSKEY_ANSWER_BUDGET];
     int n = 0;
     answer[n++] = argmax(prefill_logits, vocab);
-    while (n < PASSKEY_ANSWER_BUDGET && answer[n - 1] != llm_tokenizer_eos(tok)) {
+    while (n < CMD_PASSKEY_ANSWER_BUDGET && answer[n - 1] != llm_tokenizer_eos(tok)) {
         decode(m, ws, seq, answer[n - 1], c, logits);
         answer[n++] = argmax(logits, vocab);
     }
     if (answer[n - 1] == llm_tokenizer_eos(tok)) n--;
     char *text = llm_detokenize(tok, answer, n);
-    bool right = passkey_correct(text, key);
+    bool right = cmd_passkey_correct(text, key);
     free(text);
     return right;
 }
@@ -210,7 +210,7 @@ static void run_passkey(llm_model *m, const struct options *o, struct config *cs
         fprintf(stderr, "quest_quality: cannot read %s: %s\n", o->text, strerror(errno));
         exit(1);
     }
-    struct passkey_sentences filler = passkey_split_sentences(text);
+    struct cmd_passkey_sentences filler = cmd_passkey_split_sentences(text);
     const llm_tokenizer *tok = llm_model_tokenizer(m);
     int vocab = llm_model_config(m)->vocab_size;
     llm_workspace *ws = llm_workspace_create(m, PREFILL_CHUNK);
@@ -222,7 +222,7 @@ static void run_passkey(llm_model *m, const struct options *o, struct config *cs
     for (int t = 0; t < o->trials; t++) {
         int key = 10000 + (int)(util_rng_next(&rng) % 90000); /* as `llmd passkey` draws them */
         double depth;
-        char *prompt = passkey_prompt(tok, &filler, o->ctx, key, &rng, &depth);
+        char *prompt = cmd_passkey_prompt(tok, &filler, o->ctx, key, &rng, &depth);
         UTIL_CHECK(prompt);
         int32_t *ids;
         int n = tokenize(tok, prompt, strlen(prompt), &ids);

@@ -456,7 +456,7 @@ static int score_window(llm_model *model, llm_workspace *ws, int chunk, const in
 
 /* Hooks the --pim-layers onto the model; 0, or -errno after a message. */
 static int pim_attach(llm_model *model, const char *layers, const char *device,
-                      const char *dataflow, srv_pim_llm **out)
+                      const char *dataflow, cmd_pim_llm **out)
 {
     pim_presets *presets = NULL;
     struct pim_json_error jerr = {0};
@@ -473,21 +473,21 @@ static int pim_attach(llm_model *model, const char *layers, const char *device,
         fprintf(stderr, "llmd perplexity: --pim-device: no preset '%s' in conf/pim\n", device);
         rc = -EINVAL;
     } else {
-        rc = srv_pim_llm_attach(model, layers, dev, dataflow, 0, out, err, sizeof err);
+        rc = cmd_pim_llm_attach(model, layers, dev, dataflow, 0, out, err, sizeof err);
         if (rc) fprintf(stderr, "llmd perplexity: --pim-layers: %s\n", err);
     }
     pim_presets_free(presets);
     return rc;
 }
 
-static void pim_print(const srv_pim_llm *pim, const char *layers, const char *device,
+static void pim_print(const cmd_pim_llm *pim, const char *layers, const char *device,
                       const char *dataflow)
 {
-    struct srv_pim_llm_report r;
-    srv_pim_llm_report(pim, &r);
-    if (srv_pim_llm_error(pim))
+    struct cmd_pim_llm_report r;
+    cmd_pim_llm_report(pim, &r);
+    if (cmd_pim_llm_error(pim))
         printf("pim: some products fell back to float: %s\n",
-               util_strerror(srv_pim_llm_error(pim)));
+               util_strerror(cmd_pim_llm_error(pim)));
     printf("pim: layers %s on %s (%s): %d matrices, %llu products, %llu token rows\n", layers,
            device, dataflow, r.matrices, (unsigned long long)r.products,
            (unsigned long long)r.vectors);
@@ -606,7 +606,7 @@ int cmd_perplexity(int argc, char **argv)
         return 2;
     }
     if (batch > ctx) batch = ctx;
-    srv_pim_llm *pim = NULL;
+    cmd_pim_llm *pim = NULL;
     if (pim_layers && pim_attach(model, pim_layers, pim_device, pim_dataflow, &pim) != 0) {
         llm_model_free(model);
         free(ids);
@@ -641,7 +641,7 @@ int cmd_perplexity(int argc, char **argv)
     }
     free(ids);
     llm_workspace_free(ws);
-    srv_pim_llm_detach(pim);
+    cmd_pim_llm_detach(pim);
     llm_model_free(model);
     return rc ? 1 : 0;
 }
@@ -862,7 +862,7 @@ int cmd_passkey(int argc, char **argv)
         fprintf(stderr, "llmd passkey: cannot read %s: %s\n", filler_path, strerror(errno));
         return 1;
     }
-    struct passkey_sentences filler = passkey_split_sentences(text);
+    struct cmd_passkey_sentences filler = cmd_passkey_split_sentences(text);
     if (filler.n < 2) {
         fprintf(stderr, "llmd passkey: %s has fewer than two sentences\n", filler_path);
         free(filler.s);
@@ -899,7 +899,7 @@ int cmd_passkey(int argc, char **argv)
     double t0 = util_now();
     for (int t = 0; t < trials && rc == 0; t++) {
         keys[t] = 10000 + (int)(util_rng_next(&rng) % 90000);
-        char *prompt = passkey_prompt(tok, &filler, ctx, keys[t], &rng, &depths[t]);
+        char *prompt = cmd_passkey_prompt(tok, &filler, ctx, keys[t], &rng, &depths[t]);
         if (!prompt) {
             fprintf(stderr, "llmd passkey: no filler start fits %d tokens\n", ctx);
             rc = -EINVAL;
@@ -907,7 +907,7 @@ int cmd_passkey(int argc, char **argv)
         }
         struct llm_request req;
         llm_request_init(&req);
-        req.max_tokens = PASSKEY_ANSWER_BUDGET;
+        req.max_tokens = CMD_PASSKEY_ANSWER_BUDGET;
         req.user = (void *)(intptr_t)t;
         req.n_prompt = tokenize_all(tok, prompt, strlen(prompt), true, &req.prompt);
         free(prompt);
@@ -928,7 +928,7 @@ int cmd_passkey(int argc, char **argv)
     if (rc == 0) {
         int correct = 0, bucket_n[5] = {0}, bucket_ok[5] = {0};
         for (int t = 0; t < trials; t++) {
-            bool right = passkey_correct(run.answers[t], keys[t]);
+            bool right = cmd_passkey_correct(run.answers[t], keys[t]);
             correct += right;
             int b = (int)(depths[t] * 5);
             b = b > 4 ? 4 : b;

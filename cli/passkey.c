@@ -3,7 +3,7 @@
  *
  * The prompt is the contract of tools/PASSKEY.md, shared with training:
  * HEADER + filler part 1 + KEY_SENTENCE + filler part 2 + QUESTION, as long
- * as fits in ctx - PASSKEY_ANSWER_BUDGET tokens with BOS; the filler is
+ * as fits in ctx - CMD_PASSKEY_ANSWER_BUDGET tokens with BOS; the filler is
  * whole sentences of a text, from a random start; the key goes between two
  * of them at a random depth. The answer is right when the first run of
  * digits the model generates (greedy) is the key.
@@ -22,7 +22,7 @@
 #define PASSKEY_KEY_SENTENCE " The pass key is %d. Remember it. %d is the pass key. "
 #define PASSKEY_QUESTION     "\n\nWhat is the pass key? The pass key is"
 
-struct passkey_sentences passkey_split_sentences(char *text)
+struct cmd_passkey_sentences cmd_passkey_split_sentences(char *text)
 {
     size_t w = 0;
     bool space = true; /* drops leading whitespace */
@@ -35,7 +35,7 @@ struct passkey_sentences passkey_split_sentences(char *text)
     }
     if (w > 0 && text[w - 1] == ' ') w--;
     text[w] = 0;
-    struct passkey_sentences out = {NULL, 0};
+    struct cmd_passkey_sentences out = {NULL, 0};
     int cap = 0;
     char *start = text;
     for (char *p = text; *p; p++) {
@@ -73,10 +73,10 @@ static void append(char **buf, size_t *len, const char *fmt, ...)
     *len += (size_t)n;
 }
 
-char *passkey_prompt(const llm_tokenizer *tok, const struct passkey_sentences *f, int ctx, int key,
-                     struct util_rng *rng, double *depth)
+char *cmd_passkey_prompt(const llm_tokenizer *tok, const struct cmd_passkey_sentences *f, int ctx,
+                         int key, struct util_rng *rng, double *depth)
 {
-    int budget = ctx - PASSKEY_ANSWER_BUDGET, s0 = 0, total = 0;
+    int budget = ctx - CMD_PASSKEY_ANSWER_BUDGET, s0 = 0, total = 0;
     char key_sentence[128];
     snprintf(key_sentence, sizeof key_sentence, PASSKEY_KEY_SENTENCE, key, key);
     bool fits = false;
@@ -111,7 +111,7 @@ char *passkey_prompt(const llm_tokenizer *tok, const struct passkey_sentences *f
     return text;
 }
 
-bool passkey_correct(const char *text, int key)
+bool cmd_passkey_correct(const char *text, int key)
 {
     if (!text) return false;
     while (*text && (*text < '0' || *text > '9')) text++;

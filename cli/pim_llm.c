@@ -11,7 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-struct srv_pim_llm {
+struct cmd_pim_llm {
     llm_model *model;
     int n_layers;
     bool *sel;         /* n_layers x LLM_LINEAR_COUNT */
@@ -19,7 +19,7 @@ struct srv_pim_llm {
     struct pim_device dev;
     const struct pim_dataflow *df;
     struct pim_ctx ctx;
-    struct srv_pim_llm_report report;
+    struct cmd_pim_llm_report report;
     int error;
 };
 
@@ -65,7 +65,7 @@ static bool layer_range(const char *item, int *lo, int *hi)
     return true;
 }
 
-int srv_pim_llm_parse_spec(const char *spec, int n_layers, bool *sel, char *err, size_t err_len)
+int cmd_pim_llm_parse_spec(const char *spec, int n_layers, bool *sel, char *err, size_t err_len)
 {
     bool kinds[LLM_LINEAR_COUNT] = {false}, any_kind = false, any_layer = false;
     bool *layers = util_xcalloc((size_t)n_layers, sizeof *layers);
@@ -106,7 +106,7 @@ int srv_pim_llm_parse_spec(const char *spec, int n_layers, bool *sel, char *err,
 
 /* --------------------------------------------------------------- the hook */
 
-static pim_matrix *matrix_for(srv_pim_llm *p, int slot, const float *w, int n, int k)
+static pim_matrix *matrix_for(cmd_pim_llm *p, int slot, const float *w, int n, int k)
 {
     if (p->mats[slot]) return p->mats[slot];
     pim_matrix *mat;
@@ -124,7 +124,7 @@ static pim_matrix *matrix_for(srv_pim_llm *p, int slot, const float *w, int n, i
 static bool on_linear(void *ctx, int layer, enum llm_linear_kind kind, const float *w, int n, int k,
                       const float *x, int T, float *y)
 {
-    srv_pim_llm *p = ctx;
+    cmd_pim_llm *p = ctx;
     if (layer < 0 || layer >= p->n_layers || (int)kind < 0 || kind >= LLM_LINEAR_COUNT)
         return false;
     int slot = layer * LLM_LINEAR_COUNT + kind;
@@ -143,8 +143,8 @@ static bool on_linear(void *ctx, int layer, enum llm_linear_kind kind, const flo
 
 /* --------------------------------------------------------------- lifetime */
 
-int srv_pim_llm_attach(llm_model *model, const char *spec, const struct pim_device *dev,
-                       const char *dataflow, uint64_t seed, srv_pim_llm **out, char *err,
+int cmd_pim_llm_attach(llm_model *model, const char *spec, const struct pim_device *dev,
+                       const char *dataflow, uint64_t seed, cmd_pim_llm **out, char *err,
                        size_t err_len)
 {
     const struct pim_dataflow *df = pim_dataflow_by_name(dataflow ? dataflow : "isaac");
@@ -158,9 +158,9 @@ int srv_pim_llm_attach(llm_model *model, const char *spec, const struct pim_devi
         return -EINVAL;
     }
     int n_layers = llm_model_config(model)->n_layers;
-    srv_pim_llm *p = util_xcalloc(1, sizeof *p);
+    cmd_pim_llm *p = util_xcalloc(1, sizeof *p);
     p->sel = util_xcalloc((size_t)n_layers * LLM_LINEAR_COUNT, sizeof *p->sel);
-    int rc = srv_pim_llm_parse_spec(spec, n_layers, p->sel, err, err_len);
+    int rc = cmd_pim_llm_parse_spec(spec, n_layers, p->sel, err, err_len);
     if (rc == 0) {
         rc = llm_model_set_linear_hook(model, on_linear, p);
         if (rc) snprintf(err, err_len, "the PIM layers need an fp32 model (--precision fp32)");
@@ -180,17 +180,17 @@ int srv_pim_llm_attach(llm_model *model, const char *spec, const struct pim_devi
     return 0;
 }
 
-int srv_pim_llm_error(const srv_pim_llm *p)
+int cmd_pim_llm_error(const cmd_pim_llm *p)
 {
     return p->error;
 }
 
-void srv_pim_llm_report(const srv_pim_llm *p, struct srv_pim_llm_report *out)
+void cmd_pim_llm_report(const cmd_pim_llm *p, struct cmd_pim_llm_report *out)
 {
     *out = p->report;
 }
 
-void srv_pim_llm_detach(srv_pim_llm *p)
+void cmd_pim_llm_detach(cmd_pim_llm *p)
 {
     if (!p) return;
     llm_model_set_linear_hook(p->model, NULL, NULL);

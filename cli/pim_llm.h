@@ -24,10 +24,10 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-typedef struct srv_pim_llm srv_pim_llm;
+typedef struct cmd_pim_llm cmd_pim_llm;
 
 /* What the hooked layers cost so far. */
-struct srv_pim_llm_report {
+struct cmd_pim_llm_report {
     int matrices;            /* programmed */
     uint64_t products;       /* hook calls that ran on the device */
     uint64_t vectors;        /* token rows through them */
@@ -37,19 +37,19 @@ struct srv_pim_llm_report {
 
 /* Parses SPEC for a model of n_layers into sel[layer * LLM_LINEAR_COUNT +
  * kind]. Returns 0 or -EINVAL with a message. */
-int srv_pim_llm_parse_spec(const char *spec, int n_layers, bool *sel, char *err, size_t err_len);
+int cmd_pim_llm_parse_spec(const char *spec, int n_layers, bool *sel, char *err, size_t err_len);
 
 /* Hooks the chosen layers of model (fp32) onto dev with dataflow df
  * ("isaac", "cascade", "neural_pim"). Returns 0, -EINVAL (bad spec or
  * dataflow, err says why) or -ENOTSUP (a quantized model). */
-int srv_pim_llm_attach(llm_model *model, const char *spec, const struct pim_device *dev,
-                       const char *dataflow, uint64_t seed, srv_pim_llm **out, char *err,
+int cmd_pim_llm_attach(llm_model *model, const char *spec, const struct pim_device *dev,
+                       const char *dataflow, uint64_t seed, cmd_pim_llm **out, char *err,
                        size_t err_len);
 /* The first error a product hit (0 when none; failed products fall back to
  * the float path). */
-int srv_pim_llm_error(const srv_pim_llm *p);
-void srv_pim_llm_report(const srv_pim_llm *p, struct srv_pim_llm_report *out);
+int cmd_pim_llm_error(const cmd_pim_llm *p);
+void cmd_pim_llm_report(const cmd_pim_llm *p, struct cmd_pim_llm_report *out);
 /* Removes the hook and frees the programmed matrices. */
-void srv_pim_llm_detach(srv_pim_llm *p);
+void cmd_pim_llm_detach(cmd_pim_llm *p);
 
 #endif

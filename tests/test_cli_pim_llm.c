@@ -57,23 +57,23 @@ Test(pim_llm, the_spec_picks_kinds_and_layers, .timeout = TIMEOUT)
     enum { L = 4 };
     bool sel[L * LLM_LINEAR_COUNT];
     char err[256];
-    cr_assert_eq(srv_pim_llm_parse_spec("ffn", L, sel, err, sizeof err), 0);
+    cr_assert_eq(cmd_pim_llm_parse_spec("ffn", L, sel, err, sizeof err), 0);
     for (int l = 0; l < L; l++)
         for (int k = 0; k < LLM_LINEAR_COUNT; k++)
             cr_assert_eq(sel[l * LLM_LINEAR_COUNT + k], k >= LLM_LINEAR_GATE);
-    cr_assert_eq(srv_pim_llm_parse_spec("q,down,1-2", L, sel, err, sizeof err), 0);
+    cr_assert_eq(cmd_pim_llm_parse_spec("q,down,1-2", L, sel, err, sizeof err), 0);
     for (int l = 0; l < L; l++)
         for (int k = 0; k < LLM_LINEAR_COUNT; k++)
             cr_assert_eq(sel[l * LLM_LINEAR_COUNT + k],
                          (l == 1 || l == 2) && (k == LLM_LINEAR_Q || k == LLM_LINEAR_DOWN));
-    cr_assert_eq(srv_pim_llm_parse_spec("3", L, sel, err, sizeof err), 0);
+    cr_assert_eq(cmd_pim_llm_parse_spec("3", L, sel, err, sizeof err), 0);
     for (int k = 0; k < LLM_LINEAR_COUNT; k++) cr_assert(sel[3 * LLM_LINEAR_COUNT + k]);
     cr_assert(!sel[0]);
-    cr_assert_eq(srv_pim_llm_parse_spec("all", L, sel, err, sizeof err), 0);
+    cr_assert_eq(cmd_pim_llm_parse_spec("all", L, sel, err, sizeof err), 0);
     for (int i = 0; i < L * LLM_LINEAR_COUNT; i++) cr_assert(sel[i]);
     const char *bad[] = {"", "4", "2-1", "-1", "ffn,x", "1-9", "0-", ",", NULL};
     for (int i = 0; bad[i]; i++)
-        cr_assert_eq(srv_pim_llm_parse_spec(bad[i], L, sel, err, sizeof err), -EINVAL, "'%s'",
+        cr_assert_eq(cmd_pim_llm_parse_spec(bad[i], L, sel, err, sizeof err), -EINVAL, "'%s'",
                      bad[i]);
 }
 
@@ -89,21 +89,21 @@ Test(pim_llm, an_ideal_device_matches_the_float_forward_and_reports_its_cost, .t
     struct pim_device dev;
     pim_device_default(&dev);
     dev.adc_bits = 12;
-    srv_pim_llm *p;
+    cmd_pim_llm *p;
     char err[256];
-    cr_assert_eq(srv_pim_llm_attach(m, "all", &dev, "isaac", 1, &p, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(cmd_pim_llm_attach(m, "all", &dev, "isaac", 1, &p, err, sizeof err), 0, "%s", err);
     float *hooked = forward(m, n);
     double ideal = rel_error(hooked, plain, count);
     cr_assert(ideal < 1e-3, "ideal device: logits off by %g", ideal);
-    struct srv_pim_llm_report r;
-    srv_pim_llm_report(p, &r);
-    cr_assert_eq(srv_pim_llm_error(p), 0);
+    struct cmd_pim_llm_report r;
+    cmd_pim_llm_report(p, &r);
+    cr_assert_eq(cmd_pim_llm_error(p), 0);
     cr_assert_eq(r.matrices, c->n_layers * LLM_LINEAR_COUNT);
     cr_assert_eq(r.products, (uint64_t)c->n_layers * LLM_LINEAR_COUNT);
     cr_assert_eq(r.vectors, (uint64_t)n * c->n_layers * LLM_LINEAR_COUNT);
     cr_assert(r.run.adc_conversions > 0 && pim_cost_energy(&r.run) > 0 && r.run.latency > 0);
     cr_assert(r.program.cell_writes > 0);
-    srv_pim_llm_detach(p);
+    cmd_pim_llm_detach(p);
     free(hooked);
 
     /* detached: the plain forward again, bit for bit */
@@ -114,18 +114,18 @@ Test(pim_llm, an_ideal_device_matches_the_float_forward_and_reports_its_cost, .t
     /* a coarse, noisy device on the FFN only moves the logits further */
     dev.weight_bits = 4;
     dev.read_noise = 0.05;
-    cr_assert_eq(srv_pim_llm_attach(m, "ffn", &dev, "isaac", 1, &p, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(cmd_pim_llm_attach(m, "ffn", &dev, "isaac", 1, &p, err, sizeof err), 0, "%s", err);
     hooked = forward(m, n);
     double noisy = rel_error(hooked, plain, count);
     cr_assert(noisy > 10 * ideal && noisy > 1e-3, "noisy %g, ideal %g", noisy, ideal);
-    srv_pim_llm_report(p, &r);
+    cmd_pim_llm_report(p, &r);
     cr_assert_eq(r.products, (uint64_t)c->n_layers * 3);
-    srv_pim_llm_detach(p);
+    cmd_pim_llm_detach(p);
     free(hooked);
     free(plain);
 
-    cr_assert_eq(srv_pim_llm_attach(m, "ffn", &dev, "nope", 1, &p, err, sizeof err), -EINVAL);
-    cr_assert_eq(srv_pim_llm_attach(m, "bogus", &dev, "isaac", 1, &p, err, sizeof err), -EINVAL);
+    cr_assert_eq(cmd_pim_llm_attach(m, "ffn", &dev, "nope", 1, &p, err, sizeof err), -EINVAL);
+    cr_assert_eq(cmd_pim_llm_attach(m, "bogus", &dev, "isaac", 1, &p, err, sizeof err), -EINVAL);
     llm_model_free(m);
 }
 
@@ -134,9 +134,9 @@ Test(pim_llm, a_quantized_model_is_refused, .timeout = TIMEOUT)
     llm_model *m = load("w8a8");
     struct pim_device dev;
     pim_device_default(&dev);
-    srv_pim_llm *p;
+    cmd_pim_llm *p;
     char err[256];
-    cr_assert_eq(srv_pim_llm_attach(m, "all", &dev, "isaac", 1, &p, err, sizeof err), -ENOTSUP);
+    cr_assert_eq(cmd_pim_llm_attach(m, "all", &dev, "isaac", 1, &p, err, sizeof err), -ENOTSUP);
     cr_assert_eq(llm_model_set_linear_hook(m, NULL, NULL), 0);
     llm_model_free(m);
 }

@@ -17,7 +17,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     bool sel[LAYERS * LLM_LINEAR_COUNT];
     char err[256] = "";
     int n_layers = size > 0 ? 1 + data[0] % LAYERS : LAYERS;
-    if (srv_pim_llm_parse_spec(spec, n_layers, sel, err, sizeof err) != 0) {
+    if (cmd_pim_llm_parse_spec(spec, n_layers, sel, err, sizeof err) != 0) {
         if (!err[0]) abort(); /* every failure says why */
         return 0;
     }
