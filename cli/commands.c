@@ -138,9 +138,8 @@ static bool parse_float(const char *s, float lo, float hi, float *out)
 
 /* Returns 1 when `opt` was a model setting (applied), 0 when it is not one,
  * -1 on a bad value (message printed). */
-static int parse_model_flag(int opt, const char *arg, struct model_flags *f)
+static int parse_model_flag(int opt, const char *arg)
 {
-    (void)f;
     if (opt < CMD_SETTINGS_OPT_BASE) return 0;
     char err[512];
     if (cmd_settings_apply_option(&settings, opt, arg, err, sizeof err)) {
@@ -336,7 +335,7 @@ int cmd_generate(int argc, char **argv)
             rc = 0;
             goto out;
         default: {
-            int r = parse_model_flag(opt, optarg, &mf);
+            int r = parse_model_flag(opt, optarg);
             if (r <= 0) ok = false;
         }
         }
@@ -570,7 +569,7 @@ int cmd_perplexity(int argc, char **argv)
             cmd_settings_free_options(options);
             return 0;
         default:
-            ok = parse_model_flag(opt, optarg, &mf) > 0;
+            ok = parse_model_flag(opt, optarg) > 0;
         }
     }
     cmd_settings_free_options(options);
@@ -678,7 +677,7 @@ int cmd_quantize(int argc, char **argv)
             cmd_settings_free_options(options);
             return 0;
         } else
-            ok = parse_model_flag(opt, optarg, &mf) > 0;
+            ok = parse_model_flag(opt, optarg) > 0;
     }
     cmd_settings_free_options(options);
     if (ok && !model_flags_finish(&mf)) return 2;
@@ -730,7 +729,7 @@ int cmd_tokenize(int argc, char **argv)
             cmd_settings_free_options(options);
             return 0;
         } else
-            ok = parse_model_flag(opt, optarg, &mf) > 0;
+            ok = parse_model_flag(opt, optarg) > 0;
     }
     cmd_settings_free_options(options);
     if (!ok || optind != argc || !model_flags_finish(&mf)) {
@@ -848,7 +847,7 @@ int cmd_passkey(int argc, char **argv)
             cmd_settings_free_options(options);
             return 0;
         default:
-            ok = parse_model_flag(opt, optarg, &mf) > 0;
+            ok = parse_model_flag(opt, optarg) > 0;
         }
     }
     cmd_settings_free_options(options);
