@@ -26,21 +26,29 @@ static inline bool prom_ends_with(const char *s, const char *tail)
     return n >= m && strcmp(s + n - m, tail) == 0;
 }
 
+/* Copies the line at *at (a /metrics page ends every line with '\n') into
+ * text, without its newline, and moves *at past it; false at the end. */
+static inline bool prom_next_line(const char **at, char *text, size_t cap)
+{
+    if (!**at) return false;
+    const char *end = strchr(*at, '\n');
+    cr_assert(end, "the page ends with a newline");
+    size_t n = (size_t)(end - *at);
+    cr_assert(n < cap, "a line of %zu bytes", n);
+    memcpy(text, *at, n);
+    text[n] = '\0';
+    *at = end + 1;
+    return true;
+}
+
 /* Checks every TYPE line and every sample of page against the rules;
  * returns the number of families seen. */
 static inline int prom_check_names(const char *page)
 {
     char family[128] = "", type[32] = "";
     int families = 0;
-    for (const char *line = page; *line;) {
-        const char *end = strchr(line, '\n');
-        cr_assert(end, "the page ends with a newline");
-        char text[512];
-        size_t n = (size_t)(end - line);
-        cr_assert(n < sizeof text);
-        memcpy(text, line, n);
-        text[n] = '\0';
-        line = end + 1;
+    char text[512];
+    for (const char *at = page; prom_next_line(&at, text, sizeof text);) {
         if (strncmp(text, "# TYPE ", 7) == 0) {
             cr_assert_eq(sscanf(text + 7, "%127s %31s", family, type), 2, "bad TYPE: %s", text);
             cr_assert(prom_valid_name(family), "metric name %s breaks the naming rules", family);

@@ -112,14 +112,8 @@ static void collector(struct srv_buf *out, void *ctx)
 static void assert_exposition_format(const char *page)
 {
     char last_type[128] = "";
-    for (const char *line = page; *line;) {
-        const char *end = strchr(line, '\n');
-        cr_assert(end, "the page ends with a newline");
-        char text[512];
-        size_t n = (size_t)(end - line);
-        cr_assert(n < sizeof text);
-        memcpy(text, line, n);
-        text[n] = '\0';
+    char text[512];
+    for (const char *at = page; prom_next_line(&at, text, sizeof text);) {
         if (strncmp(text, "# TYPE ", 7) == 0) {
             char name[128];
             cr_assert_eq(sscanf(text + 7, "%127s", name), 1);
@@ -135,7 +129,6 @@ static void assert_exposition_format(const char *page)
             cr_assert(strncmp(text, last_type, strlen(last_type)) == 0,
                       "sample %s outside its family %s", text, last_type);
         }
-        line = end + 1;
     }
 }
 
